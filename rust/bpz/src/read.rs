@@ -1,0 +1,484 @@
+//! Reader: validates superblock, trailer and index on open (O(index)), then
+//! reads any tensor or row range by touching only the chunks that overlap it.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io;
+use std::ops::Range;
+use std::path::Path;
+use std::sync::Arc;
+
+use memmap2::Mmap;
+use rayon::prelude::*;
+use serde_json::Value;
+
+use crate::codec;
+use crate::error::{Error, Result, Version};
+use crate::format::*;
+
+/// Random-access bytes an archive is read from.
+pub trait Source: Send + Sync {
+    fn len(&self) -> u64;
+    fn read_exact_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()>;
+    /// The whole file as memory, if the source is a map (enables zero copy).
+    fn as_slice(&self) -> Option<&[u8]> {
+        None
+    }
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl Source for Mmap {
+    fn len(&self) -> u64 {
+        (**self).len() as u64
+    }
+    fn read_exact_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        slice_read(self, offset, buf)
+    }
+    fn as_slice(&self) -> Option<&[u8]> {
+        Some(self)
+    }
+}
+
+impl Source for Vec<u8> {
+    fn len(&self) -> u64 {
+        (**self).len() as u64
+    }
+    fn read_exact_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        slice_read(self, offset, buf)
+    }
+    fn as_slice(&self) -> Option<&[u8]> {
+        Some(self)
+    }
+}
+
+fn slice_read(data: &[u8], offset: u64, buf: &mut [u8]) -> io::Result<()> {
+    let start = usize::try_from(offset).map_err(|_| io::ErrorKind::UnexpectedEof)?;
+    let src = start
+        .checked_add(buf.len())
+        .and_then(|end| data.get(start..end))
+        .ok_or(io::ErrorKind::UnexpectedEof)?;
+    buf.copy_from_slice(src);
+    Ok(())
+}
+
+/// Positioned reads on a file (for network filesystems, or to avoid maps).
+pub struct FileSource {
+    file: File,
+    len: u64,
+}
+
+impl FileSource {
+    pub fn new(file: File) -> io::Result<Self> {
+        let len = file.metadata()?.len();
+        Ok(FileSource { file, len })
+    }
+}
+
+impl Source for FileSource {
+    fn len(&self) -> u64 {
+        self.len
+    }
+    #[cfg(unix)]
+    fn read_exact_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        std::os::unix::fs::FileExt::read_exact_at(&self.file, buf, offset)
+    }
+    #[cfg(windows)]
+    fn read_exact_at(&self, mut offset: u64, mut buf: &mut [u8]) -> io::Result<()> {
+        use std::os::windows::fs::FileExt;
+        while !buf.is_empty() {
+            match self.file.seek_read(buf, offset)? {
+                0 => return Err(io::ErrorKind::UnexpectedEof.into()),
+                n => {
+                    buf = &mut buf[n..];
+                    offset += n as u64;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// How [`Reader::open_with`] accesses the file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Backend {
+    /// Memory-map the file: raw tensors are zero-copy views.
+    #[default]
+    Mmap,
+    /// `pread` only what is asked for.
+    Pread,
+}
+
+/// An open archive. Cheap to share between threads (`&Reader` is `Sync`).
+pub struct Reader {
+    source: Arc<dyn Source>,
+    map: Option<Arc<Mmap>>,
+    path: String,
+    superblock: Superblock,
+    trailer: Trailer,
+    tensors: Vec<TensorInfo>,
+    by_name: HashMap<String, usize>,
+    tree: Value,
+    metadata: Value,
+    writer: Option<WriterInfo>,
+    parallel: bool,
+}
+
+impl std::fmt::Debug for Reader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reader").field("path", &self.path).field("tensors", &self.tensors.len()).finish()
+    }
+}
+
+impl Reader {
+    /// Opens `path` with the mmap backend.
+    pub fn open(path: impl AsRef<Path>) -> Result<Reader> {
+        Reader::open_with(path, Backend::Mmap)
+    }
+
+    pub fn open_with(path: impl AsRef<Path>, backend: Backend) -> Result<Reader> {
+        let label = path.as_ref().display().to_string();
+        let file = File::open(path.as_ref()).map_err(|e| Error::io(&label, e))?;
+        match backend {
+            Backend::Mmap => {
+                // SAFETY: the map is read-only. bpz writers never modify a file in
+                // place (they rename a new file over it), so its bytes are stable;
+                // a third party truncating it could fault, as with any mmap.
+                let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(&label, e))?;
+                let map = Arc::new(map);
+                let mut r = Reader::from_source_labeled(Arc::new(MapHandle(map.clone())), label)?;
+                r.map = Some(map);
+                Ok(r)
+            }
+            Backend::Pread => {
+                let src = FileSource::new(file).map_err(|e| Error::io(&label, e))?;
+                Reader::from_source_labeled(Arc::new(src), label)
+            }
+        }
+    }
+
+    /// Opens an archive held in memory.
+    pub fn from_bytes(bytes: Vec<u8>) -> Result<Reader> {
+        Reader::from_source_labeled(Arc::new(bytes), "<memory>".into())
+    }
+
+    /// Opens an archive from any [`Source`]; `label` names it in errors.
+    pub fn from_source_labeled(source: Arc<dyn Source>, label: String) -> Result<Reader> {
+        let path = label;
+        let len = source.len();
+        let head_len = len.min(SUPERBLOCK_LEN as u64) as usize;
+        let mut head = vec![0u8; head_len];
+        source.read_exact_at(0, &mut head).map_err(|e| Error::io(&path, e))?;
+        let superblock = Superblock::decode(&path, &head, len)?;
+        let min_len = (SUPERBLOCK_LEN + TRAILER_LEN) as u64;
+        if len < min_len {
+            return Err(Error::Truncated {
+                path,
+                detail: format!("{len} bytes, shorter than the {min_len} bytes of superblock and trailer"),
+            });
+        }
+        let mut tail = [0u8; TRAILER_LEN];
+        source.read_exact_at(len - TRAILER_LEN as u64, &mut tail).map_err(|e| Error::io(&path, e))?;
+        let trailer = Trailer::decode(&path, &tail, len)?;
+        let mut index = vec![0u8; trailer.index_len as usize];
+        source.read_exact_at(trailer.index_offset, &mut index).map_err(|e| Error::io(&path, e))?;
+        let actual = crc32c::crc32c(&index);
+        if actual != trailer.index_crc32c {
+            return Err(Error::ChecksumMismatch {
+                path,
+                part: "the index".into(),
+                expected: trailer.index_crc32c,
+                actual,
+            });
+        }
+        let (tensors, tree, metadata, writer) = parse_index(&path, &index, superblock.alignment, trailer.index_offset)?;
+        let by_name = tensors.iter().enumerate().map(|(i, t)| (t.name.clone(), i)).collect();
+        Ok(Reader {
+            source,
+            map: None,
+            path,
+            superblock,
+            trailer,
+            tensors,
+            by_name,
+            tree,
+            metadata,
+            writer,
+            parallel: true,
+        })
+    }
+
+    /// Decode chunks on all cores (default) or on the calling thread only.
+    pub fn set_parallel(&mut self, parallel: bool) {
+        self.parallel = parallel;
+    }
+
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+    pub fn version(&self) -> Version {
+        self.superblock.version
+    }
+    pub fn superblock(&self) -> &Superblock {
+        &self.superblock
+    }
+    pub fn trailer(&self) -> &Trailer {
+        &self.trailer
+    }
+    pub fn file_len(&self) -> u64 {
+        self.source.len()
+    }
+    pub fn tensors(&self) -> &[TensorInfo] {
+        &self.tensors
+    }
+    pub fn tree(&self) -> &Value {
+        &self.tree
+    }
+    pub fn metadata(&self) -> &Value {
+        &self.metadata
+    }
+    pub fn writer(&self) -> Option<&WriterInfo> {
+        self.writer.as_ref()
+    }
+    /// The memory map, for bindings that hand out views which must outlive the reader.
+    pub fn mapping(&self) -> Option<&Arc<Mmap>> {
+        self.map.as_ref()
+    }
+
+    pub fn tensor(&self, name: &str) -> Result<&TensorInfo> {
+        self.by_name.get(name).map(|&i| &self.tensors[i]).ok_or_else(|| Error::TensorNotFound {
+            path: self.path.clone(),
+            name: name.into(),
+        })
+    }
+
+    /// Zero-copy bytes of a raw tensor in the map. Not checksummed: call
+    /// [`verify_tensor`](Self::verify_tensor) when the file is not trusted.
+    pub fn view(&self, name: &str) -> Result<&[u8]> {
+        let t = self.tensor(name)?;
+        let not = |reason: &str| Error::NotZeroCopy {
+            path: self.path.clone(),
+            name: name.into(),
+            reason: reason.into(),
+        };
+        let range = t.raw_range().ok_or_else(|| not("it is stored compressed"))?;
+        let map = self.source.as_slice().ok_or_else(|| not("the archive was opened without a memory map"))?;
+        Ok(&map[range.start as usize..range.end as usize])
+    }
+
+    /// Reads a whole tensor into a new buffer, checking every checksum.
+    pub fn read(&self, name: &str) -> Result<Vec<u8>> {
+        let t = self.tensor(name)?;
+        let mut out = self.alloc(t, t.nbytes())?;
+        self.read_chunks_into(t, 0..t.nbytes(), &mut out)?;
+        Ok(out)
+    }
+
+    /// Reads a whole tensor into `out` (exactly its byte size).
+    pub fn read_into(&self, name: &str, out: &mut [u8]) -> Result<()> {
+        let t = self.tensor(name)?;
+        self.check_out_len(t, out.len() as u64, t.nbytes())?;
+        self.read_chunks_into(t, 0..t.nbytes(), out)
+    }
+
+    /// Reads rows `rows` of the leading axis (a 0-d tensor has one row).
+    pub fn read_rows(&self, name: &str, rows: Range<u64>) -> Result<Vec<u8>> {
+        let t = self.tensor(name)?;
+        let bytes = self.row_bytes(t, &rows)?;
+        let mut out = self.alloc(t, bytes.end - bytes.start)?;
+        self.read_chunks_into(t, bytes, &mut out)?;
+        Ok(out)
+    }
+
+    /// Reads rows `rows` into `out` (exactly their byte size).
+    pub fn read_rows_into(&self, name: &str, rows: Range<u64>, out: &mut [u8]) -> Result<()> {
+        let t = self.tensor(name)?;
+        let bytes = self.row_bytes(t, &rows)?;
+        self.check_out_len(t, out.len() as u64, bytes.end - bytes.start)?;
+        self.read_chunks_into(t, bytes, out)
+    }
+
+    fn row_bytes(&self, t: &TensorInfo, rows: &Range<u64>) -> Result<Range<u64>> {
+        if rows.start > rows.end || rows.end > t.rows() {
+            return Err(Error::InvalidArgument(format!(
+                "{}: rows {}..{} out of range for tensor {:?} with {} rows",
+                self.path,
+                rows.start,
+                rows.end,
+                t.name,
+                t.rows()
+            )));
+        }
+        let row = t.row_elems() * t.dtype.size() as u64;
+        Ok(rows.start * row..rows.end * row)
+    }
+
+    fn check_out_len(&self, t: &TensorInfo, got: u64, want: u64) -> Result<()> {
+        if got != want {
+            return Err(Error::InvalidArgument(format!(
+                "{}: buffer of {got} bytes for {want} bytes of tensor {:?}",
+                self.path, t.name
+            )));
+        }
+        Ok(())
+    }
+
+    fn alloc(&self, t: &TensorInfo, n: u64) -> Result<Vec<u8>> {
+        let mut v = Vec::new();
+        usize::try_from(n)
+            .ok()
+            .and_then(|n| v.try_reserve_exact(n).ok().map(|_| n))
+            .ok_or_else(|| Error::InvalidArgument(format!(
+                "{}: cannot allocate {n} bytes for tensor {:?}",
+                self.path, t.name
+            )))
+            .map(|n| {
+                v.resize(n, 0);
+                v
+            })
+    }
+
+    fn part(t: &TensorInfo, i: usize) -> String {
+        format!("tensor {:?} chunk {i}", t.name)
+    }
+
+    /// Decodes the chunks overlapping byte range `want` of tensor `t` into `out`.
+    fn read_chunks_into(&self, t: &TensorInfo, want: Range<u64>, out: &mut [u8]) -> Result<()> {
+        if want.is_empty() {
+            return Ok(());
+        }
+        let chunk_bytes = t.chunk_elems * t.dtype.size() as u64;
+        let first = (want.start / chunk_bytes) as usize;
+        let last = ((want.end - 1) / chunk_bytes) as usize;
+        // Split `out` into one piece per overlapping chunk.
+        let mut jobs: Vec<(usize, Range<u64>, &mut [u8])> = Vec::with_capacity(last - first + 1);
+        let mut rest = out;
+        for i in first..=last {
+            let c_start = i as u64 * chunk_bytes;
+            let c_end = c_start + t.chunk_decoded_len(i);
+            let lo = want.start.max(c_start);
+            let hi = want.end.min(c_end);
+            let (piece, tail) = std::mem::take(&mut rest).split_at_mut((hi - lo) as usize);
+            rest = tail;
+            jobs.push((i, (lo - c_start)..(hi - c_start), piece));
+        }
+        let run = |(i, within, piece): (usize, Range<u64>, &mut [u8])| self.decode_chunk_part(t, i, within, piece);
+        if self.parallel && jobs.len() > 1 {
+            jobs.into_par_iter().try_for_each(run)
+        } else {
+            jobs.into_iter().try_for_each(run)
+        }
+    }
+
+    /// Decodes bytes `within` of chunk `i` into `out`, checking the chunk's crc.
+    fn decode_chunk_part(&self, t: &TensorInfo, i: usize, within: Range<u64>, out: &mut [u8]) -> Result<()> {
+        let c = &t.chunks[i];
+        let decoded_len = t.chunk_decoded_len(i);
+        let whole = within.start == 0 && within.end == decoded_len;
+        let owned;
+        let stored: &[u8] = match self.source.as_slice() {
+            Some(map) => &map[c.offset as usize..(c.offset + c.stored_len) as usize],
+            None if !c.encoded && whole => {
+                // Plain chunk read whole: straight into the caller's buffer.
+                self.source.read_exact_at(c.offset, out).map_err(|e| Error::io(&self.path, e))?;
+                return self.check_crc(t, i, out);
+            }
+            None => {
+                let mut buf = vec![0u8; c.stored_len as usize];
+                self.source.read_exact_at(c.offset, &mut buf).map_err(|e| Error::io(&self.path, e))?;
+                owned = buf;
+                &owned
+            }
+        };
+        self.check_crc(t, i, stored)?;
+        if !c.encoded {
+            out.copy_from_slice(&stored[within.start as usize..within.end as usize]);
+            return Ok(());
+        }
+        let fail = |e: codec::DecodeError| Error::CorruptData {
+            path: self.path.clone(),
+            part: Self::part(t, i),
+            detail: e.0,
+        };
+        if whole {
+            codec::decode_chunk(t.filter, t.dtype, stored, out).map_err(fail)
+        } else {
+            let mut full = vec![0u8; decoded_len as usize];
+            codec::decode_chunk(t.filter, t.dtype, stored, &mut full).map_err(fail)?;
+            out.copy_from_slice(&full[within.start as usize..within.end as usize]);
+            Ok(())
+        }
+    }
+
+    fn check_crc(&self, t: &TensorInfo, i: usize, stored: &[u8]) -> Result<()> {
+        let expected = t.chunks[i].crc32c;
+        let actual = crc32c::crc32c(stored);
+        if actual != expected {
+            return Err(Error::ChecksumMismatch {
+                path: self.path.clone(),
+                part: Self::part(t, i),
+                expected,
+                actual,
+            });
+        }
+        Ok(())
+    }
+
+    /// Checks every checksum of one tensor and decodes its encoded chunks.
+    pub fn verify_tensor(&self, name: &str) -> Result<()> {
+        let t = self.tensor(name)?;
+        self.verify_info(t)
+    }
+
+    fn verify_info(&self, t: &TensorInfo) -> Result<()> {
+        let check = |i: usize| -> Result<()> {
+            let decoded = t.chunk_decoded_len(i);
+            let mut sink = vec![0u8; decoded as usize];
+            self.decode_chunk_part(t, i, 0..decoded, &mut sink)
+        };
+        if self.parallel {
+            (0..t.chunks.len()).into_par_iter().try_for_each(check)
+        } else {
+            (0..t.chunks.len()).try_for_each(check)
+        }
+    }
+
+    /// Checks every checksum in the file (the superblock, trailer and index
+    /// were checked on open) and decodes every encoded chunk.
+    pub fn verify(&self) -> Result<VerifyReport> {
+        for t in &self.tensors {
+            self.verify_info(t)?;
+        }
+        Ok(VerifyReport {
+            tensors: self.tensors.len(),
+            chunks: self.tensors.iter().map(|t| t.chunks.len()).sum(),
+            stored_bytes: self.tensors.iter().map(|t| t.stored_bytes()).sum(),
+            decoded_bytes: self.tensors.iter().map(|t| t.nbytes()).sum(),
+        })
+    }
+}
+
+/// What [`Reader::verify`] checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifyReport {
+    pub tensors: usize,
+    pub chunks: usize,
+    pub stored_bytes: u64,
+    pub decoded_bytes: u64,
+}
+
+/// Lets the reader share one map with the bindings' views.
+struct MapHandle(Arc<Mmap>);
+
+impl Source for MapHandle {
+    fn len(&self) -> u64 {
+        self.0.len() as u64
+    }
+    fn read_exact_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        slice_read(&self.0, offset, buf)
+    }
+    fn as_slice(&self) -> Option<&[u8]> {
+        Some(&self.0)
+    }
+}

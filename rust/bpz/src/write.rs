@@ -1,0 +1,477 @@
+//! Streaming writer: superblock first, tensors one by one, index and trailer at
+//! the end. Memory stays bounded by a window of chunks in flight.
+
+use std::collections::HashSet;
+use std::fs::{self, File};
+use std::io::{self, BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use rayon::prelude::*;
+use serde_json::Value;
+
+use crate::codec;
+use crate::error::{Error, Result};
+use crate::format::*;
+
+/// When a tensor is compressed.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Compression {
+    /// Never: every tensor raw (memory-mappable).
+    None,
+    /// Always chunked with zstd (chunks that don't shrink are still stored plain).
+    Zstd,
+    /// Chunked only if a sample shrinks to at most `max_share` of its size;
+    /// otherwise raw. Tensors under `min_bytes` stay raw.
+    Auto { max_share: f64, min_bytes: usize },
+}
+
+impl Compression {
+    /// Compress where it saves at least a third; keep the rest mappable.
+    pub const AUTO: Compression = Compression::Auto {
+        max_share: 0.67,
+        min_bytes: 4096,
+    };
+}
+
+/// Per-archive settings.
+#[derive(Debug, Clone)]
+pub struct WriterOptions {
+    /// Raw tensors start at multiples of this (power of two, 16..=4096).
+    pub alignment: u32,
+    /// Target decoded size of a chunk.
+    pub chunk_bytes: usize,
+    pub compression: Compression,
+    /// zstd level (1 = fast; up to 22).
+    pub level: i32,
+    /// Filter for compressed tensors whose dtype it suits; `None` chooses per tensor.
+    pub filter: Option<Filter>,
+    /// fsync the file and its directory before the rename.
+    pub sync: bool,
+    pub writer: WriterInfo,
+}
+
+impl Default for WriterOptions {
+    fn default() -> Self {
+        WriterOptions {
+            alignment: DEFAULT_ALIGNMENT,
+            chunk_bytes: DEFAULT_CHUNK_BYTES,
+            compression: Compression::AUTO,
+            level: 1,
+            filter: None,
+            sync: true,
+            writer: WriterInfo {
+                name: "bpz-rs".into(),
+                version: env!("CARGO_PKG_VERSION").into(),
+            },
+        }
+    }
+}
+
+/// Overrides for one tensor.
+#[derive(Debug, Clone, Default)]
+pub struct TensorOptions {
+    pub compression: Option<Compression>,
+    pub filter: Option<Filter>,
+    pub level: Option<i32>,
+}
+
+/// What [`Writer::finish`] wrote.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Summary {
+    pub path: Option<PathBuf>,
+    pub tensors: usize,
+    pub file_bytes: u64,
+    pub data_bytes: u64,
+}
+
+/// Where the bytes go: a temporary sibling renamed over the destination on
+/// success, or any `Write`.
+enum Sink<W: Write> {
+    File { out: BufWriter<File>, tmp: PathBuf, dest: PathBuf, sync: bool },
+    Stream(W),
+}
+
+/// Writes one archive. Dropping an unfinished file writer deletes its
+/// temporary file and leaves any existing destination untouched.
+pub struct Writer<W: Write = io::Sink> {
+    sink: Option<Sink<W>>,
+    label: String,
+    pos: u64,
+    opts: WriterOptions,
+    tensors: Vec<TensorInfo>,
+    names: HashSet<String>,
+    tree: Value,
+    metadata: Value,
+}
+
+impl Writer<io::Sink> {
+    /// Starts an archive that will replace `path` atomically on [`finish`](Self::finish).
+    pub fn create(path: impl AsRef<Path>, opts: WriterOptions) -> Result<Self> {
+        let dest = path.as_ref().to_path_buf();
+        let label = dest.display().to_string();
+        let dir = match dest.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        let file_name = dest
+            .file_name()
+            .ok_or_else(|| Error::InvalidArgument(format!("{label}: not a file path")))?;
+        let (file, tmp) = create_temp(&dir, &file_name.to_string_lossy()).map_err(|e| Error::io(&label, e))?;
+        let sink = Sink::File {
+            out: BufWriter::with_capacity(1 << 20, file),
+            tmp,
+            dest,
+            sync: opts.sync,
+        };
+        Writer::start(sink, label, opts)
+    }
+}
+
+fn create_temp(dir: &Path, base: &str) -> io::Result<(File, PathBuf)> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    loop {
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let tmp = dir.join(format!(".{base}.{}-{nanos:x}-{n}.bpz-tmp", std::process::id()));
+        match fs::OpenOptions::new().write(true).create_new(true).open(&tmp) {
+            Ok(f) => return Ok((f, tmp)),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+impl<W: Write> Writer<W> {
+    /// Writes an archive to any byte stream (no seeking needed).
+    pub fn new(out: W, opts: WriterOptions) -> Result<Self> {
+        Writer::start(Sink::Stream(out), "<stream>".into(), opts)
+    }
+
+    fn start(sink: Sink<W>, label: String, opts: WriterOptions) -> Result<Self> {
+        let a = opts.alignment;
+        if !a.is_power_of_two() || !(MIN_ALIGNMENT..=MAX_ALIGNMENT).contains(&a) {
+            return Err(Error::InvalidArgument(format!(
+                "alignment {a} is not a power of two in {MIN_ALIGNMENT}..={MAX_ALIGNMENT}"
+            )));
+        }
+        if opts.chunk_bytes == 0 || opts.chunk_bytes as u64 > MAX_CHUNK_BYTES {
+            return Err(Error::InvalidArgument(format!(
+                "chunk_bytes {} is not in 1..={MAX_CHUNK_BYTES}",
+                opts.chunk_bytes
+            )));
+        }
+        check_level(opts.level)?;
+        let mut w = Writer {
+            sink: Some(sink),
+            label,
+            pos: 0,
+            opts,
+            tensors: Vec::new(),
+            names: HashSet::new(),
+            tree: Value::Null,
+            metadata: Value::Null,
+        };
+        let sb = Superblock::new(w.opts.alignment).encode();
+        w.write(&sb)?;
+        Ok(w)
+    }
+
+    fn write(&mut self, bytes: &[u8]) -> Result<()> {
+        let r = match self.sink.as_mut().expect("writer used after finish") {
+            Sink::File { out, .. } => out.write_all(bytes),
+            Sink::Stream(out) => out.write_all(bytes),
+        };
+        r.map_err(|e| Error::io(&self.label, e))?;
+        self.pos += bytes.len() as u64;
+        Ok(())
+    }
+
+    fn pad_to(&mut self, alignment: u64) -> Result<()> {
+        let pad = (alignment - self.pos % alignment) % alignment;
+        const ZEROS: [u8; MAX_ALIGNMENT as usize] = [0; MAX_ALIGNMENT as usize];
+        self.write(&ZEROS[..pad as usize])
+    }
+
+    /// Sets the pytree skeleton stored in the index (see spec, "Tree").
+    pub fn set_tree(&mut self, tree: Value) {
+        self.tree = tree;
+    }
+
+    /// Sets the user metadata (any JSON value).
+    pub fn set_metadata(&mut self, metadata: Value) {
+        self.metadata = metadata;
+    }
+
+    /// Names of the tensors added so far.
+    pub fn tensors(&self) -> &[TensorInfo] {
+        &self.tensors
+    }
+
+    /// Adds a tensor with the archive's default options.
+    pub fn add_tensor(&mut self, name: &str, dtype: DType, shape: &[u64], data: &[u8]) -> Result<&TensorInfo> {
+        self.add_tensor_with(name, dtype, shape, data, &TensorOptions::default())
+    }
+
+    /// Adds a tensor: `data` is its little-endian, C-order bytes.
+    pub fn add_tensor_with(
+        &mut self,
+        name: &str,
+        dtype: DType,
+        shape: &[u64],
+        data: &[u8],
+        topts: &TensorOptions,
+    ) -> Result<&TensorInfo> {
+        self.check_new_tensor(name, dtype, shape, data)?;
+        let level = topts.level.unwrap_or(self.opts.level);
+        check_level(level)?;
+        if let Some(f) = topts.filter {
+            if !f.applies_to(dtype) {
+                return Err(Error::InvalidArgument(format!(
+                    "tensor {name:?}: filter {} is not defined for dtype {dtype}",
+                    f.name()
+                )));
+            }
+        }
+        let chunk_elems = self.chunk_elems(dtype, shape);
+        let compression = topts.compression.unwrap_or(self.opts.compression);
+        // The archive-wide filter is a preference, used where it is defined.
+        let forced_filter = topts.filter.or(self.opts.filter.filter(|f| f.applies_to(dtype)));
+        let compressed_filter = match compression {
+            Compression::None => None,
+            Compression::Zstd => Some(forced_filter.unwrap_or_else(|| codec::choose_filter(dtype, data, level))),
+            Compression::Auto { max_share, min_bytes } => {
+                if data.len() < min_bytes.max(1) {
+                    None
+                } else {
+                    let f = forced_filter.unwrap_or_else(|| codec::choose_filter(dtype, data, level));
+                    (codec::estimate_share(f, dtype, data, level) <= max_share).then_some(f)
+                }
+            }
+        };
+        let info = match compressed_filter {
+            None => self.write_raw(name, dtype, shape, data, chunk_elems)?,
+            Some(filter) => self.write_chunked(name, dtype, shape, data, chunk_elems, filter, level)?,
+        };
+        self.names.insert(info.name.clone());
+        self.tensors.push(info);
+        Ok(self.tensors.last().unwrap())
+    }
+
+    fn check_new_tensor(&self, name: &str, dtype: DType, shape: &[u64], data: &[u8]) -> Result<()> {
+        if name.len() > MAX_NAME_BYTES {
+            return Err(Error::InvalidArgument(format!(
+                "tensor name of {} bytes is over the limit of {MAX_NAME_BYTES}",
+                name.len()
+            )));
+        }
+        if name.contains('\0') {
+            return Err(Error::InvalidArgument(format!("tensor name {name:?} contains a NUL character")));
+        }
+        if self.names.contains(name) {
+            return Err(Error::InvalidArgument(format!("tensor {name:?} was already added")));
+        }
+        if self.tensors.len() >= MAX_TENSORS {
+            return Err(Error::InvalidArgument(format!("more than {MAX_TENSORS} tensors")));
+        }
+        if shape.len() > MAX_RANK {
+            return Err(Error::InvalidArgument(format!(
+                "tensor {name:?} has rank {}, over the limit of {MAX_RANK}",
+                shape.len()
+            )));
+        }
+        let expected = shape
+            .iter()
+            .try_fold(dtype.size() as u64, |acc, &d| acc.checked_mul(d))
+            .filter(|&n| n <= MAX_SAFE_INTEGER);
+        if expected != Some(data.len() as u64) {
+            return Err(Error::InvalidArgument(format!(
+                "tensor {name:?}: {} bytes given, but {dtype} of shape {shape:?} needs {}",
+                data.len(),
+                expected.map_or("more than 2^53".to_string(), |n| n.to_string())
+            )));
+        }
+        Ok(())
+    }
+
+    /// Whole rows of the leading axis per chunk, near `chunk_bytes`; rows
+    /// larger than that are split by elements.
+    fn chunk_elems(&self, dtype: DType, shape: &[u64]) -> u64 {
+        let target_elems = (self.opts.chunk_bytes / dtype.size()).max(1) as u64;
+        let row: u64 = shape.iter().skip(1).product();
+        let nelems: u64 = shape.iter().product();
+        let elems = if row == 0 {
+            1
+        } else if row <= target_elems {
+            (target_elems / row) * row
+        } else {
+            target_elems
+        };
+        let min_for_count = nelems.div_ceil(MAX_CHUNKS_PER_TENSOR as u64);
+        elems.max(min_for_count).clamp(1, MAX_CHUNK_BYTES / dtype.size() as u64)
+    }
+
+    fn write_raw(&mut self, name: &str, dtype: DType, shape: &[u64], data: &[u8], chunk_elems: u64) -> Result<TensorInfo> {
+        self.pad_to(self.opts.alignment as u64)?;
+        let start = self.pos;
+        let chunk_bytes = (chunk_elems as usize) * dtype.size();
+        let crcs: Vec<u32> = if data.is_empty() {
+            Vec::new()
+        } else {
+            data.par_chunks(chunk_bytes).map(crc32c::crc32c).collect()
+        };
+        self.write(data)?;
+        let chunks = crcs
+            .iter()
+            .enumerate()
+            .map(|(i, &crc)| {
+                let offset = start + (i * chunk_bytes) as u64;
+                let len = chunk_bytes.min(data.len() - i * chunk_bytes) as u64;
+                ChunkInfo { offset, stored_len: len, crc32c: crc, encoded: false }
+            })
+            .collect();
+        Ok(TensorInfo {
+            name: name.into(),
+            dtype,
+            shape: shape.to_vec(),
+            storage: Storage::Raw,
+            filter: Filter::None,
+            chunk_elems,
+            chunks,
+        })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn write_chunked(
+        &mut self,
+        name: &str,
+        dtype: DType,
+        shape: &[u64],
+        data: &[u8],
+        chunk_elems: u64,
+        filter: Filter,
+        level: i32,
+    ) -> Result<TensorInfo> {
+        let chunk_bytes = (chunk_elems as usize) * dtype.size();
+        // Chunks in flight: enough to keep every core busy, few enough to
+        // bound memory to a handful of chunks.
+        let window = (rayon::current_num_threads() * 4).max(4);
+        let mut chunks = Vec::new();
+        let pieces: Vec<&[u8]> = if data.is_empty() { Vec::new() } else { data.chunks(chunk_bytes).collect() };
+        for group in pieces.chunks(window) {
+            let encoded: Vec<(Vec<u8>, bool, u32)> = group
+                .par_iter()
+                .map(|piece| {
+                    let (stored, enc) = codec::encode_chunk(filter, dtype, level, piece);
+                    let crc = crc32c::crc32c(&stored);
+                    (stored, enc, crc)
+                })
+                .collect();
+            for (stored, enc, crc) in encoded {
+                let offset = self.pos;
+                self.write(&stored)?;
+                chunks.push(ChunkInfo { offset, stored_len: stored.len() as u64, crc32c: crc, encoded: enc });
+            }
+        }
+        Ok(TensorInfo {
+            name: name.into(),
+            dtype,
+            shape: shape.to_vec(),
+            storage: Storage::Chunked,
+            filter,
+            chunk_elems,
+            chunks,
+        })
+    }
+
+    /// Writes the index and trailer; for a file writer, flushes, fsyncs and
+    /// renames the temporary file over the destination.
+    pub fn finish(mut self) -> Result<(Summary, Option<W>)> {
+        let index = RawIndex {
+            tensors: self.tensors.iter().map(RawTensor::from).collect(),
+            tree: std::mem::take(&mut self.tree),
+            metadata: std::mem::take(&mut self.metadata),
+            writer: Some(self.opts.writer.clone()),
+        };
+        let bytes = serde_json::to_vec(&index).map_err(|e| Error::InvalidArgument(format!("index: {e}")))?;
+        let depth = json_depth(&bytes);
+        if depth > MAX_JSON_DEPTH {
+            return Err(Error::InvalidArgument(format!(
+                "tree or metadata nested {depth} levels deep in JSON, over the limit of {MAX_JSON_DEPTH}"
+            )));
+        }
+        if bytes.len() as u64 > MAX_INDEX_BYTES {
+            return Err(Error::InvalidArgument(format!(
+                "index of {} bytes is over the limit of {MAX_INDEX_BYTES}",
+                bytes.len()
+            )));
+        }
+        let data_bytes = self.pos - SUPERBLOCK_LEN as u64;
+        let trailer = Trailer { index_offset: self.pos, index_len: bytes.len() as u64, index_crc32c: crc32c::crc32c(&bytes) };
+        self.write(&bytes)?;
+        self.write(&trailer.encode())?;
+        let summary = Summary { path: None, tensors: self.tensors.len(), file_bytes: self.pos, data_bytes };
+        match self.sink.take().unwrap() {
+            Sink::Stream(mut out) => {
+                out.flush().map_err(|e| Error::io(&self.label, e))?;
+                Ok((summary, Some(out)))
+            }
+            Sink::File { out, tmp, dest, sync } => {
+                let label = self.label.clone();
+                let result = commit(out, &tmp, &dest, sync);
+                if result.is_err() {
+                    let _ = fs::remove_file(&tmp);
+                }
+                result.map_err(|e| Error::io(&label, e))?;
+                Ok((Summary { path: Some(dest), ..summary }, None))
+            }
+        }
+    }
+}
+
+fn commit(out: BufWriter<File>, tmp: &Path, dest: &Path, sync: bool) -> io::Result<()> {
+    let file = out.into_inner().map_err(|e| e.into_error())?;
+    if sync {
+        file.sync_all()?;
+    }
+    drop(file);
+    fs::rename(tmp, dest)?;
+    if sync {
+        if let Some(dir) = dest.parent() {
+            let dir = if dir.as_os_str().is_empty() { Path::new(".") } else { dir };
+            // Persists the rename itself; not every platform can open a directory.
+            if let Ok(d) = File::open(dir) {
+                let _ = d.sync_all();
+            }
+        }
+    }
+    Ok(())
+}
+
+fn check_level(level: i32) -> Result<()> {
+    let range = zstd::compression_level_range();
+    if !range.contains(&level) {
+        return Err(Error::InvalidArgument(format!(
+            "zstd level {level} is not in {}..={}",
+            range.start(),
+            range.end()
+        )));
+    }
+    Ok(())
+}
+
+impl<W: Write> Drop for Writer<W> {
+    fn drop(&mut self) {
+        if let Some(Sink::File { tmp, .. }) = self.sink.take() {
+            let _ = fs::remove_file(tmp);
+        }
+    }
+}
+
+impl<W: Write> std::fmt::Debug for Writer<W> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Writer").field("path", &self.label).field("tensors", &self.tensors.len()).field("bytes", &self.pos).finish()
+    }
+}

@@ -749,18 +749,16 @@ impl FloorCharBoundary for String {
     }
 }
 
-/// Every `{"tensor": name}` node of the tree must name a tensor of the index.
+/// Every tree node with a `"tensor"` field must name a tensor of the index.
 fn check_tree_refs(path: &str, tree: &Value, names: &std::collections::HashSet<String>) -> Result<()> {
     match tree {
         Value::Object(map) => {
-            if map.len() == 1 {
-                if let Some(target) = map.get("tensor") {
-                    return match target.as_str() {
-                        Some(n) if names.contains(n) => Ok(()),
-                        Some(n) => Err(Error::invalid_index(path, format!("the tree refers to a missing tensor {n:?}"))),
-                        None => Err(Error::invalid_index(path, "a tree \"tensor\" node does not hold a string")),
-                    };
-                }
+            if let Some(target) = map.get("tensor") {
+                return match target.as_str() {
+                    Some(n) if names.contains(n) => Ok(()),
+                    Some(n) => Err(Error::invalid_index(path, format!("the tree refers to a missing tensor {n:?}"))),
+                    None => Err(Error::invalid_index(path, "a tree \"tensor\" node does not hold a string")),
+                };
             }
             map.values().try_for_each(|v| check_tree_refs(path, v, names))
         }

@@ -450,12 +450,43 @@ impl Reader {
         for t in &self.tensors {
             self.verify_info(t)?;
         }
+        self.verify_padding()?;
         Ok(VerifyReport {
             tensors: self.tensors.len(),
             chunks: self.tensors.iter().map(|t| t.chunks.len()).sum(),
             stored_bytes: self.tensors.iter().map(|t| t.stored_bytes()).sum(),
             decoded_bytes: self.tensors.iter().map(|t| t.nbytes()).sum(),
         })
+    }
+}
+
+impl Reader {
+    /// Bytes of the data region outside every chunk (alignment padding) must
+    /// be zero, so that no byte of the file can change unnoticed.
+    fn verify_padding(&self) -> Result<()> {
+        let mut extents: Vec<(u64, u64)> = self
+            .tensors
+            .iter()
+            .flat_map(|t| t.chunks.iter().map(|c| (c.offset, c.offset + c.stored_len)))
+            .collect();
+        extents.sort_unstable();
+        let mut pos = SUPERBLOCK_LEN as u64;
+        let mut buf = Vec::new();
+        for (start, end) in extents.into_iter().chain([(self.trailer.index_offset, self.trailer.index_offset)]) {
+            if start > pos {
+                buf.resize((start - pos) as usize, 0);
+                self.source.read_exact_at(pos, &mut buf).map_err(|e| Error::io(&self.path, e))?;
+                if let Some(i) = buf.iter().position(|&b| b != 0) {
+                    return Err(Error::CorruptData {
+                        path: self.path.clone(),
+                        part: format!("the padding at offset {}", pos + i as u64),
+                        detail: "padding bytes must be zero".into(),
+                    });
+                }
+            }
+            pos = pos.max(end);
+        }
+        Ok(())
     }
 }
 

@@ -310,7 +310,7 @@ impl<W: Write> Writer<W> {
             target_elems
         };
         let min_for_count = nelems.div_ceil(MAX_CHUNKS_PER_TENSOR as u64);
-        elems.max(min_for_count).clamp(1, MAX_CHUNK_BYTES / dtype.size() as u64)
+        elems.max(min_for_count).min(nelems).clamp(1, MAX_CHUNK_BYTES / dtype.size() as u64)
     }
 
     fn write_raw(&mut self, name: &str, dtype: DType, shape: &[u64], data: &[u8], chunk_elems: u64) -> Result<TensorInfo> {

@@ -1,0 +1,403 @@
+"""Read and write BrainPy's legacy ``.bp`` checkpoints (the flax msgpack layout).
+
+Why: ``save_pytree`` in BrainPy 2.3-2.9 wrote one bare msgpack document (no magic, version,
+index or checksum), and users have years of such files. bpz must read them all, safely, and
+write files BrainPy 2.9 still reads (``bpz convert x.bpz y.bp``, benchmarks).
+
+Layout: maps with str keys (tuples, lists and namedtuples were saved as maps keyed "0", "1",
+... or by field name, and come back as dicts, as in BrainPy); ext type 1 = ndarray, ext 3 =
+numpy scalar, both a msgpack ``[shape, dtype name, C-order bytes]``; ext 2 = Python complex
+``[real, imag]`` (2.7+; 2.3-2.6 wrote complex as an ext-3 complex128). Arrays over 2**30 bytes
+are maps ``{"__msgpack_chunked_array__": True, "shape": {...}, "chunks": {"0": ext1, ...}}``.
+
+Deliberate differences from BrainPy's ``load_pytree``:
+
+* arrays are writable (BrainPy returns read-only views, except chunk-rebuilt arrays);
+* ``str<bits>``/``bytes<bits>`` arrays are read (BrainPy writes them but cannot read them back);
+  ``write_bp`` refuses them, so it never writes a file BrainPy cannot load;
+* byte order: the file records none. bpz reads little-endian, which every BrainPy on x86/ARM
+  wrote, and returns native arrays. BrainPy also saved big-endian arrays' raw bytes under the
+  plain name (``>i4`` as "int32"), so those files hold swapped values that no reader can tell
+  apart; ``write_bp`` stores such arrays little-endian, so they reload correctly everywhere;
+* unknown ext types and non-str map keys are refused (BrainPy returns ``msgpack.ExtType``
+  objects; its writer never produces either);
+* every failure is a :class:`~bpz.errors.FormatError` (or ``TruncatedError`` /
+  ``LimitExceededError``) naming the file and key path, instead of ``InvalidCheckpointPath``
+  with the reason in the path slot (2.9) or raw msgpack errors (2.3-2.6).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import uuid
+from typing import Any, BinaryIO
+
+import numpy as np
+
+from ..errors import FormatError, LimitExceededError, TruncatedError
+from ._common import (
+    MAX_NESTING_DEPTH, ML_DTYPE_NAMES, KeyPath, Source, array_from_bytes, check_file, is_plain,
+    keypath, ml_dtype, require, source_name,
+)
+
+__all__ = ["read_bp", "write_bp", "is_bp_file", "MAX_CHUNK_BYTES", "MAX_DECODED_RATIO"]
+
+#: flax's MAX_CHUNK_SIZE: arrays over this many bytes are split (msgpack lengths are 32-bit).
+MAX_CHUNK_BYTES = 2**30
+#: Decoded array bytes may not exceed the file size times this (each array's bytes are in the
+#: file, so a valid file never comes near it).
+MAX_DECODED_RATIO = 2
+#: Bytes the unpacker reads at a time; it keeps only unfinished objects buffered.
+READ_SIZE = 16 * 2**20
+#: Longest dtype name accepted in an ext payload ("datetime64[100ms]" is 17).
+MAX_DTYPE_NAME = 32
+
+EXT_NDARRAY, EXT_COMPLEX, EXT_NPSCALAR = 1, 2, 3
+CHUNK_MARKER = "__msgpack_chunked_array__"
+
+_NUMERIC_NAME = re.compile(r"bool|u?int(8|16|32|64)|float(16|32|64|128)|complex(64|128|256)")
+_TIME_NAME = re.compile(r"(datetime|timedelta)64(\[\d{0,4}(Y|M|W|D|h|m|s|ms|us|ns|ps|fs|as)\])?")
+_TEXT_NAME = re.compile(r"(str|bytes)([1-9]\d{0,9})")
+
+
+class _Ext:
+    """An ext payload kept undecoded until the walk knows its key path."""
+
+    __slots__ = ("code", "data")
+
+    def __init__(self, code: int, data: bytes) -> None:
+        self.code, self.data = code, data
+
+
+def _dtype_from_name(name: Any, where: str) -> np.dtype:
+    """Little-endian dtype for a ``numpy.dtype.name``; anything but plain types is refused."""
+    if isinstance(name, bytes):
+        name = name.decode("ascii", "replace")
+    if not isinstance(name, str):
+        raise FormatError(f"{where}: dtype name {name!r} is not a string")
+    if name in ML_DTYPE_NAMES:
+        return ml_dtype(name, where)
+    if _NUMERIC_NAME.fullmatch(name) or _TIME_NAME.fullmatch(name):
+        try:
+            return np.dtype(name).newbyteorder("<")
+        except TypeError:
+            raise FormatError(f"{where}: dtype {name!r} does not exist on this platform") from None
+    text = _TEXT_NAME.fullmatch(name)
+    if text:  # dtype.name counts bits: str96 is <U3, bytes16 is S2
+        bits, per_char = int(text.group(2)), 32 if text.group(1) == "str" else 8
+        if bits % per_char == 0:
+            return np.dtype(f"<U{bits // 32}" if per_char == 32 else f"S{bits // 8}")
+    raise FormatError(f"{where}: dtype {name!r} is not a plain numeric, bool or text dtype")
+
+
+def _bin_span(data: bytes, off: int, where: str) -> tuple[int, int]:
+    """Start and length of the bin (or legacy raw str) object at ``off``."""
+    if off >= len(data):
+        raise TruncatedError(f"{where}: array payload ends before its data")
+    tag = data[off]
+    if 0xA0 <= tag <= 0xBF:
+        return off + 1, tag & 0x1F
+    widths = {0xC4: 1, 0xC5: 2, 0xC6: 4, 0xD9: 1, 0xDA: 2, 0xDB: 4}
+    if tag not in widths:
+        raise FormatError(f"{where}: array payload's third item is not binary data")
+    w = widths[tag]
+    if off + 1 + w > len(data):
+        raise TruncatedError(f"{where}: array payload ends inside its data length")
+    return off + 1 + w, int.from_bytes(data[off + 1:off + 1 + w], "big")
+
+
+class _Reader:
+    """Turns an unpacked tree (with :class:`_Ext` leaves) into BrainPy's pytree, checking as it goes."""
+
+    def __init__(self, msgpack: Any, name: str, size: int) -> None:
+        self.msgpack, self.name = msgpack, name
+        self.budget = max(size, 1) * MAX_DECODED_RATIO
+
+    def where(self, path: KeyPath) -> str:
+        return f"{self.name}: at key path {keypath(path)}"
+
+    def restore(self, node: Any, path: KeyPath = ()) -> Any:
+        if len(path) > MAX_NESTING_DEPTH:
+            raise LimitExceededError(f"{self.where(path[:8])}...: nesting deeper than {MAX_NESTING_DEPTH}")
+        if isinstance(node, _Ext):
+            return self.ext(node, path)
+        if isinstance(node, dict):
+            if CHUNK_MARKER in node:
+                return self.unchunk(node, path)
+            for key, value in node.items():  # in place, so ext payloads are freed as we go
+                if not isinstance(key, str):
+                    raise FormatError(f"{self.where(path)}: map key {key!r} is not a string")
+                node[key] = self.restore(value, path + (key,))
+            return node
+        if isinstance(node, list):
+            for i, value in enumerate(node):
+                node[i] = self.restore(value, path + (i,))
+        return node
+
+    def ext(self, ext: _Ext, path: KeyPath) -> Any:
+        if ext.code == EXT_NDARRAY:
+            return self.array(ext.data, path)
+        if ext.code == EXT_NPSCALAR:
+            return self.array(ext.data, path)[()]
+        if ext.code == EXT_COMPLEX:
+            try:
+                parts = self.msgpack.unpackb(ext.data, raw=False, ext_hook=self._no_ext)
+            except Exception as exc:  # noqa: BLE001 - any msgpack failure means a bad payload
+                raise FormatError(f"{self.where(path)}: bad complex payload: {exc}") from None
+            if (not isinstance(parts, list) or len(parts) != 2
+                    or not all(type(p) in (int, float) for p in parts)):
+                raise FormatError(f"{self.where(path)}: complex payload is not [real, imag]")
+            return complex(*parts)
+        raise FormatError(f"{self.where(path)}: unknown msgpack ext type {ext.code}")
+
+    @staticmethod
+    def _no_ext(code: int, data: bytes) -> Any:
+        raise ValueError(f"nested ext type {code}")
+
+    def array(self, data: bytes, path: KeyPath) -> np.ndarray:
+        """Decode ``[shape, dtype name, bytes]`` into a fresh writable array."""
+        where = self.where(path)
+        u = self.msgpack.Unpacker(io.BytesIO(data), read_size=256, max_buffer_size=4096,
+                                  max_array_len=64, max_str_len=MAX_DTYPE_NAME, max_bin_len=MAX_DTYPE_NAME,
+                                  max_map_len=0, max_ext_len=0, raw=False, ext_hook=self._no_ext)
+        try:
+            if u.read_array_header() != 3:
+                raise FormatError(f"{where}: array payload is not [shape, dtype, data]")
+            shape, name = u.unpack(), u.unpack()
+            start = u.tell()
+        except FormatError:
+            raise
+        except self.msgpack.OutOfData:
+            raise TruncatedError(f"{where}: array payload ends early") from None
+        except Exception as exc:  # noqa: BLE001
+            raise FormatError(f"{where}: bad array payload: {exc}") from None
+        dtype = _dtype_from_name(name, where)
+        start, length = _bin_span(data, start, where)
+        if start + length != len(data):
+            raise FormatError(f"{where}: array payload is {len(data)} bytes but declares "
+                              f"{length} data bytes at offset {start}")
+        self.budget -= length
+        if self.budget < 0:
+            raise LimitExceededError(f"{where}: decoded arrays exceed {MAX_DECODED_RATIO}x the file size")
+        return array_from_bytes(memoryview(data)[start:], dtype, shape, where)
+
+    def unchunk(self, node: dict, path: KeyPath) -> np.ndarray:
+        """Rebuild an array that flax split into 1-D chunks."""
+        where = self.where(path)
+        shape, chunks = node.get("shape"), node.get("chunks")
+        if not isinstance(shape, dict) or not isinstance(chunks, dict) or not chunks:
+            raise FormatError(f"{where}: chunked array lacks its 'shape' or 'chunks' map")
+        pieces = [self.restore(c, path + ("chunks", k)) for k, c in chunks.items()]
+        if not all(isinstance(p, np.ndarray) and p.ndim == 1 and p.dtype == pieces[0].dtype
+                   for p in pieces):
+            raise FormatError(f"{where}: chunks are not 1-D arrays of one dtype")
+        dims = list(shape.values())
+        if not all(type(d) is int and d >= 0 for d in dims) or len(dims) > 64:
+            raise FormatError(f"{where}: chunked array shape {dims!r} is invalid")
+        total = sum(p.size for p in pieces)
+        if int(np.prod(dims, dtype=object)) != total:
+            raise FormatError(f"{where}: chunks hold {total} elements but shape {dims} needs "
+                              f"{int(np.prod(dims, dtype=object))}")
+        return np.concatenate(pieces).reshape(dims)
+
+
+def read_bp(source: Source) -> Any:
+    """Load a BrainPy ``.bp`` checkpoint (path or bytes) exactly as ``load_pytree`` returns it.
+
+    Maps come back as dicts with str keys, arrays as writable native-order ndarrays, numpy
+    scalars as numpy scalars, complex as ``complex``; see the module doc for what differs.
+    """
+    msgpack = require("msgpack", "msgpack", "reading BrainPy .bp files")
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        name, size = source_name(source), memoryview(source).nbytes
+        fh: BinaryIO = io.BytesIO(source)
+    else:
+        name, size = check_file(source)
+        fh = open(name, "rb")
+    with fh:
+        limit = max(size, 1)
+        unpacker = msgpack.Unpacker(
+            fh, read_size=min(READ_SIZE, limit), max_buffer_size=limit, max_str_len=limit,
+            max_bin_len=limit, max_ext_len=limit, max_array_len=limit, max_map_len=limit,
+            raw=False, use_list=True, ext_hook=_Ext)
+        try:
+            tree = unpacker.unpack()
+        except msgpack.OutOfData:
+            raise TruncatedError(f"{name}: file ends inside the msgpack document ({size} bytes)") from None
+        except msgpack.StackError:
+            raise LimitExceededError(f"{name}: msgpack nesting is too deep") from None
+        except (ValueError, TypeError, UnicodeDecodeError, msgpack.UnpackException) as exc:
+            if "exceeds max" in str(exc):
+                raise LimitExceededError(f"{name}: {exc} (larger than the file)") from None
+            raise FormatError(f"{name}: not a valid BrainPy .bp (msgpack) file: {exc}") from None
+        if unpacker.tell() != size:
+            raise FormatError(f"{name}: {size - unpacker.tell()} trailing bytes after the msgpack document")
+    return _Reader(msgpack, name, size).restore(tree)
+
+
+def is_bp_file(source: "str | os.PathLike[str] | bytes") -> bool:
+    """Cheap sniff: does this file (or these first bytes) start like a BrainPy ``.bp`` file?
+
+    True for a msgpack map whose first key is a string (or an empty map), and for a top-level
+    ext 1/2/3 (a bare array, complex or numpy scalar). Other bare leaves (an int, a str) are
+    valid ``.bp`` files too, but too ambiguous to claim.
+    """
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        head = bytes(source[:16])
+    else:
+        try:
+            with open(source, "rb") as fh:
+                head = fh.read(16)
+        except OSError:
+            return False
+    if not head:
+        return False
+    tag = head[0]
+    key_at = {0xDE: 3, 0xDF: 5}.get(tag, 1 if 0x81 <= tag <= 0x8F else None)
+    if tag == 0x80:
+        return len(head) == 1
+    if key_at is not None:
+        return len(head) > key_at and (0xA0 <= head[key_at] <= 0xBF or head[key_at] in (0xD9, 0xDA, 0xDB))
+    type_at = {0xC7: 2, 0xC8: 3, 0xC9: 5}.get(tag, 1 if 0xD4 <= tag <= 0xD8 else None)
+    return type_at is not None and len(head) > type_at and head[type_at] in (1, 2, 3)
+
+
+def _ext_header(length: int, code: int) -> bytes:
+    """msgpack ext framing, choosing fixext/ext8/16/32 exactly as msgpack-python does."""
+    fixed = {1: 0xD4, 2: 0xD5, 4: 0xD6, 8: 0xD7, 16: 0xD8}
+    if length in fixed:
+        return bytes((fixed[length], code))
+    if length <= 0xFF:
+        return bytes((0xC7, length, code))
+    if length <= 0xFFFF:
+        return b"\xc8" + length.to_bytes(2, "big") + bytes((code,))
+    if length <= 0xFFFFFFFF:
+        return b"\xc9" + length.to_bytes(4, "big") + bytes((code,))
+    raise ValueError(f"ext payload of {length} bytes exceeds msgpack's 32-bit length")
+
+
+def _map_header(n: int) -> bytes:
+    if n < 16:
+        return bytes((0x80 | n,))
+    return b"\xde" + n.to_bytes(2, "big") if n <= 0xFFFF else b"\xdf" + n.to_bytes(4, "big")
+
+
+def _plain(x: Any) -> Any:
+    """A bool/str/float subclass instance (an enum, say) as its plain base value."""
+    return next(base(x) for base in (bool, float, str) if isinstance(x, base))
+
+
+def _bin_header(length: int) -> bytes:
+    if length <= 0xFF:
+        return bytes((0xC4, length))
+    if length <= 0xFFFF:
+        return b"\xc5" + length.to_bytes(2, "big")
+    return b"\xc6" + length.to_bytes(4, "big")
+
+
+class _Writer:
+    """Streams a pytree as flax ``msgpack_serialize`` would, array bytes written without copies."""
+
+    def __init__(self, fh: BinaryIO, msgpack: Any, max_chunk_bytes: int) -> None:
+        self.fh, self.max_chunk = fh, max_chunk_bytes
+        self.pack = msgpack.Packer(use_bin_type=True).pack
+
+    def value(self, x: Any, path: KeyPath) -> None:
+        if len(path) > MAX_NESTING_DEPTH:
+            raise ValueError(f"nesting deeper than {MAX_NESTING_DEPTH} at key path {keypath(path[:8])}...")
+        write = self.fh.write
+        if isinstance(x, np.generic):
+            if x.dtype.kind in "US":  # np.str_ / np.bytes_: BrainPy cannot read text arrays
+                write(self.pack(str(x) if x.dtype.kind == "U" else bytes(x)))
+            else:
+                self.array(np.asarray(x), path, EXT_NPSCALAR)
+        elif isinstance(x, np.ndarray):
+            self.array(x, path, EXT_NDARRAY)
+        elif x is None or isinstance(x, (bool, str, float)):
+            write(self.pack(x if x is None or type(x) in (bool, str, float) else _plain(x)))
+        elif isinstance(x, int):
+            if not -2**63 <= x < 2**64:
+                raise OverflowError(f"integer {x} at key path {keypath(path)} does not fit msgpack's 64 bits")
+            write(self.pack(int(x)))
+        elif isinstance(x, (bytes, bytearray, memoryview)):
+            write(self.pack(bytes(x)))
+        elif isinstance(x, complex):
+            payload = self.pack([x.real, x.imag])
+            write(_ext_header(len(payload), EXT_COMPLEX) + payload)
+        elif isinstance(x, dict):
+            items = [(str(k), v) for k, v in x.items()]
+            keys = [k for k, _ in items]
+            if len(set(keys)) != len(keys):
+                clashes = {k: [o for o in x if str(o) == k] for k in keys if keys.count(k) > 1}
+                raise ValueError(f"Dict keys do not have a unique string representation at key path "
+                                 f"{keypath(path)}. Collisions: {clashes}")
+            self.map(items, path)
+        elif isinstance(x, (tuple, list)):
+            names = getattr(x, "_fields", None)  # namedtuple -> field names, else "0", "1", ...
+            self.map(list(zip(names or map(str, range(len(x))), x)), path)
+        elif hasattr(x, "__array__") and hasattr(x, "dtype") and hasattr(x, "shape"):
+            self.array(np.asarray(x), path, EXT_NDARRAY)  # jax.Array and friends
+        else:
+            raise TypeError(f"can not serialize {type(x).__name__!r} object at key path {keypath(path)}")
+
+    def map(self, items: list[tuple[str, Any]], path: KeyPath) -> None:
+        self.fh.write(_map_header(len(items)))
+        for key, value in items:
+            self.fh.write(self.pack(key))
+            self.value(value, path + (key,))
+
+    def array(self, arr: np.ndarray, path: KeyPath, code: int) -> None:
+        dtype = arr.dtype
+        if dtype.kind in "US":
+            raise ValueError(f"{dtype} array at key path {keypath(path)}: BrainPy cannot read back "
+                             f"unicode/bytes arrays; store them as str leaves instead")
+        if not (is_plain(dtype) or dtype.kind in "Mm"):
+            raise ValueError(f"Object and structured dtypes not supported for serialization of "
+                             f"ndarrays (key path {keypath(path)}: {dtype})")
+        if dtype.byteorder == ">" or (dtype.byteorder == "=" and not np.little_endian):
+            arr = arr.astype(dtype.newbyteorder("<"))  # BrainPy reads the bytes as little-endian
+        arr = np.ascontiguousarray(arr)
+        if code == EXT_NDARRAY and arr.nbytes > self.max_chunk:
+            flat = arr.reshape(-1)
+            step = max(1, self.max_chunk // arr.itemsize)
+            self.fh.write(b"\x83" + self.pack(CHUNK_MARKER) + self.pack(True) + self.pack("shape"))
+            self.map([(str(i), d) for i, d in enumerate(arr.shape)], path + ("shape",))
+            self.fh.write(self.pack("chunks"))
+            starts = range(0, flat.size, step)
+            self.fh.write(_map_header(len(starts)))
+            for i, start in enumerate(starts):
+                self.fh.write(self.pack(str(i)))
+                self.ext_array(flat[start:start + step], code)
+            return
+        self.ext_array(arr, code)
+
+    def ext_array(self, arr: np.ndarray, code: int) -> None:
+        head = b"\x93" + self.pack(list(arr.shape)) + self.pack(arr.dtype.name) + _bin_header(arr.nbytes)
+        self.fh.write(_ext_header(len(head) + arr.nbytes, code) + head)
+        if arr.nbytes:
+            self.fh.write(memoryview(arr.reshape(-1).view(np.uint8)))
+
+
+def write_bp(path: "str | os.PathLike[str]", pytree: Any, *, max_chunk_bytes: int = MAX_CHUNK_BYTES) -> str:
+    """Write ``pytree`` as a ``.bp`` file BrainPy 2.3-2.9 ``load_pytree`` reads; return the path.
+
+    Byte-identical to BrainPy 2.9's ``save_pytree`` for the same tree (maps in insertion order,
+    Python complex as ext 2). Written to a temporary name and renamed, so a failure never leaves
+    a half-written file. ``max_chunk_bytes`` is flax's chunking threshold (tests lower it).
+    """
+    msgpack = require("msgpack", "msgpack", "writing BrainPy .bp files")
+    if max_chunk_bytes < 1:
+        raise ValueError("max_chunk_bytes must be positive")
+    final = os.fspath(path)
+    tmp = f"{final}.tmp-{uuid.uuid4().hex}"
+    try:
+        with open(tmp, "wb", buffering=2**20) as fh:
+            _Writer(fh, msgpack, max_chunk_bytes).value(pytree, ())
+        os.replace(tmp, final)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    return final

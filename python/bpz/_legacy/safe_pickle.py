@@ -1,0 +1,231 @@
+"""Load legacy pickles (state dicts, ``save_states`` ``.pkl``) without running their code.
+
+Why: ``pickle.load`` calls whatever callables a file names, so a shared checkpoint could run
+``os.system``. The unpickler here resolves only plain containers and stand-ins for the few
+numpy constructors that array pickles use. The stand-ins record their arguments; numpy sees
+them only after the load, when :func:`load_pickle` builds each array from exact-length bytes
+with a dtype parsed from an allowlist (bool, int, uint, float, complex, str, bytes and the
+``ml_dtypes`` types). Object, structured and datetime dtypes are refused, and numpy's own
+``__setstate__`` never sees a file's data.
+"""
+
+from __future__ import annotations
+
+import collections
+import io
+import pickle
+from typing import Any, Callable
+
+import numpy as np
+
+from ..errors import FormatError, LimitExceededError, TruncatedError
+from ._common import (
+    MAX_NESTING_DEPTH, ML_DTYPE_NAMES, Source, array_from_bytes, checked_shape, keypath,
+    ml_dtype, plain_typestr, read_all,
+)
+
+__all__ = ["load_pickle"]
+
+
+class _Stub:
+    """Base of the stand-ins: records the BUILD state a pickle applies to the object."""
+
+    __slots__ = ("args", "state")
+
+    def __init__(self, *args: Any) -> None:
+        self.args, self.state = args, None
+
+    def __setstate__(self, state: Any) -> None:
+        self.state = state
+
+
+class _DType(_Stub):
+    """Stands for ``numpy.dtype(spec, align, copy)`` plus its pickled state (byte order)."""
+
+    __slots__ = ()
+
+
+class _Array(_Stub):
+    """Stands for an ndarray: ``_reconstruct`` + BUILD, ``_frombuffer(...)`` or ``scalar(...)``."""
+
+    __slots__ = ("how",)
+
+    def __init__(self, how: str, *args: Any) -> None:
+        super().__init__(*args)
+        self.how = how
+
+
+class _MLType:
+    """Stands for an ``ml_dtypes`` scalar type (bfloat16 ...) used as a dtype spec."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+
+_NDARRAY = object()  # what 'numpy.ndarray' resolves to: passable to _reconstruct, not callable
+
+
+def _reconstruct(subtype: Any, shape: Any = None, typecode: Any = None) -> _Array:
+    if subtype is not _NDARRAY:
+        raise FormatError(f"_reconstruct of {subtype!r} refused: only numpy.ndarray is allowed")
+    return _Array("reconstruct")
+
+
+def _bytes(*args: Any) -> bytes:
+    """``bytes()`` as protocol 2 pickles use it; ``bytes(n)`` would allocate n bytes, so no ints."""
+    if args and not isinstance(args[0], (bytes, bytearray, str)):
+        raise FormatError(f"bytes({type(args[0]).__name__}) refused")
+    return bytes(*args)
+
+
+def _bytearray(*args: Any) -> bytearray:
+    if args and not isinstance(args[0], (bytes, bytearray, str)):
+        raise FormatError(f"bytearray({type(args[0]).__name__}) refused")
+    return bytearray(*args)
+
+
+def _latin1(text: str, encoding: str = "utf-8") -> bytes:
+    """``_codecs.encode``, which protocol 2 pickles use for bytes; only latin-1 is allowed."""
+    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
+        raise FormatError(f"_codecs.encode with encoding {encoding!r} refused")
+    return text.encode("latin-1")
+
+
+_NUMPY_MODULES = ("numpy.core.multiarray", "numpy._core.multiarray", "numpy.core.numeric", "numpy._core.numeric")
+#: Every global a legacy pickle may name, mapped to what it resolves to.
+ALLOWED_GLOBALS: dict[tuple[str, str], Any] = {
+    **{("builtins", t.__name__): t for t in (dict, list, tuple, set, frozenset, complex, bool, int, float, str)},
+    ("builtins", "bytes"): _bytes,
+    ("builtins", "bytearray"): _bytearray,
+    ("collections", "OrderedDict"): collections.OrderedDict,
+    ("_codecs", "encode"): _latin1,
+    ("numpy", "ndarray"): _NDARRAY,
+    ("numpy", "dtype"): _DType,
+    **{(m, "_reconstruct"): _reconstruct for m in _NUMPY_MODULES[:2]},
+    **{(m, "scalar"): (lambda dtype, data=b"": _Array("scalar", dtype, data)) for m in _NUMPY_MODULES[:2]},
+    **{(m, "_frombuffer"): (lambda buf, dtype, shape, order: _Array("frombuffer", buf, dtype, shape, order))
+       for m in _NUMPY_MODULES[2:]},
+    **{("ml_dtypes", n): _MLType(n) for n in ML_DTYPE_NAMES},
+}
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    def __init__(self, file: io.BytesIO, name: str) -> None:
+        super().__init__(file)
+        self.name = name
+
+    def find_class(self, module: str, name: str) -> Any:
+        try:
+            return ALLOWED_GLOBALS[(module, name)]
+        except KeyError:
+            raise FormatError(f"{self.name}: pickle refers to {module}.{name}, which is not allowed "
+                              f"(only containers and numpy arrays are loaded)") from None
+
+    def persistent_load(self, pid: Any) -> Any:
+        raise FormatError(f"{self.name}: persistent ids are not allowed in a legacy pickle")
+
+
+class _Resolver:
+    """Replaces stand-ins by real numpy objects, walking the loaded tree once."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.done: dict[int, Any] = {}  # id -> result, keeps shared and cyclic references intact
+
+    def where(self, path: tuple) -> str:
+        return f"{self.name}: at key path {keypath(path)}"
+
+    def dtype(self, stub: Any, where: str) -> np.dtype:
+        if not isinstance(stub, _DType):
+            raise FormatError(f"{where}: expected a numpy dtype, got {type(stub).__name__}")
+        spec = stub.args[0] if stub.args else None
+        dtype = ml_dtype(spec.name, where) if isinstance(spec, _MLType) else plain_typestr(spec, where)
+        state = stub.state
+        if state is not None:
+            if (not isinstance(state, tuple) or len(state) not in (8, 9) or state[0] not in (3, 4)
+                    or state[1] not in ("<", ">", "|", "=") or any(s is not None for s in state[2:5])
+                    or (len(state) == 9 and state[8] not in (None, {}))):
+                raise FormatError(f"{where}: dtype state {state!r} is not a plain dtype's")
+            if state[5] not in (-1, dtype.itemsize):
+                raise FormatError(f"{where}: dtype state gives itemsize {state[5]}, {dtype} has {dtype.itemsize}")
+            if state[1] in "<>" and dtype.itemsize > 1 and dtype.kind != "V":
+                dtype = dtype.newbyteorder(state[1])
+        return dtype
+
+    def array(self, stub: _Array, where: str) -> Any:
+        if stub.how == "reconstruct":
+            state = stub.state
+            if isinstance(state, tuple) and len(state) == 5:
+                state = state[1:]  # (version, shape, dtype, is_fortran, raw)
+            if not isinstance(state, tuple) or len(state) != 4:
+                raise FormatError(f"{where}: ndarray state {type(state).__name__} is malformed")
+            shape, dtype, fortran, raw = state
+            order = "F" if fortran else "C"
+        elif stub.how == "frombuffer":
+            raw, dtype, shape, order = stub.args
+            if order not in ("C", "F"):
+                raise FormatError(f"{where}: array order {order!r} is invalid")
+        else:  # scalar(dtype, bytes)
+            dtype, raw = stub.args
+            shape, order = (), "C"
+        dtype = self.dtype(dtype, where)
+        if not isinstance(raw, (bytes, bytearray)):
+            raise FormatError(f"{where}: array data is {type(raw).__name__}, not bytes")
+        arr = array_from_bytes(raw, dtype, checked_shape(shape, where), where, fortran=order == "F")
+        return arr[()] if stub.how == "scalar" else arr
+
+    def resolve(self, obj: Any, path: tuple = ()) -> Any:
+        if len(path) > MAX_NESTING_DEPTH:
+            raise LimitExceededError(f"{self.where(path[:8])}...: nesting deeper than {MAX_NESTING_DEPTH}")
+        if isinstance(obj, (str, bytes, int, float, complex, type(None))):
+            return obj
+        if id(obj) in self.done:
+            return self.done[id(obj)]
+        where = self.where(path)
+        if isinstance(obj, _Array):
+            result: Any = self.array(obj, where)
+        elif isinstance(obj, _DType):
+            result = self.dtype(obj, where)
+        elif isinstance(obj, dict):
+            self.done[id(obj)] = obj
+            items = [(self.resolve(k, path + (k,)), self.resolve(v, path + (k,))) for k, v in obj.items()]
+            obj.clear()
+            obj.update(items)
+            return obj
+        elif isinstance(obj, list):
+            self.done[id(obj)] = obj
+            obj[:] = [self.resolve(v, path + (i,)) for i, v in enumerate(obj)]
+            return obj
+        elif isinstance(obj, (tuple, set, frozenset)):
+            result = type(obj)(self.resolve(v, path + (i,)) for i, v in enumerate(obj))
+        elif isinstance(obj, bytearray):
+            result = obj
+        else:
+            raise FormatError(f"{where}: {type(obj).__name__} object is not allowed in a legacy pickle")
+        self.done[id(obj)] = result
+        return result
+
+
+def load_pickle(source: Source) -> Any:
+    """Unpickle a legacy state dict / ``save_states`` file (path or bytes) without running code.
+
+    Arrays come back writable and in native byte order. Any global outside
+    :data:`ALLOWED_GLOBALS` raises :class:`~bpz.errors.FormatError` naming it.
+    """
+    data, name = read_all(source)
+    try:
+        loaded = _RestrictedUnpickler(io.BytesIO(data), name).load()
+    except FormatError:
+        raise
+    except EOFError:
+        raise TruncatedError(f"{name}: pickle data ends early") from None
+    except RecursionError:
+        raise LimitExceededError(f"{name}: pickle nesting is too deep") from None
+    except MemoryError:
+        raise LimitExceededError(f"{name}: pickle asks for more memory than available") from None
+    except Exception as exc:  # noqa: BLE001 - pickle raises many types for corrupt input
+        msg = str(exc)
+        if "truncated" in msg or "ran out of input" in msg.lower():
+            raise TruncatedError(f"{name}: pickle data ends early ({msg})") from None
+        raise FormatError(f"{name}: not a valid legacy pickle: {type(exc).__name__}: {msg}") from None
+    return _Resolver(name).resolve(loaded)

@@ -16,7 +16,10 @@ __all__ = [
     "ChecksumError",
     "UnsupportedVersionError",
     "LimitExceededError",
+    "CorruptDataError",
+    "NotZeroCopyError",
     "TensorNotFoundError",
+    "InvalidCheckpointError",
     "CheckpointNotFoundError",
     "InvalidCheckpointPath",
 ]
@@ -63,6 +66,18 @@ class LimitExceededError(FormatError):
     kind = "limit_exceeded"
 
 
+class CorruptDataError(FormatError):
+    """A chunk's checksum matched but it does not decode to its declared size."""
+
+    kind = "corrupt_data"
+
+
+class NotZeroCopyError(BpzError, ValueError):
+    """A zero-copy view was asked of a compressed tensor or an unmapped archive."""
+
+    kind = "not_zero_copy"
+
+
 class TensorNotFoundError(BpzError, KeyError):
     """No tensor of that name in the archive."""
 
@@ -76,3 +91,7 @@ class CheckpointNotFoundError(BpzError, FileNotFoundError, ValueError):
 
 class InvalidCheckpointPath(BpzError, ValueError):
     """Saving would overwrite an existing file while ``overwrite=False``."""
+
+
+class InvalidCheckpointError(BpzError, ValueError):
+    """A numbered checkpoint would be older than one already in the directory."""

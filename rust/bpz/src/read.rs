@@ -100,6 +100,24 @@ impl Source for FileSource {
     }
 }
 
+/// Plain chunks at least this large are read with `pread` rather than copied
+/// from the map when the caller wants a copy.
+const PREAD_MIN_BYTES: usize = 256 << 10;
+
+#[cfg(unix)]
+fn read_exact_at(file: &File, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+    std::os::unix::fs::FileExt::read_exact_at(file, buf, offset)
+}
+
+#[cfg(not(unix))]
+fn read_exact_at(file: &File, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+    // No positioned reads here: fall back to a cloned handle's seek + read.
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = file.try_clone()?;
+    f.seek(SeekFrom::Start(offset))?;
+    f.read_exact(buf)
+}
+
 /// How [`Reader::open_with`] accesses the file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Backend {
@@ -114,6 +132,9 @@ pub enum Backend {
 pub struct Reader {
     source: Arc<dyn Source>,
     map: Option<Arc<Mmap>>,
+    /// Positioned reads of whole plain chunks into fresh buffers beat copying
+    /// from the map, which faults on both sides; kept even with the mmap backend.
+    file: Option<Arc<File>>,
     path: String,
     superblock: Superblock,
     trailer: Trailer,
@@ -149,6 +170,7 @@ impl Reader {
                 let map = Arc::new(map);
                 let mut r = Reader::from_source_labeled(Arc::new(MapHandle(map.clone())), label)?;
                 r.map = Some(map);
+                r.file = Some(Arc::new(file));
                 Ok(r)
             }
             Backend::Pread => {
@@ -197,6 +219,7 @@ impl Reader {
         Ok(Reader {
             source,
             map: None,
+            file: None,
             path,
             superblock,
             trailer,
@@ -212,6 +235,10 @@ impl Reader {
     /// Decode chunks on all cores (default) or on the calling thread only.
     pub fn set_parallel(&mut self, parallel: bool) {
         self.parallel = parallel;
+    }
+
+    pub fn is_parallel(&self) -> bool {
+        self.parallel
     }
 
     pub fn path(&self) -> &str {
@@ -325,18 +352,9 @@ impl Reader {
     }
 
     fn alloc(&self, t: &TensorInfo, n: u64) -> Result<Vec<u8>> {
-        let mut v = Vec::new();
-        usize::try_from(n)
-            .ok()
-            .and_then(|n| v.try_reserve_exact(n).ok().map(|_| n))
-            .ok_or_else(|| Error::InvalidArgument(format!(
-                "{}: cannot allocate {n} bytes for tensor {:?}",
-                self.path, t.name
-            )))
-            .map(|n| {
-                v.resize(n, 0);
-                v
-            })
+        usize::try_from(n).ok().and_then(try_zeroed_vec).ok_or_else(|| {
+            Error::InvalidArgument(format!("{}: cannot allocate {n} bytes for tensor {:?}", self.path, t.name))
+        })
     }
 
     fn part(t: &TensorInfo, i: usize) -> String {
@@ -377,6 +395,12 @@ impl Reader {
         let decoded_len = t.chunk_decoded_len(i);
         let whole = within.start == 0 && within.end == decoded_len;
         let owned;
+        if let (Some(file), false, true) = (&self.file, c.encoded, whole) {
+            if out.len() >= PREAD_MIN_BYTES {
+                read_exact_at(file, c.offset, out).map_err(|e| Error::io(&self.path, e))?;
+                return self.check_crc(t, i, out);
+            }
+        }
         let stored: &[u8] = match self.source.as_slice() {
             Some(map) => &map[c.offset as usize..(c.offset + c.stored_len) as usize],
             None if !c.encoded && whole => {
@@ -511,5 +535,21 @@ impl Source for MapHandle {
     }
     fn as_slice(&self) -> Option<&[u8]> {
         Some(&self.0)
+    }
+}
+
+/// A zeroed buffer, or `None` if the allocator refuses (never an abort: sizes
+/// come from files). Zeroed allocation maps fresh pages lazily, so the pages
+/// are touched once, by the read that fills them.
+pub fn try_zeroed_vec(n: usize) -> Option<Vec<u8>> {
+    if n == 0 {
+        return Some(Vec::new());
+    }
+    let layout = std::alloc::Layout::array::<u8>(n).ok()?;
+    // SAFETY: the layout has non-zero size; a non-null result is an allocation
+    // of `n` zeroed bytes with u8's alignment, exactly what Vec<u8> expects.
+    unsafe {
+        let ptr = std::alloc::alloc_zeroed(layout);
+        (!ptr.is_null()).then(|| Vec::from_raw_parts(ptr, n, n))
     }
 }

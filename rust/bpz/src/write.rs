@@ -47,6 +47,9 @@ pub struct WriterOptions {
     pub filter: Option<Filter>,
     /// fsync the file and its directory before the rename.
     pub sync: bool,
+    /// Replace an existing destination. When false, finishing fails if the
+    /// destination exists by then (checked atomically, not racily).
+    pub overwrite: bool,
     pub writer: WriterInfo,
 }
 
@@ -59,6 +62,7 @@ impl Default for WriterOptions {
             level: 1,
             filter: None,
             sync: true,
+            overwrite: true,
             writer: WriterInfo {
                 name: "bpz-rs".into(),
                 version: env!("CARGO_PKG_VERSION").into(),
@@ -87,7 +91,7 @@ pub struct Summary {
 /// Where the bytes go: a temporary sibling renamed over the destination on
 /// success, or any `Write`.
 enum Sink<W: Write> {
-    File { out: BufWriter<File>, tmp: PathBuf, dest: PathBuf, sync: bool },
+    File { out: BufWriter<File>, tmp: PathBuf, dest: PathBuf, sync: bool, overwrite: bool },
     Stream(W),
 }
 
@@ -122,6 +126,7 @@ impl Writer<io::Sink> {
             tmp,
             dest,
             sync: opts.sync,
+            overwrite: opts.overwrite,
         };
         Writer::start(sink, label, opts)
     }
@@ -418,9 +423,9 @@ impl<W: Write> Writer<W> {
                 out.flush().map_err(|e| Error::io(&self.label, e))?;
                 Ok((summary, Some(out)))
             }
-            Sink::File { out, tmp, dest, sync } => {
+            Sink::File { out, tmp, dest, sync, overwrite } => {
                 let label = self.label.clone();
-                let result = commit(out, &tmp, &dest, sync);
+                let result = commit(out, &tmp, &dest, sync, overwrite);
                 if result.is_err() {
                     let _ = fs::remove_file(&tmp);
                 }
@@ -431,13 +436,19 @@ impl<W: Write> Writer<W> {
     }
 }
 
-fn commit(out: BufWriter<File>, tmp: &Path, dest: &Path, sync: bool) -> io::Result<()> {
+fn commit(out: BufWriter<File>, tmp: &Path, dest: &Path, sync: bool, overwrite: bool) -> io::Result<()> {
     let file = out.into_inner().map_err(|e| e.into_error())?;
     if sync {
         file.sync_all()?;
     }
     drop(file);
-    fs::rename(tmp, dest)?;
+    if overwrite {
+        fs::rename(tmp, dest)?;
+    } else {
+        // A hard link fails if the destination exists: an atomic no-replace rename.
+        fs::hard_link(tmp, dest)?;
+        fs::remove_file(tmp)?;
+    }
     if sync {
         if let Some(dir) = dest.parent() {
             let dir = if dir.as_os_str().is_empty() { Path::new(".") } else { dir };

@@ -321,3 +321,16 @@ fn many_threads_read_one_archive() {
         }
     });
 }
+
+#[test]
+fn no_overwrite_refuses_an_existing_destination_atomically() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("x.bpz");
+    std::fs::write(&path, b"precious").unwrap();
+    let mut w = Writer::create(&path, WriterOptions { overwrite: false, ..Default::default() }).unwrap();
+    w.add_tensor("a", DType::U8, &[1], &[1]).unwrap();
+    let e = w.finish().unwrap_err();
+    assert_eq!(e.kind(), "io");
+    assert_eq!(std::fs::read(&path).unwrap(), b"precious");
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "temporary file left behind");
+}

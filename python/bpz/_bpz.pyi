@@ -1,0 +1,109 @@
+"""Type stubs of the native module ``bpz._bpz`` (a thin layer over the Rust crate)."""
+
+import os
+from typing import Any, Literal, TypedDict
+
+__version__: str
+FORMAT_VERSION: tuple[int, int]
+DTYPES: list[str]
+
+class _InfoDict(TypedDict):
+    name: str
+    dtype: str
+    shape: list[int]
+    storage: Literal["raw", "chunked"]
+    filter: str
+    codec: Literal["none", "zstd"]
+    chunk_elems: int
+    chunks: int
+    encoded_chunks: int
+    nbytes: int
+    stored_bytes: int
+    offset: int | None
+
+class Buffer:
+    """Bytes owned by Rust, exposed to NumPy through ``__array_interface__``."""
+
+    @property
+    def __array_interface__(self) -> dict[str, Any]: ...
+    @property
+    def nbytes(self) -> int: ...
+    @property
+    def readonly(self) -> bool: ...
+    @property
+    def mapped(self) -> bool: ...
+    def __len__(self) -> int: ...
+
+class Archive:
+    def __init__(self, path: str | os.PathLike[str], backend: Literal["mmap", "pread"] = "mmap", parallel: bool = True) -> None: ...
+    @property
+    def path(self) -> str: ...
+    @property
+    def version(self) -> tuple[int, int]: ...
+    @property
+    def alignment(self) -> int: ...
+    @property
+    def file_size(self) -> int: ...
+    @property
+    def mapped(self) -> bool: ...
+    @property
+    def writer(self) -> dict[str, str] | None: ...
+    def names(self) -> list[str]: ...
+    def __len__(self) -> int: ...
+    def __contains__(self, name: str) -> bool: ...
+    def info(self, name: str) -> _InfoDict: ...
+    def infos(self) -> list[_InfoDict]: ...
+    def tree_json(self) -> str: ...
+    def metadata_json(self) -> str: ...
+    def view(self, name: str) -> Buffer: ...
+    def read(self, name: str) -> Buffer: ...
+    def read_rows(self, name: str, start: int, stop: int) -> Buffer: ...
+    def read_many(self, names: list[str]) -> list[Buffer]: ...
+    def verify_tensor(self, name: str) -> None: ...
+    def verify(self) -> dict[str, int]: ...
+
+class Writer:
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        alignment: int = 64,
+        chunk_bytes: int = 2097152,
+        compression: Literal["auto", "zstd"] | None = "auto",
+        level: int = 1,
+        filter: Literal["none", "shuffle", "delta_shuffle", "bitpack"] | None = None,
+        sync: bool = True,
+        overwrite: bool = True,
+        writer_name: str = "bpz-python",
+        writer_version: str = ...,
+    ) -> None: ...
+    def add_tensor(
+        self,
+        name: str,
+        dtype: str,
+        shape: tuple[int, ...] | list[int],
+        address: int,
+        nbytes: int,
+        owner: object,
+        *,
+        compression: Literal["auto", "zstd", "none"] | None = None,
+        filter: str | None = None,
+        level: int | None = None,
+    ) -> _InfoDict: ...
+    def add_bytes(
+        self,
+        name: str,
+        dtype: str,
+        shape: tuple[int, ...] | list[int],
+        data: bytes,
+        *,
+        compression: Literal["auto", "zstd", "none"] | None = None,
+        filter: str | None = None,
+        level: int | None = None,
+    ) -> _InfoDict: ...
+    def set_tree_json(self, text: str) -> None: ...
+    def set_metadata_json(self, text: str) -> None: ...
+    def finish(self) -> dict[str, Any]: ...
+    def abort(self) -> None: ...
+    @property
+    def finished(self) -> bool: ...

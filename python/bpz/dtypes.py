@@ -1,0 +1,62 @@
+"""Mapping between NumPy dtypes and bpz dtype names (the safetensors names)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["to_bpz", "to_numpy", "BPZ_DTYPES"]
+
+_NATIVE = {
+    "bool": "BOOL",
+    "uint8": "U8",
+    "uint16": "U16",
+    "uint32": "U32",
+    "uint64": "U64",
+    "int8": "I8",
+    "int16": "I16",
+    "int32": "I32",
+    "int64": "I64",
+    "float16": "F16",
+    "float32": "F32",
+    "float64": "F64",
+    "complex64": "C64",
+    "complex128": "C128",
+}
+# ml_dtypes names; ml_dtypes is imported only when one of these is met.
+_ML = {
+    "bfloat16": "BF16",
+    "float8_e4m3fn": "F8_E4M3",
+    "float8_e5m2": "F8_E5M2",
+    "float8_e4m3fnuz": "F8_E4M3FNUZ",
+    "float8_e5m2fnuz": "F8_E5M2FNUZ",
+    "float8_e8m0fnu": "F8_E8M0",
+}
+_TO_NUMPY_NAME = {v: k for k, v in {**_NATIVE, **_ML}.items()}
+BPZ_DTYPES = tuple(_TO_NUMPY_NAME)
+_cache: dict[str, np.dtype] = {}
+
+
+def to_bpz(dtype: np.dtype) -> str | None:
+    """The bpz name of a NumPy dtype, or None if bpz cannot store it."""
+    if dtype.kind in "OSUVMm" or dtype.fields is not None:
+        return None
+    return _NATIVE.get(dtype.name) or _ML.get(dtype.name)
+
+
+def to_numpy(name: str) -> np.dtype:
+    """The (little-endian) NumPy dtype of a bpz dtype name."""
+    dt = _cache.get(name)
+    if dt is None:
+        np_name = _TO_NUMPY_NAME.get(name)
+        if np_name is None:
+            raise ValueError(f"unknown bpz dtype {name!r}")
+        if name in _ML.values():
+            try:
+                import ml_dtypes
+            except ImportError as e:  # pragma: no cover - ml_dtypes is a dependency
+                raise ImportError(f"reading {name} tensors needs the ml_dtypes package (pip install ml_dtypes)") from e
+            dt = np.dtype(getattr(ml_dtypes, np_name))
+        else:
+            dt = np.dtype(np_name).newbyteorder("<")
+        _cache[name] = dt
+    return dt

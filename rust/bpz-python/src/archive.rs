@@ -1,0 +1,188 @@
+//! `Archive`: an open archive (the core `Reader`), shared between threads.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use bpz::{Backend, Reader, TensorInfo};
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+use pyo3::types::PyDict;
+use rayon::prelude::*;
+
+use crate::buffer::Buffer;
+use crate::errors::{to_py, IntoPyResult};
+
+#[pyclass(frozen, module = "bpz._bpz")]
+pub struct Archive {
+    reader: Arc<Reader>,
+}
+
+pub fn info_dict<'py>(py: Python<'py>, t: &TensorInfo) -> PyResult<Bound<'py, PyDict>> {
+    let d = PyDict::new(py);
+    d.set_item("name", &t.name)?;
+    d.set_item("dtype", t.dtype.name())?;
+    d.set_item("shape", t.shape.clone())?;
+    d.set_item("storage", t.storage.name())?;
+    d.set_item("filter", t.filter.name())?;
+    d.set_item("codec", if t.is_raw() { "none" } else { "zstd" })?;
+    d.set_item("chunk_elems", t.chunk_elems)?;
+    d.set_item("chunks", t.chunks.len())?;
+    d.set_item("encoded_chunks", t.chunks.iter().filter(|c| c.encoded).count())?;
+    d.set_item("nbytes", t.nbytes())?;
+    d.set_item("stored_bytes", t.stored_bytes())?;
+    d.set_item("offset", t.raw_range().map(|r| r.start))?;
+    Ok(d)
+}
+
+fn read_owned(reader: &Reader, name: &str) -> bpz::Result<Buffer> {
+    reader.read(name).map(Buffer::owned)
+}
+
+#[pymethods]
+impl Archive {
+    #[new]
+    #[pyo3(signature = (path, backend = "mmap", parallel = true))]
+    fn new(py: Python<'_>, path: PathBuf, backend: &str, parallel: bool) -> PyResult<Self> {
+        let backend = match backend {
+            "mmap" => Backend::Mmap,
+            "pread" => Backend::Pread,
+            other => return Err(PyValueError::new_err(format!("backend must be \"mmap\" or \"pread\", not {other:?}"))),
+        };
+        let mut reader = py.detach(|| Reader::open_with(&path, backend)).py()?;
+        reader.set_parallel(parallel);
+        Ok(Archive { reader: Arc::new(reader) })
+    }
+
+    #[getter]
+    fn path(&self) -> &str {
+        self.reader.path()
+    }
+
+    #[getter]
+    fn version(&self) -> (u16, u16) {
+        let v = self.reader.version();
+        (v.major, v.minor)
+    }
+
+    #[getter]
+    fn alignment(&self) -> u32 {
+        self.reader.superblock().alignment
+    }
+
+    #[getter]
+    fn file_size(&self) -> u64 {
+        self.reader.file_len()
+    }
+
+    #[getter]
+    fn mapped(&self) -> bool {
+        self.reader.mapping().is_some()
+    }
+
+    /// `{"name": ..., "version": ...}` of the writer, or None.
+    #[getter]
+    fn writer<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyDict>>> {
+        self.reader
+            .writer()
+            .map(|w| {
+                let d = PyDict::new(py);
+                d.set_item("name", &w.name)?;
+                d.set_item("version", &w.version)?;
+                Ok(d)
+            })
+            .transpose()
+    }
+
+    fn names(&self) -> Vec<String> {
+        self.reader.tensors().iter().map(|t| t.name.clone()).collect()
+    }
+
+    fn __len__(&self) -> usize {
+        self.reader.tensors().len()
+    }
+
+    fn __contains__(&self, name: &str) -> bool {
+        self.reader.tensor(name).is_ok()
+    }
+
+    fn info<'py>(&self, py: Python<'py>, name: &str) -> PyResult<Bound<'py, PyDict>> {
+        info_dict(py, self.reader.tensor(name).py()?)
+    }
+
+    fn infos<'py>(&self, py: Python<'py>) -> PyResult<Vec<Bound<'py, PyDict>>> {
+        self.reader.tensors().iter().map(|t| info_dict(py, t)).collect()
+    }
+
+    /// The tree as JSON text (`null` if none).
+    fn tree_json(&self) -> String {
+        self.reader.tree().to_string()
+    }
+
+    /// The metadata as JSON text (`null` if none).
+    fn metadata_json(&self) -> String {
+        self.reader.metadata().to_string()
+    }
+
+    /// Zero-copy, read-only bytes of a raw tensor (not checksummed; see `verify_tensor`).
+    fn view(&self, name: &str) -> PyResult<Buffer> {
+        let bytes = self.reader.view(name).py()?;
+        let map = self.reader.mapping().expect("view succeeded, so the archive is mapped").clone();
+        let start = bytes.as_ptr() as usize - map.as_ptr() as usize;
+        Ok(Buffer::of_map(map, start, bytes.len()))
+    }
+
+    /// A checksummed copy of a tensor's decoded bytes.
+    fn read(&self, py: Python<'_>, name: &str) -> PyResult<Buffer> {
+        let reader = &self.reader;
+        py.detach(|| read_owned(reader, name)).py()
+    }
+
+    /// Decoded bytes of rows `start..stop` of the leading axis.
+    fn read_rows(&self, py: Python<'_>, name: &str, start: u64, stop: u64) -> PyResult<Buffer> {
+        let reader = &self.reader;
+        py.detach(|| reader.read_rows(name, start..stop).map(Buffer::owned)).py()
+    }
+
+    /// Reads many tensors, in parallel across tensors (and chunks).
+    fn read_many(&self, py: Python<'_>, names: Vec<String>) -> PyResult<Vec<Buffer>> {
+        let reader = &self.reader;
+        let parallel = self.reader_parallel();
+        py.detach(|| {
+            if parallel {
+                names.par_iter().map(|n| read_owned(reader, n)).collect::<bpz::Result<Vec<_>>>()
+            } else {
+                names.iter().map(|n| read_owned(reader, n)).collect()
+            }
+        })
+        .map_err(to_py)
+    }
+
+    /// Checks every checksum and decodes every chunk of one tensor.
+    fn verify_tensor(&self, py: Python<'_>, name: &str) -> PyResult<()> {
+        let reader = &self.reader;
+        py.detach(|| reader.verify_tensor(name)).py()
+    }
+
+    /// Checks the whole file; returns counts of what was checked.
+    fn verify<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let reader = &self.reader;
+        let report = py.detach(|| reader.verify()).py()?;
+        let d = PyDict::new(py);
+        d.set_item("tensors", report.tensors)?;
+        d.set_item("chunks", report.chunks)?;
+        d.set_item("stored_bytes", report.stored_bytes)?;
+        d.set_item("decoded_bytes", report.decoded_bytes)?;
+        Ok(d)
+    }
+
+    fn __repr__(&self) -> String {
+        format!("<bpz._bpz.Archive {:?}: {} tensors>", self.reader.path(), self.reader.tensors().len())
+    }
+}
+
+impl Archive {
+    fn reader_parallel(&self) -> bool {
+        // The reader's own flag decides chunk parallelism; tensors follow it.
+        self.reader.is_parallel()
+    }
+}

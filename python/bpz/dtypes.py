@@ -38,9 +38,13 @@ _cache: dict[str, np.dtype] = {}
 
 def to_bpz(dtype: np.dtype) -> str | None:
     """The bpz name of a NumPy dtype, or None if bpz cannot store it."""
-    if dtype.kind in "OSUVMm" or dtype.fields is not None:
+    if dtype.fields is not None or dtype.subdtype is not None:
         return None
-    return _NATIVE.get(dtype.name) or _ML.get(dtype.name)
+    if dtype.name in _ML:  # ml_dtypes' types, known by name (NumPy sees "void" kinds)
+        return _ML[dtype.name] if dtype.itemsize == (2 if dtype.name == "bfloat16" else 1) else None
+    if dtype.kind in "OSUVMm":
+        return None
+    return _NATIVE.get(dtype.name)
 
 
 def to_numpy(name: str) -> np.dtype:

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from . import dtypes
+from .errors import FormatError
 
 __all__ = ["Leaf", "flatten", "unflatten", "restore_into", "format_path"]
 
@@ -68,10 +69,10 @@ def _float_payload(x: float) -> float | str:
 def _float_value(v: Any) -> float:
     if isinstance(v, str):
         if v not in ("nan", "inf", "-inf"):
-            raise ValueError(f"invalid float payload {v!r} in the archive's tree")
+            raise FormatError(f"invalid float payload {v!r} in the archive's tree")
         return float(v)
     if not isinstance(v, (int, float)) or isinstance(v, bool):
-        raise ValueError(f"invalid float payload {v!r} in the archive's tree")
+        raise FormatError(f"invalid float payload {v!r} in the archive's tree")
     return float(v)
 
 
@@ -96,7 +97,8 @@ class _Flattener:
         self.active: set[int] = set()
 
     def name_for(self, segments: list[str]) -> str:
-        base = "/".join(_escape(s) for s in segments)
+        # Names can't hold NUL (C strings); the tree keeps the exact key.
+        base = "/".join(_escape(s) for s in segments).replace("\0", "\ufffd")
         name, n = base, 1
         while name in self.names:
             n += 1
@@ -135,7 +137,7 @@ class _Flattener:
         if arr.dtype.byteorder == ">" or (arr.dtype.byteorder == "=" and sys.byteorder == "big"):
             arr = arr.astype(arr.dtype.newbyteorder("<"))
         elif self.copy or not arr.flags.c_contiguous:
-            arr = np.array(arr, order="C", copy=True) if self.copy else np.ascontiguousarray(arr)
+            arr = np.array(arr, order="C", copy=True) if self.copy else np.asarray(arr, order="C")
         node = {"tensor": self.name_for(segments), **hint}
         self.leaves.append(Leaf(node["tensor"], arr, name, node))
         return node
@@ -250,7 +252,7 @@ def _decode_key(k: Any) -> Any:
         value = _decode_scalar(kind, payload)
         if value is not _NOT_SCALAR:
             return value
-    raise ValueError(f"invalid dict key {k!r} in the archive's tree")
+    raise FormatError(f"invalid dict key {k!r} in the archive's tree")
 
 
 _NOT_SCALAR = object()
@@ -269,7 +271,7 @@ def _decode_scalar(kind: str, payload: Any) -> Any:
         return complex(_float_value(payload[0]), _float_value(payload[1]))
     if kind == "str":
         if not isinstance(payload, str):
-            raise ValueError("invalid str payload in the archive's tree")
+            raise FormatError("invalid str payload in the archive's tree")
         return payload
     if kind == "bytes":
         return base64.b64decode(payload, validate=True)
@@ -281,11 +283,11 @@ def unflatten(tree: Any, load_tensor: Callable[[dict[str, Any]], Any]) -> Any:
 
     def build(node: Any) -> Any:
         if not isinstance(node, dict) or not node:
-            raise ValueError(f"invalid tree node {node!r} in the archive")
+            raise FormatError(f"invalid tree node {node!r} in the archive")
         if "tensor" in node:
             return load_tensor(node)
         if len(node) != 1:
-            raise ValueError(f"invalid tree node with members {sorted(node)} in the archive")
+            raise FormatError(f"invalid tree node with members {sorted(node)} in the archive")
         (kind, payload), = node.items()
         if kind in ("dict", "ordered_dict"):
             pairs = ((_decode_key(k), build(v)) for k, v in payload)
@@ -299,7 +301,7 @@ def unflatten(tree: Any, load_tensor: Callable[[dict[str, Any]], Any]) -> Any:
             return cls(*(build(v) for v in payload["values"]))
         value = _decode_scalar(kind, payload)
         if value is _NOT_SCALAR:
-            raise ValueError(f"the archive's tree has a node of kind {kind!r}, unknown to this version of bpz")
+            raise FormatError(f"the archive's tree has a node of kind {kind!r}, unknown to this version of bpz")
         return value
 
     if tree is None:

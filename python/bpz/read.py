@@ -125,17 +125,17 @@ class TensorSlice:
             if not 0 <= i < n:
                 raise IndexError(f"row {key} out of range for {self.info.name!r} with {n} rows")
             out = self._rows(i, i + 1)[0]
-        elif isinstance(key, slice):
-            start, stop, step = key.indices(n)
-            if step == 1:
-                out = self._rows(start, max(start, stop))
-            else:
-                lo, hi = (start, stop) if step > 0 else (stop + 1, start + 1)
-                out = self._rows(max(lo, 0), max(hi, lo, 0))[:: step if step > 0 else None]
-                out = out if step > 0 else self._rows(max(lo, 0), max(hi, lo, 0))[::-1][:: -step]
-        else:
+            return out[rest] if rest else out
+        if not isinstance(key, slice):
             raise TypeError(f"tensor slices take ints and slices, not {type(key).__name__}")
-        return out[rest] if rest else out
+        start, stop, step = key.indices(n)
+        picked = range(start, stop, step)
+        if len(picked) == 0:
+            out = self._rows(0, 0)
+        else:
+            lo, hi = min(picked[0], picked[-1]), max(picked[0], picked[-1]) + 1
+            out = self._rows(lo, hi)[picked[0] - lo :: step] if step > 0 else self._rows(lo, hi)[picked[0] - lo :: step]
+        return out[(slice(None), *rest)] if rest else out
 
     def _rows(self, start: int, stop: int) -> np.ndarray:
         if not self.info.shape:
@@ -180,7 +180,7 @@ class Archive:
         self.close()
 
     def __repr__(self) -> str:
-        state = "closed" if self.closed else f"{len(self._infos)} tensors"
+        state = "closed" if getattr(self, "_archive", None) is None else f"{len(self._infos)} tensors"
         return f"<bpz.Archive {self.filename!r}: {state}>"
 
     # -- mapping protocol

@@ -147,6 +147,7 @@ def save_pytree(
     level: int = DEFAULT_LEVEL,
     chunk_size: int | None = None,
     metadata: Any = None,
+    _on_saved: Callable[[], Any] | None = None,
 ) -> str:
     """Saves a pytree of arrays and scalars to ``filename``; returns the filename.
 
@@ -184,8 +185,14 @@ def save_pytree(
     # A background save must not see later mutations: snapshot (copy) then.
     tree, leaves = flatten(target, copy=async_manager is not None)
     options = dict(metadata_json=metadata_json, compression=compression, level=level, chunk_size=chunk_size, overwrite=overwrite)
-    if async_manager is None:
+
+    def job() -> None:
         write_archive(filename, tree, leaves, **options)  # type: ignore[arg-type]
+        if _on_saved is not None:
+            _on_saved()
+
+    if async_manager is None:
+        job()
     else:
-        async_manager.save_async(lambda: write_archive(filename, tree, leaves, **options))  # type: ignore[arg-type]
+        async_manager.save_async(job)
     return filename

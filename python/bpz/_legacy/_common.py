@@ -9,8 +9,9 @@ from __future__ import annotations
 import importlib
 import os
 import re
+import uuid
 from types import ModuleType
-from typing import Any, Iterable, Union
+from typing import Any, Callable, Iterable, Union
 
 import numpy as np
 
@@ -51,7 +52,7 @@ def require(module: str, pip_name: str, purpose: str) -> ModuleType:
 def source_name(source: Any) -> str:
     """How error messages name a file or an in-memory buffer."""
     if isinstance(source, (bytes, bytearray, memoryview)):
-        return f"<{len(source)} bytes in memory>"
+        return f"<{memoryview(source).nbytes} bytes in memory>"
     return os.fspath(source)
 
 
@@ -75,12 +76,12 @@ def check_file(path: "str | os.PathLike[str]") -> tuple[str, int]:
 def read_all(source: Source) -> tuple[bytes | memoryview, str]:
     """Whole content of a path or buffer, with the name errors should use."""
     if isinstance(source, (bytes, bytearray, memoryview)):
-        if len(source) > MAX_FILE_BYTES:
+        if memoryview(source).nbytes > MAX_FILE_BYTES:
             raise LimitExceededError(f"{source_name(source)}: over the {MAX_FILE_BYTES}-byte limit")
         return (source if isinstance(source, bytes) else memoryview(source).cast("B")), source_name(source)
     name, _ = check_file(source)
     with open(name, "rb") as fh:
-        return fh.read(MAX_FILE_BYTES + 1), name
+        return fh.read(), name
 
 
 def ml_dtype(name: str, where: str) -> np.dtype:
@@ -125,12 +126,12 @@ def array_from_bytes(raw: Any, dtype: np.dtype, shape: tuple[int, ...], where: s
         raise FormatError(f"{where}: buffer holds {have} bytes but shape {list(shape)} of "
                           f"{dtype} needs {need}")
     try:
-        arr = np.empty(count, dtype=dtype)
+        flat = np.empty(count, dtype=dtype)
+        if need:
+            flat.view(np.uint8)[:] = np.frombuffer(raw, dtype=np.uint8)
+        return native(flat.reshape(shape, order="F" if fortran else "C"))
     except (ValueError, MemoryError) as exc:
-        raise FormatError(f"{where}: cannot allocate shape {list(shape)} of {dtype}: {exc}") from None
-    if need:
-        arr.view(np.uint8)[:] = np.frombuffer(raw, dtype=np.uint8)
-    return native(arr.reshape(shape, order="F" if fortran else "C"))
+        raise FormatError(f"{where}: cannot make shape {list(shape)} of {dtype}: {exc}") from None
 
 
 def checked_shape(shape: Any, where: str) -> tuple[int, ...]:
@@ -140,3 +141,20 @@ def checked_shape(shape: Any, where: str) -> tuple[int, ...]:
     if not all(type(d) is int and 0 <= d < 2**63 for d in shape):
         raise FormatError(f"{where}: shape {list(shape)!r} holds a size that is not a non-negative int64")
     return tuple(shape)
+
+
+def atomic_write(path: "str | os.PathLike[str]", write: Callable[[str], None]) -> str:
+    """Run ``write(tmp)`` on a sibling temporary name, then rename it onto ``path``.
+
+    A failed save never leaves a half-written file under the final name.
+    """
+    final = os.fspath(path)
+    tmp = f"{final}.tmp-{uuid.uuid4().hex}"
+    try:
+        write(tmp)
+        os.replace(tmp, final)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    return final

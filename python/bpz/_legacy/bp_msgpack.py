@@ -10,6 +10,12 @@ numpy scalar, both a msgpack ``[shape, dtype name, C-order bytes]``; ext 2 = Pyt
 ``[real, imag]`` (2.7+; 2.3-2.6 wrote complex as an ext-3 complex128). Arrays over 2**30 bytes
 are maps ``{"__msgpack_chunked_array__": True, "shape": {...}, "chunks": {"0": ext1, ...}}``.
 
+Safety: files over :data:`MAX_FILE_BYTES` are refused; the unpacker's length limits are the
+file size, so no declared length can allocate more than the file holds; every array's bytes
+must equal shape x itemsize before anything is allocated; dtype names come from an allowlist
+(never ``np.dtype`` on arbitrary text); nesting stops at :data:`MAX_NESTING_DEPTH`; decoded
+array bytes stop at :data:`MAX_DECODED_RATIO` x the file size.
+
 Deliberate differences from BrainPy's ``load_pytree``:
 
 * arrays are writable (BrainPy returns read-only views, except chunk-rebuilt arrays);
@@ -19,8 +25,8 @@ Deliberate differences from BrainPy's ``load_pytree``:
   wrote, and returns native arrays. BrainPy also saved big-endian arrays' raw bytes under the
   plain name (``>i4`` as "int32"), so those files hold swapped values that no reader can tell
   apart; ``write_bp`` stores such arrays little-endian, so they reload correctly everywhere;
-* unknown ext types and non-str map keys are refused (BrainPy returns ``msgpack.ExtType``
-  objects; its writer never produces either);
+* unknown ext types (msgpack timestamps included) and non-str map keys are refused (BrainPy
+  returns ``msgpack.ExtType``/``Timestamp`` objects; its writer never produces either);
 * every failure is a :class:`~bpz.errors.FormatError` (or ``TruncatedError`` /
   ``LimitExceededError``) naming the file and key path, instead of ``InvalidCheckpointPath``
   with the reason in the path slot (2.9) or raw msgpack errors (2.3-2.6).
@@ -31,18 +37,18 @@ from __future__ import annotations
 import io
 import os
 import re
-import uuid
 from typing import Any, BinaryIO
 
 import numpy as np
 
 from ..errors import FormatError, LimitExceededError, TruncatedError
-from ._common import (
-    MAX_NESTING_DEPTH, ML_DTYPE_NAMES, KeyPath, Source, array_from_bytes, check_file, is_plain,
-    keypath, ml_dtype, require, source_name,
+from ._common import (  # MAX_FILE_BYTES and MAX_NESTING_DEPTH are this module's limits too
+    MAX_FILE_BYTES, MAX_NDIM, MAX_NESTING_DEPTH, ML_DTYPE_NAMES, KeyPath, Source, array_from_bytes,
+    atomic_write, check_file, is_plain, keypath, ml_dtype, require, source_name,
 )
 
-__all__ = ["read_bp", "write_bp", "is_bp_file", "MAX_CHUNK_BYTES", "MAX_DECODED_RATIO"]
+__all__ = ["read_bp", "write_bp", "is_bp_file", "MAX_CHUNK_BYTES", "MAX_DECODED_RATIO", "MAX_FILE_BYTES",
+           "MAX_NESTING_DEPTH"]
 
 #: flax's MAX_CHUNK_SIZE: arrays over this many bytes are split (msgpack lengths are 32-bit).
 MAX_CHUNK_BYTES = 2**30
@@ -82,7 +88,7 @@ def _dtype_from_name(name: Any, where: str) -> np.dtype:
     if _NUMERIC_NAME.fullmatch(name) or _TIME_NAME.fullmatch(name):
         try:
             return np.dtype(name).newbyteorder("<")
-        except TypeError:
+        except (TypeError, ValueError):
             raise FormatError(f"{where}: dtype {name!r} does not exist on this platform") from None
     text = _TEXT_NAME.fullmatch(name)
     if text:  # dtype.name counts bits: str96 is <U3, bytes16 is S2
@@ -123,6 +129,8 @@ class _Reader:
             raise LimitExceededError(f"{self.where(path[:8])}...: nesting deeper than {MAX_NESTING_DEPTH}")
         if isinstance(node, _Ext):
             return self.ext(node, path)
+        if isinstance(node, self.msgpack.Timestamp):  # ext -1, decoded by msgpack itself
+            raise FormatError(f"{self.where(path)}: unknown msgpack ext type -1 (timestamp)")
         if isinstance(node, dict):
             if CHUNK_MARKER in node:
                 return self.unchunk(node, path)
@@ -159,9 +167,11 @@ class _Reader:
     def array(self, data: bytes, path: KeyPath) -> np.ndarray:
         """Decode ``[shape, dtype name, bytes]`` into a fresh writable array."""
         where = self.where(path)
+        # Parse only the small head with msgpack; the data bytes are sliced, never copied twice.
         u = self.msgpack.Unpacker(io.BytesIO(data), read_size=256, max_buffer_size=4096,
-                                  max_array_len=64, max_str_len=MAX_DTYPE_NAME, max_bin_len=MAX_DTYPE_NAME,
-                                  max_map_len=0, max_ext_len=0, raw=False, ext_hook=self._no_ext)
+                                  max_array_len=MAX_NDIM, max_str_len=MAX_DTYPE_NAME,
+                                  max_bin_len=MAX_DTYPE_NAME, max_map_len=0, max_ext_len=0,
+                                  raw=False, ext_hook=self._no_ext)
         try:
             if u.read_array_header() != 3:
                 raise FormatError(f"{where}: array payload is not [shape, dtype, data]")
@@ -194,7 +204,7 @@ class _Reader:
                    for p in pieces):
             raise FormatError(f"{where}: chunks are not 1-D arrays of one dtype")
         dims = list(shape.values())
-        if not all(type(d) is int and d >= 0 for d in dims) or len(dims) > 64:
+        if not all(type(d) is int and d >= 0 for d in dims) or len(dims) > MAX_NDIM:
             raise FormatError(f"{where}: chunked array shape {dims!r} is invalid")
         total = sum(p.size for p in pieces)
         if int(np.prod(dims, dtype=object)) != total:
@@ -229,8 +239,8 @@ def read_bp(source: Source) -> Any:
         except msgpack.StackError:
             raise LimitExceededError(f"{name}: msgpack nesting is too deep") from None
         except (ValueError, TypeError, UnicodeDecodeError, msgpack.UnpackException) as exc:
-            if "exceeds max" in str(exc):
-                raise LimitExceededError(f"{name}: {exc} (larger than the file)") from None
+            if "exceeds max" in str(exc):  # a length no file of this size can hold
+                raise TruncatedError(f"{name}: declares more than its {size} bytes hold ({exc})") from None
             raise FormatError(f"{name}: not a valid BrainPy .bp (msgpack) file: {exc}") from None
         if unpacker.tell() != size:
             raise FormatError(f"{name}: {size - unpacker.tell()} trailing bytes after the msgpack document")
@@ -358,7 +368,7 @@ class _Writer:
                              f"ndarrays (key path {keypath(path)}: {dtype})")
         if dtype.byteorder == ">" or (dtype.byteorder == "=" and not np.little_endian):
             arr = arr.astype(dtype.newbyteorder("<"))  # BrainPy reads the bytes as little-endian
-        arr = np.ascontiguousarray(arr)
+        arr = arr if arr.flags.c_contiguous else arr.copy(order="C")  # ascontiguousarray makes 0-d 1-d
         if code == EXT_NDARRAY and arr.nbytes > self.max_chunk:
             flat = arr.reshape(-1)
             step = max(1, self.max_chunk // arr.itemsize)
@@ -390,14 +400,9 @@ def write_bp(path: "str | os.PathLike[str]", pytree: Any, *, max_chunk_bytes: in
     msgpack = require("msgpack", "msgpack", "writing BrainPy .bp files")
     if max_chunk_bytes < 1:
         raise ValueError("max_chunk_bytes must be positive")
-    final = os.fspath(path)
-    tmp = f"{final}.tmp-{uuid.uuid4().hex}"
-    try:
+
+    def write(tmp: str) -> None:
         with open(tmp, "wb", buffering=2**20) as fh:
             _Writer(fh, msgpack, max_chunk_bytes).value(pytree, ())
-        os.replace(tmp, final)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    return final
+
+    return atomic_write(path, write)

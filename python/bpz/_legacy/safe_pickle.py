@@ -6,7 +6,9 @@ numpy constructors that array pickles use. The stand-ins record their arguments;
 them only after the load, when :func:`load_pickle` builds each array from exact-length bytes
 with a dtype parsed from an allowlist (bool, int, uint, float, complex, str, bytes and the
 ``ml_dtypes`` types). Object, structured and datetime dtypes are refused, and numpy's own
-``__setstate__`` never sees a file's data.
+``__setstate__`` never sees a file's data. Before unpickling, the opcodes are walked once
+(:mod:`pickletools`), so that a memo index or declared length no honest pickler writes cannot
+make CPython's unpickler allocate gigabytes. Every allowed global is in :data:`ALLOWED_GLOBALS`.
 """
 
 from __future__ import annotations
@@ -14,7 +16,9 @@ from __future__ import annotations
 import collections
 import io
 import pickle
-from typing import Any, Callable
+import pickletools
+import warnings
+from typing import Any
 
 import numpy as np
 
@@ -24,13 +28,14 @@ from ._common import (
     ml_dtype, plain_typestr, read_all,
 )
 
-__all__ = ["load_pickle"]
+__all__ = ["load_pickle", "ALLOWED_GLOBALS"]
 
 
 class _Stub:
     """Base of the stand-ins: records the BUILD state a pickle applies to the object."""
 
-    __slots__ = ("args", "state")
+    args: tuple = ()  # class defaults cover stubs made by NEWOBJ, which skips __init__
+    state: Any = None
 
     def __init__(self, *args: Any) -> None:
         self.args, self.state = args, None
@@ -42,13 +47,11 @@ class _Stub:
 class _DType(_Stub):
     """Stands for ``numpy.dtype(spec, align, copy)`` plus its pickled state (byte order)."""
 
-    __slots__ = ()
-
 
 class _Array(_Stub):
     """Stands for an ndarray: ``_reconstruct`` + BUILD, ``_frombuffer(...)`` or ``scalar(...)``."""
 
-    __slots__ = ("how",)
+    how = ""
 
     def __init__(self, how: str, *args: Any) -> None:
         super().__init__(*args)
@@ -91,10 +94,11 @@ def _latin1(text: str, encoding: str = "utf-8") -> bytes:
     return text.encode("latin-1")
 
 
-_NUMPY_MODULES = ("numpy.core.multiarray", "numpy._core.multiarray", "numpy.core.numeric", "numpy._core.numeric")
+_NUMPY_MODULES = ("numpy.core.multiarray", "numpy._core.multiarray",  # numpy 1 / numpy 2 names
+                  "numpy.core.numeric", "numpy._core.numeric")
 #: Every global a legacy pickle may name, mapped to what it resolves to.
 ALLOWED_GLOBALS: dict[tuple[str, str], Any] = {
-    **{("builtins", t.__name__): t for t in (dict, list, tuple, set, frozenset, complex, bool, int, float, str)},
+    **{("builtins", t.__name__): t for t in (dict, list, tuple, set, frozenset, complex)},
     ("builtins", "bytes"): _bytes,
     ("builtins", "bytearray"): _bytearray,
     ("collections", "OrderedDict"): collections.OrderedDict,
@@ -115,6 +119,8 @@ class _RestrictedUnpickler(pickle.Unpickler):
         self.name = name
 
     def find_class(self, module: str, name: str) -> Any:
+        if module == "__builtin__":  # protocol 0-2 pickles name Python 2's module
+            module = "builtins"
         try:
             return ALLOWED_GLOBALS[(module, name)]
         except KeyError:
@@ -147,7 +153,7 @@ class _Resolver:
                     or (len(state) == 9 and state[8] not in (None, {}))):
                 raise FormatError(f"{where}: dtype state {state!r} is not a plain dtype's")
             if state[5] not in (-1, dtype.itemsize):
-                raise FormatError(f"{where}: dtype state gives itemsize {state[5]}, {dtype} has {dtype.itemsize}")
+                raise FormatError(f"{where}: dtype state gives itemsize {state[5]}; {dtype} has {dtype.itemsize}")
             if state[1] in "<>" and dtype.itemsize > 1 and dtype.kind != "V":
                 dtype = dtype.newbyteorder(state[1])
         return dtype
@@ -165,9 +171,11 @@ class _Resolver:
             raw, dtype, shape, order = stub.args
             if order not in ("C", "F"):
                 raise FormatError(f"{where}: array order {order!r} is invalid")
-        else:  # scalar(dtype, bytes)
+        elif stub.how == "scalar":
             dtype, raw = stub.args
             shape, order = (), "C"
+        else:
+            raise FormatError(f"{where}: ndarray created without numpy's constructors")
         dtype = self.dtype(dtype, where)
         if not isinstance(raw, (bytes, bytearray)):
             raise FormatError(f"{where}: array data is {type(raw).__name__}, not bytes")
@@ -206,6 +214,25 @@ class _Resolver:
         return result
 
 
+def _prescan(data: Any, name: str) -> None:
+    """Walk the opcodes before unpickling, without building anything.
+
+    CPython's unpickler sizes its memo table by the largest memo index it meets and allocates
+    counted bytes/bytearrays before reading them, so a tiny pickle can demand gigabytes.
+    Honest picklers number memo entries 0, 1, 2, ... and never declare more bytes than follow.
+    """
+    try:
+        for count, (op, arg, _) in enumerate(pickletools.genops(io.BytesIO(data))):
+            if op.name in ("PUT", "BINPUT", "LONG_BINPUT") and not (isinstance(arg, int) and 0 <= arg <= count):
+                raise LimitExceededError(f"{name}: pickle memo index {arg} at opcode {count} is out of range")
+    except ValueError as exc:
+        if isinstance(exc, FormatError):
+            raise
+        if "exhausted" in str(exc) or "only" in str(exc):
+            raise TruncatedError(f"{name}: pickle data ends early ({exc})") from None
+        raise FormatError(f"{name}: not a valid pickle: {exc}") from None
+
+
 def load_pickle(source: Source) -> Any:
     """Unpickle a legacy state dict / ``save_states`` file (path or bytes) without running code.
 
@@ -214,7 +241,10 @@ def load_pickle(source: Source) -> Any:
     """
     data, name = read_all(source)
     try:
-        loaded = _RestrictedUnpickler(io.BytesIO(data), name).load()
+        with warnings.catch_warnings():  # protocol-0 string escapes in garbage warn; the error says enough
+            warnings.simplefilter("ignore", DeprecationWarning)
+            _prescan(data, name)
+            loaded = _RestrictedUnpickler(io.BytesIO(data), name).load()
     except FormatError:
         raise
     except EOFError:
@@ -228,4 +258,9 @@ def load_pickle(source: Source) -> Any:
         if "truncated" in msg or "ran out of input" in msg.lower():
             raise TruncatedError(f"{name}: pickle data ends early ({msg})") from None
         raise FormatError(f"{name}: not a valid legacy pickle: {type(exc).__name__}: {msg}") from None
-    return _Resolver(name).resolve(loaded)
+    try:
+        return _Resolver(name).resolve(loaded)
+    except FormatError:
+        raise
+    except (TypeError, ValueError) as exc:  # e.g. an array used as a set member or dict key
+        raise FormatError(f"{name}: not a valid legacy pickle: {exc}") from None

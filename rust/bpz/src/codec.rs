@@ -163,6 +163,18 @@ pub struct DecodeError(pub String);
 /// that claims or produces more is an error, never an allocation.
 pub fn decode_chunk(filter: Filter, dtype: DType, stored: &[u8], out: &mut [u8]) -> Result<(), DecodeError> {
     let expect = filtered_len(filter, out.len());
+    // Exactly one frame: concatenated or skippable frames would let two
+    // readers disagree about the bytes.
+    match zstd::zstd_safe::find_frame_compressed_size(stored) {
+        Ok(n) if n == stored.len() => {}
+        Ok(n) => return Err(DecodeError(format!("{} bytes follow the zstd frame", stored.len() - n))),
+        Err(code) => return Err(DecodeError(format!("zstd: {}", zstd::zstd_safe::get_error_name(code)))),
+    }
+    if let Ok(Some(size)) = zstd::zstd_safe::get_frame_content_size(stored) {
+        if size != expect as u64 {
+            return Err(DecodeError(format!("the zstd frame declares {size} bytes, expected {expect}")));
+        }
+    }
     let produce = |dst: &mut [u8]| -> Result<(), DecodeError> {
         let n = zstd::bulk::decompress_to_buffer(stored, dst)
             .map_err(|e| DecodeError(format!("zstd: {e}")))?;
@@ -292,6 +304,15 @@ mod tests {
         let data: Vec<u8> = (0..10_000u32).map(|i| i * 3).flat_map(|v| v.to_le_bytes()).collect();
         assert_eq!(choose_filter(DType::I32, &data, 1), Filter::DeltaShuffle);
         assert_eq!(choose_filter(DType::Bool, &[0, 1, 0], 1), Filter::BitPack);
+    }
+
+    #[test]
+    fn trailing_frames_are_refused() {
+        let mut z = zstd::bulk::compress(&[1u8; 8], 1).unwrap();
+        z.extend(zstd::bulk::compress(&[1u8; 8], 1).unwrap());
+        let mut out = [0u8; 16];
+        let e = decode_chunk(Filter::None, DType::U8, &z, &mut out).unwrap_err();
+        assert!(e.0.contains("follow the zstd frame"), "{}", e.0);
     }
 
     #[test]

@@ -515,9 +515,9 @@ pub struct WriterInfo {
 #[derive(Serialize, Deserialize)]
 pub(crate) struct RawIndex {
     pub tensors: Vec<RawTensor>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "strict_value")]
     pub tree: Value,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "strict_value")]
     pub metadata: Value,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub writer: Option<WriterInfo>,
@@ -550,6 +550,76 @@ impl From<&TensorInfo> for RawTensor {
                 .map(|c| [c.offset, c.stored_len, c.crc32c as u64, c.encoded as u64])
                 .collect(),
         }
+    }
+}
+
+/// Like `Value`'s own deserialisation, but an object with two members of the
+/// same name is an error rather than "last one wins" (two readers must never
+/// see different values in one file).
+fn strict_value<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Value, D::Error> {
+    d.deserialize_any(StrictVisitor)
+}
+
+struct StrictVisitor;
+
+impl<'de> serde::de::Visitor<'de> for StrictVisitor {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_bool<E>(self, v: bool) -> std::result::Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+    fn visit_i64<E>(self, v: i64) -> std::result::Result<Value, E> {
+        Ok(v.into())
+    }
+    fn visit_u64<E>(self, v: u64) -> std::result::Result<Value, E> {
+        Ok(v.into())
+    }
+    fn visit_f64<E: serde::de::Error>(self, v: f64) -> std::result::Result<Value, E> {
+        serde_json::Number::from_f64(v).map(Value::Number).ok_or_else(|| E::custom("non-finite number"))
+    }
+    fn visit_str<E>(self, v: &str) -> std::result::Result<Value, E> {
+        Ok(Value::String(v.to_owned()))
+    }
+    fn visit_string<E>(self, v: String) -> std::result::Result<Value, E> {
+        Ok(Value::String(v))
+    }
+    fn visit_unit<E>(self) -> std::result::Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_none<E>(self) -> std::result::Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_some<D: serde::Deserializer<'de>>(self, d: D) -> std::result::Result<Value, D::Error> {
+        strict_value(d)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> std::result::Result<Value, A::Error> {
+        let mut items = Vec::new();
+        while let Some(Strict(v)) = seq.next_element()? {
+            items.push(v);
+        }
+        Ok(Value::Array(items))
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> std::result::Result<Value, A::Error> {
+        let mut out = serde_json::Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if out.contains_key(&key) {
+                return Err(serde::de::Error::custom(format!("duplicate member {key:?}")));
+            }
+            let Strict(v) = map.next_value()?;
+            out.insert(key, v);
+        }
+        Ok(Value::Object(out))
+    }
+}
+
+struct Strict(Value);
+
+impl<'de> Deserialize<'de> for Strict {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        strict_value(d).map(Strict)
     }
 }
 
@@ -714,6 +784,9 @@ fn validate_tensor(path: &str, rt: RawTensor, alignment: u32, data_end: u64) -> 
             1 => true,
             v => return Err(bad(format!("chunk {i} has encoding {v}, expected 0 or 1"))),
         };
+        if stored_len == 0 {
+            return Err(bad(format!("chunk {i} has stored length 0")));
+        }
         if !encoded && stored_len != decoded {
             return Err(bad(format!("plain chunk {i} stores {stored_len} bytes, but holds {decoded}")));
         }

@@ -118,6 +118,13 @@ fn read_exact_at(file: &File, offset: u64, buf: &mut [u8]) -> io::Result<()> {
     f.read_exact(buf)
 }
 
+fn is_a_directory() -> io::Error {
+    #[cfg(unix)]
+    return io::Error::from_raw_os_error(21); // EISDIR on Linux and the BSDs
+    #[cfg(not(unix))]
+    return io::Error::new(io::ErrorKind::Other, "is a directory");
+}
+
 /// How [`Reader::open_with`] accesses the file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Backend {
@@ -161,6 +168,9 @@ impl Reader {
     pub fn open_with(path: impl AsRef<Path>, backend: Backend) -> Result<Reader> {
         let label = path.as_ref().display().to_string();
         let file = File::open(path.as_ref()).map_err(|e| Error::io(&label, e))?;
+        if file.metadata().map_err(|e| Error::io(&label, e))?.is_dir() {
+            return Err(Error::io(&label, is_a_directory()));
+        }
         match backend {
             Backend::Mmap => {
                 // SAFETY: the map is read-only. bpz writers never modify a file in

@@ -291,6 +291,14 @@ impl<W: Write> Writer<W> {
             .iter()
             .try_fold(dtype.size() as u64, |acc, &d| acc.checked_mul(d))
             .filter(|&n| n <= MAX_SAFE_INTEGER);
+        if dtype == DType::Bool {
+            if let Some(pos) = data.iter().position(|&b| b > 1) {
+                return Err(Error::InvalidArgument(format!(
+                    "tensor {name:?}: BOOL byte {pos} is {}, not 0 or 1",
+                    data[pos]
+                )));
+            }
+        }
         if expected != Some(data.len() as u64) {
             return Err(Error::InvalidArgument(format!(
                 "tensor {name:?}: {} bytes given, but {dtype} of shape {shape:?} needs {}",

@@ -22,10 +22,27 @@ fn writer_output_has_not_drifted_from_the_committed_vectors() {
         assert!(committed == g.bytes, "{}.bpz differs from the writer's output: the format changed? \
             Update spec/FORMAT.md and the version rules, then run `make vectors`", g.name);
     }
-    for v in vectors::invalid(&golden) {
+    let invalid = vectors::invalid(&golden);
+    for v in &invalid {
         let committed = std::fs::read(dir.join("invalid").join(format!("{}.bpz", v.name))).unwrap();
         assert!(committed == v.bytes, "invalid/{}.bpz is stale: run `make vectors`", v.name);
     }
+    // No leftovers: the folders hold exactly what the generator writes.
+    let listed = |d: PathBuf| -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(d)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".bpz"))
+            .collect();
+        names.sort();
+        names
+    };
+    let mut want: Vec<String> = golden.iter().map(|g| format!("{}.bpz", g.name)).collect();
+    want.sort();
+    assert_eq!(listed(dir.clone()), want, "spec/vectors has files the generator does not write");
+    let mut want: Vec<String> = invalid.iter().map(|v| format!("{}.bpz", v.name)).collect();
+    want.sort();
+    assert_eq!(listed(dir.join("invalid")), want, "spec/vectors/invalid has files the generator does not write");
 }
 
 #[test]

@@ -343,6 +343,8 @@ pub fn invalid(golden: &[Golden]) -> Vec<Invalid> {
     add("index_not_json", with_index_bytes(&tiny, &text), "invalid_index", "open", "the index JSON is cut short");
     let text = String::from_utf8(serde_json::to_vec(&index_of(&tiny)).unwrap()).unwrap().replace("\"tree\":", "\"metadata2\":NaN,\"tree\":");
     add("nan_in_json", with_index_bytes(&tiny, text.as_bytes()), "invalid_index", "open", "NaN is not JSON");
+    let text = String::from_utf8(serde_json::to_vec(&index_of(&tiny)).unwrap()).unwrap().replace("\"metadata\":null", "\"metadata\":{\"a\":1,\"a\":2}");
+    add("duplicate_member", with_index_bytes(&tiny, text.as_bytes()), "invalid_index", "open", "metadata with two members named a");
     let mut text = serde_json::to_vec(&index_of(&tiny)).unwrap();
     let pos = text.windows(3).position(|w| w == b"\"x\"").unwrap();
     text[pos + 1] = 0xff;
@@ -369,6 +371,20 @@ pub fn invalid(golden: &[Golden]) -> Vec<Invalid> {
     data.extend_from_slice(&index);
     data.extend_from_slice(&trailer.encode());
     add("decompression_bomb", data, "corrupt_data", "read", "a 64-byte chunk whose frame inflates to 1 MiB");
+
+    // Two frames that together decode to the right size: a chunk is exactly one frame.
+    let mut frames = zstd::bulk::compress(&[0u8; 32], 3).unwrap();
+    frames.extend(zstd::bulk::compress(&[0u8; 32], 3).unwrap());
+    let mut data = bomb[..SUPERBLOCK_LEN].to_vec();
+    data.extend_from_slice(&frames);
+    let mut idx = index_of(&bomb);
+    idx["tensors"][0]["chunks"] = json!([[SUPERBLOCK_LEN, frames.len(), crc32c::crc32c(&frames), 1]]);
+    let index = serde_json::to_vec(&idx).unwrap();
+    let trailer = Trailer { index_offset: data.len() as u64, index_len: index.len() as u64, index_crc32c: crc32c::crc32c(&index) };
+    data.extend_from_slice(&index);
+    data.extend_from_slice(&trailer.encode());
+    add("two_zstd_frames", data, "corrupt_data", "read", "a chunk of two concatenated zstd frames");
+    add("zero_length_chunk", edit(&filters, &|i| i["tensors"][1]["chunks"][0][1] = json!(0)), "invalid_index", "open", "a chunk with stored length 0");
     let _ = Superblock::new(64);
     out
 }

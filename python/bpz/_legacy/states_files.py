@@ -1,0 +1,362 @@
+"""Read and write the legacy ``save_states`` files (BrainPy 2.1.12-2.4.5).
+
+Why: ``save_states`` wrote a flat ``{"<node>.<attr>": array}`` map in one of four formats,
+picked by suffix. A Variable shared by several nodes is stored once, under its first name;
+each later name (the alias) goes into two parallel lists, ``duplicate_keys`` (aliases) and
+``duplicate_targets`` (the stored names). Layouts, all reproduced by :func:`write_states`:
+
+* ``.h5``/``.hdf5``: one root dataset per name; the two lists as scalar string datasets joined
+  with ``+``.
+* ``.npz``: one ``<name>.npy`` member per name (``np.savez``, or ``savez_compressed`` with
+  ``compressed=True``); the lists as 1-D unicode arrays.
+* ``.pkl``/``.pickle``: a pickled dict of arrays; the lists as 1-D unicode arrays.
+* ``.mat``: ``scipy.io.savemat`` of every array with a leading axis of length 1; the lists as
+  ``(1, n)`` string arrays.
+
+Where bpz differs from BrainPy's ``load_states``, on purpose:
+
+* ``.pickle`` files are read (BrainPy saved but refused to load them), through the restricted
+  unpickler of :mod:`.safe_pickle`.
+* ``.mat`` bool arrays come back as bool: scipy saves them as uint8 flagged "logical", and bpz
+  reads that flag (BrainPy returned uint8 and then refused to assign it).
+* ``.mat`` cannot tell a 0-d value from a shape ``(1,)`` one, nor keep float16 (scipy stores it
+  as float64): pass ``like={name: reference}`` (anything with ``.shape``/``.dtype``, such as
+  the model's Variables) and such values are reshaped / cast back when that loses nothing.
+  Without it they come back as BrainPy returned them: shape ``(1,)`` and float64.
+* HDF5 names containing ``/`` (which BrainPy's writer turned into groups) are read back whole.
+* Files from 2.1.5-2.1.11 stored npz/mat names with ``.`` replaced by ``--``; keys are returned
+  as stored.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import struct
+import zipfile
+import zlib
+from typing import Any, Callable, Mapping
+
+import numpy as np
+
+from ..errors import FormatError, LimitExceededError, TruncatedError
+from ._common import (
+    MAX_NESTING_DEPTH, array_from_bytes, atomic_write, check_file, is_plain, native, require,
+)
+from .safe_pickle import load_pickle
+
+__all__ = ["read_states", "write_states", "expand_aliases", "SUFFIXES"]
+
+DUPLICATE_KEY = "duplicate_keys"
+DUPLICATE_TARGET = "duplicate_targets"
+#: Suffix -> format. BrainPy saved all five and loaded all but ``.pickle``.
+SUFFIXES = {".h5": "h5", ".hdf5": "h5", ".npz": "npz", ".pkl": "pkl", ".pickle": "pkl", ".mat": "mat"}
+#: Decoded bytes allowed per stored byte. Deflate cannot expand data more than ~1032 times,
+#: so more than this means a decompression bomb (or an HDF5 dataset with no stored data).
+MAX_EXPANSION_RATIO = 1100
+#: Bytes of each MATLAB class as scipy returns it (complex doubles it; char is UTF-32).
+_MAT_ITEMSIZE = {"double": 8, "single": 4, "int8": 1, "uint8": 1, "int16": 2, "uint16": 2,
+                 "int32": 4, "uint32": 4, "int64": 8, "uint64": 8, "logical": 1, "char": 4}
+
+Flat = dict[str, np.ndarray]
+
+
+def _format(path: str, error: type[Exception]) -> str:
+    fmt = SUFFIXES.get(os.path.splitext(path)[1].lower())
+    if fmt is None:
+        raise error(f"Unknown file format: {path}. Legacy states files end with one of {sorted(SUFFIXES)}")
+    return fmt
+
+
+class _Budget:
+    """Counts decoded bytes against the file size times :data:`MAX_EXPANSION_RATIO`."""
+
+    def __init__(self, size: int) -> None:
+        self.left = max(size, 4096) * MAX_EXPANSION_RATIO
+
+    def take(self, nbytes: int, where: str) -> None:
+        self.left -= nbytes
+        if self.left < 0:
+            raise LimitExceededError(f"{where}: decoded data would exceed {MAX_EXPANSION_RATIO}x the "
+                                     f"file size (decompression bomb or missing data)")
+
+
+def _value(arr: Any, where: str) -> np.ndarray:
+    """Check one stored variable: a plain bool/numeric array."""
+    if isinstance(arr, np.generic):
+        arr = np.array(arr)
+    if not isinstance(arr, np.ndarray) or not is_plain(arr.dtype):
+        kind = arr.dtype if isinstance(arr, np.ndarray) else type(arr).__name__
+        raise FormatError(f"{where}: stored value is {kind}, not a bool or numeric array")
+    return native(arr)
+
+
+def _names(value: Any, where: str) -> list[str]:
+    """A duplicate list stored as a 1-D str/bytes array."""
+    if not isinstance(value, np.ndarray) or value.ndim != 1 or value.dtype.kind not in "US":
+        raise FormatError(f"{where}: expected a 1-D array of names")
+    try:
+        return [v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in value.tolist()]
+    except UnicodeDecodeError:
+        raise FormatError(f"{where}: names are not UTF-8") from None
+
+
+def _read_h5(name: str, size: int) -> tuple[Flat, dict[str, list[str]]]:
+    h5py = require("h5py", "h5py", f"{name}: reading an HDF5 states file")
+    budget, flat, dups = _Budget(size), {}, {}
+
+    def visit(group: Any, prefix: str) -> None:
+        if prefix.count("/") > MAX_NESTING_DEPTH:
+            raise LimitExceededError(f"{name}: HDF5 groups nested deeper than {MAX_NESTING_DEPTH}")
+        for key in group:
+            full, where = prefix + key, f"{name}: at key {prefix + key!r}"
+            if not isinstance(group.get(key, getlink=True), h5py.HardLink):
+                raise FormatError(f"{where}: soft and external links are not followed")
+            obj = group[key]
+            if isinstance(obj, h5py.Group):
+                visit(obj, full + "/")
+            elif not isinstance(obj, h5py.Dataset) or obj.shape is None or obj.is_virtual or obj.external:
+                raise FormatError(f"{where}: only plain datasets are read (no empty, virtual or external ones)")
+            elif not prefix and key in (DUPLICATE_KEY, DUPLICATE_TARGET):
+                text = obj[()] if obj.shape == () and obj.dtype.kind in "OSU" else None
+                if not isinstance(text, (bytes, str)):
+                    raise FormatError(f"{where}: expected a scalar string of names joined with '+'")
+                dups[key] = (text.decode("utf-8") if isinstance(text, bytes) else text).split("+")
+            else:
+                if not is_plain(obj.dtype):
+                    raise FormatError(f"{where}: dataset dtype {obj.dtype} is not bool or numeric")
+                budget.take(obj.size * obj.dtype.itemsize, where)
+                flat[full] = _value(obj[()], where)
+
+    try:
+        with h5py.File(name, "r") as f:
+            visit(f, "")
+    except FormatError:
+        raise
+    except (OSError, KeyError, RuntimeError, ValueError, TypeError) as exc:
+        raise FormatError(f"{name}: not a readable HDF5 file: {exc}") from None
+    return flat, dups
+
+
+def _read_npz(name: str, size: int) -> tuple[Flat, dict[str, list[str]]]:
+    from numpy.lib import format as npy
+
+    budget, flat, dups = _Budget(size), {}, {}
+    try:
+        with zipfile.ZipFile(name) as zf:
+            for info in zf.infolist():
+                key, where = info.filename[:-4], f"{name}: at key {info.filename[:-4]!r}"
+                if not info.filename.endswith(".npy") or key in flat or key in dups:
+                    raise FormatError(f"{name}: member {info.filename!r} is not a unique <name>.npy")
+                budget.take(info.file_size, where)
+                if info.file_size > max(info.compress_size, 1) * MAX_EXPANSION_RATIO:
+                    raise LimitExceededError(f"{where}: member expands {info.compress_size} bytes to "
+                                             f"{info.file_size}")
+                with zf.open(info) as fp:
+                    version = npy.read_magic(fp)
+                    if version not in ((1, 0), (2, 0)):
+                        raise FormatError(f"{where}: unsupported .npy version {version}")
+                    read_header = npy.read_array_header_1_0 if version == (1, 0) else npy.read_array_header_2_0
+                    shape, fortran, dtype = read_header(fp)
+                    if not is_plain(dtype, text=key in (DUPLICATE_KEY, DUPLICATE_TARGET)):
+                        raise FormatError(f"{where}: dtype {dtype} is not bool or numeric")
+                    raw = fp.read(info.file_size - fp.tell())
+                arr = array_from_bytes(raw, dtype, shape, where, fortran=fortran)
+                if key in (DUPLICATE_KEY, DUPLICATE_TARGET):
+                    dups[key] = _names(arr, where)
+                else:
+                    flat[key] = arr
+    except (zipfile.BadZipFile, zlib.error, ValueError, OSError) as exc:
+        if isinstance(exc, FormatError):
+            raise
+        raise FormatError(f"{name}: not a readable .npz file: {exc}") from None
+    except EOFError:
+        raise TruncatedError(f"{name}: .npz member ends early") from None
+    return flat, dups
+
+
+def _read_pkl(name: str, size: int) -> tuple[Flat, dict[str, list[str]]]:
+    data = load_pickle(name)
+    if not isinstance(data, dict):
+        raise FormatError(f"{name}: pickle holds a {type(data).__name__}, not a dict of arrays")
+    flat, dups = {}, {}
+    for key, value in data.items():
+        where = f"{name}: at key {key!r}"
+        if not isinstance(key, str):
+            raise FormatError(f"{where}: keys must be strings")
+        if key in (DUPLICATE_KEY, DUPLICATE_TARGET):
+            dups[key] = _names(value, where)
+        else:
+            flat[key] = _value(value, where)
+    return flat, dups
+
+
+def _read_mat(name: str, size: int) -> tuple[Flat, dict[str, list[str]]]:
+    sio = require("scipy.io", "scipy", f"{name}: reading a .mat states file")
+    with open(name, "rb") as fh:
+        head = fh.read(128)
+    if len(head) < 128:
+        raise TruncatedError(f"{name}: shorter than a MATLAB 5 header")
+    if head[126:128] not in (b"IM", b"MI"):
+        raise FormatError(f"{name}: not a MATLAB 5 .mat file")
+    order = "<" if head[126:128] == b"IM" else ">"
+    version = struct.unpack(order + "H", head[124:126])[0]
+    if version != 0x0100:
+        raise FormatError(f"{name}: MATLAB file version {version:#06x}; BrainPy wrote only version 5 (0x0100)")
+    with open(name, "rb") as fh:  # top-level elements: zlib-compressed ones could hide a bomb
+        pos = 128
+        while pos + 8 <= size:
+            fh.seek(pos)
+            mtype, nbytes = struct.unpack(order + "II", fh.read(8))
+            if mtype == 15:  # miCOMPRESSED; scipy's savemat, as BrainPy called it, never compresses
+                raise FormatError(f"{name}: compressed .mat variables were never written by BrainPy")
+            pos += 8 + nbytes + (-nbytes % 8)
+    budget, logical = _Budget(size), set()
+    try:
+        # Header-only pass: refuse what BrainPy never wrote and bound memory before loading.
+        for var, shape, cls in sio.whosmat(name):
+            where = f"{name}: at key {var!r}"
+            if cls not in _MAT_ITEMSIZE or (cls == "char") != (var in (DUPLICATE_KEY, DUPLICATE_TARGET)):
+                raise FormatError(f"{where}: MATLAB class {cls!r} is not what save_states wrote")
+            budget.take(int(np.prod(shape, dtype=object)) * _MAT_ITEMSIZE[cls] * 2, where)
+            if cls == "logical":
+                logical.add(var)
+        data = sio.loadmat(name, mat_dtype=False, squeeze_me=False, chars_as_strings=True)
+    except (FormatError, LimitExceededError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - scipy raises many types for corrupt files
+        raise FormatError(f"{name}: not a readable .mat file: {type(exc).__name__}: {exc}") from None
+    flat, dups = {}, {}
+    for key, value in data.items():
+        where = f"{name}: at key {key!r}"
+        if key.startswith("__"):  # scipy's __header__/__version__/__globals__
+            continue
+        if not isinstance(value, np.ndarray) or value.ndim < 2 or value.shape[0] != 1:
+            raise FormatError(f"{where}: expected the leading axis of length 1 that save_states adds")
+        if key in (DUPLICATE_KEY, DUPLICATE_TARGET):
+            dups[key] = [s.strip() for s in _names(value[0], where)]
+        else:
+            arr = np.array(value[0], order="C")
+            flat[key] = _value(arr.astype(bool) if key in logical else arr, where)
+    return flat, dups
+
+
+_READERS: dict[str, Callable[[str, int], tuple[Flat, dict[str, list[str]]]]] = {
+    "h5": _read_h5, "npz": _read_npz, "pkl": _read_pkl, "mat": _read_mat}
+
+
+def _like(flat: Flat, like: Mapping[str, Any]) -> None:
+    """Undo .mat's losses where a reference says what a value was and nothing is lost."""
+    for key, ref in like.items():
+        arr = flat.get(key)
+        if arr is None:
+            continue
+        shape = tuple(getattr(ref, "shape", arr.shape))
+        if shape != arr.shape and [d for d in shape if d != 1] == [d for d in arr.shape if d != 1]:
+            arr = arr.reshape(shape)
+        dtype = np.dtype(getattr(ref, "dtype", arr.dtype)).newbyteorder("=")
+        if dtype != arr.dtype and is_plain(dtype):
+            with np.errstate(all="ignore"):
+                cast = arr.astype(dtype)
+                back = cast.astype(arr.dtype)
+            if np.all((back == arr) | ((back != back) & (arr != arr))):
+                arr = cast
+        flat[key] = arr
+
+
+def read_states(path: "str | os.PathLike[str]", *, like: Mapping[str, Any] | None = None
+                ) -> tuple[Flat, dict[str, str]]:
+    """Read a ``save_states`` file: ``(stored name -> array, alias -> stored name)``.
+
+    Every variable name the model had is a key of the first map or of the aliases (see
+    :func:`expand_aliases`). ``like`` (``.mat`` only) gives reference shapes/dtypes that undo
+    the format's losses; see the module doc.
+    """
+    name, size = check_file(path)
+    flat, dups = _READERS[_format(name, FormatError)](name, size)
+    keys, targets = dups.get(DUPLICATE_KEY, []), dups.get(DUPLICATE_TARGET, [])
+    if len(keys) != len(targets):
+        raise FormatError(f"{name}: {len(keys)} duplicate_keys but {len(targets)} duplicate_targets")
+    aliases: dict[str, str] = {}
+    for alias, target in zip(keys, targets):
+        if target not in flat or alias in flat or alias in aliases:
+            raise FormatError(f"{name}: alias {alias!r} -> {target!r} does not name a stored "
+                              f"variable, or repeats a stored name")
+        aliases[alias] = target
+    if like and _format(name, FormatError) == "mat":
+        _like(flat, like)
+    return flat, aliases
+
+
+def expand_aliases(flat: Mapping[str, np.ndarray], aliases: Mapping[str, str]) -> dict[str, np.ndarray]:
+    """Every variable name -> its array; an alias maps to the very array of its target."""
+    return {**flat, **{alias: flat[target] for alias, target in aliases.items()}}
+
+
+def write_states(path: "str | os.PathLike[str]", flat: Mapping[str, Any],
+                 aliases: Mapping[str, str] | None = None, **setting: Any) -> str:
+    """Write ``flat`` (and ``aliases``: alias -> stored name) in BrainPy's ``save_states`` layout.
+
+    The format follows the suffix. ``compressed=True`` (the only setting BrainPy used) selects
+    ``savez_compressed`` for ``.npz``. Returns the path; the file appears atomically.
+    """
+    compressed = bool(setting.pop("compressed", False))
+    if setting:
+        raise TypeError(f"unknown save_states settings: {sorted(setting)}")
+    name = os.fspath(path)
+    fmt = _format(name, ValueError)
+    arrays = {}
+    for key, value in flat.items():
+        if not isinstance(key, str) or key in (DUPLICATE_KEY, DUPLICATE_TARGET):
+            raise ValueError(f"variable name {key!r} is not a str or is reserved for the alias lists")
+        arrays[key] = np.asarray(value)
+    aliases = dict(aliases or {})
+    for alias, target in aliases.items():
+        if target not in arrays or alias in arrays:
+            raise ValueError(f"alias {alias!r} -> {target!r}: the target must be stored and the alias not")
+    keys, targets = list(aliases), list(aliases.values())
+    if fmt == "h5" and any("+" in n for n in keys + targets):
+        raise ValueError("HDF5 states files join alias names with '+', so names cannot contain it")
+    return atomic_write(name, lambda tmp: _WRITERS[fmt](tmp, arrays, keys, targets, compressed))
+
+
+def _write_h5(tmp: str, arrays: Flat, keys: list[str], targets: list[str], compressed: bool) -> None:
+    h5py = require("h5py", "h5py", "writing an HDF5 states file")
+    with h5py.File(tmp, "w") as f:
+        for key, arr in arrays.items():
+            f[key] = arr
+        if keys:
+            f.create_dataset(DUPLICATE_TARGET, data="+".join(targets))
+            f.create_dataset(DUPLICATE_KEY, data="+".join(keys))
+
+
+def _with_lists(arrays: Flat, keys: list[str], targets: list[str]) -> Flat:
+    if not keys:
+        return dict(arrays)
+    return {**arrays, DUPLICATE_KEY: np.asarray(keys), DUPLICATE_TARGET: np.asarray(targets)}
+
+
+def _write_npz(tmp: str, arrays: Flat, keys: list[str], targets: list[str], compressed: bool) -> None:
+    """What ``np.savez``/``savez_compressed`` write, without their keyword-name collisions."""
+    from numpy.lib import format as npy
+
+    mode = zipfile.ZIP_DEFLATED if compressed else zipfile.ZIP_STORED
+    with zipfile.ZipFile(tmp, "w", compression=mode, allowZip64=True) as zf:
+        for key, arr in _with_lists(arrays, keys, targets).items():
+            with zf.open(key + ".npy", "w", force_zip64=True) as fp:
+                npy.write_array(fp, np.asanyarray(arr), allow_pickle=False)
+
+
+def _write_pkl(tmp: str, arrays: Flat, keys: list[str], targets: list[str], compressed: bool) -> None:
+    with open(tmp, "wb") as fh:
+        pickle.dump(_with_lists(arrays, keys, targets), fh, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def _write_mat(tmp: str, arrays: Flat, keys: list[str], targets: list[str], compressed: bool) -> None:
+    sio = require("scipy.io", "scipy", "writing a .mat states file")
+    variables = {k: np.expand_dims(v, 0) for k, v in _with_lists(arrays, keys, targets).items()}
+    with open(tmp, "wb") as fh:
+        sio.savemat(fh, variables)
+
+
+_WRITERS = {"h5": _write_h5, "npz": _write_npz, "pkl": _write_pkl, "mat": _write_mat}

@@ -47,6 +47,33 @@ def _table(rows: list[list[str]], header: list[str], right: set[int]) -> str:
     return "\n".join(lines)
 
 
+#: Show a progress bar for work on more bytes than this (when stderr is a terminal).
+PROGRESS_MIN_BYTES = 64 << 20
+
+
+class Progress:
+    """A one-line progress bar on stderr, shown only for large jobs on a terminal."""
+
+    def __init__(self, label: str, total: int, enabled: bool | None = None) -> None:
+        self.label, self.total = label, total
+        self.enabled = (sys.stderr.isatty() and total >= PROGRESS_MIN_BYTES) if enabled is None else enabled
+        self.t0 = time.perf_counter()
+
+    def __call__(self, done: int, total: int | None = None) -> None:
+        if not self.enabled:
+            return
+        total = total or self.total
+        frac = done / total if total else 1.0
+        bar = "#" * int(frac * 30)
+        rate = done / max(time.perf_counter() - self.t0, 1e-9)
+        sys.stderr.write(f"\r{self.label} [{bar:<30}] {frac:5.1%} {_human(done)}/{_human(total)} {_human(rate)}/s")
+        sys.stderr.flush()
+
+    def close(self) -> None:
+        if self.enabled:
+            sys.stderr.write("\n")
+
+
 def cmd_ls(args: argparse.Namespace) -> int:
     with open_archive(args.file) as a:
         infos = a.infos()
@@ -160,7 +187,17 @@ def cmd_verify(args: argparse.Namespace) -> int:
         t0 = time.perf_counter()
         try:
             with open_archive(path) as a:
-                report = a.verify()
+                infos = a.infos()
+                bar = Progress(f"verifying {os.path.basename(path)}", sum(i.stored_bytes for i in infos))
+                done = 0
+                for info in infos:  # tensor by tensor, so the bar moves
+                    a.verify(info.name)
+                    done += info.stored_bytes
+                    bar(done)
+                a._native().verify_padding()
+                bar.close()
+                report = {"tensors": len(infos), "chunks": sum(i.chunks for i in infos),
+                          "stored_bytes": done, "decoded_bytes": sum(i.nbytes for i in infos)}
             results.append({"file": path, "ok": True, **report, "seconds": round(time.perf_counter() - t0, 4)})
             if not args.json:
                 print(f"{path}: OK ({report['tensors']} tensors, {report['chunks']} chunks, "
@@ -206,7 +243,12 @@ def _convert_one(src: str, dst: str, args: argparse.Namespace) -> dict[str, Any]
         raise BpzError(f"{dst} exists; pass --force to replace it")
     if out_fmt == "bpz":
         compression = None if args.compression == "none" else args.compression
-        save_pytree(dst, tree, verbose=False, compression=compression, level=args.level)
+        from .write import write_archive
+
+        tree_json, leaves = flatten(tree)
+        bar = Progress(f"writing {os.path.basename(dst)}", sum(leaf.array.nbytes for leaf in leaves))
+        write_archive(dst, tree_json, leaves, compression=compression, level=args.level, progress=bar)
+        bar.close()
     elif out_fmt == "bp":
         from ._legacy import bp_msgpack
 

@@ -108,8 +108,12 @@ def write_archive(
     alignment: int = 64,
     overwrite: bool = True,
     sync: bool = True,
+    progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, Any]:
-    """Writes flattened leaves; the destination changes only if everything succeeds."""
+    """Writes flattened leaves; the destination changes only if everything succeeds.
+
+    ``progress(done_bytes, total_bytes)`` is called after each tensor.
+    """
     writer = _bpz.Writer(
         path,
         alignment=alignment,
@@ -120,10 +124,15 @@ def write_archive(
         overwrite=overwrite,
         writer_name="bpz-python",
     )
+    total = sum(leaf.array.nbytes for leaf in leaves)
+    done = 0
     try:
         for leaf in leaves:
             arr = leaf.array
             writer.add_tensor(leaf.name, leaf.dtype, arr.shape, arr.__array_interface__["data"][0], arr.nbytes, arr)
+            if progress is not None:
+                done += arr.nbytes
+                progress(done, total)
         writer.set_tree_json(json.dumps(tree, allow_nan=False, ensure_ascii=False))
         if metadata_json is not None:
             writer.set_metadata_json(metadata_json)

@@ -163,6 +163,12 @@ impl Archive {
         py.detach(|| reader.verify_tensor(name)).py()
     }
 
+    /// Checks that the padding between chunks is zero (part of `verify`).
+    fn verify_padding(&self, py: Python<'_>) -> PyResult<()> {
+        let reader = &self.reader;
+        py.detach(|| reader.verify_padding()).py()
+    }
+
     /// Checks the whole file; returns counts of what was checked.
     fn verify<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let reader = &self.reader;

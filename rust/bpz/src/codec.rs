@@ -9,31 +9,86 @@ pub const MAX_ENCODED_SHARE: f64 = 0.95;
 /// Byte transposition: byte `j` of element `i` goes to `j * n + i`.
 pub fn shuffle(src: &[u8], width: usize, dst: &mut [u8]) {
     debug_assert_eq!(src.len(), dst.len());
-    if width <= 1 {
-        dst.copy_from_slice(src);
-        return;
-    }
-    let n = src.len() / width;
-    for (i, elem) in src.chunks_exact(width).enumerate() {
-        for (j, &byte) in elem.iter().enumerate() {
-            dst[j * n + i] = byte;
-        }
+    match width {
+        2 => shuffle_w::<2>(src, dst),
+        4 => shuffle_w::<4>(src, dst),
+        8 => shuffle_w::<8>(src, dst),
+        16 => shuffle_w::<16>(src, dst),
+        _ => dst.copy_from_slice(src),
     }
 }
 
 /// Inverse of [`shuffle`].
 pub fn unshuffle(src: &[u8], width: usize, dst: &mut [u8]) {
     debug_assert_eq!(src.len(), dst.len());
-    if width <= 1 {
-        dst.copy_from_slice(src);
-        return;
+    match width {
+        2 => unshuffle_w::<2>(src, dst),
+        4 => unshuffle_w::<4>(src, dst),
+        8 => unshuffle_w::<8>(src, dst),
+        16 => unshuffle_w::<16>(src, dst),
+        _ => dst.copy_from_slice(src),
     }
-    let n = src.len() / width;
-    for (i, elem) in dst.chunks_exact_mut(width).enumerate() {
-        for (j, byte) in elem.iter_mut().enumerate() {
-            *byte = src[j * n + i];
+}
+
+/// Elements per block: a block is transposed in registers / L1, then each of
+/// the `W` byte streams is written as one contiguous run.
+const BLOCK: usize = 64;
+
+fn shuffle_w<const W: usize>(src: &[u8], dst: &mut [u8]) {
+    let n = src.len() / W;
+    let mut streams: [&mut [u8]; W] = split_streams(dst, n);
+    let mut blocks = src.chunks_exact(BLOCK * W);
+    let mut at = 0;
+    for block in &mut blocks {
+        let mut tmp = [[0u8; BLOCK]; W];
+        for (i, elem) in block.chunks_exact(W).enumerate() {
+            for j in 0..W {
+                tmp[j][i] = elem[j];
+            }
+        }
+        for j in 0..W {
+            streams[j][at..at + BLOCK].copy_from_slice(&tmp[j]);
+        }
+        at += BLOCK;
+    }
+    for (i, elem) in blocks.remainder().chunks_exact(W).enumerate() {
+        for j in 0..W {
+            streams[j][at + i] = elem[j];
         }
     }
+}
+
+fn unshuffle_w<const W: usize>(src: &[u8], dst: &mut [u8]) {
+    let n = src.len() / W;
+    let streams: [&[u8]; W] = std::array::from_fn(|j| &src[j * n..(j + 1) * n]);
+    let mut blocks = dst.chunks_exact_mut(BLOCK * W);
+    let mut at = 0;
+    for block in &mut blocks {
+        let mut tmp = [[0u8; BLOCK]; W];
+        for j in 0..W {
+            tmp[j].copy_from_slice(&streams[j][at..at + BLOCK]);
+        }
+        for (i, elem) in block.chunks_exact_mut(W).enumerate() {
+            for j in 0..W {
+                elem[j] = tmp[j][i];
+            }
+        }
+        at += BLOCK;
+    }
+    for (i, elem) in blocks.into_remainder().chunks_exact_mut(W).enumerate() {
+        for j in 0..W {
+            elem[j] = streams[j][at + i];
+        }
+    }
+}
+
+fn split_streams<const W: usize>(dst: &mut [u8], n: usize) -> [&mut [u8]; W] {
+    let mut rest = &mut dst[..W * n];
+    std::array::from_fn(|_| {
+        let (head, tail) = std::mem::take(&mut rest).split_at_mut(n);
+        rest = tail;
+        head
+    })
 }
 
 macro_rules! delta_impl {

@@ -497,7 +497,7 @@ impl Reader {
 impl Reader {
     /// Bytes of the data region outside every chunk (alignment padding) must
     /// be zero, so that no byte of the file can change unnoticed.
-    fn verify_padding(&self) -> Result<()> {
+    pub fn verify_padding(&self) -> Result<()> {
         let mut extents: Vec<(u64, u64)> = self
             .tensors
             .iter()

@@ -36,7 +36,7 @@ const BLOCK: usize = 64;
 
 fn shuffle_w<const W: usize>(src: &[u8], dst: &mut [u8]) {
     let n = src.len() / W;
-    let mut streams: [&mut [u8]; W] = split_streams(dst, n);
+    let streams: [&mut [u8]; W] = split_streams(dst, n);
     let mut blocks = src.chunks_exact(BLOCK * W);
     let mut at = 0;
     for block in &mut blocks {
@@ -203,10 +203,31 @@ pub fn encode_chunk(filter: Filter, dtype: DType, level: i32, data: &[u8]) -> (V
     let Some(filtered) = apply_filter(filter, dtype, data) else {
         return (data.to_vec(), false);
     };
-    match zstd::bulk::compress(&filtered, level) {
+    match compress(&filtered, level) {
         Ok(z) if (z.len() as f64) < data.len() as f64 * MAX_ENCODED_SHARE => (z, true),
         _ => (data.to_vec(), false),
     }
+}
+
+thread_local! {
+    /// One decompression context per thread, reused across chunks. Its window
+    /// limit admits the largest chunk (256 MiB, windowLog 28).
+    static DECOMPRESSOR: std::cell::RefCell<zstd::bulk::Decompressor<'static>> = std::cell::RefCell::new({
+        let mut d = zstd::bulk::Decompressor::new().expect("zstd context");
+        d.set_parameter(zstd::zstd_safe::DParameter::WindowLogMax(28)).expect("zstd window limit");
+        d
+    });
+    static COMPRESSOR: std::cell::RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> = const { std::cell::RefCell::new(None) };
+}
+
+fn compress(data: &[u8], level: i32) -> std::io::Result<Vec<u8>> {
+    COMPRESSOR.with(|c| {
+        let mut slot = c.borrow_mut();
+        if slot.as_ref().map(|(l, _)| *l) != Some(level) {
+            *slot = Some((level, zstd::bulk::Compressor::new(level)?));
+        }
+        slot.as_mut().unwrap().1.compress(data)
+    })
 }
 
 /// Why a chunk failed to decode.
@@ -231,7 +252,8 @@ pub fn decode_chunk(filter: Filter, dtype: DType, stored: &[u8], out: &mut [u8])
         }
     }
     let produce = |dst: &mut [u8]| -> Result<(), DecodeError> {
-        let n = zstd::bulk::decompress_to_buffer(stored, dst)
+        let n = DECOMPRESSOR
+            .with(|d| d.borrow_mut().decompress_to_buffer(stored, dst))
             .map_err(|e| DecodeError(format!("zstd: {e}")))?;
         if n != expect {
             return Err(DecodeError(format!("decoded {n} bytes, expected {expect}")));
@@ -264,7 +286,7 @@ pub fn choose_filter(dtype: DType, data: &[u8], level: i32) -> Filter {
     }
     let size = |f: Filter| {
         apply_filter(f, dtype, s)
-            .and_then(|v| zstd::bulk::compress(&v, level).ok())
+            .and_then(|v| compress(&v, level).ok())
             .map_or(usize::MAX, |z| z.len())
     };
     if size(Filter::Shuffle) <= size(Filter::None) {
@@ -280,7 +302,7 @@ pub fn estimate_share(filter: Filter, dtype: DType, data: &[u8], level: i32) -> 
     if s.is_empty() {
         return 1.0;
     }
-    match apply_filter(filter, dtype, s).and_then(|v| zstd::bulk::compress(&v, level).ok()) {
+    match apply_filter(filter, dtype, s).and_then(|v| compress(&v, level).ok()) {
         Some(z) => z.len() as f64 / s.len() as f64,
         None => 1.0,
     }

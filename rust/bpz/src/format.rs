@@ -690,6 +690,9 @@ pub(crate) fn parse_index(
             ));
         }
     }
+    if !(raw.tree.is_object() || raw.tree.is_null()) {
+        return Err(Error::invalid_index(path, "the tree is neither an object nor null"));
+    }
     check_tree_refs(path, &raw.tree, &names)?;
     Ok((tensors, raw.tree, raw.metadata, raw.writer))
 }
@@ -740,6 +743,9 @@ fn validate_tensor(path: &str, rt: RawTensor, alignment: u32, data_end: u64) -> 
         return Err(bad("a raw tensor must have filter \"none\"".into()));
     }
     let chunk_elems = rt.chunk_elems;
+    if chunk_elems > MAX_SAFE_INTEGER {
+        return Err(Error::limit(path, format!("chunk_elems of tensor {name:?}"), chunk_elems, MAX_SAFE_INTEGER));
+    }
     if chunk_elems == 0 {
         return Err(bad("chunk_elems is 0".into()));
     }

@@ -323,6 +323,8 @@ pub fn invalid(golden: &[Golden]) -> Vec<Invalid> {
     add("offset_past_end", edit(&tiny, &|i| i["tensors"][0]["chunks"][0][0] = json!(1u64 << 40)), "invalid_index", "open", "data offset 2^40 in a small file");
     add("length_near_2_64", edit(&tiny, &|i| i["tensors"][0]["chunks"][0][1] = json!(u64::MAX - 8)), "invalid_index", "open", "stored length 2^64-9");
     add("huge_shape", edit(&tiny, &|i| i["tensors"][0]["shape"] = json!([1u64 << 62, 1u64 << 62])), "limit_exceeded", "open", "2^124 elements");
+    add("chunk_elems_huge", edit(&tiny, &|i| i["tensors"][0]["chunk_elems"] = json!(1u64 << 60)), "limit_exceeded", "open", "chunk_elems 2^60");
+    add("tree_not_object", edit(&tiny, &|i| i["tree"] = json!([{"tensor": "x"}])), "invalid_index", "open", "a tree that is an array");
     add("rank_over_limit", edit(&tiny, &|i| i["tensors"][0]["shape"] = json!(vec![1; 65])), "limit_exceeded", "open", "rank 65");
     add("name_too_long", edit(&tiny, &|i| i["tensors"][0]["name"] = json!("n".repeat(5000))), "limit_exceeded", "open", "a 5000-byte name");
     add("duplicate_names", edit(&filters, &|i| i["tensors"][1]["name"] = i["tensors"][0]["name"].clone()), "invalid_index", "open", "two tensors named conn/indptr");

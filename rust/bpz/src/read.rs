@@ -538,7 +538,7 @@ struct MapHandle(Arc<Mmap>);
 
 impl Source for MapHandle {
     fn len(&self) -> u64 {
-        self.0.len() as u64
+        self.0[..].len() as u64
     }
     fn read_exact_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
         slice_read(&self.0, offset, buf)

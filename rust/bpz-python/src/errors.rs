@@ -28,9 +28,6 @@ pub fn to_py(err: bpz::Error) -> PyErr {
             if errno != 0 {
                 return PyOSError::new_err((errno, source.to_string(), path.clone()));
             }
-            if source.kind() == std::io::ErrorKind::UnexpectedEof {
-                return raise("TruncatedError", "truncated", message);
-            }
             PyOSError::new_err(message)
         }
         bpz::Error::InvalidArgument(_) => PyValueError::new_err(message),

@@ -101,11 +101,35 @@ impl Error {
     }
 
     pub(crate) fn io(path: &str, source: io::Error) -> Self {
+        // Reads are bounds-checked against the length seen at open, so running
+        // out of bytes means the file was cut short under us.
+        if source.kind() == io::ErrorKind::UnexpectedEof {
+            return Error::Truncated {
+                path: path.to_owned(),
+                detail: "the file ended early while reading (was it truncated after opening?)".into(),
+            };
+        }
         Error::Io {
             path: path.to_owned(),
             source,
         }
     }
+
+    /// Every value [`Error::kind`] can return.
+    pub const KINDS: [&'static str; 12] = [
+        "io",
+        "bad_magic",
+        "truncated",
+        "unsupported_version",
+        "unsupported_feature",
+        "checksum_mismatch",
+        "invalid_index",
+        "limit_exceeded",
+        "corrupt_data",
+        "tensor_not_found",
+        "not_zero_copy",
+        "invalid_argument",
+    ];
 
     pub(crate) fn invalid_index(path: &str, detail: impl Into<String>) -> Self {
         Error::InvalidIndex {

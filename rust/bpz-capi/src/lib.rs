@@ -1,0 +1,426 @@
+//! # libbpz: the C ABI of bpz
+//!
+//! A thin layer over the core crate (`rust/bpz`): it converts arguments,
+//! maps errors to codes and owns the C strings it hands out; the format
+//! logic is all in the core. `include/bpz.h` is the documentation for C
+//! users: every function, every code, who owns every pointer.
+//!
+//! Every exported function is `extern "C"`, runs its body under
+//! `catch_unwind` (no panic crosses into C), checks every pointer for NULL
+//! and checks every length and index it is given.
+
+#![deny(unsafe_op_in_unsafe_fn)]
+
+use std::ffi::{c_char, c_int, c_void, CString};
+use std::sync::OnceLock;
+
+use bpz_core::{Backend, Reader, Storage, TensorInfo};
+
+pub mod codes;
+mod guard;
+
+pub use codes::*;
+use guard::{c_str, deref, guard, out_buffer, out_ptr, status, Failure, Result};
+
+/// The type a C declaration spells as given (for the header check).
+#[doc(hidden)]
+pub trait CType {
+    const C: &'static str;
+}
+impl CType for c_int {
+    const C: &'static str = "int";
+}
+impl CType for usize {
+    const C: &'static str = "size_t";
+}
+impl CType for u64 {
+    const C: &'static str = "uint64_t";
+}
+impl CType for *const c_char {
+    const C: &'static str = "const char *";
+}
+impl CType for *const u64 {
+    const C: &'static str = "const uint64_t *";
+}
+
+/// Defines a `#[repr(C)]` struct and the list of its fields as C declares
+/// them, which `tests/header.rs` compares with the header's struct.
+macro_rules! c_struct {
+    ($(#[$meta:meta])* pub struct $name:ident { $($(#[$fmeta:meta])* pub $field:ident: $ty:ty,)* }) => {
+        $(#[$meta])*
+        #[repr(C)]
+        #[derive(Debug, Clone, Copy)]
+        pub struct $name { $($(#[$fmeta])* pub $field: $ty,)* }
+        impl $name {
+            /// `(C type, field name)` of every field, in order.
+            #[doc(hidden)]
+            pub const C_FIELDS: &'static [(&'static str, &'static str)] =
+                &[$((<$ty as CType>::C, stringify!($field)),)*];
+        }
+    };
+}
+
+c_struct! {
+    /// `struct bpz_tensor_info`: what the index says about one tensor. The
+    /// pointers are owned by the archive and valid until `bpz_close`.
+    #[allow(non_camel_case_types)]
+    pub struct bpz_tensor_info {
+        pub name: *const c_char,
+        pub dtype: c_int,
+        pub dtype_name: *const c_char,
+        pub rank: usize,
+        pub shape: *const u64,
+        pub nbytes: u64,
+        pub stored_bytes: u64,
+        pub storage: c_int,
+        pub filter: *const c_char,
+        pub chunks: usize,
+    }
+}
+
+/// The opaque `bpz_archive` of C: an open reader plus the C strings handed
+/// out for it, which live exactly as long as it does.
+pub struct Archive {
+    reader: Reader,
+    /// Each tensor's name as a C string, by index.
+    names: Vec<CString>,
+    tree_json: OnceLock<CString>,
+    metadata_json: OnceLock<CString>,
+}
+
+/// What `shape` points to for a 0-d tensor: a valid address, never read.
+static NO_DIMS: u64 = 0;
+
+fn static_c(s: &'static str) -> *const c_char {
+    debug_assert!(s.ends_with('\0'));
+    s.as_ptr().cast()
+}
+
+impl Archive {
+    fn tensor(&self, index: usize, func: &str) -> Result<&TensorInfo> {
+        let tensors = self.reader.tensors();
+        tensors.get(index).ok_or_else(|| {
+            Failure::invalid(format!(
+                "{func}: tensor index {index} is out of range: {} holds {} tensor(s)",
+                self.reader.path(),
+                tensors.len()
+            ))
+        })
+    }
+}
+
+fn json_c_string(value: &impl ToString) -> CString {
+    // Serialised JSON escapes every control character, NUL included.
+    CString::new(value.to_string()).expect("serialised JSON contains no NUL byte")
+}
+
+// ------------------------------------------------------------------ library
+
+/// `const char *bpz_version(void)`
+#[no_mangle]
+pub extern "C" fn bpz_version() -> *const c_char {
+    guard(std::ptr::null(), || {
+        Ok(static_c(concat!(env!("CARGO_PKG_VERSION"), "\0")))
+    })
+}
+
+/// `const char *bpz_last_error_message(void)`
+#[no_mangle]
+pub extern "C" fn bpz_last_error_message() -> *const c_char {
+    guard(static_c("\0"), || Ok(guard::last_error_ptr()))
+}
+
+/// `const char *bpz_error_kind_name(int code)`
+#[no_mangle]
+pub extern "C" fn bpz_error_kind_name(code: c_int) -> *const c_char {
+    guard(static_c("unknown\0"), || {
+        Ok(static_c(kind_name(code).unwrap_or("unknown\0")))
+    })
+}
+
+/// `size_t bpz_dtype_size(int dtype)`
+#[no_mangle]
+pub extern "C" fn bpz_dtype_size(dtype: c_int) -> usize {
+    guard(0, || Ok(dtype_from_code(dtype).map_or(0, |d| d.size())))
+}
+
+// ------------------------------------------------------------ open / close
+
+/// `int bpz_open(const char *path, int backend, bpz_archive **out)`
+///
+/// # Safety
+/// `path` is NULL or a NUL-terminated string; `out` is NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn bpz_open(path: *const c_char, backend: c_int, out: *mut *mut Archive) -> c_int {
+    const F: &str = "bpz_open";
+    status(|| {
+        let out = out_ptr(out, F, "out")?;
+        // SAFETY: checked non-NULL and aligned; the caller provides the memory.
+        unsafe { out.write(std::ptr::null_mut()) };
+        // SAFETY: the caller's contract.
+        let path = unsafe { c_str(path, F, "path") }?;
+        let backend = match backend {
+            BPZ_BACKEND_MMAP => Backend::Mmap,
+            BPZ_BACKEND_PREAD => Backend::Pread,
+            other => {
+                return Err(Failure::invalid(format!(
+                    "{F}: unknown backend {other} (BPZ_BACKEND_MMAP = 0, BPZ_BACKEND_PREAD = 1)"
+                )))
+            }
+        };
+        #[cfg(unix)]
+        let path = <std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(path.to_bytes());
+        #[cfg(not(unix))]
+        let path = path
+            .to_str()
+            .map_err(|_| Failure::invalid(format!("{F}: the path is not UTF-8")))?;
+        let reader = Reader::open_with(path, backend)?;
+        let names = reader
+            .tensors()
+            .iter()
+            .map(|t| {
+                // The core refuses names with NUL on open (spec §9).
+                CString::new(t.name.as_bytes()).map_err(|_| {
+                    Failure::new(
+                        BPZ_ERR_INVALID_INDEX,
+                        format!("{}: a tensor name contains NUL", reader.path()),
+                    )
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let archive = Box::new(Archive {
+            reader,
+            names,
+            tree_json: OnceLock::new(),
+            metadata_json: OnceLock::new(),
+        });
+        // SAFETY: as above.
+        unsafe { out.write(Box::into_raw(archive)) };
+        Ok(())
+    })
+}
+
+/// `void bpz_close(bpz_archive *archive)`
+///
+/// # Safety
+/// `archive` is NULL or a pointer from `bpz_open` not closed yet, and no
+/// other thread is using it.
+#[no_mangle]
+pub unsafe extern "C" fn bpz_close(archive: *mut Archive) {
+    guard((), || {
+        if !archive.is_null() {
+            // SAFETY: the caller's contract: it came from Box::into_raw in bpz_open.
+            drop(unsafe { Box::from_raw(archive) });
+        }
+        Ok(())
+    })
+}
+
+// ------------------------------------------------------------------- index
+
+/// `size_t bpz_tensor_count(const bpz_archive *archive)`
+///
+/// # Safety
+/// `archive` is NULL or an open archive.
+#[no_mangle]
+pub unsafe extern "C" fn bpz_tensor_count(archive: *const Archive) -> usize {
+    guard(0, || {
+        // SAFETY: the caller's contract.
+        let a = unsafe { deref(archive, "bpz_tensor_count", "archive") }?;
+        Ok(a.reader.tensors().len())
+    })
+}
+
+/// `int bpz_tensor_find(const bpz_archive *archive, const char *name, size_t *index)`
+///
+/// # Safety
+/// `archive` is NULL or an open archive; `name` is NULL or a NUL-terminated
+/// string; `index` is NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn bpz_tensor_find(archive: *const Archive, name: *const c_char, index: *mut usize) -> c_int {
+    const F: &str = "bpz_tensor_find";
+    status(|| {
+        // SAFETY: the caller's contract.
+        let a = unsafe { deref(archive, F, "archive") }?;
+        // SAFETY: the caller's contract.
+        let name = unsafe { c_str(name, F, "name") }?;
+        let index = out_ptr(index, F, "index")?;
+        let found = match name.to_str() {
+            Ok(name) => a.reader.tensor(name).map(|t| t as *const TensorInfo),
+            // Names are UTF-8: other bytes name no tensor.
+            Err(_) => Err(bpz_core::Error::TensorNotFound {
+                path: a.reader.path().to_owned(),
+                name: name.to_string_lossy().into_owned(),
+            }),
+        }?;
+        // `Reader::tensor` returns an element of `Reader::tensors`: its
+        // position follows from the addresses, in O(1).
+        let tensors = a.reader.tensors();
+        let position = (found as usize - tensors.as_ptr() as usize) / std::mem::size_of::<TensorInfo>().max(1);
+        assert!(
+            std::ptr::eq(&tensors[position], found),
+            "Reader::tensor returned a foreign element"
+        );
+        // SAFETY: checked non-NULL and aligned; the caller provides the memory.
+        unsafe { index.write(position) };
+        Ok(())
+    })
+}
+
+/// `int bpz_tensor_info(const bpz_archive *archive, size_t index, struct bpz_tensor_info *out)`
+///
+/// # Safety
+/// `archive` is NULL or an open archive; `out` is NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn bpz_tensor_info(archive: *const Archive, index: usize, out: *mut bpz_tensor_info) -> c_int {
+    const F: &str = "bpz_tensor_info";
+    status(|| {
+        // SAFETY: the caller's contract.
+        let a = unsafe { deref(archive, F, "archive") }?;
+        let out = out_ptr(out, F, "out")?;
+        let t = a.tensor(index, F)?;
+        let (dtype, dtype_name) = dtype_code_name(t.dtype);
+        let info = bpz_tensor_info {
+            name: a.names[index].as_ptr(),
+            dtype,
+            dtype_name: static_c(dtype_name),
+            rank: t.shape.len(),
+            shape: if t.shape.is_empty() { &NO_DIMS } else { t.shape.as_ptr() },
+            nbytes: t.nbytes(),
+            stored_bytes: t.stored_bytes(),
+            storage: match t.storage {
+                Storage::Raw => BPZ_STORAGE_RAW,
+                Storage::Chunked => BPZ_STORAGE_CHUNKED,
+            },
+            filter: static_c(filter_name(t.filter)),
+            chunks: t.chunks.len(),
+        };
+        // SAFETY: checked non-NULL and aligned; the caller provides the memory.
+        unsafe { out.write(info) };
+        Ok(())
+    })
+}
+
+/// `const char *bpz_metadata_json(const bpz_archive *archive)`
+///
+/// # Safety
+/// `archive` is NULL or an open archive.
+#[no_mangle]
+pub unsafe extern "C" fn bpz_metadata_json(archive: *const Archive) -> *const c_char {
+    guard(std::ptr::null(), || {
+        // SAFETY: the caller's contract.
+        let a = unsafe { deref(archive, "bpz_metadata_json", "archive") }?;
+        Ok(a.metadata_json
+            .get_or_init(|| json_c_string(a.reader.metadata()))
+            .as_ptr())
+    })
+}
+
+/// `const char *bpz_tree_json(const bpz_archive *archive)`
+///
+/// # Safety
+/// `archive` is NULL or an open archive.
+#[no_mangle]
+pub unsafe extern "C" fn bpz_tree_json(archive: *const Archive) -> *const c_char {
+    guard(std::ptr::null(), || {
+        // SAFETY: the caller's contract.
+        let a = unsafe { deref(archive, "bpz_tree_json", "archive") }?;
+        Ok(a.tree_json.get_or_init(|| json_c_string(a.reader.tree())).as_ptr())
+    })
+}
+
+// -------------------------------------------------------------------- data
+
+/// `int bpz_tensor_data(const bpz_archive *archive, size_t index, const void **data, size_t *len)`
+///
+/// # Safety
+/// `archive` is NULL or an open archive; `data` and `len` are NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn bpz_tensor_data(
+    archive: *const Archive,
+    index: usize,
+    data: *mut *const c_void,
+    len: *mut usize,
+) -> c_int {
+    const F: &str = "bpz_tensor_data";
+    status(|| {
+        // Whichever out-pointer is usable says "nothing" until there is something.
+        let (data, len) = (out_ptr(data, F, "data"), out_ptr(len, F, "len"));
+        // SAFETY: checked non-NULL and aligned; the caller provides the memory.
+        if let Ok(data) = &data {
+            unsafe { data.write(std::ptr::null()) };
+        }
+        // SAFETY: as above.
+        if let Ok(len) = &len {
+            unsafe { len.write(0) };
+        }
+        let (data, len) = (data?, len?);
+        // SAFETY: the caller's contract.
+        let a = unsafe { deref(archive, F, "archive") }?;
+        let t = a.tensor(index, F)?;
+        let view = a.reader.view(&t.name)?;
+        // SAFETY: as above.
+        unsafe {
+            data.write(view.as_ptr().cast());
+            len.write(view.len());
+        }
+        Ok(())
+    })
+}
+
+/// `int bpz_read(const bpz_archive *archive, size_t index, void *buf, size_t buf_len)`
+///
+/// # Safety
+/// `archive` is NULL or an open archive; `buf` is NULL or `buf_len` writable bytes.
+#[no_mangle]
+pub unsafe extern "C" fn bpz_read(archive: *const Archive, index: usize, buf: *mut c_void, buf_len: usize) -> c_int {
+    const F: &str = "bpz_read";
+    status(|| {
+        // SAFETY: the caller's contract.
+        let a = unsafe { deref(archive, F, "archive") }?;
+        let t = a.tensor(index, F)?;
+        // SAFETY: the caller's contract.
+        let out = unsafe { out_buffer(buf, buf_len, F) }?;
+        // The core checks that the length is the tensor's byte size.
+        Ok(a.reader.read_into(&t.name, out)?)
+    })
+}
+
+/// `int bpz_read_rows(const bpz_archive *archive, size_t index, uint64_t start, uint64_t stop, void *buf, size_t buf_len)`
+///
+/// # Safety
+/// `archive` is NULL or an open archive; `buf` is NULL or `buf_len` writable bytes.
+#[no_mangle]
+pub unsafe extern "C" fn bpz_read_rows(
+    archive: *const Archive,
+    index: usize,
+    start: u64,
+    stop: u64,
+    buf: *mut c_void,
+    buf_len: usize,
+) -> c_int {
+    const F: &str = "bpz_read_rows";
+    status(|| {
+        // SAFETY: the caller's contract.
+        let a = unsafe { deref(archive, F, "archive") }?;
+        let t = a.tensor(index, F)?;
+        // SAFETY: the caller's contract.
+        let out = unsafe { out_buffer(buf, buf_len, F) }?;
+        // The core checks the row range and that the length is its byte size.
+        Ok(a.reader.read_rows_into(&t.name, start..stop, out)?)
+    })
+}
+
+/// `int bpz_verify(const bpz_archive *archive)`
+///
+/// # Safety
+/// `archive` is NULL or an open archive.
+#[no_mangle]
+pub unsafe extern "C" fn bpz_verify(archive: *const Archive) -> c_int {
+    status(|| {
+        // SAFETY: the caller's contract.
+        let a = unsafe { deref(archive, "bpz_verify", "archive") }?;
+        a.reader.verify()?;
+        Ok(())
+    })
+}

@@ -1,0 +1,121 @@
+/*
+ * bpz_dump.c — one line per tensor of an archive, for comparing readers
+ * written in different languages:
+ *
+ *   bpz_dump [--pread] ARCHIVE
+ *
+ *   NAME<TAB>DTYPE<TAB>SHAPE<TAB>SHA256
+ *
+ * in file order. NAME is the tensor's name as UTF-8 with `\` written `\\`,
+ * tab `\t`, newline `\n`, carriage return `\r` and every other byte below
+ * 0x20 (and 0x7f) `\xHH`, so each record is one line. DTYPE is the spec's
+ * name (F32, BOOL, ...). SHAPE is `[4,3]`, `[]` for a 0-d tensor. SHA256 is
+ * the lowercase hex SHA-256 of the tensor's decoded bytes (little-endian, C
+ * order), read with checksums verified, a bounded number of rows at a time.
+ *
+ * Exit status: 0, 1 if the archive can't be read (the error on stderr), 2 on
+ * bad usage.
+ */
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "bpz.h"
+#include "sha256.h"
+
+/* Read at most this much at once (more only when a single row is larger). */
+#define BLOCK_BYTES ((uint64_t)32 << 20)
+
+/* digest()'s own failure (bpz codes are 0 or negative). */
+#define NO_MEMORY 1
+
+/* The last error; its message names the file and the tensor. */
+static int report(int code) {
+    fprintf(stderr, "bpz_dump: %s: %s\n", bpz_error_kind_name(code), bpz_last_error_message());
+    return 1;
+}
+
+static void print_name(const char *name) {
+    const unsigned char *p;
+    for (p = (const unsigned char *)name; *p; p++) {
+        switch (*p) {
+            case '\\': fputs("\\\\", stdout); break;
+            case '\t': fputs("\\t", stdout); break;
+            case '\n': fputs("\\n", stdout); break;
+            case '\r': fputs("\\r", stdout); break;
+            default:
+                if (*p < 0x20 || *p == 0x7f) printf("\\x%02x", *p);
+                else putchar(*p);
+        }
+    }
+}
+
+/* The SHA-256 of tensor i, read in blocks of whole rows: BPZ_OK, a bpz code, or NO_MEMORY. */
+static int digest(bpz_archive *a, size_t i, const struct bpz_tensor_info *info, char hex[65]) {
+    uint64_t rows = info->rank ? info->shape[0] : 1, row, per_block, start;
+    unsigned char *buf;
+    sha256_ctx ctx;
+    sha256_init(&ctx);
+    if (info->nbytes == 0) {
+        sha256_final_hex(&ctx, hex);
+        return BPZ_OK;
+    }
+    row = info->nbytes / rows;
+    per_block = row >= BLOCK_BYTES ? 1 : BLOCK_BYTES / row;
+    if (per_block > rows) per_block = rows;
+    if (per_block * row > (uint64_t)SIZE_MAX) return NO_MEMORY;
+    buf = (unsigned char *)malloc((size_t)(per_block * row));
+    if (!buf) return NO_MEMORY;
+    for (start = 0; start < rows; start += per_block) {
+        uint64_t stop = start + per_block < rows ? start + per_block : rows;
+        size_t len = (size_t)((stop - start) * row);
+        int rc = bpz_read_rows(a, i, start, stop, buf, len);
+        if (rc != BPZ_OK) {
+            free(buf);
+            return rc;
+        }
+        sha256_update(&ctx, buf, len);
+    }
+    free(buf);
+    sha256_final_hex(&ctx, hex);
+    return BPZ_OK;
+}
+
+int main(int argc, char **argv) {
+    int backend = BPZ_BACKEND_MMAP, rc;
+    const char *path;
+    bpz_archive *a;
+    size_t i, count;
+    if (argc == 3 && strcmp(argv[1], "--pread") == 0) {
+        backend = BPZ_BACKEND_PREAD;
+        path = argv[2];
+    } else if (argc == 2 && argv[1][0] != '-') {
+        path = argv[1];
+    } else {
+        fprintf(stderr, "usage: %s [--pread] ARCHIVE\n", argv[0]);
+        return 2;
+    }
+    rc = bpz_open(path, backend, &a);
+    if (rc != BPZ_OK) return report(rc);
+    count = bpz_tensor_count(a);
+    for (i = 0; i < count; i++) {
+        struct bpz_tensor_info info;
+        char hex[65];
+        size_t d;
+        rc = bpz_tensor_info(a, i, &info);
+        if (rc == BPZ_OK) rc = digest(a, i, &info, hex);
+        if (rc != BPZ_OK) {
+            if (rc == NO_MEMORY) fprintf(stderr, "bpz_dump: %s: out of memory for tensor %s\n", path, info.name);
+            else report(rc);
+            bpz_close(a);
+            return 1;
+        }
+        print_name(info.name);
+        printf("\t%s\t[", info.dtype_name);
+        for (d = 0; d < info.rank; d++) printf("%s%llu", d ? "," : "", (unsigned long long)info.shape[d]);
+        printf("]\t%s\n", hex);
+    }
+    bpz_close(a);
+    return fflush(stdout) == 0 ? 0 : 1;
+}

@@ -73,7 +73,7 @@ def write_safetensors(path: str, tensors: dict[str, np.ndarray], metadata: dict[
             f.write(struct.pack("<Q", len(text)))
             f.write(text)
             for arr in arrays:
-                f.write(memoryview(arr.reshape(-1).view(np.uint8)))
+                f.write(memoryview(arr.reshape(-1).view(np.uint8)))  # type: ignore[arg-type]
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -89,7 +89,7 @@ def read_npz(path: str) -> dict[str, np.ndarray]:
 def write_npz(path: str, tensors: dict[str, np.ndarray], compressed: bool = False) -> None:
     tmp = f"{path}.tmp-{os.getpid()}.npz"
     try:
-        (np.savez_compressed if compressed else np.savez)(tmp, **tensors)
+        (np.savez_compressed if compressed else np.savez)(tmp, **tensors)  # type: ignore[arg-type]
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -230,14 +230,11 @@ _namedtuple_types: dict[tuple[str, tuple[str, ...]], type] = {}
 
 def _namedtuple_type(name: str, fields: tuple[str, ...]) -> type:
     key = (name, fields)
-    cls = _namedtuple_types.get(key)
-    if cls is None:
-        try:
-            cls = collections.namedtuple(name, fields)  # type: ignore[misc]
-        except ValueError:
-            cls = collections.namedtuple(name, fields, rename=True)  # type: ignore[misc]
-        _namedtuple_types[key] = cls
-    return cls
+    if key not in _namedtuple_types:
+        type_name = name if name.isidentifier() else "NamedTuple"
+        # rename=True: a field that is not an identifier becomes _0, _1, ...
+        _namedtuple_types[key] = collections.namedtuple(type_name, fields, rename=True)  # type: ignore[misc]
+    return _namedtuple_types[key]
 
 
 def _decode_key(k: Any) -> Any:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any, Iterator, Literal, Mapping
 
 import numpy as np
 
@@ -57,7 +57,7 @@ class TensorInfo:
         return self.nbytes / self.stored_bytes if self.stored_bytes else 1.0
 
 
-def _info(d: dict[str, Any]) -> TensorInfo:
+def _info(d: Mapping[str, Any]) -> TensorInfo:
     return TensorInfo(
         name=d["name"],
         dtype=dtypes.to_numpy(d["dtype"]),
@@ -93,7 +93,7 @@ def _finish_leaf(arr: np.ndarray, node: dict[str, Any]) -> Any:
     if kind == "jax_key":
         import jax
 
-        return jax.random.wrap_key_data(arr, impl=node.get("impl", "threefry2x32"))
+        return jax.random.wrap_key_data(arr, impl=node.get("impl", "threefry2x32"))  # type: ignore[arg-type]
     return arr
 
 
@@ -152,7 +152,9 @@ class Archive:
     decoded, checksummed array for compressed ones.
     """
 
-    def __init__(self, filename: str | os.PathLike[str], backend: str = "mmap", parallel: bool = True) -> None:
+    def __init__(
+        self, filename: str | os.PathLike[str], backend: Literal["mmap", "pread"] = "mmap", parallel: bool = True
+    ) -> None:
         self.filename = os.fspath(filename)
         self._archive: Any = _bpz.Archive(self.filename, backend=backend, parallel=parallel)
         self._infos = {d["name"]: d for d in self._archive.infos()}
@@ -280,7 +282,9 @@ class Archive:
         return dict(native.verify())
 
 
-def open(filename: str | os.PathLike[str], backend: str = "mmap", parallel: bool = True) -> Archive:  # noqa: A001
+def open(  # noqa: A001
+    filename: str | os.PathLike[str], backend: Literal["mmap", "pread"] = "mmap", parallel: bool = True
+) -> Archive:
     """Opens an archive lazily: only its index is read.
 
     ``backend="mmap"`` maps the file (raw tensors are zero-copy views);

@@ -118,7 +118,7 @@ def write_archive(
         path,
         alignment=alignment,
         chunk_bytes=chunk_size or DEFAULT_CHUNK_SIZE,
-        compression=compression,
+        compression=compression,  # type: ignore[arg-type]  # checked by _check_options
         level=level,
         sync=sync,
         overwrite=overwrite,

@@ -114,8 +114,12 @@ def check_tree(tree: Any, meta: dict[str, Any]) -> None:
 
 
 @contextmanager
-def bounded(seconds: float = 2.0, megabytes: float = 16.0) -> Iterator[None]:
-    """Assert the block finishes fast and allocates little (numpy allocations are traced too)."""
+def bounded(seconds: float = 60.0, megabytes: float = 16.0) -> Iterator[None]:
+    """Assert the block allocates little (numpy allocations are traced too) and does not hang.
+
+    The time bound only catches hangs: it is far above the real cost, because a loaded
+    2-core CI machine can be many times slower than a quiet one (speed lives in bench/).
+    """
     tracemalloc.start()
     start = time.perf_counter()
     try:

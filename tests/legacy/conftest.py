@@ -7,6 +7,7 @@ every key path (a list: keys contain dots), the type, shape, dtype and sha256 of
 from __future__ import annotations
 
 import hashlib
+import importlib.machinery
 import importlib.util
 import json
 import sys

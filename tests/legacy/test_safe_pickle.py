@@ -19,7 +19,10 @@ from conftest import FIXTURES, bounded, check_tree, file_sha256, sample_files
 
 STATE_DICT_PICKLES = sample_files(lambda name, meta: name.endswith("state_dict.pkl"))
 STATES_PICKLES = sample_files(lambda name, meta: name.endswith("states.pkl"))
-_frombuffer = getattr(np, "_core", np).numeric._frombuffer
+try:  # numpy 2 / numpy 1
+    from numpy._core.numeric import _frombuffer
+except ImportError:
+    from numpy.core.numeric import _frombuffer
 
 
 @pytest.mark.parametrize("version, name, meta", STATE_DICT_PICKLES)
@@ -63,7 +66,7 @@ def _equal(a, b) -> None:
             _equal(a[k], b[k])
     elif isinstance(a, (list, tuple)):
         assert len(a) == len(b)
-        for x, y in zip(a, b):
+        for x, y in zip(a, b, strict=True):
             _equal(x, y)
     else:
         assert a == b and (not isinstance(a, np.generic) or a.dtype == b.dtype)

@@ -90,7 +90,7 @@ def ml_dtype(name: str, where: str) -> np.dtype:
     return np.dtype(getattr(mod, name))
 
 
-def plain_typestr(spec: str, where: str) -> np.dtype:
+def plain_typestr(spec: Any, where: str) -> np.dtype:
     """Parse a numpy type string, admitting only bool/int/float/complex/str/bytes.
 
     ``np.dtype`` also accepts object, structured and comma-separated specs; none of those may

@@ -320,7 +320,7 @@ class _Writer:
         write = self.fh.write
         if isinstance(x, np.generic):
             if x.dtype.kind in "US":  # np.str_ / np.bytes_: BrainPy cannot read text arrays
-                write(self.pack(str(x) if x.dtype.kind == "U" else bytes(x)))
+                write(self.pack(x.item()))  # as str / bytes
             else:
                 self.array(np.asarray(x), path, EXT_NPSCALAR)
         elif isinstance(x, np.ndarray):
@@ -346,7 +346,7 @@ class _Writer:
             self.map(items, path)
         elif isinstance(x, (tuple, list)):
             names = getattr(x, "_fields", None)  # namedtuple -> field names, else "0", "1", ...
-            self.map(list(zip(names or map(str, range(len(x))), x)), path)
+            self.map(list(zip(names or map(str, range(len(x))), x, strict=True)), path)
         elif hasattr(x, "__array__") and hasattr(x, "dtype") and hasattr(x, "shape"):
             self.array(np.asarray(x), path, EXT_NDARRAY)  # jax.Array and friends
         else:
@@ -387,7 +387,7 @@ class _Writer:
         head = b"\x93" + self.pack(list(arr.shape)) + self.pack(arr.dtype.name) + _bin_header(arr.nbytes)
         self.fh.write(_ext_header(len(head) + arr.nbytes, code) + head)
         if arr.nbytes:
-            self.fh.write(memoryview(arr.reshape(-1).view(np.uint8)))
+            self.fh.write(arr.reshape(-1).view(np.uint8).data)
 
 
 def write_bp(path: "str | os.PathLike[str]", pytree: Any, *, max_chunk_bytes: int = MAX_CHUNK_BYTES) -> str:

@@ -26,6 +26,13 @@ Where bpz differs from BrainPy's ``load_states``, on purpose:
 * HDF5 names containing ``/`` (which BrainPy's writer turned into groups) are read back whole.
 * Files from 2.1.5-2.1.11 stored npz/mat names with ``.`` replaced by ``--``; keys are returned
   as stored.
+
+Safety: ``.npz``, ``.pkl`` and ``.mat`` are parsed in Python with every length checked against
+the file (``.mat`` by a small parser of the uncompressed subset savemat writes, because
+``scipy.io.loadmat`` crashes on some corrupt files). ``.h5`` goes through h5py and libhdf5,
+which is not hardened against malicious files: fuzzing corrupt copies of real files hung or
+crashed it in about 0.2% of cases. bpz refuses links, external and virtual storage and bounds
+declared sizes, but read ``.h5`` files only from sources you trust, or convert them once.
 """
 
 from __future__ import annotations
@@ -35,13 +42,13 @@ import pickle
 import struct
 import zipfile
 import zlib
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
 
 from ..errors import FormatError, LimitExceededError, TruncatedError
 from ._common import (
-    MAX_NESTING_DEPTH, array_from_bytes, atomic_write, check_file, is_plain, native, require,
+    MAX_NDIM, MAX_NESTING_DEPTH, array_from_bytes, atomic_write, check_file, is_plain, native, require,
 )
 from .safe_pickle import load_pickle
 
@@ -54,9 +61,10 @@ SUFFIXES = {".h5": "h5", ".hdf5": "h5", ".npz": "npz", ".pkl": "pkl", ".pickle":
 #: Decoded bytes allowed per stored byte. Deflate cannot expand data more than ~1032 times,
 #: so more than this means a decompression bomb (or an HDF5 dataset with no stored data).
 MAX_EXPANSION_RATIO = 1100
-#: Bytes of each MATLAB class as scipy returns it (complex doubles it; char is UTF-32).
-_MAT_ITEMSIZE = {"double": 8, "single": 4, "int8": 1, "uint8": 1, "int16": 2, "uint16": 2,
-                 "int32": 4, "uint32": 4, "int64": 8, "uint64": 8, "logical": 1, "char": 4}
+#: MATLAB array classes save_states produced (double ... uint64) -> numpy type.
+_MAT_CLASS = {6: "f8", 7: "f4", 8: "i1", 9: "u1", 10: "i2", 11: "u2", 12: "i4", 13: "u4", 14: "i8", 15: "u8"}
+#: MATLAB data element types that hold numbers -> numpy type (byte order from the file).
+_MAT_STORAGE = {1: "i1", 2: "u1", 3: "i2", 4: "u2", 5: "i4", 6: "u4", 7: "f4", 9: "f8", 12: "i8", 13: "u8"}
 
 Flat = dict[str, np.ndarray]
 
@@ -166,10 +174,10 @@ def _read_npz(name: str, size: int) -> tuple[Flat, dict[str, list[str]]]:
                     dups[key] = _names(arr, where)
                 else:
                     flat[key] = arr
-    except (zipfile.BadZipFile, zlib.error, ValueError, OSError) as exc:
-        if isinstance(exc, FormatError):
-            raise
-        raise FormatError(f"{name}: not a readable .npz file: {exc}") from None
+    except FormatError:
+        raise
+    except (zipfile.BadZipFile, zlib.error, ValueError, OSError, NotImplementedError, RuntimeError) as exc:
+        raise FormatError(f"{name}: not a readable .npz file: {type(exc).__name__}: {exc}") from None
     except EOFError:
         raise TruncatedError(f"{name}: .npz member ends early") from None
     return flat, dups
@@ -191,53 +199,124 @@ def _read_pkl(name: str, size: int) -> tuple[Flat, dict[str, list[str]]]:
     return flat, dups
 
 
+class _MatFile:
+    """A bounds-checked parser for the MATLAB 5 subset ``scipy.io.savemat`` writes.
+
+    Why not ``scipy.io.loadmat``: it crashes the interpreter on some corrupt files (found by
+    fuzzing), and legacy files come from strangers. Only uncompressed numeric, logical and
+    char arrays are read: all that ``save_states`` ever wrote.
+    """
+
+    def __init__(self, data: bytes, name: str) -> None:
+        if len(data) < 128:
+            raise TruncatedError(f"{name}: shorter than a MATLAB 5 header")
+        if data[126:128] not in (b"IM", b"MI"):
+            raise FormatError(f"{name}: not a MATLAB 5 .mat file")
+        self.data, self.name = memoryview(data), name
+        self.order = "<" if data[126:128] == b"IM" else ">"
+        version = struct.unpack_from(self.order + "H", data, 124)[0]
+        if version != 0x0100:
+            raise FormatError(f"{name}: MATLAB file version {version:#06x}; BrainPy wrote only version 5 (0x0100)")
+
+    def elements(self, buf: memoryview, start: int) -> Iterator[tuple[int, memoryview]]:
+        """(type, payload) of each data element in ``buf`` from ``start`` on."""
+        pos, end = start, len(buf)
+        while pos < end:
+            if pos + 8 > end:
+                raise TruncatedError(f"{self.name}: data element header runs past its end")
+            mtype, nbytes = struct.unpack_from(self.order + "II", buf, pos)
+            if mtype >> 16:  # small data element: up to 4 bytes packed inside the tag
+                nbytes, mtype = mtype >> 16, mtype & 0xFFFF
+                if nbytes > 4:
+                    raise FormatError(f"{self.name}: small data element of {nbytes} bytes")
+                yield mtype, buf[pos + 4:pos + 4 + nbytes]
+                pos += 8
+                continue
+            if pos + 8 + nbytes > end:
+                raise TruncatedError(f"{self.name}: data element of {nbytes} bytes runs past the end")
+            yield mtype, buf[pos + 8:pos + 8 + nbytes]
+            pos += 8 + nbytes + (-nbytes % 8)  # elements are 8-byte aligned
+
+    def variables(self) -> Iterator[tuple[str, Any]]:
+        """Yield (name, array) or (name, char array) for each top-level variable."""
+        for mtype, body in self.elements(self.data, 128):
+            if mtype == 15:  # miCOMPRESSED; savemat, as BrainPy called it, never compresses
+                raise FormatError(f"{self.name}: compressed .mat variables were never written by BrainPy")
+            if mtype != 14:
+                raise FormatError(f"{self.name}: top-level element of type {mtype} is not a matrix")
+            yield self.matrix(body)
+
+    def matrix(self, body: memoryview) -> tuple[str, Any]:
+        parts = list(self.elements(body, 0))
+        if (len(parts) < 4 or parts[0][0] != 6 or len(parts[0][1]) != 8 or parts[1][0] != 5
+                or len(parts[1][1]) % 4):
+            raise FormatError(f"{self.name}: matrix lacks its flags, dimensions or name")
+        flags = struct.unpack_from(self.order + "I", parts[0][1])[0]
+        cls, is_complex, is_logical = flags & 0xFF, bool(flags & 0x800), bool(flags & 0x200)
+        dims = [int(d) for d in np.frombuffer(parts[1][1], self.order + "i4")]
+        name = bytes(parts[2][1]).decode("utf-8", "replace")
+        where = f"{self.name}: at key {name!r}"
+        if not 2 <= len(dims) <= MAX_NDIM or min(dims) < 0:
+            raise FormatError(f"{where}: dimensions {dims} are invalid")
+        data = parts[3:]
+        if cls == 4 and len(data) == 1:
+            return name, self.chars(data[0], dims, where)
+        if cls not in _MAT_CLASS or len(data) != 1 + is_complex:
+            raise FormatError(f"{where}: MATLAB class {cls} is not what save_states wrote")
+        arr = [self.numbers(mtype, payload, dims, cls, where) for mtype, payload in data]
+        if is_complex:  # not re + 1j * im, which turns an infinite imaginary part into nan
+            value = np.empty(dims, np.result_type(arr[0].dtype, np.complex64))
+            value.real, value.imag = arr
+            return name, value
+        return name, arr[0].astype(bool) if is_logical else arr[0]
+
+    def numbers(self, mtype: int, payload: memoryview, dims: list[int], cls: int, where: str) -> np.ndarray:
+        if mtype not in _MAT_STORAGE:
+            raise FormatError(f"{where}: numeric data of element type {mtype}")
+        stored = array_from_bytes(payload, np.dtype(self.order + _MAT_STORAGE[mtype]),
+                                  (int(np.prod(dims, dtype=object)),), where)
+        return stored.astype(_MAT_CLASS[cls], copy=False).reshape(dims, order="F")
+
+    def chars(self, part: tuple[int, memoryview], dims: list[int], where: str) -> np.ndarray:
+        mtype, payload = part
+        codecs = {16: "utf-8", 17: "utf-16", 4: "utf-16", 18: "utf-32", 2: "latin-1"}
+        if mtype not in codecs:
+            raise FormatError(f"{where}: char data of element type {mtype}")
+        codec = codecs[mtype] + ("" if mtype in (16, 2) else "-le" if self.order == "<" else "-be")
+        try:
+            text = bytes(payload).decode(codec)
+        except UnicodeDecodeError:
+            raise FormatError(f"{where}: char data is not valid {codec}") from None
+        if len(text) != int(np.prod(dims, dtype=object)):
+            raise FormatError(f"{where}: {len(text)} characters for dimensions {dims}")
+        return np.array(list(text) or [""], dtype="U1")[:len(text)].reshape(dims, order="F")
+
+
 def _read_mat(name: str, size: int) -> tuple[Flat, dict[str, list[str]]]:
-    sio = require("scipy.io", "scipy", f"{name}: reading a .mat states file")
     with open(name, "rb") as fh:
-        head = fh.read(128)
-    if len(head) < 128:
-        raise TruncatedError(f"{name}: shorter than a MATLAB 5 header")
-    if head[126:128] not in (b"IM", b"MI"):
-        raise FormatError(f"{name}: not a MATLAB 5 .mat file")
-    order = "<" if head[126:128] == b"IM" else ">"
-    version = struct.unpack(order + "H", head[124:126])[0]
-    if version != 0x0100:
-        raise FormatError(f"{name}: MATLAB file version {version:#06x}; BrainPy wrote only version 5 (0x0100)")
-    with open(name, "rb") as fh:  # top-level elements: zlib-compressed ones could hide a bomb
-        pos = 128
-        while pos + 8 <= size:
-            fh.seek(pos)
-            mtype, nbytes = struct.unpack(order + "II", fh.read(8))
-            if mtype == 15:  # miCOMPRESSED; scipy's savemat, as BrainPy called it, never compresses
-                raise FormatError(f"{name}: compressed .mat variables were never written by BrainPy")
-            pos += 8 + nbytes + (-nbytes % 8)
-    budget, logical = _Budget(size), set()
+        mat = _MatFile(fh.read(), name)
     try:
-        # Header-only pass: refuse what BrainPy never wrote and bound memory before loading.
-        for var, shape, cls in sio.whosmat(name):
-            where = f"{name}: at key {var!r}"
-            if cls not in _MAT_ITEMSIZE or (cls == "char") != (var in (DUPLICATE_KEY, DUPLICATE_TARGET)):
-                raise FormatError(f"{where}: MATLAB class {cls!r} is not what save_states wrote")
-            budget.take(int(np.prod(shape, dtype=object)) * _MAT_ITEMSIZE[cls] * 2, where)
-            if cls == "logical":
-                logical.add(var)
-        data = sio.loadmat(name, mat_dtype=False, squeeze_me=False, chars_as_strings=True)
-    except (FormatError, LimitExceededError):
+        variables = list(mat.variables())
+    except FormatError:
         raise
-    except Exception as exc:  # noqa: BLE001 - scipy raises many types for corrupt files
-        raise FormatError(f"{name}: not a readable .mat file: {type(exc).__name__}: {exc}") from None
-    flat, dups = {}, {}
-    for key, value in data.items():
+    except (ValueError, struct.error) as exc:  # anything the explicit checks did not name
+        raise FormatError(f"{name}: not a readable .mat file: {exc}") from None
+    flat: Flat = {}
+    dups: dict[str, list[str]] = {}
+    for key, value in variables:
         where = f"{name}: at key {key!r}"
-        if key.startswith("__"):  # scipy's __header__/__version__/__globals__
-            continue
-        if not isinstance(value, np.ndarray) or value.ndim < 2 or value.shape[0] != 1:
+        if key in flat or key in dups:
+            raise FormatError(f"{where}: stored twice")
+        if value.ndim < 2 or value.shape[0] != 1:
             raise FormatError(f"{where}: expected the leading axis of length 1 that save_states adds")
         if key in (DUPLICATE_KEY, DUPLICATE_TARGET):
-            dups[key] = [s.strip() for s in _names(value[0], where)]
+            if value.dtype.kind != "U" or value.ndim != 3:
+                raise FormatError(f"{where}: expected a (1, n) array of names")
+            dups[key] = ["".join(chars).strip(" \x00") for chars in value[0]]
+        elif value.dtype.kind == "U":
+            raise FormatError(f"{where}: stored value is text, not a bool or numeric array")
         else:
-            arr = np.array(value[0], order="C")
-            flat[key] = _value(arr.astype(bool) if key in logical else arr, where)
+            flat[key] = _value(np.array(value[0], order="C"), where)
     return flat, dups
 
 
@@ -278,7 +357,7 @@ def read_states(path: "str | os.PathLike[str]", *, like: Mapping[str, Any] | Non
     if len(keys) != len(targets):
         raise FormatError(f"{name}: {len(keys)} duplicate_keys but {len(targets)} duplicate_targets")
     aliases: dict[str, str] = {}
-    for alias, target in zip(keys, targets):
+    for alias, target in zip(keys, targets, strict=True):
         if target not in flat or alias in flat or alias in aliases:
             raise FormatError(f"{name}: alias {alias!r} -> {target!r} does not name a stored "
                               f"variable, or repeats a stored name")

@@ -156,6 +156,7 @@ def save_pytree(
     level: int = DEFAULT_LEVEL,
     chunk_size: int | None = None,
     metadata: Any = None,
+    sync: bool = True,
     _on_saved: Callable[[], Any] | None = None,
 ) -> str:
     """Saves a pytree of arrays and scalars to ``filename``; returns the filename.
@@ -172,7 +173,9 @@ def save_pytree(
     state — and keeps the rest raw, aligned and memory-mappable;
     ``"zstd"`` compresses every tensor; ``None`` none. ``level`` is the zstd
     level, ``chunk_size`` the uncompressed bytes per chunk, ``metadata`` any
-    JSON value stored alongside.
+    JSON value stored alongside. ``sync=False`` skips the fsync of the file
+    and its directory: faster, but after a power failure the new file may be
+    missing or incomplete (the rename stays atomic for running programs).
     """
     filename = os.fspath(filename)
     if not isinstance(filename, str):
@@ -193,7 +196,9 @@ def save_pytree(
         raise InvalidCheckpointPath(f'Invalid checkpoint at "{filename}".')
     # A background save must not see later mutations: snapshot (copy) then.
     tree, leaves = flatten(target, copy=async_manager is not None)
-    options = dict(metadata_json=metadata_json, compression=compression, level=level, chunk_size=chunk_size, overwrite=overwrite)
+    options = dict(
+        metadata_json=metadata_json, compression=compression, level=level, chunk_size=chunk_size, overwrite=overwrite, sync=sync
+    )
 
     def job() -> None:
         write_archive(filename, tree, leaves, **options)  # type: ignore[arg-type]

@@ -41,6 +41,15 @@ fn parse_filter(f: Option<&str>) -> PyResult<Option<Filter>> {
     .transpose()
 }
 
+/// Per-tensor overrides; `None` keeps the archive's setting.
+fn tensor_options(compression: Option<&str>, filter: Option<&str>, level: Option<i32>) -> PyResult<TensorOptions> {
+    Ok(TensorOptions {
+        compression: compression.map(|c| parse_compression(Some(c))).transpose()?,
+        filter: parse_filter(filter)?,
+        level,
+    })
+}
+
 fn parse_dtype(name: &str) -> PyResult<DType> {
     DType::from_name(name).ok_or_else(|| PyValueError::new_err(format!("unknown bpz dtype {name:?}")))
 }
@@ -104,11 +113,7 @@ impl Writer {
         level: Option<i32>,
     ) -> PyResult<Bound<'py, PyDict>> {
         let dtype = parse_dtype(dtype)?;
-        let topts = TensorOptions {
-            compression: compression.map(|c| parse_compression(Some(c))).transpose()?,
-            filter: parse_filter(filter)?,
-            level,
-        };
+        let topts = tensor_options(compression, filter, level)?;
         if address == 0 && nbytes != 0 {
             return Err(PyValueError::new_err("null address"));
         }
@@ -142,11 +147,7 @@ impl Writer {
         level: Option<i32>,
     ) -> PyResult<Bound<'py, PyDict>> {
         let dtype = parse_dtype(dtype)?;
-        let topts = TensorOptions {
-            compression: compression.map(|c| parse_compression(Some(c))).transpose()?,
-            filter: parse_filter(filter)?,
-            level,
-        };
+        let topts = tensor_options(compression, filter, level)?;
         let writer = self.inner()?;
         let info = py.detach(|| writer.add_tensor_with(name, dtype, &shape, &data, &topts).cloned()).py()?;
         info_dict(py, &info)

@@ -372,3 +372,19 @@ def test_missing_optional_dependencies(tmp_path, monkeypatch):
     with pytest.raises(ImportError, match="pip install scipy"):
         write_states(tmp_path / "e.mat", {"a": np.ones(1)})
     np.testing.assert_array_equal(read_states(mat)[0]["a"], [1.0])  # reading .mat needs no scipy
+
+
+def test_h5_is_read_in_a_child_so_a_hang_or_crash_is_a_format_error(monkeypatch, tmp_path):
+    """libhdf5 can hang or crash on hostile files: bpz isolates it in a child process."""
+    from bpz._legacy import states_files
+    from bpz.errors import FormatError
+
+    src = FIXTURES / "brainpy-2.3.8" / "einet_states.h5"
+    monkeypatch.setattr(states_files, "H5_TIMEOUT", 0.001)
+    with pytest.raises(FormatError, match="did not finish"):
+        states_files.read_states(src)
+    monkeypatch.setattr(states_files, "H5_TIMEOUT", 300.0)
+    bad = tmp_path / "bad.h5"
+    bad.write_bytes(src.read_bytes()[:2000])
+    with pytest.raises(FormatError):
+        states_files.read_states(bad)

@@ -31,8 +31,9 @@ Safety: ``.npz``, ``.pkl`` and ``.mat`` are parsed in Python with every length c
 the file (``.mat`` by a small parser of the uncompressed subset savemat writes, because
 ``scipy.io.loadmat`` crashes on some corrupt files). ``.h5`` goes through h5py and libhdf5,
 which is not hardened against malicious files: fuzzing corrupt copies of real files hung or
-crashed it in about 0.2% of cases. bpz refuses links, external and virtual storage and bounds
-declared sizes, but read ``.h5`` files only from sources you trust, or convert them once.
+crashed it in about 0.2% of cases. So bpz reads ``.h5`` in a child process with a time limit
+(:data:`H5_TIMEOUT`): a crash or hang of libhdf5 becomes a :class:`FormatError`, never the
+caller's crash. It also refuses links, external and virtual storage and bounds declared sizes.
 """
 
 from __future__ import annotations
@@ -109,7 +110,56 @@ def _names(value: Any, where: str) -> list[str]:
         raise FormatError(f"{where}: names are not UTF-8") from None
 
 
+#: Seconds an isolated HDF5 read may take before it is treated as a hang.
+H5_TIMEOUT = 300.0
+
+
 def _read_h5(name: str, size: int) -> tuple[Flat, dict[str, list[str]]]:
+    """Reads an HDF5 states file in a child process (libhdf5 can crash on hostile files)."""
+    import json
+    import subprocess
+    import sys
+    import tempfile
+
+    require("h5py", "h5py", f"{name}: reading an HDF5 states file")
+    with tempfile.TemporaryDirectory(prefix="bpz-h5-") as tmp:
+        out = os.path.join(tmp, "result.npz")
+        code = "import sys; from bpz._legacy.states_files import _h5_child; _h5_child(sys.argv[1], int(sys.argv[2]), sys.argv[3])"
+        try:
+            proc = subprocess.run([sys.executable, "-c", code, name, str(size), out],
+                                  capture_output=True, timeout=H5_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            raise FormatError(f"{name}: reading the HDF5 file did not finish in {H5_TIMEOUT:.0f} s "
+                              "(libhdf5 hangs on some corrupt files)") from None
+        if proc.returncode != 0 or not os.path.exists(out):
+            how = f"signal {-proc.returncode}" if proc.returncode < 0 else f"exit status {proc.returncode}"
+            detail = proc.stderr.decode(errors="replace").strip().splitlines()[-1:] or [""]
+            raise FormatError(f"{name}: the HDF5 library failed on this file ({how}): it is corrupt "
+                              f"or not an HDF5 states file {detail[0]}".rstrip())
+        with np.load(out, allow_pickle=False) as z:
+            meta = json.loads(bytes(z["meta"]).decode())
+            if "error" in meta:
+                cls = {"LimitExceededError": LimitExceededError}.get(meta["class"], FormatError)
+                raise cls(meta["error"])
+            flat = {key: z[f"a{i}"] for i, key in enumerate(meta["names"])}
+        return flat, meta["dups"]
+
+
+def _h5_child(name: str, size: int, out: str) -> None:
+    """In the child: read, then hand the arrays back through an .npz (no pickle)."""
+    import json
+
+    try:
+        flat, dups = _read_h5_here(name, size)
+        meta = {"names": list(flat), "dups": dups}
+        arrays = {f"a{i}": v for i, v in enumerate(flat.values())}
+    except FormatError as exc:
+        meta, arrays = {"error": str(exc), "class": type(exc).__name__}, {}
+    arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+    np.savez(out, **arrays)
+
+
+def _read_h5_here(name: str, size: int) -> tuple[Flat, dict[str, list[str]]]:
     h5py = require("h5py", "h5py", f"{name}: reading an HDF5 states file")
     budget, flat, dups = _Budget(size), {}, {}
 

@@ -23,7 +23,7 @@ install: $(STAMP) ## build the extension and install bpz with its test dependenc
 demo: $(STAMP) ## save and load a spiking-network state, printing what happens and how long it takes
 	$(PY) examples/demo.py --out m.bpz
 
-test: test-rust test-python test-go test-c ## install everything needed and run every test
+test: test-rust test-python test-go test-c fuzz-smoke ## install everything needed and run every test
 
 test-rust: ## the format crate's tests (unit, property, conformance vectors)
 	cargo test -p bpz
@@ -70,3 +70,12 @@ bench-smoke: $(STAMP) ## a tiny run of the benchmark harness (light tools only),
 	$(PY) bench/run.py --scale 0.002 --repeat 1 --strict --verify \
 	  --tools bpz,safetensors,npz,npz-deflate,npy-dir,npy-dir/mmap,h5py,h5py-gzip1,h5py-lzf,msgpack,limits,codec:zstd-mt,codec:zstd-chunks \
 	  --workdir "$$tmp/work" --out "$$tmp/RESULTS.md" --plot "$$tmp/throughput.png" --json "$$tmp/results.json"
+
+.PHONY: fuzz-smoke
+fuzz-smoke: $(STAMP) ## every fuzz target (Rust reader, Python entry points) for 30 s each
+	tests/fuzz/run.sh 30
+
+.PHONY: test-reliability
+test-reliability: $(STAMP) ## crash safety, corruption, hostile files, concurrency, then every fuzz target for 60 s
+	$(PY) -m pytest -q tests/reliability tests/attacks
+	tests/fuzz/run.sh 60

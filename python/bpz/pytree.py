@@ -9,6 +9,7 @@ structure — int keys, tuples, namedtuples — survives a round trip.
 from __future__ import annotations
 
 import base64
+import binascii
 import collections
 import math
 import sys
@@ -135,7 +136,7 @@ class _Flattener:
                 f"(supported: bool, (u)int8-64, float16/32/64, bfloat16, float8 variants, complex64/128)"
             )
         if arr.dtype.byteorder == ">" or (arr.dtype.byteorder == "=" and sys.byteorder == "big"):
-            arr = arr.astype(arr.dtype.newbyteorder("<"))
+            arr = arr.astype(arr.dtype.newbyteorder("<"), order="C")  # (the default keeps Fortran order)
         elif self.copy or not arr.flags.c_contiguous:
             arr = np.array(arr, order="C", copy=True) if self.copy else np.asarray(arr, order="C")
         node = {"tensor": self.name_for(segments), **hint}
@@ -261,6 +262,8 @@ def _decode_scalar(kind: str, payload: Any) -> Any:
     if kind == "bool":
         return bool(payload)
     if kind == "int":
+        if isinstance(payload, bool) or not isinstance(payload, (int, str)):
+            raise FormatError(f"invalid int payload {payload!r} in the archive's tree")
         return int(payload)
     if kind == "float":
         return _float_value(payload)
@@ -303,7 +306,13 @@ def unflatten(tree: Any, load_tensor: Callable[[dict[str, Any]], Any]) -> Any:
 
     if tree is None:
         return None
-    return build(tree)
+    try:
+        return build(tree)
+    except FormatError:
+        raise
+    except (KeyError, IndexError, TypeError, ValueError, AttributeError, binascii.Error) as e:
+        # A malformed tree (from a damaged or hostile file): never a raw Python error.
+        raise FormatError(f"the archive's tree is malformed: {type(e).__name__}: {e}") from None
 
 
 # ----------------------------------------------------------------- restoring

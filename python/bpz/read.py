@@ -10,7 +10,7 @@ from typing import Any, Iterator, Literal, Mapping
 import numpy as np
 
 from . import _bpz, dtypes
-from .errors import CheckpointNotFoundError, NotAnArchiveError
+from .errors import CheckpointNotFoundError, FormatError, NotAnArchiveError
 from .pytree import restore_into, unflatten
 
 __all__ = ["load_pytree", "open", "Archive", "TensorInfo", "TensorSlice", "MAGIC", "is_bpz_file"]
@@ -257,7 +257,13 @@ class Archive:
         self._parse()
         if self._tree is None:
             return {name: self[name] for name in self._infos}
-        return unflatten(self._tree, lambda node: _finish_leaf(self[node["tensor"]], node))
+        return self._rebuild(lambda node: _finish_leaf(self[node["tensor"]], node))
+
+    def _rebuild(self, load_tensor: Any) -> Any:
+        try:
+            return unflatten(self._tree, load_tensor)
+        except FormatError as e:  # tree errors don't know the file: name it
+            raise type(e)(f"{self.filename}: {e}") from None
 
     def load(self) -> Any:
         """The saved pytree with owned, writable, checksummed arrays (all chunks decoded in parallel)."""
@@ -270,7 +276,7 @@ class Archive:
         }
         if self._tree is None:
             return arrays
-        return unflatten(self._tree, lambda node: _finish_leaf(arrays[node["tensor"]], node))
+        return self._rebuild(lambda node: _finish_leaf(arrays[node["tensor"]], node))
 
     def verify(self, name: str | None = None) -> dict[str, int]:
         """Checks every checksum (of one tensor, or of the whole file)."""
@@ -328,7 +334,7 @@ def _load_legacy(filename: str, head: bytes) -> Any:
         bp_msgpack = None  # type: ignore[assignment]
     if bp_msgpack is not None and bp_msgpack.is_bp_file(head):
         return bp_msgpack.read_bp(filename)
-    if head[:1] == b"\x89" and head[1:4] == b"BPZ" or head[:4] == b"\x89BPZ"[:4]:
-        # A damaged bpz header: let the native reader explain exactly what is wrong.
+    if head[1:4] == b"BPZ":
+        # A damaged bpz header (text-mode or 7-bit mangling): let the native reader say which.
         _bpz.Archive(filename)
     raise NotAnArchiveError(f"{filename}: neither a bpz archive nor a BrainPy .bp checkpoint (first bytes {head.hex(' ')})")

@@ -117,6 +117,18 @@ impl Writer {
         if address == 0 && nbytes != 0 {
             return Err(PyValueError::new_err("null address"));
         }
+        // The bytes are read as the elements in C order: an array in any other layout
+        // (Fortran order, strided) would be saved scrambled, silently.
+        if nbytes != 0 {
+            if let Ok(flags) = owner.getattr("flags") {
+                if let Ok(false) = flags.getattr("c_contiguous").and_then(|v| v.extract::<bool>()) {
+                    return Err(PyValueError::new_err(format!(
+                        "tensor {name:?}: the array is not C-contiguous, so its memory does not hold its \
+                         elements in C order; pass a C-contiguous array (numpy.ascontiguousarray)"
+                    )));
+                }
+            }
+        }
         let _keepalive = owner;
         let writer = self.inner()?;
         // SAFETY: the Python caller guarantees `address..address+nbytes` is a

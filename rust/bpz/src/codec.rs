@@ -238,6 +238,24 @@ pub struct DecodeError(pub String);
 /// length. zstd writes into a buffer of exactly the expected size, so a frame
 /// that claims or produces more is an error, never an allocation.
 pub fn decode_chunk(filter: Filter, dtype: DType, stored: &[u8], out: &mut [u8]) -> Result<(), DecodeError> {
+    let mut scratch = Vec::new();
+    if filter != Filter::None {
+        let n = filtered_len(filter, out.len());
+        scratch = crate::read::try_zeroed_vec(n)
+            .ok_or_else(|| DecodeError(format!("cannot allocate {n} bytes to decode the chunk")))?;
+    }
+    decode_chunk_into(filter, dtype, stored, out, &mut scratch)
+}
+
+/// [`decode_chunk`] with the caller's scratch buffer of [`filtered_len`] bytes (unused, and
+/// may be empty, for [`Filter::None`]), so that a caller can allocate it fallibly.
+pub fn decode_chunk_into(
+    filter: Filter,
+    dtype: DType,
+    stored: &[u8],
+    out: &mut [u8],
+    scratch: &mut [u8],
+) -> Result<(), DecodeError> {
     let expect = filtered_len(filter, out.len());
     // Exactly one frame: concatenated or skippable frames would let two
     // readers disagree about the bytes.
@@ -263,9 +281,11 @@ pub fn decode_chunk(filter: Filter, dtype: DType, stored: &[u8], out: &mut [u8])
     if filter == Filter::None {
         return produce(out);
     }
-    let mut scratch = vec![0u8; expect];
-    produce(&mut scratch)?;
-    undo_filter(filter, dtype, &scratch, out);
+    if scratch.len() != expect {
+        return Err(DecodeError(format!("scratch buffer of {} bytes, expected {expect}", scratch.len())));
+    }
+    produce(scratch)?;
+    undo_filter(filter, dtype, scratch, out);
     Ok(())
 }
 

@@ -623,6 +623,71 @@ impl<'de> Deserialize<'de> for Strict {
     }
 }
 
+/// Checks a whole JSON text without building it: valid UTF-8 and escapes, finite numbers
+/// and no object with two members of the same name — also inside members a reader ignores,
+/// which serde skips unchecked. The caller has bounded the nesting (see [`json_depth`]).
+pub fn check_json(text: &[u8]) -> std::result::Result<(), serde_json::Error> {
+    let mut de = serde_json::Deserializer::from_slice(text);
+    de.disable_recursion_limit();
+    Checked::deserialize(&mut de)?;
+    de.end()
+}
+
+struct Checked;
+
+impl<'de> Deserialize<'de> for Checked {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        d.deserialize_any(CheckVisitor)
+    }
+}
+
+struct CheckVisitor;
+
+impl<'de> serde::de::Visitor<'de> for CheckVisitor {
+    type Value = Checked;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_bool<E>(self, _: bool) -> std::result::Result<Checked, E> {
+        Ok(Checked)
+    }
+    fn visit_i64<E>(self, _: i64) -> std::result::Result<Checked, E> {
+        Ok(Checked)
+    }
+    fn visit_u64<E>(self, _: u64) -> std::result::Result<Checked, E> {
+        Ok(Checked)
+    }
+    fn visit_f64<E: serde::de::Error>(self, v: f64) -> std::result::Result<Checked, E> {
+        if v.is_finite() {
+            Ok(Checked)
+        } else {
+            Err(E::custom("non-finite number"))
+        }
+    }
+    fn visit_str<E>(self, _: &str) -> std::result::Result<Checked, E> {
+        Ok(Checked)
+    }
+    fn visit_unit<E>(self) -> std::result::Result<Checked, E> {
+        Ok(Checked)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> std::result::Result<Checked, A::Error> {
+        while seq.next_element::<Checked>()?.is_some() {}
+        Ok(Checked)
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> std::result::Result<Checked, A::Error> {
+        let mut keys = std::collections::HashSet::new();
+        while let Some(key) = map.next_key::<String>()? {
+            map.next_value::<Checked>()?;
+            if keys.contains(&key) {
+                return Err(serde::de::Error::custom(format!("an object has two members named {key:?}")));
+            }
+            keys.insert(key);
+        }
+        Ok(Checked)
+    }
+}
+
 /// Deepest nesting of arrays/objects in a JSON text, scanning bytes only (so a
 /// hostile index is refused before the recursive parser sees it).
 pub fn json_depth(text: &[u8]) -> usize {
@@ -664,7 +729,13 @@ pub(crate) fn parse_index(
     if depth > MAX_JSON_DEPTH {
         return Err(Error::limit(path, "the index nesting depth", depth as u64, MAX_JSON_DEPTH as u64));
     }
-    let raw: RawIndex = serde_json::from_slice(bytes)
+    // The byte scan above bounds the nesting, so serde_json's own recursion limit (which
+    // stops one level short of the spec's 128) is not needed.
+    check_json(bytes).map_err(|e| Error::invalid_index(path, format!("not valid JSON: {e}")))?;
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    de.disable_recursion_limit();
+    let raw = RawIndex::deserialize(&mut de)
+        .and_then(|raw| de.end().map(|()| raw))
         .map_err(|e| Error::invalid_index(path, format!("not a valid index JSON object: {e}")))?;
     if raw.tensors.len() > MAX_TENSORS {
         return Err(Error::limit(path, "the tensor count", raw.tensors.len() as u64, MAX_TENSORS as u64));

@@ -213,7 +213,9 @@ impl Reader {
         let mut tail = [0u8; TRAILER_LEN];
         source.read_exact_at(len - TRAILER_LEN as u64, &mut tail).map_err(|e| Error::io(&path, e))?;
         let trailer = Trailer::decode(&path, &tail, len)?;
-        let mut index = vec![0u8; trailer.index_len as usize];
+        let mut index = usize::try_from(trailer.index_len).ok().and_then(try_zeroed_vec).ok_or_else(|| {
+            Error::InvalidArgument(format!("{path}: cannot allocate {} bytes for the index", trailer.index_len))
+        })?;
         source.read_exact_at(trailer.index_offset, &mut index).map_err(|e| Error::io(&path, e))?;
         let actual = crc32c::crc32c(&index);
         if actual != trailer.index_crc32c {
@@ -367,6 +369,13 @@ impl Reader {
         })
     }
 
+    /// A working buffer whose size comes from the file: refused with an error, never an abort.
+    fn alloc_chunk(&self, t: &TensorInfo, i: usize, n: u64) -> Result<Vec<u8>> {
+        usize::try_from(n).ok().and_then(try_zeroed_vec).ok_or_else(|| {
+            Error::InvalidArgument(format!("{}: cannot allocate {n} bytes to read {}", self.path, Self::part(t, i)))
+        })
+    }
+
     fn part(t: &TensorInfo, i: usize) -> String {
         format!("tensor {:?} chunk {i}", t.name)
     }
@@ -419,7 +428,7 @@ impl Reader {
                 return self.check_crc(t, i, out);
             }
             None => {
-                let mut buf = vec![0u8; c.stored_len as usize];
+                let mut buf = self.alloc_chunk(t, i, c.stored_len)?;
                 self.source.read_exact_at(c.offset, &mut buf).map_err(|e| Error::io(&self.path, e))?;
                 owned = buf;
                 &owned
@@ -435,11 +444,15 @@ impl Reader {
             part: Self::part(t, i),
             detail: e.0,
         };
+        let mut scratch = match t.filter {
+            Filter::None => Vec::new(),
+            f => self.alloc_chunk(t, i, codec::filtered_len(f, decoded_len as usize) as u64)?,
+        };
         if whole {
-            codec::decode_chunk(t.filter, t.dtype, stored, out).map_err(fail)
+            codec::decode_chunk_into(t.filter, t.dtype, stored, out, &mut scratch).map_err(fail)
         } else {
-            let mut full = vec![0u8; decoded_len as usize];
-            codec::decode_chunk(t.filter, t.dtype, stored, &mut full).map_err(fail)?;
+            let mut full = self.alloc_chunk(t, i, decoded_len)?;
+            codec::decode_chunk_into(t.filter, t.dtype, stored, &mut full, &mut scratch).map_err(fail)?;
             out.copy_from_slice(&full[within.start as usize..within.end as usize]);
             Ok(())
         }
@@ -468,7 +481,7 @@ impl Reader {
     fn verify_info(&self, t: &TensorInfo) -> Result<()> {
         let check = |i: usize| -> Result<()> {
             let decoded = t.chunk_decoded_len(i);
-            let mut sink = vec![0u8; decoded as usize];
+            let mut sink = self.alloc_chunk(t, i, decoded)?;
             self.decode_chunk_part(t, i, 0..decoded, &mut sink)
         };
         if self.parallel {
@@ -505,18 +518,29 @@ impl Reader {
             .collect();
         extents.sort_unstable();
         let mut pos = SUPERBLOCK_LEN as u64;
+        // A gap can be as long as the file (a hostile, sparse one): check it in blocks.
+        const BLOCK: u64 = 1 << 20;
         let mut buf = Vec::new();
         for (start, end) in extents.into_iter().chain([(self.trailer.index_offset, self.trailer.index_offset)]) {
-            if start > pos {
-                buf.resize((start - pos) as usize, 0);
-                self.source.read_exact_at(pos, &mut buf).map_err(|e| Error::io(&self.path, e))?;
-                if let Some(i) = buf.iter().position(|&b| b != 0) {
+            let mut at = pos;
+            while at < start {
+                let n = (start - at).min(BLOCK);
+                let bytes: &[u8] = match self.source.as_slice() {
+                    Some(map) => &map[at as usize..(at + n) as usize],
+                    None => {
+                        buf.resize(n as usize, 0);
+                        self.source.read_exact_at(at, &mut buf).map_err(|e| Error::io(&self.path, e))?;
+                        &buf
+                    }
+                };
+                if let Some(i) = bytes.iter().position(|&b| b != 0) {
                     return Err(Error::CorruptData {
                         path: self.path.clone(),
-                        part: format!("the padding at offset {}", pos + i as u64),
+                        part: format!("the padding at offset {}", at + i as u64),
                         detail: "padding bytes must be zero".into(),
                     });
                 }
+                at += n;
             }
             pos = pos.max(end);
         }

@@ -438,10 +438,50 @@ impl<W: Write> Writer<W> {
                     let _ = fs::remove_file(&tmp);
                 }
                 result.map_err(|e| Error::io(&label, e))?;
+                remove_stale_temps(&dest, std::time::SystemTime::now());
                 Ok((Summary { path: Some(dest), ..summary }, None))
             }
         }
     }
+}
+
+/// A temporary file of a save of the same destination that has not been modified for this
+/// long is taken to be left by a killed process, and removed by the next successful save.
+/// (If its writer were still alive after all, its rename would fail with an error; the
+/// destination is never touched by the removal.)
+pub const STALE_TEMP_AGE: std::time::Duration = std::time::Duration::from_secs(15 * 60);
+
+/// Removes `.{name}.{pid}-{hex}-{n}.bpz-tmp` siblings of `dest` — exactly the names
+/// [`create_temp`] gives saves of `dest` — last modified at least [`STALE_TEMP_AGE`] before
+/// `now`. Best effort: errors are ignored.
+fn remove_stale_temps(dest: &Path, now: std::time::SystemTime) {
+    let (Some(dir), Some(base)) = (dest.parent(), dest.file_name()) else { return };
+    let dir = if dir.as_os_str().is_empty() { Path::new(".") } else { dir };
+    let prefix = format!(".{}.", base.to_string_lossy());
+    let Ok(entries) = fs::read_dir(dir) else { return };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(stamp) = name.to_str().and_then(|n| n.strip_prefix(&prefix)).and_then(|r| r.strip_suffix(".bpz-tmp"))
+        else {
+            continue;
+        };
+        if !is_temp_stamp(stamp) {
+            continue;
+        }
+        let path = entry.path();
+        let Ok(meta) = fs::symlink_metadata(&path) else { continue };
+        let stale = meta.modified().ok().and_then(|m| now.duration_since(m).ok()).is_some_and(|age| age >= STALE_TEMP_AGE);
+        if meta.file_type().is_file() && stale {
+            let _ = fs::remove_file(&path);
+        }
+    }
+}
+
+/// `{pid}-{nanos:x}-{n}`, the middle of a temporary file's name.
+fn is_temp_stamp(s: &str) -> bool {
+    let parts: Vec<&str> = s.split('-').collect();
+    let digits = |p: &str, hex: bool| !p.is_empty() && p.bytes().all(|b| if hex { b.is_ascii_hexdigit() } else { b.is_ascii_digit() });
+    parts.len() == 3 && digits(parts[0], false) && digits(parts[1], true) && digits(parts[2], false)
 }
 
 fn commit(out: BufWriter<File>, tmp: &Path, dest: &Path, sync: bool, overwrite: bool) -> io::Result<()> {

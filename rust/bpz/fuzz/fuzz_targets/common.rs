@@ -1,0 +1,51 @@
+//! What both targets do with an archive that opened: every read path, with sizes bounded
+//! so that one input cannot take the fuzzer's whole memory or time budget.
+
+use bpz::Reader;
+
+/// Largest decoded tensor read whole (the reader itself accepts up to 2^53 bytes).
+const MAX_READ: u64 = 16 << 20;
+/// Largest total decoded size verified.
+const MAX_VERIFY: u64 = 64 << 20;
+
+pub fn exercise(r: &Reader) {
+    let _ = r.tree().to_string();
+    let _ = r.metadata().to_string();
+    let mut total = 0u64;
+    for t in r.tensors() {
+        assert!(t.chunks.len() as u64 <= t.num_elements().max(1));
+        total = total.saturating_add(t.nbytes());
+        if let Ok(v) = r.view(&t.name) {
+            assert_eq!(v.len() as u64, t.nbytes());
+        }
+        if t.nbytes() <= MAX_READ {
+            if let Ok(v) = r.read(&t.name) {
+                assert_eq!(v.len() as u64, t.nbytes());
+                // A row range must equal the same bytes of the whole read.
+                let rows = t.rows();
+                if rows > 0 {
+                    let (a, b) = (rows / 3, rows - rows / 3);
+                    if a <= b {
+                        let part = r.read_rows(&t.name, a..b).expect("rows of a readable tensor");
+                        let row = (t.row_elems() * t.dtype.size() as u64) as usize;
+                        assert_eq!(part, v[a as usize * row..b as usize * row]);
+                    }
+                }
+            }
+        }
+        if t.chunks.first().map_or(0, |_| t.chunk_elems.min(t.num_elements()) * t.dtype.size() as u64) <= MAX_READ {
+            let _ = r.read_rows(&t.name, 0..t.rows().min(1));
+        }
+    }
+    if total <= MAX_VERIFY {
+        let ok = r.verify().is_ok();
+        // verify() passing means every tensor reads back.
+        if ok {
+            for t in r.tensors() {
+                if t.nbytes() <= MAX_READ {
+                    r.read(&t.name).expect("a verified tensor must read");
+                }
+            }
+        }
+    }
+}

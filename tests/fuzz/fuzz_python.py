@@ -28,7 +28,6 @@ import resource
 import struct
 import sys
 import tempfile
-import traceback
 
 import atheris
 
@@ -141,27 +140,26 @@ def one_input(data: bytes) -> None:
     if not data:
         return
     mode, payload = data[0] % 5, data[1:]
-    try:
-        if mode in (0, 1, 2):
-            path = os.path.join(WORK, "in.bpz")
-            body = payload if mode == 0 else fix_checksums(payload) if mode == 1 else archive_with_tree(payload)
-            with open(path, "wb") as f:
-                f.write(body)
-            read_archive(path)
-        elif mode == 3:
-            path = os.path.join(WORK, "in.bp")
-            with open(path, "wb") as f:
-                f.write(payload)
-            for fn in (read_bp, bpz.load_pytree):
-                try:
-                    fn(path)
-                except EXPECTED:
-                    pass
-        else:
+    if mode in (0, 1, 2):
+        path = os.path.join(WORK, "in.bpz")
+        body = payload if mode == 0 else fix_checksums(payload) if mode == 1 else archive_with_tree(payload)
+        with open(path, "wb") as f:
+            f.write(body)
+        read_archive(path)
+    elif mode == 3:
+        path = os.path.join(WORK, "in.bp")
+        with open(path, "wb") as f:
+            f.write(payload)
+        for fn in (read_bp, bpz.load_pytree):
             try:
-                load_pickle(payload)
+                fn(path)
             except EXPECTED:
                 pass
+    else:
+        try:
+            load_pickle(payload)
+        except EXPECTED:
+            pass
 
 
 def make_seeds(out: str) -> int:

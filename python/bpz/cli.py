@@ -25,7 +25,6 @@ from .errors import BpzError
 from .pytree import flatten
 from .read import load_pytree
 from .read import open as open_archive
-from .write import save_pytree
 
 __all__ = ["main"]
 

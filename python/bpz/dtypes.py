@@ -36,8 +36,24 @@ BPZ_DTYPES = tuple(_TO_NUMPY_NAME)
 _cache: dict[str, np.dtype] = {}
 
 
+_bpz_names: dict[np.dtype, str | None] = {}
+
+
 def to_bpz(dtype: np.dtype) -> str | None:
     """The bpz name of a NumPy dtype, or None if bpz cannot store it."""
+    try:
+        return _bpz_names[dtype]
+    except (KeyError, TypeError):
+        pass
+    name = _to_bpz(dtype)
+    try:
+        _bpz_names[dtype] = name  # dtype.name is a slow property: cache per dtype
+    except TypeError:
+        pass
+    return name
+
+
+def _to_bpz(dtype: np.dtype) -> str | None:
     if dtype.fields is not None or dtype.subdtype is not None:
         return None
     if dtype.name in _ML:  # ml_dtypes' types, known by name (NumPy sees "void" kinds)

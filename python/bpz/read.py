@@ -11,7 +11,7 @@ import numpy as np
 
 from . import _bpz, dtypes
 from .errors import CheckpointNotFoundError, FormatError, NotAnArchiveError
-from .pytree import restore_into, unflatten
+from .pytree import no_gc, restore_into, unflatten
 
 __all__ = ["load_pytree", "open", "Archive", "TensorInfo", "TensorSlice", "MAGIC", "is_bpz_file"]
 
@@ -270,10 +270,11 @@ class Archive:
         self._parse()
         native = self._native()
         names = list(self._infos)
-        arrays = {
-            name: _as_array(buf, dtypes.to_numpy(self._infos[name]["dtype"]), tuple(self._infos[name]["shape"]))
-            for name, buf in zip(names, native.read_many(names))
-        }
+        with no_gc():
+            arrays = {
+                name: _as_array(buf, dtypes.to_numpy(self._infos[name]["dtype"]), tuple(self._infos[name]["shape"]))
+                for name, buf in zip(names, native.read_many(names))
+            }
         if self._tree is None:
             return arrays
         return self._rebuild(lambda node: _finish_leaf(arrays[node["tensor"]], node))

@@ -23,7 +23,7 @@ install: $(STAMP) ## build the extension and install bpz with its test dependenc
 demo: $(STAMP) ## save and load a spiking-network state, printing what happens and how long it takes
 	$(PY) examples/demo.py --out m.bpz
 
-test: test-rust test-python test-go test-c fuzz-smoke ## install everything needed and run every test
+test: test-rust test-python test-go test-c fuzz-smoke bench-smoke ## install everything needed and run every test
 
 test-rust: ## the format crate's tests (unit, property, conformance vectors)
 	cargo test -p bpz

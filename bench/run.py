@@ -337,7 +337,8 @@ def main(argv: list[str] | None = None) -> int:
 
     os.makedirs(args.workdir, exist_ok=True)
     info = machine_info(args.workdir)
-    cmdline = "cd " + shlex.quote(os.getcwd()) + " && " + " ".join(
+    # From the repository root; never this machine's absolute paths.
+    cmdline = " ".join(
         shlex.quote(x) for x in [os.path.relpath(sys.executable) if sys.executable.startswith(os.getcwd()) else sys.executable,
                                  os.path.relpath(os.path.abspath(__file__))] + sys.argv[1:])
     build_before = bpz_build()

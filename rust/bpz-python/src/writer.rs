@@ -131,13 +131,12 @@ impl Writer {
         }
         let _keepalive = owner;
         let writer = self.inner()?;
-        // SAFETY: the Python caller guarantees `address..address+nbytes` is a
-        // live buffer owned by `owner`, which this frame holds a reference to.
-        let data: &[u8] = if nbytes == 0 { &[] } else { unsafe { std::slice::from_raw_parts(address as *const u8, nbytes) } };
-        let data_addr = data.as_ptr() as usize;
         let info = py
             .detach(|| {
-                let data = unsafe { std::slice::from_raw_parts(data_addr as *const u8, nbytes) };
+                // SAFETY: the Python caller guarantees `address..address+nbytes` is a live
+                // buffer owned by `owner`, which this frame holds a reference to.
+                let data: &[u8] =
+                    if nbytes == 0 { &[] } else { unsafe { std::slice::from_raw_parts(address as *const u8, nbytes) } };
                 writer.add_tensor_with(name, dtype, &shape, data, &topts).cloned()
             })
             .py()?;

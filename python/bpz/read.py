@@ -156,8 +156,10 @@ class Archive:
         self, filename: str | os.PathLike[str], backend: Literal["mmap", "pread"] = "mmap", parallel: bool = True
     ) -> None:
         self.filename = os.fspath(filename)
+        # Nothing is built per tensor here: opening costs the native index parse only.
         self._archive: Any = _bpz.Archive(self.filename, backend=backend, parallel=parallel)
-        self._infos = {d["name"]: d for d in self._archive.infos()}
+        self._info_cache: dict[str, TensorInfo] = {}
+        self._names: list[str] | None = None
         self._tree: Any = None
         self._metadata: Any = None
         self._parsed = False
@@ -182,30 +184,28 @@ class Archive:
         self.close()
 
     def __repr__(self) -> str:
-        state = "closed" if getattr(self, "_archive", None) is None else f"{len(self._infos)} tensors"
+        native = getattr(self, "_archive", None)
+        state = "closed" if native is None else f"{len(native)} tensors"
         return f"<bpz.Archive {self.filename!r}: {state}>"
 
     # -- mapping protocol
     def keys(self) -> list[str]:
-        return list(self._infos)
+        if self._names is None:
+            self._names = self._native().names()
+        return list(self._names)
 
     def __iter__(self) -> Iterator[str]:
-        return iter(list(self._infos))
+        return iter(self.keys())
 
     def __len__(self) -> int:
-        return len(self._infos)
+        return len(self._native())
 
     def __contains__(self, name: object) -> bool:
-        return name in self._infos
+        return isinstance(name, str) and name in self._native()
 
     def __getitem__(self, name: str) -> np.ndarray:
-        info = self.info(name)
-        native = self._native()
-        if info.storage == "raw" and native.mapped:
-            buf = native.view(name)
-        else:
-            buf = native.read(name)
-        return _as_array(buf, info.dtype, info.shape)
+        buf, dtype, shape = self._native().get(name)
+        return _as_array(buf, dtypes.to_numpy(dtype), shape)
 
     def read(self, name: str) -> np.ndarray:
         """A writable, checksummed copy of a tensor."""
@@ -216,15 +216,13 @@ class Archive:
         return TensorSlice(self, name)
 
     def info(self, name: str) -> TensorInfo:
-        d = self._infos.get(name)
-        if d is None:
-            from .errors import TensorNotFoundError
-
-            raise TensorNotFoundError(f"{self.filename}: no tensor named {name!r}")
-        return _info(d)
+        info = self._info_cache.get(name)
+        if info is None:
+            info = self._info_cache[name] = _info(self._native().info(name))
+        return info
 
     def infos(self) -> list[TensorInfo]:
-        return [_info(d) for d in self._infos.values()]
+        return [_info(d) for d in self._native().infos()]
 
     # -- whole-file properties
     def _parse(self) -> None:
@@ -256,7 +254,7 @@ class Archive:
         """The saved pytree, with lazily-mapped views (zero-copy where raw)."""
         self._parse()
         if self._tree is None:
-            return {name: self[name] for name in self._infos}
+            return {name: self[name] for name in self.keys()}
         return self._rebuild(lambda node: _finish_leaf(self[node["tensor"]], node))
 
     def _rebuild(self, load_tensor: Any) -> Any:
@@ -269,11 +267,11 @@ class Archive:
         """The saved pytree with owned, writable, checksummed arrays (all chunks decoded in parallel)."""
         self._parse()
         native = self._native()
-        names = list(self._infos)
+        to_numpy = dtypes.to_numpy
         with no_gc():
             arrays = {
-                name: _as_array(buf, dtypes.to_numpy(self._infos[name]["dtype"]), tuple(self._infos[name]["shape"]))
-                for name, buf in zip(names, native.read_many(names))
+                name: _as_array(buf, to_numpy(dtype), shape)
+                for (name, dtype, shape), buf in zip(native.layouts(), native.read_all())
             }
         if self._tree is None:
             return arrays
@@ -283,9 +281,9 @@ class Archive:
         """Checks every checksum (of one tensor, or of the whole file)."""
         native = self._native()
         if name is not None:
-            self.info(name)
+            chunks = self.info(name).chunks
             native.verify_tensor(name)
-            return {"tensors": 1, "chunks": self._infos[name]["chunks"]}
+            return {"tensors": 1, "chunks": chunks}
         return dict(native.verify())
 
 

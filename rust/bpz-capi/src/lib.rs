@@ -311,7 +311,7 @@ pub unsafe extern "C" fn bpz_metadata_json(archive: *const Archive) -> *const c_
         // SAFETY: the caller's contract.
         let a = unsafe { deref(archive, "bpz_metadata_json", "archive") }?;
         Ok(a.metadata_json
-            .get_or_init(|| json_c_string(a.reader.metadata()))
+            .get_or_init(|| json_c_string(&a.reader.metadata_json()))
             .as_ptr())
     })
 }
@@ -325,7 +325,7 @@ pub unsafe extern "C" fn bpz_tree_json(archive: *const Archive) -> *const c_char
     guard(std::ptr::null(), || {
         // SAFETY: the caller's contract.
         let a = unsafe { deref(archive, "bpz_tree_json", "archive") }?;
-        Ok(a.tree_json.get_or_init(|| json_c_string(a.reader.tree())).as_ptr())
+        Ok(a.tree_json.get_or_init(|| json_c_string(&a.reader.tree_json())).as_ptr())
     })
 }
 

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use bpz::{Backend, Reader, TensorInfo};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
-use pyo3::types::PyDict;
+use pyo3::types::{PyDict, PyTuple};
 use rayon::prelude::*;
 
 use crate::buffer::Buffer;
@@ -115,12 +115,48 @@ impl Archive {
 
     /// The tree as JSON text (`null` if none).
     fn tree_json(&self) -> String {
-        self.reader.tree().to_string()
+        self.reader.tree_json().to_owned()
     }
 
     /// The metadata as JSON text (`null` if none).
     fn metadata_json(&self) -> String {
-        self.reader.metadata().to_string()
+        self.reader.metadata_json().to_owned()
+    }
+
+    /// `(bytes, dtype, shape)` of a tensor: a zero-copy view of a raw tensor in a mapped
+    /// archive, else a checksummed copy. One call, so `archive[name]` costs one lookup.
+    fn get<'py>(&self, py: Python<'py>, name: &str) -> PyResult<(Buffer, &'static str, Bound<'py, PyTuple>)> {
+        let t = self.reader.tensor(name).py()?;
+        let bytes = if t.is_raw() && self.reader.mapping().is_some() {
+            self.view(name)?
+        } else {
+            self.read(py, name)?
+        };
+        Ok((bytes, t.dtype.name(), PyTuple::new(py, &t.shape)?))
+    }
+
+    /// `(name, dtype, shape)` of every tensor, in index order.
+    fn layouts<'py>(&self, py: Python<'py>) -> PyResult<Vec<(&str, &'static str, Bound<'py, PyTuple>)>> {
+        self.reader
+            .tensors()
+            .iter()
+            .map(|t| Ok((t.name.as_str(), t.dtype.name(), PyTuple::new(py, &t.shape)?)))
+            .collect()
+    }
+
+    /// Checksummed copies of every tensor, in index order, decoded in parallel.
+    fn read_all(&self, py: Python<'_>) -> PyResult<Vec<Buffer>> {
+        let reader = &self.reader;
+        let parallel = self.reader_parallel();
+        py.detach(|| {
+            let read = |t: &TensorInfo| reader.read(&t.name).map(Buffer::owned);
+            if parallel {
+                reader.tensors().par_iter().map(read).collect::<bpz::Result<Vec<_>>>()
+            } else {
+                reader.tensors().iter().map(read).collect()
+            }
+        })
+        .map_err(to_py)
     }
 
     /// Zero-copy, read-only bytes of a raw tensor (not checksummed; see `verify_tensor`).

@@ -1,10 +1,14 @@
 //! The bytes on disk: superblock, trailer, index, data types and limits.
 //! `spec/FORMAT.md` is the normative description; this module implements it.
 
+use std::borrow::Cow;
+use std::ops::Range;
+
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::error::{Error, Result, Version};
+use crate::json::{JResult, JsonError, Keys, Scanner};
 
 /// First eight bytes of every archive. The high byte catches 7-bit transfers,
 /// `\r\n` catches CRLF→LF conversion, `\x1a` stops `type` on Windows, the final
@@ -512,18 +516,16 @@ pub struct WriterInfo {
 }
 
 /// The index as serialised: a JSON object. Unknown fields are ignored.
-#[derive(Serialize, Deserialize)]
+#[derive(Serialize)]
 pub(crate) struct RawIndex {
     pub tensors: Vec<RawTensor>,
-    #[serde(default, deserialize_with = "strict_value")]
     pub tree: Value,
-    #[serde(default, deserialize_with = "strict_value")]
     pub metadata: Value,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub writer: Option<WriterInfo>,
 }
 
-#[derive(Serialize, Deserialize)]
+#[derive(Serialize)]
 pub(crate) struct RawTensor {
     pub name: String,
     pub dtype: String,
@@ -550,141 +552,6 @@ impl From<&TensorInfo> for RawTensor {
                 .map(|c| [c.offset, c.stored_len, c.crc32c as u64, c.encoded as u64])
                 .collect(),
         }
-    }
-}
-
-/// Like `Value`'s own deserialisation, but an object with two members of the
-/// same name is an error rather than "last one wins" (two readers must never
-/// see different values in one file).
-fn strict_value<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Value, D::Error> {
-    d.deserialize_any(StrictVisitor)
-}
-
-struct StrictVisitor;
-
-impl<'de> serde::de::Visitor<'de> for StrictVisitor {
-    type Value = Value;
-
-    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("any JSON value")
-    }
-    fn visit_bool<E>(self, v: bool) -> std::result::Result<Value, E> {
-        Ok(Value::Bool(v))
-    }
-    fn visit_i64<E>(self, v: i64) -> std::result::Result<Value, E> {
-        Ok(v.into())
-    }
-    fn visit_u64<E>(self, v: u64) -> std::result::Result<Value, E> {
-        Ok(v.into())
-    }
-    fn visit_f64<E: serde::de::Error>(self, v: f64) -> std::result::Result<Value, E> {
-        serde_json::Number::from_f64(v).map(Value::Number).ok_or_else(|| E::custom("non-finite number"))
-    }
-    fn visit_str<E>(self, v: &str) -> std::result::Result<Value, E> {
-        Ok(Value::String(v.to_owned()))
-    }
-    fn visit_string<E>(self, v: String) -> std::result::Result<Value, E> {
-        Ok(Value::String(v))
-    }
-    fn visit_unit<E>(self) -> std::result::Result<Value, E> {
-        Ok(Value::Null)
-    }
-    fn visit_none<E>(self) -> std::result::Result<Value, E> {
-        Ok(Value::Null)
-    }
-    fn visit_some<D: serde::Deserializer<'de>>(self, d: D) -> std::result::Result<Value, D::Error> {
-        strict_value(d)
-    }
-    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> std::result::Result<Value, A::Error> {
-        let mut items = Vec::new();
-        while let Some(Strict(v)) = seq.next_element()? {
-            items.push(v);
-        }
-        Ok(Value::Array(items))
-    }
-    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> std::result::Result<Value, A::Error> {
-        let mut out = serde_json::Map::new();
-        while let Some(key) = map.next_key::<String>()? {
-            if out.contains_key(&key) {
-                return Err(serde::de::Error::custom(format!("duplicate member {key:?}")));
-            }
-            let Strict(v) = map.next_value()?;
-            out.insert(key, v);
-        }
-        Ok(Value::Object(out))
-    }
-}
-
-struct Strict(Value);
-
-impl<'de> Deserialize<'de> for Strict {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        strict_value(d).map(Strict)
-    }
-}
-
-/// Checks a whole JSON text without building it: valid UTF-8 and escapes, finite numbers
-/// and no object with two members of the same name — also inside members a reader ignores,
-/// which serde skips unchecked. The caller has bounded the nesting (see [`json_depth`]).
-pub fn check_json(text: &[u8]) -> std::result::Result<(), serde_json::Error> {
-    let mut de = serde_json::Deserializer::from_slice(text);
-    de.disable_recursion_limit();
-    Checked::deserialize(&mut de)?;
-    de.end()
-}
-
-struct Checked;
-
-impl<'de> Deserialize<'de> for Checked {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        d.deserialize_any(CheckVisitor)
-    }
-}
-
-struct CheckVisitor;
-
-impl<'de> serde::de::Visitor<'de> for CheckVisitor {
-    type Value = Checked;
-
-    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("any JSON value")
-    }
-    fn visit_bool<E>(self, _: bool) -> std::result::Result<Checked, E> {
-        Ok(Checked)
-    }
-    fn visit_i64<E>(self, _: i64) -> std::result::Result<Checked, E> {
-        Ok(Checked)
-    }
-    fn visit_u64<E>(self, _: u64) -> std::result::Result<Checked, E> {
-        Ok(Checked)
-    }
-    fn visit_f64<E: serde::de::Error>(self, v: f64) -> std::result::Result<Checked, E> {
-        if v.is_finite() {
-            Ok(Checked)
-        } else {
-            Err(E::custom("non-finite number"))
-        }
-    }
-    fn visit_str<E>(self, _: &str) -> std::result::Result<Checked, E> {
-        Ok(Checked)
-    }
-    fn visit_unit<E>(self) -> std::result::Result<Checked, E> {
-        Ok(Checked)
-    }
-    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> std::result::Result<Checked, A::Error> {
-        while seq.next_element::<Checked>()?.is_some() {}
-        Ok(Checked)
-    }
-    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> std::result::Result<Checked, A::Error> {
-        let mut keys = std::collections::HashSet::new();
-        while let Some(key) = map.next_key::<String>()? {
-            map.next_value::<Checked>()?;
-            if keys.contains(&key) {
-                return Err(serde::de::Error::custom(format!("an object has two members named {key:?}")));
-            }
-            keys.insert(key);
-        }
-        Ok(Checked)
     }
 }
 
@@ -716,40 +583,290 @@ pub fn json_depth(text: &[u8]) -> usize {
     max
 }
 
+/// A validated index.
+pub(crate) struct Index {
+    pub tensors: Vec<TensorInfo>,
+    pub by_name: foldhash::HashMap<String, usize>,
+    /// The tree and metadata exactly as stored (checked, not built): `null` if absent.
+    pub tree_json: String,
+    pub metadata_json: String,
+    pub writer: Option<WriterInfo>,
+}
+
+/// One tensor's members as they appear in the index, before validation.
+#[derive(Default)]
+struct TensorFields<'a> {
+    name: Option<Cow<'a, str>>,
+    dtype: Option<Cow<'a, str>>,
+    shape: Option<Vec<u64>>,
+    storage: Option<Cow<'a, str>>,
+    filter: Option<Cow<'a, str>>,
+    chunk_elems: Option<u64>,
+    chunks: Option<Vec<[u64; 4]>>,
+}
+
 /// Parses and validates the index of a file whose data region is
 /// `SUPERBLOCK_LEN..data_end`. Every rule of the spec's "Validation" section is
-/// checked here, so later reads can index without further checks.
-pub(crate) fn parse_index(
+/// checked here, so later reads can index without further checks. One pass over
+/// the text: typed fields are read as they are met, the rest is checked and skipped.
+pub(crate) fn parse_index(path: &str, bytes: &[u8], alignment: u32, data_end: u64) -> Result<Index> {
+    let mut s = Scanner::new(bytes, MAX_JSON_DEPTH);
+    let fail = |e: JsonError| match e {
+        JsonError::TooDeep => {
+            Error::limit(path, "the index nesting depth", json_depth(bytes) as u64, MAX_JSON_DEPTH as u64)
+        }
+        JsonError::Invalid { at, detail } => {
+            Error::invalid_index(path, format!("not a valid index JSON object: {detail} (at byte {at})"))
+        }
+    };
+    let mut tensors: Option<Vec<TensorInfo>> = None;
+    let mut by_name = foldhash::HashMap::default();
+    let mut tree: Option<(Range<usize>, Vec<TreeRef>)> = None;
+    let mut metadata: Option<Range<usize>> = None;
+    let mut writer: Option<Option<WriterInfo>> = None;
+    if s.peek() != Some(b'{') {
+        return Err(fail(JsonError::Invalid { at: s.pos(), detail: "the index is not a JSON object".into() }));
+    }
+    s.begin_object().map_err(fail)?;
+    let (mut first, mut keys) = (true, Keys::default());
+    while let Some(key) = s.next_key(&mut first, &mut keys).map_err(fail)? {
+        match &*key {
+            "tensors" => {
+                tensors = Some(parse_tensors(&mut s, path, alignment, data_end, &mut by_name, &fail)?);
+            }
+            "tree" => {
+                let mut refs = Vec::new();
+                let start = position_of_value(&mut s);
+                if !matches!(s.peek(), Some(b'{' | b'n')) {
+                    s.skip_value().map_err(fail)?;
+                    return Err(Error::invalid_index(path, "the tree is neither an object nor null"));
+                }
+                tree_value(&mut s, &mut refs).map_err(fail)?;
+                tree = Some((start..s.pos(), refs));
+            }
+            "metadata" => {
+                let start = position_of_value(&mut s);
+                s.skip_value().map_err(fail)?;
+                metadata = Some(start..s.pos());
+            }
+            "writer" => writer = Some(parse_writer(&mut s).map_err(fail)?),
+            _ => s.skip_value().map_err(fail)?,
+        }
+    }
+    s.end().map_err(fail)?;
+    let Some(tensors) = tensors else {
+        return Err(Error::invalid_index(path, "not a valid index JSON object: missing member \"tensors\""));
+    };
+    check_overlaps(path, &tensors)?;
+    let text = |r: Range<usize>| std::str::from_utf8(&bytes[r]).expect("checked by the scanner").to_owned();
+    let tree_json = match tree {
+        Some((range, refs)) => {
+            if let Some((_, missing)) = refs.iter().find(|(_, n)| !by_name.contains_key(&**n)) {
+                return Err(Error::invalid_index(path, format!("the tree refers to a missing tensor {missing:?}")));
+            }
+            text(range)
+        }
+        None => "null".into(),
+    };
+    Ok(Index {
+        tensors,
+        by_name,
+        tree_json,
+        metadata_json: metadata.map_or_else(|| "null".into(), text),
+        writer: writer.flatten(),
+    })
+}
+
+/// Where a tree `"tensor"` node's name starts, and the name.
+type TreeRef<'a> = (usize, Cow<'a, str>);
+
+fn position_of_value(s: &mut Scanner) -> usize {
+    s.peek();
+    s.pos()
+}
+
+fn parse_tensors(
+    s: &mut Scanner<'_>,
     path: &str,
-    bytes: &[u8],
     alignment: u32,
     data_end: u64,
-) -> Result<(Vec<TensorInfo>, Value, Value, Option<WriterInfo>)> {
-    let depth = json_depth(bytes);
-    if depth > MAX_JSON_DEPTH {
-        return Err(Error::limit(path, "the index nesting depth", depth as u64, MAX_JSON_DEPTH as u64));
+    by_name: &mut foldhash::HashMap<String, usize>,
+    fail: &impl Fn(JsonError) -> Error,
+) -> Result<Vec<TensorInfo>> {
+    if s.peek() != Some(b'[') {
+        return Err(fail(JsonError::Invalid { at: s.pos(), detail: "\"tensors\" is not an array".into() }));
     }
-    // The byte scan above bounds the nesting, so serde_json's own recursion limit (which
-    // stops one level short of the spec's 128) is not needed.
-    check_json(bytes).map_err(|e| Error::invalid_index(path, format!("not valid JSON: {e}")))?;
-    let mut de = serde_json::Deserializer::from_slice(bytes);
-    de.disable_recursion_limit();
-    let raw = RawIndex::deserialize(&mut de)
-        .and_then(|raw| de.end().map(|()| raw))
-        .map_err(|e| Error::invalid_index(path, format!("not a valid index JSON object: {e}")))?;
-    if raw.tensors.len() > MAX_TENSORS {
-        return Err(Error::limit(path, "the tensor count", raw.tensors.len() as u64, MAX_TENSORS as u64));
-    }
-    let mut names = std::collections::HashSet::with_capacity(raw.tensors.len());
-    let mut extents: Vec<(u64, u64, usize)> = Vec::new();
-    let mut tensors = Vec::with_capacity(raw.tensors.len());
-    for (ti, rt) in raw.tensors.into_iter().enumerate() {
-        let t = validate_tensor(path, rt, alignment, data_end)?;
-        if !names.insert(t.name.clone()) {
+    s.begin_array().map_err(fail)?;
+    let mut tensors = Vec::new();
+    let mut first = true;
+    while s.next_item(&mut first).map_err(fail)? {
+        if tensors.len() == MAX_TENSORS {
+            return Err(Error::limit(path, "the tensor count", MAX_TENSORS as u64 + 1, MAX_TENSORS as u64));
+        }
+        let ti = tensors.len();
+        let fields = parse_tensor_fields(s, ti).map_err(fail)?.complete(path, ti)?;
+        let t = validate_tensor(path, fields, alignment, data_end)?;
+        if by_name.insert(t.name.clone(), ti).is_some() {
             return Err(Error::invalid_index(path, format!("tensor name {:?} appears twice", t.name)));
         }
-        extents.extend(t.chunks.iter().filter(|c| c.stored_len > 0).map(|c| (c.offset, c.offset + c.stored_len, ti)));
         tensors.push(t);
+    }
+    Ok(tensors)
+}
+
+fn parse_tensor_fields<'a>(s: &mut Scanner<'a>, ti: usize) -> JResult<TensorFields<'a>> {
+    let mut f = TensorFields::default();
+    if s.peek() != Some(b'{') {
+        return s.invalid(format!("tensor {ti} is not an object"));
+    }
+    s.begin_object()?;
+    let (mut first, mut keys) = (true, Keys::default());
+    while let Some(key) = s.next_key(&mut first, &mut keys)? {
+        let string = |s: &mut Scanner<'a>, member: &str| match s.peek() {
+            Some(b'"') => s.string(),
+            _ => s.invalid(format!("member {member:?} of tensor {ti} is not a string")),
+        };
+        match &*key {
+            "name" => f.name = Some(string(s, "name")?),
+            "dtype" => f.dtype = Some(string(s, "dtype")?),
+            "storage" => f.storage = Some(string(s, "storage")?),
+            "filter" => f.filter = Some(string(s, "filter")?),
+            "chunk_elems" => f.chunk_elems = Some(s.u64(&|| format!("member \"chunk_elems\" of tensor {ti}"))?),
+            "shape" => {
+                let what = || format!("the shape of tensor {ti}");
+                let mut shape = Vec::new();
+                array(s, &what, |s| {
+                    shape.push(s.u64(&|| format!("an element of the shape of tensor {ti}"))?);
+                    Ok(())
+                })?;
+                f.shape = Some(shape);
+            }
+            "chunks" => {
+                // Writers put shape, dtype and chunk_elems first: size the table once.
+                let expected = match (&f.shape, f.chunk_elems) {
+                    (Some(shape), Some(ce)) if ce > 0 => shape
+                        .iter()
+                        .try_fold(1u64, |a, &d| a.checked_mul(d))
+                        .map_or(0, |n| n.div_ceil(ce)),
+                    _ => 0,
+                };
+                // Each row takes at least 10 bytes of text, which bounds what a hostile file can make us reserve.
+                let capacity = expected.min(((s.remaining() / 10) as u64).min(1 << 20)) as usize;
+                f.chunks = Some(s.u64_rows::<4>(
+                    capacity,
+                    &|| format!("the chunk table of tensor {ti}"),
+                    &|| format!("an entry of the chunk table of tensor {ti}"),
+                )?);
+            }
+            _ => s.skip_value()?,
+        }
+    }
+    Ok(f)
+}
+
+/// Calls `item` for every element of an array.
+fn array<'a>(
+    s: &mut Scanner<'a>,
+    what: &dyn Fn() -> String,
+    mut item: impl FnMut(&mut Scanner<'a>) -> JResult<()>,
+) -> JResult<()> {
+    if s.peek() != Some(b'[') {
+        return s.invalid(format!("{} is not an array", what()));
+    }
+    s.begin_array()?;
+    let mut first = true;
+    while s.next_item(&mut first)? {
+        item(s)?;
+    }
+    Ok(())
+}
+
+fn parse_writer(s: &mut Scanner<'_>) -> JResult<Option<WriterInfo>> {
+    if s.null()? {
+        return Ok(None);
+    }
+    if s.peek() != Some(b'{') {
+        return s.invalid("\"writer\" is neither an object nor null");
+    }
+    s.begin_object()?;
+    let (mut first, mut keys) = (true, Keys::default());
+    let (mut name, mut version) = (None, None);
+    while let Some(key) = s.next_key(&mut first, &mut keys)? {
+        let slot = match &*key {
+            "name" => &mut name,
+            "version" => &mut version,
+            _ => {
+                s.skip_value()?;
+                continue;
+            }
+        };
+        if s.peek() != Some(b'"') {
+            return s.invalid(format!("member {key:?} of \"writer\" is not a string"));
+        }
+        *slot = Some(s.string()?.into_owned());
+    }
+    match (name, version) {
+        (Some(name), Some(version)) => Ok(Some(WriterInfo { name, version })),
+        _ => s.invalid("\"writer\" lacks its \"name\" or \"version\""),
+    }
+}
+
+/// Checks a tree value, collecting the names its `"tensor"` nodes refer to. A node is
+/// an object with a `"tensor"` member; its other members are not searched for nodes.
+fn tree_value<'a>(s: &mut Scanner<'a>, refs: &mut Vec<TreeRef<'a>>) -> JResult<()> {
+    match s.peek() {
+        Some(b'{') => {
+            let mark = refs.len();
+            let mut own: Option<(usize, Option<Cow<'a, str>>)> = None;
+            s.begin_object()?;
+            let (mut first, mut keys) = (true, Keys::default());
+            while let Some(key) = s.next_key(&mut first, &mut keys)? {
+                if key == "tensor" {
+                    let at = position_of_value(s);
+                    own = Some(if s.peek() == Some(b'"') { (at, Some(s.string()?)) } else { (at, None) });
+                    if own.as_ref().is_some_and(|o| o.1.is_none()) {
+                        s.skip_value()?;
+                    }
+                } else {
+                    tree_value(s, refs)?;
+                }
+            }
+            if let Some((at, target)) = own {
+                refs.truncate(mark);
+                match target {
+                    Some(name) => refs.push((at, name)),
+                    None => {
+                        return Err(JsonError::Invalid {
+                            at,
+                            detail: "a tree \"tensor\" node does not hold a string".into(),
+                        })
+                    }
+                }
+            }
+            Ok(())
+        }
+        Some(b'[') => {
+            s.begin_array()?;
+            let mut first = true;
+            while s.next_item(&mut first)? {
+                tree_value(s, refs)?;
+            }
+            Ok(())
+        }
+        _ => s.skip_value(),
+    }
+}
+
+/// No two stored extents may share a byte.
+fn check_overlaps(path: &str, tensors: &[TensorInfo]) -> Result<()> {
+    let mut extents: Vec<(u64, u64, usize)> = Vec::new();
+    for (ti, t) in tensors.iter().enumerate() {
+        if let (Some(range), Some(last)) = (t.raw_range(), t.chunks.last()) {
+            // Raw chunks were checked to be contiguous: one extent covers them all.
+            extents.push((range.start, last.offset + last.stored_len, ti));
+        } else {
+            extents.extend(t.chunks.iter().map(|c| (c.offset, c.offset + c.stored_len, ti)));
+        }
     }
     extents.sort_unstable();
     for w in extents.windows(2) {
@@ -761,14 +878,40 @@ pub(crate) fn parse_index(
             ));
         }
     }
-    if !(raw.tree.is_object() || raw.tree.is_null()) {
-        return Err(Error::invalid_index(path, "the tree is neither an object nor null"));
-    }
-    check_tree_refs(path, &raw.tree, &names)?;
-    Ok((tensors, raw.tree, raw.metadata, raw.writer))
+    Ok(())
 }
 
-fn validate_tensor(path: &str, rt: RawTensor, alignment: u32, data_end: u64) -> Result<TensorInfo> {
+/// A tensor's members, all present, as read from the index.
+struct RawTensorRef<'a> {
+    name: String,
+    dtype: Cow<'a, str>,
+    shape: Vec<u64>,
+    storage: Cow<'a, str>,
+    filter: Cow<'a, str>,
+    chunk_elems: u64,
+    chunks: Vec<[u64; 4]>,
+}
+
+impl<'a> TensorFields<'a> {
+    fn complete(self, path: &str, ti: usize) -> Result<RawTensorRef<'a>> {
+        let name = self.name.as_deref();
+        let missing = |member: &str| {
+            let which = name.map_or_else(|| format!("tensor {ti}"), |n| format!("tensor {n:?}"));
+            Error::invalid_index(path, format!("{which} lacks the member {member:?}"))
+        };
+        Ok(RawTensorRef {
+            name: self.name.clone().ok_or_else(|| missing("name"))?.into_owned(),
+            dtype: self.dtype.ok_or_else(|| missing("dtype"))?,
+            shape: self.shape.ok_or_else(|| missing("shape"))?,
+            storage: self.storage.ok_or_else(|| missing("storage"))?,
+            filter: self.filter.ok_or_else(|| missing("filter"))?,
+            chunk_elems: self.chunk_elems.ok_or_else(|| missing("chunk_elems"))?,
+            chunks: self.chunks.ok_or_else(|| missing("chunks"))?,
+        })
+    }
+}
+
+fn validate_tensor(path: &str, rt: RawTensorRef<'_>, alignment: u32, data_end: u64) -> Result<TensorInfo> {
     let name = rt.name;
     let bad = |detail: String| Error::invalid_index(path, format!("tensor {name:?}: {detail}"));
     if name.len() > MAX_NAME_BYTES {
@@ -791,9 +934,13 @@ fn validate_tensor(path: &str, rt: RawTensor, alignment: u32, data_end: u64) -> 
         .filter(|&n| n <= MAX_SAFE_INTEGER);
     let nbytes = nelems.and_then(|n| n.checked_mul(dtype.size() as u64)).filter(|&n| n <= MAX_SAFE_INTEGER);
     let (Some(nelems), Some(nbytes)) = (nelems, nbytes) else {
-        return Err(Error::limit(path, format!("the byte size of tensor {name:?} (shape {:?})", rt.shape), u64::MAX, MAX_SAFE_INTEGER));
+        // The scanner saturates numbers too large for 64 bits: say so rather than print u64::MAX.
+        let dims: Vec<String> =
+            rt.shape.iter().map(|&d| if d == u64::MAX { "2^64 or more".into() } else { d.to_string() }).collect();
+        let what = format!("the byte size of tensor {name:?} (shape [{}])", dims.join(", "));
+        return Err(Error::limit(path, what, u64::MAX, MAX_SAFE_INTEGER));
     };
-    let storage = match rt.storage.as_str() {
+    let storage = match &*rt.storage {
         "raw" => Storage::Raw,
         "chunked" => Storage::Chunked,
         other => {
@@ -896,23 +1043,5 @@ impl FloorCharBoundary for String {
             i -= 1;
         }
         i
-    }
-}
-
-/// Every tree node with a `"tensor"` field must name a tensor of the index.
-fn check_tree_refs(path: &str, tree: &Value, names: &std::collections::HashSet<String>) -> Result<()> {
-    match tree {
-        Value::Object(map) => {
-            if let Some(target) = map.get("tensor") {
-                return match target.as_str() {
-                    Some(n) if names.contains(n) => Ok(()),
-                    Some(n) => Err(Error::invalid_index(path, format!("the tree refers to a missing tensor {n:?}"))),
-                    None => Err(Error::invalid_index(path, "a tree \"tensor\" node does not hold a string")),
-                };
-            }
-            map.values().try_for_each(|v| check_tree_refs(path, v, names))
-        }
-        Value::Array(items) => items.iter().try_for_each(|v| check_tree_refs(path, v, names)),
-        _ => Ok(()),
     }
 }

@@ -24,6 +24,7 @@
 pub mod codec;
 pub mod error;
 pub mod format;
+mod json;
 pub mod name;
 pub mod read;
 pub mod write;

@@ -1,7 +1,6 @@
 //! Reader: validates superblock, trailer and index on open (O(index)), then
 //! reads any tensor or row range by touching only the chunks that overlap it.
 
-use std::collections::HashMap;
 use std::fs::File;
 use std::io;
 use std::ops::Range;
@@ -146,9 +145,9 @@ pub struct Reader {
     superblock: Superblock,
     trailer: Trailer,
     tensors: Vec<TensorInfo>,
-    by_name: HashMap<String, usize>,
-    tree: Value,
-    metadata: Value,
+    by_name: foldhash::HashMap<String, usize>,
+    tree_json: String,
+    metadata_json: String,
     writer: Option<WriterInfo>,
     parallel: bool,
 }
@@ -168,23 +167,31 @@ impl Reader {
     pub fn open_with(path: impl AsRef<Path>, backend: Backend) -> Result<Reader> {
         let label = path.as_ref().display().to_string();
         let file = File::open(path.as_ref()).map_err(|e| Error::io(&label, e))?;
-        if file.metadata().map_err(|e| Error::io(&label, e))?.is_dir() {
+        let meta = file.metadata().map_err(|e| Error::io(&label, e))?;
+        if meta.is_dir() {
             return Err(Error::io(&label, is_a_directory()));
         }
         match backend {
             Backend::Mmap => {
+                // The structure is read with positioned reads, not through the map: touching
+                // the map would fault its pages in, and every open would pay for that again
+                // when the map is torn down.
+                let (superblock, trailer, index) =
+                    read_structure(&PositionedFile { file: &file, len: meta.len() }, &label)?;
+                let len = usize::try_from(meta.len()).map_err(|_| Error::io(&label, io::ErrorKind::OutOfMemory.into()))?;
                 // SAFETY: the map is read-only. bpz writers never modify a file in
                 // place (they rename a new file over it), so its bytes are stable;
                 // a third party truncating it could fault, as with any mmap.
-                let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(&label, e))?;
+                // The length is known: saves memmap2 another stat.
+                let map = unsafe { memmap2::MmapOptions::new().len(len).map(&file) }.map_err(|e| Error::io(&label, e))?;
                 let map = Arc::new(map);
-                let mut r = Reader::from_source_labeled(Arc::new(MapHandle(map.clone())), label)?;
+                let mut r = Reader::assemble(Arc::new(MapHandle(map.clone())), label, superblock, trailer, index);
                 r.map = Some(map);
                 r.file = Some(Arc::new(file));
                 Ok(r)
             }
             Backend::Pread => {
-                let src = FileSource::new(file).map_err(|e| Error::io(&label, e))?;
+                let src = FileSource { file, len: meta.len() };
                 Reader::from_source_labeled(Arc::new(src), label)
             }
         }
@@ -197,38 +204,13 @@ impl Reader {
 
     /// Opens an archive from any [`Source`]; `label` names it in errors.
     pub fn from_source_labeled(source: Arc<dyn Source>, label: String) -> Result<Reader> {
-        let path = label;
-        let len = source.len();
-        let head_len = len.min(SUPERBLOCK_LEN as u64) as usize;
-        let mut head = vec![0u8; head_len];
-        source.read_exact_at(0, &mut head).map_err(|e| Error::io(&path, e))?;
-        let superblock = Superblock::decode(&path, &head, len)?;
-        let min_len = (SUPERBLOCK_LEN + TRAILER_LEN) as u64;
-        if len < min_len {
-            return Err(Error::Truncated {
-                path,
-                detail: format!("{len} bytes, shorter than the {min_len} bytes of superblock and trailer"),
-            });
-        }
-        let mut tail = [0u8; TRAILER_LEN];
-        source.read_exact_at(len - TRAILER_LEN as u64, &mut tail).map_err(|e| Error::io(&path, e))?;
-        let trailer = Trailer::decode(&path, &tail, len)?;
-        let mut index = usize::try_from(trailer.index_len).ok().and_then(try_zeroed_vec).ok_or_else(|| {
-            Error::InvalidArgument(format!("{path}: cannot allocate {} bytes for the index", trailer.index_len))
-        })?;
-        source.read_exact_at(trailer.index_offset, &mut index).map_err(|e| Error::io(&path, e))?;
-        let actual = crc32c::crc32c(&index);
-        if actual != trailer.index_crc32c {
-            return Err(Error::ChecksumMismatch {
-                path,
-                part: "the index".into(),
-                expected: trailer.index_crc32c,
-                actual,
-            });
-        }
-        let (tensors, tree, metadata, writer) = parse_index(&path, &index, superblock.alignment, trailer.index_offset)?;
-        let by_name = tensors.iter().enumerate().map(|(i, t)| (t.name.clone(), i)).collect();
-        Ok(Reader {
+        let (superblock, trailer, index) = read_structure(&*source, &label)?;
+        Ok(Reader::assemble(source, label, superblock, trailer, index))
+    }
+
+    fn assemble(source: Arc<dyn Source>, path: String, superblock: Superblock, trailer: Trailer, index: Index) -> Reader {
+        let Index { tensors, by_name, tree_json, metadata_json, writer } = index;
+        Reader {
             source,
             map: None,
             file: None,
@@ -237,11 +219,11 @@ impl Reader {
             trailer,
             tensors,
             by_name,
-            tree,
-            metadata,
+            tree_json,
+            metadata_json,
             writer,
             parallel: true,
-        })
+        }
     }
 
     /// Decode chunks on all cores (default) or on the calling thread only.
@@ -271,11 +253,27 @@ impl Reader {
     pub fn tensors(&self) -> &[TensorInfo] {
         &self.tensors
     }
-    pub fn tree(&self) -> &Value {
-        &self.tree
+    /// The pytree skeleton (spec, "Tree") exactly as stored: a JSON object, or `null`.
+    pub fn tree_json(&self) -> &str {
+        &self.tree_json
     }
-    pub fn metadata(&self) -> &Value {
-        &self.metadata
+    /// The user metadata exactly as stored (any JSON value; `null` if none).
+    pub fn metadata_json(&self) -> &str {
+        &self.metadata_json
+    }
+    /// The pytree skeleton as a JSON value (built on each call).
+    pub fn tree(&self) -> Result<Value> {
+        self.json_value(&self.tree_json)
+    }
+    /// The user metadata as a JSON value (built on each call).
+    pub fn metadata(&self) -> Result<Value> {
+        self.json_value(&self.metadata_json)
+    }
+    fn json_value(&self, text: &str) -> Result<Value> {
+        // The text passed the index checks on open; this can only fail for want of memory.
+        let mut de = serde_json::Deserializer::from_str(text);
+        de.disable_recursion_limit();
+        serde::Deserialize::deserialize(&mut de).map_err(|e| Error::invalid_index(&self.path, e.to_string()))
     }
     pub fn writer(&self) -> Option<&WriterInfo> {
         self.writer.as_ref()
@@ -504,6 +502,64 @@ impl Reader {
             stored_bytes: self.tensors.iter().map(|t| t.stored_bytes()).sum(),
             decoded_bytes: self.tensors.iter().map(|t| t.nbytes()).sum(),
         })
+    }
+}
+
+/// Reads and checks superblock, trailer and index (the spec's validation on open).
+fn read_structure(source: &dyn Source, path: &str) -> Result<(Superblock, Trailer, Index)> {
+    let len = source.len();
+    let head_len = len.min(SUPERBLOCK_LEN as u64) as usize;
+    let mut head = vec![0u8; head_len];
+    source.read_exact_at(0, &mut head).map_err(|e| Error::io(path, e))?;
+    let superblock = Superblock::decode(path, &head, len)?;
+    let min_len = (SUPERBLOCK_LEN + TRAILER_LEN) as u64;
+    if len < min_len {
+        return Err(Error::Truncated {
+            path: path.into(),
+            detail: format!("{len} bytes, shorter than the {min_len} bytes of superblock and trailer"),
+        });
+    }
+    let mut tail = [0u8; TRAILER_LEN];
+    source.read_exact_at(len - TRAILER_LEN as u64, &mut tail).map_err(|e| Error::io(path, e))?;
+    let trailer = Trailer::decode(path, &tail, len)?;
+    // A map's index is parsed in place; other sources read it into a buffer.
+    let owned_index;
+    let index: &[u8] = match source.as_slice() {
+        Some(map) => &map[trailer.index_offset as usize..(trailer.index_offset + trailer.index_len) as usize],
+        None => {
+            let mut buf = usize::try_from(trailer.index_len).ok().and_then(try_zeroed_vec).ok_or_else(|| {
+                Error::InvalidArgument(format!("{path}: cannot allocate {} bytes for the index", trailer.index_len))
+            })?;
+            source.read_exact_at(trailer.index_offset, &mut buf).map_err(|e| Error::io(path, e))?;
+            owned_index = buf;
+            &owned_index
+        }
+    };
+    let actual = crc32c::crc32c(index);
+    if actual != trailer.index_crc32c {
+        return Err(Error::ChecksumMismatch {
+            path: path.into(),
+            part: "the index".into(),
+            expected: trailer.index_crc32c,
+            actual,
+        });
+    }
+    let index = parse_index(path, index, superblock.alignment, trailer.index_offset)?;
+    Ok((superblock, trailer, index))
+}
+
+/// Positioned reads on a borrowed file.
+struct PositionedFile<'a> {
+    file: &'a File,
+    len: u64,
+}
+
+impl Source for PositionedFile<'_> {
+    fn len(&self) -> u64 {
+        self.len
+    }
+    fn read_exact_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        read_exact_at(self.file, offset, buf)
     }
 }
 

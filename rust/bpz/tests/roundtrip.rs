@@ -288,8 +288,9 @@ fn tree_and_metadata_round_trip_and_refs_are_checked() {
     w.set_metadata(serde_json::json!({"epoch": 3, "note": "ü"}));
     let bytes = w.finish().unwrap().1.unwrap();
     let r = Reader::from_bytes(bytes).unwrap();
-    assert_eq!(r.tree(), &tree);
-    assert_eq!(r.metadata()["epoch"], 3);
+    assert_eq!(r.tree().unwrap(), tree);
+    assert_eq!(r.metadata().unwrap()["epoch"], 3);
+    assert_eq!(r.tree_json(), serde_json::to_string(&tree).unwrap());
     assert_eq!(r.writer().unwrap().name, "bpz-rs");
 
     let mut w = Writer::new(Vec::new(), WriterOptions::default()).unwrap();

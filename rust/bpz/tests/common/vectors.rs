@@ -209,8 +209,8 @@ pub fn expected(bytes: &[u8]) -> Value {
         "alignment": r.superblock().alignment,
         "file_bytes": bytes.len(),
         "tensors": tensors,
-        "tree": r.tree(),
-        "metadata": r.metadata(),
+        "tree": r.tree().expect("tree"),
+        "metadata": r.metadata().expect("metadata"),
     })
 }
 

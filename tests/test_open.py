@@ -1,5 +1,6 @@
 """bpz.open: lazy, memory-mapped, zero-copy access to one tensor or a row range."""
 
+import gc
 import json
 import os
 import pathlib
@@ -128,3 +129,25 @@ def test_golden_vectors_load_through_python():
                 assert hashlib.sha256(arr.tobytes()).hexdigest() == t["sha256"], (path.name, t["name"])
             if expected["tree"] is not None:
                 a.load()
+
+
+@pytest.mark.parametrize("compression", [None, "zstd"])
+def test_large_loaded_arrays_are_owned_writable_and_outlive_the_file(tmp, compression):
+    # Outputs of 4 MiB and more live in their own (huge-page advised) maps, not the heap.
+    rng = np.random.default_rng(7)
+    tree = {"big": rng.standard_normal((1536, 1024)).astype(np.float32), "small": np.arange(10, dtype=np.int16)}
+    path = pathlib.Path(tmp) / "large.bpz"
+    bpz.save_pytree(path, tree, compression=compression, verbose=False)
+    with bpz.open(path) as a:
+        copy = a.read("big")
+    loaded = bpz.load_pytree(path)
+    path.unlink()
+    for arr in (copy, loaded["big"]):
+        assert arr.flags.writeable and arr.flags.owndata is False
+        np.testing.assert_array_equal(arr, tree["big"])
+        arr[0, 0] = 42.0
+        assert arr[0, 0] == 42.0
+    np.testing.assert_array_equal(loaded["small"], tree["small"])
+    del loaded
+    gc.collect()
+    np.testing.assert_array_equal(copy[1:], tree["big"][1:])

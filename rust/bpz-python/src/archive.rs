@@ -35,7 +35,13 @@ pub fn info_dict<'py>(py: Python<'py>, t: &TensorInfo) -> PyResult<Bound<'py, Py
 }
 
 fn read_owned(reader: &Reader, name: &str) -> bpz::Result<Buffer> {
-    reader.read(name).map(Buffer::owned)
+    let t = reader.tensor(name)?;
+    let len = usize::try_from(t.nbytes()).unwrap_or(usize::MAX);
+    Buffer::filled_by(
+        len,
+        |out| reader.read_into(name, out),
+        || bpz::Error::InvalidArgument(format!("{}: cannot allocate {len} bytes for tensor {name:?}", reader.path())),
+    )
 }
 
 #[pymethods]
@@ -149,7 +155,7 @@ impl Archive {
         let reader = &self.reader;
         let parallel = self.reader_parallel();
         py.detach(|| {
-            let read = |t: &TensorInfo| reader.read(&t.name).map(Buffer::owned);
+            let read = |t: &TensorInfo| read_owned(reader, &t.name);
             if parallel {
                 reader.tensors().par_iter().map(read).collect::<bpz::Result<Vec<_>>>()
             } else {

@@ -99,6 +99,9 @@ impl Source for FileSource {
     }
 }
 
+/// Bytes read from the end of a file on open: the trailer and, for most archives, the index.
+const TAIL_READ_BYTES: u64 = 64 << 10;
+
 /// Plain chunks at least this large are read with `pread` rather than copied
 /// from the map when the caller wants a copy.
 const PREAD_MIN_BYTES: usize = 256 << 10;
@@ -519,13 +522,21 @@ fn read_structure(source: &dyn Source, path: &str) -> Result<(Superblock, Traile
             detail: format!("{len} bytes, shorter than the {min_len} bytes of superblock and trailer"),
         });
     }
-    let mut tail = [0u8; TRAILER_LEN];
-    source.read_exact_at(len - TRAILER_LEN as u64, &mut tail).map_err(|e| Error::io(path, e))?;
-    let trailer = Trailer::decode(path, &tail, len)?;
-    // A map's index is parsed in place; other sources read it into a buffer.
+    // One read for the trailer and, usually, the index before it: on a cold cache every
+    // read is a disk round trip.
+    let tail_len = len.min(TAIL_READ_BYTES);
+    let mut tail = vec![0u8; tail_len as usize];
+    source.read_exact_at(len - tail_len, &mut tail).map_err(|e| Error::io(path, e))?;
+    let trailer_bytes: &[u8; TRAILER_LEN] = tail[tail.len() - TRAILER_LEN..].try_into().expect("TRAILER_LEN bytes");
+    let trailer = Trailer::decode(path, trailer_bytes, len)?;
     let owned_index;
     let index: &[u8] = match source.as_slice() {
+        // A map's index is parsed in place.
         Some(map) => &map[trailer.index_offset as usize..(trailer.index_offset + trailer.index_len) as usize],
+        // The trailer check placed the index right before the trailer.
+        None if trailer.index_len + TRAILER_LEN as u64 <= tail_len => {
+            &tail[tail.len() - TRAILER_LEN - trailer.index_len as usize..tail.len() - TRAILER_LEN]
+        }
         None => {
             let mut buf = usize::try_from(trailer.index_len).ok().and_then(try_zeroed_vec).ok_or_else(|| {
                 Error::InvalidArgument(format!("{path}: cannot allocate {} bytes for the index", trailer.index_len))

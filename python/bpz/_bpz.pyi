@@ -1,7 +1,8 @@
 """Type stubs of the native module ``bpz._bpz`` (a thin layer over the Rust crate)."""
 
 import os
-from typing import Any, Literal, TypedDict
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, Literal, TypedDict, overload
 
 __version__: str
 FORMAT_VERSION: tuple[int, int]
@@ -66,6 +67,18 @@ class Archive:
     def verify_padding(self) -> None: ...
     def verify(self) -> dict[str, int]: ...
 
+class _TensorOptions(TypedDict, total=False):
+    compression: Literal["auto", "zstd", "none"] | None
+    filter: Literal["none", "shuffle", "delta_shuffle", "bitpack"] | None
+    level: int | None
+
+# (name, dtype, shape or None for the data's own, data[, options]); data: a
+# C-contiguous array or bytes-like object of little-endian bytes.
+_TensorItem = (
+    tuple[str, str, Sequence[int] | None, object]
+    | tuple[str, str, Sequence[int] | None, object, _TensorOptions | None]
+)
+
 class Writer:
     def __init__(
         self,
@@ -81,6 +94,13 @@ class Writer:
         writer_name: str = "bpz-python",
         writer_version: str = ...,
     ) -> None: ...
+    def add_tensors(
+        self,
+        items: Iterable[_TensorItem],
+        *,
+        progress: Callable[[int, int], object] | None = None,
+    ) -> int: ...
+    @overload
     def add_tensor(
         self,
         name: str,
@@ -93,7 +113,24 @@ class Writer:
         compression: Literal["auto", "zstd", "none"] | None = None,
         filter: str | None = None,
         level: int | None = None,
+        info: Literal[False] = False,
+    ) -> None: ...
+    @overload
+    def add_tensor(
+        self,
+        name: str,
+        dtype: str,
+        shape: tuple[int, ...] | list[int],
+        address: int,
+        nbytes: int,
+        owner: object,
+        *,
+        compression: Literal["auto", "zstd", "none"] | None = None,
+        filter: str | None = None,
+        level: int | None = None,
+        info: Literal[True],
     ) -> _InfoDict: ...
+    @overload
     def add_bytes(
         self,
         name: str,
@@ -104,7 +141,22 @@ class Writer:
         compression: Literal["auto", "zstd", "none"] | None = None,
         filter: str | None = None,
         level: int | None = None,
+        info: Literal[False] = False,
+    ) -> None: ...
+    @overload
+    def add_bytes(
+        self,
+        name: str,
+        dtype: str,
+        shape: tuple[int, ...] | list[int],
+        data: bytes,
+        *,
+        compression: Literal["auto", "zstd", "none"] | None = None,
+        filter: str | None = None,
+        level: int | None = None,
+        info: Literal[True],
     ) -> _InfoDict: ...
+    def set_tree(self, tree: object) -> None: ...
     def set_tree_json(self, text: str) -> None: ...
     def set_metadata_json(self, text: str) -> None: ...
     def finish(self) -> dict[str, Any]: ...

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 
-__all__ = ["to_bpz", "to_numpy", "BPZ_DTYPES"]
+__all__ = ["to_bpz", "to_numpy", "storage", "BPZ_DTYPES"]
 
 _NATIVE = {
     "bool": "BOOL",
@@ -51,6 +53,31 @@ def to_bpz(dtype: np.dtype) -> str | None:
     except TypeError:
         pass
     return name
+
+
+_storage: dict[np.dtype, tuple[str | None, bool]] = {}
+#: The bpz names of the dtypes met so far whose bytes are stored as they are
+#: (supported and little-endian), filled by :func:`storage`: one look-up per array.
+PLAIN: dict[np.dtype, str] = {}
+
+
+def storage(dtype: np.dtype) -> tuple[str | None, bool]:
+    """How arrays of ``dtype`` are stored: the bpz name (None if bpz can't
+    store them) and whether their bytes must be swapped to little-endian.
+    Cached per dtype (a leaf of a pytree costs one dict look-up)."""
+    try:
+        return _storage[dtype]
+    except (KeyError, TypeError):
+        pass
+    order = dtype.byteorder
+    plan = (to_bpz(dtype), order == ">" or (order == "=" and sys.byteorder == "big"))
+    try:
+        _storage[dtype] = plan
+        if plan[0] is not None and not plan[1]:
+            PLAIN[dtype] = plan[0]
+    except TypeError:
+        pass
+    return plan
 
 
 def _to_bpz(dtype: np.dtype) -> str | None:

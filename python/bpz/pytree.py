@@ -32,7 +32,7 @@ MAX_SAFE_INT = 2**53 - 1
 MAX_TREE_DEPTH = 40
 
 
-@dataclass
+@dataclass(slots=True)
 class Leaf:
     """One array of a flattened pytree: little-endian, C-contiguous."""
 
@@ -45,10 +45,6 @@ class Leaf:
 def format_path(path: tuple[Any, ...]) -> str:
     """A key path as Python would index it: ``target['net'][0]``."""
     return "target" + "".join(f"[{k!r}]" for k in path)
-
-
-def _escape(segment: str) -> str:
-    return segment.replace("~", "~0").replace("/", "~1")
 
 
 def _segment(key: Any) -> str:
@@ -92,21 +88,40 @@ def _is_jax_array(obj: Any) -> bool:
     return jax is not None and isinstance(obj, jax.Array)
 
 
+def _escape_segment(segment: str) -> str:
+    """A key as one segment of a tensor name: ``~`` and ``/`` escaped; NUL,
+    which names can't hold (C strings), replaced (the tree keeps the exact key)."""
+    if "~" in segment or "/" in segment or "\0" in segment:
+        return segment.replace("~", "~0").replace("/", "~1").replace("\0", "\ufffd")
+    return segment
+
+
+_NO_KEY: Any = object()
+_NO_HINT: dict[str, Any] = {}
+
+
 class _Flattener:
+    """Walks a pytree once. Each node gets its tensor name (its escaped key
+    path) as a string; the key path itself, a tuple, is built only where
+    error messages need it (arrays in containers, the most common leaves,
+    take the fast path without it)."""
+
     def __init__(self, copy: bool) -> None:
         self.copy = copy
         self.leaves: list[Leaf] = []
         self.names: set[str] = set()
         self.active: set[int] = set()
 
-    def name_for(self, segments: list[str]) -> str:
-        # Names can't hold NUL (C strings); the tree keeps the exact key.
-        base = "/".join(_escape(s) for s in segments).replace("\0", "\ufffd")
-        name, n = base, 1
-        while name in self.names:
-            n += 1
+    def name_for(self, base: str) -> str:
+        names = self.names
+        name = base
+        if name in names:
+            n = 2
             name = f"{base}~{n}"  # "~" + digit never results from escaping
-        self.names.add(name)
+            while name in names:
+                n += 1
+                name = f"{base}~{n}"
+        names.add(name)
         return name
 
     def key(self, k: Any, path: tuple[Any, ...]) -> Any:
@@ -130,22 +145,34 @@ class _Flattener:
             "keys must be str, int, float, bool, None, bytes or tuples of these"
         )
 
-    def array(self, arr: np.ndarray, path: tuple[Any, ...], segments: list[str], hint: dict[str, Any]) -> dict[str, Any]:
-        name = dtypes.to_bpz(arr.dtype)
-        if name is None:
+    def array(self, arr: np.ndarray, name: str, hint: dict[str, Any], path: tuple[Any, ...], key: Any = _NO_KEY) -> dict[str, Any]:
+        """A tensor leaf named ``name`` (unique-ified); ``path`` (+ ``key``) is its key path."""
+        dtype, swap = dtypes.storage(arr.dtype)
+        if dtype is None:
+            if key is not _NO_KEY:
+                path = (*path, key)
             raise TypeError(
                 f"bpz cannot save the array at {format_path(path)}: dtype {arr.dtype} is not supported "
                 f"(supported: bool, (u)int8-64, float16/32/64, bfloat16, float8 variants, complex64/128)"
             )
-        if arr.dtype.byteorder == ">" or (arr.dtype.byteorder == "=" and sys.byteorder == "big"):
+        if swap:
             arr = arr.astype(arr.dtype.newbyteorder("<"), order="C")  # (the default keeps Fortran order)
-        elif self.copy or not arr.flags.c_contiguous:
-            arr = np.array(arr, order="C", copy=True) if self.copy else np.asarray(arr, order="C")
-        node = {"tensor": self.name_for(segments), **hint}
-        self.leaves.append(Leaf(node["tensor"], arr, name, node))
+        elif self.copy:
+            arr = np.array(arr, order="C", copy=True)
+        elif not arr.flags.c_contiguous:
+            arr = np.asarray(arr, order="C")
+        names = self.names
+        if name in names:
+            name = self.name_for(name)
+        else:
+            names.add(name)
+        node = {"tensor": name, **hint} if hint else {"tensor": name}
+        self.leaves.append(Leaf(name, arr, dtype, node))
         return node
 
-    def node(self, obj: Any, path: tuple[Any, ...], segments: list[str], depth: int) -> Any:
+    def node(self, obj: Any, path: tuple[Any, ...], name: str, depth: int) -> Any:
+        if isinstance(obj, np.ndarray):
+            return self.array(obj, name, _NO_HINT, path)
         if obj is None:
             return {"none": None}
         if isinstance(obj, bool):
@@ -155,62 +182,93 @@ class _Flattener:
         if isinstance(obj, (bytes, bytearray, memoryview)) and not isinstance(obj, np.generic):
             return {"bytes": base64.b64encode(bytes(obj)).decode("ascii")}
         if isinstance(obj, np.generic):
-            return self.array(np.asarray(obj), path, segments, {"py": "numpy_scalar"})
+            return self.array(np.asarray(obj), name, {"py": "numpy_scalar"}, path)
         if isinstance(obj, int):
             return {"int": _int_payload(int(obj))}
         if isinstance(obj, float):
             return {"float": _float_payload(obj)}
         if isinstance(obj, complex):
             return {"complex": [_float_payload(obj.real), _float_payload(obj.imag)]}
-        if isinstance(obj, np.ndarray):
-            return self.array(obj, path, segments, {})
         if _is_jax_array(obj):
-            return self.jax_array(obj, path, segments)
+            return self.jax_array(obj, path, name)
         if isinstance(obj, (Mapping, list, tuple)):
-            return self.container(obj, path, segments, depth)
+            return self.container(obj, path, name, depth)
         if isinstance(obj, (set, frozenset)):
             raise TypeError(f"bpz cannot save a {type(obj).__name__} at {format_path(path)}: sets have no order; use a list")
         if hasattr(obj, "value") and not isinstance(obj, Enum):
             # BrainPy Variables / Arrays and brainstate States are saved as their value.
-            return self.node(obj.value, path, segments, depth)
+            return self.node(obj.value, path, name, depth)
         if hasattr(obj, "__array__"):
-            return self.array(np.asarray(obj), path, segments, {})
+            return self.array(np.asarray(obj), name, _NO_HINT, path)
         raise TypeError(
             f"bpz cannot save an object of type {type(obj).__module__}.{type(obj).__qualname__} at "
             f"{format_path(path)}: leaves must be arrays, scalars, str, bytes or None, "
             "in dicts, lists, tuples or namedtuples"
         )
 
-    def jax_array(self, obj: Any, path: tuple[Any, ...], segments: list[str]) -> dict[str, Any]:
+    def jax_array(self, obj: Any, path: tuple[Any, ...], name: str) -> dict[str, Any]:
         jax = _jax_module()
         if jax.dtypes.issubdtype(obj.dtype, jax.dtypes.prng_key):
             impl = jax.random.key_impl(obj)
             impl_name = getattr(impl, "name", None) or str(impl)
             data = np.asarray(jax.random.key_data(obj))
-            return self.array(data, path, segments, {"py": "jax_key", "impl": impl_name})
+            return self.array(data, name, {"py": "jax_key", "impl": impl_name}, path)
         # A device-to-host copy; on CPU np.asarray may share memory with the
         # (immutable) jax buffer, so copy when a snapshot is wanted.
         arr = np.asarray(obj)
-        return self.array(np.array(arr) if self.copy else arr, path, segments, {"py": "jax"})
+        return self.array(np.array(arr) if self.copy else arr, name, {"py": "jax"}, path)
 
-    def container(self, obj: Any, path: tuple[Any, ...], segments: list[str], depth: int) -> dict[str, Any]:
+    def container(self, obj: Any, path: tuple[Any, ...], name: str, depth: int) -> dict[str, Any]:
         if depth >= MAX_TREE_DEPTH:
             raise ValueError(f"the tree is nested more than {MAX_TREE_DEPTH} containers deep at {format_path(path)}")
         if id(obj) in self.active:
             raise ValueError(f"the tree contains itself (a reference cycle) at {format_path(path)}")
         self.active.add(id(obj))
+        prefix = name + "/" if depth else ""  # children's names: prefix + escaped key
+        depth += 1
+        node, array, ndarray = self.node, self.array, np.ndarray
+        plain, copy, names, leaves_append = dtypes.PLAIN, self.copy, self.names, self.leaves.append
+        names_add = names.add
+        # Arrays, the common leaf, skip node() and need no key path (built only for errors).
         try:
             if isinstance(obj, Mapping):
-                items = [
-                    [self.key(k, path), self.node(v, (*path, k), [*segments, _segment(k)], depth + 1)]
-                    for k, v in obj.items()
-                ]
+                items: list[list[Any]] = []
+                append = items.append
+                for k, v in obj.items():
+                    if type(k) is str:
+                        key = seg = k
+                    else:
+                        key, seg = self.key(k, path), _segment(k)
+                    if "~" in seg or "/" in seg or "\0" in seg:
+                        seg = _escape_segment(seg)
+                    if type(v) is ndarray:
+                        # The commonest leaf, inlined: a little-endian C-contiguous array
+                        # of a supported dtype under a new name (else array() decides).
+                        dtype = plain.get(v.dtype)
+                        tensor = prefix + seg
+                        if dtype is None or copy or tensor in names or not v.flags.c_contiguous:
+                            append([key, array(v, tensor, _NO_HINT, path, k)])
+                        else:
+                            names_add(tensor)
+                            tnode = {"tensor": tensor}
+                            leaves_append(Leaf(tensor, v, dtype, tnode))
+                            append([key, tnode])
+                    else:
+                        append([key, node(v, (*path, k), prefix + seg, depth)])
                 return {"ordered_dict" if isinstance(obj, collections.OrderedDict) else "dict": items}
             if isinstance(obj, tuple) and hasattr(obj, "_fields"):
                 fields = [str(f) for f in obj._fields]
-                values = [self.node(v, (*path, f), [*segments, f], depth + 1) for f, v in zip(fields, obj)]
+                values = [
+                    array(v, prefix + _escape_segment(f), _NO_HINT, path, f)
+                    if type(v) is ndarray
+                    else node(v, (*path, f), prefix + _escape_segment(f), depth)
+                    for f, v in zip(fields, obj)
+                ]
                 return {"namedtuple": {"name": type(obj).__name__, "fields": fields, "values": values}}
-            values = [self.node(v, (*path, i), [*segments, str(i)], depth + 1) for i, v in enumerate(obj)]
+            values = [
+                array(v, prefix + str(i), _NO_HINT, path, i) if type(v) is ndarray else node(v, (*path, i), prefix + str(i), depth)
+                for i, v in enumerate(obj)
+            ]
             return {"tuple" if isinstance(obj, tuple) else "list": values}
         finally:
             self.active.discard(id(obj))
@@ -238,7 +296,7 @@ def flatten(target: Any, *, copy: bool = False) -> tuple[dict[str, Any], list[Le
     """
     f = _Flattener(copy)
     with no_gc():
-        tree = f.node(target, (), [], 0)
+        tree = f.node(target, (), "", 0)
     return tree, f.leaves
 
 

@@ -10,7 +10,7 @@ from typing import Any, Callable
 
 from . import _bpz
 from .errors import InvalidCheckpointPath
-from .pytree import Leaf, flatten
+from .pytree import Leaf, flatten, no_gc
 
 __all__ = ["save_pytree", "AsyncManager", "DEFAULT_CHUNK_SIZE", "DEFAULT_LEVEL"]
 
@@ -112,7 +112,8 @@ def write_archive(
 ) -> dict[str, Any]:
     """Writes flattened leaves; the destination changes only if everything succeeds.
 
-    ``progress(done_bytes, total_bytes)`` is called after each tensor.
+    ``progress(done_bytes, total_bytes)`` is called every 100 ms or 64 MiB
+    of tensor data while the tensors are written, and once all are.
     """
     writer = _bpz.Writer(
         path,
@@ -124,16 +125,11 @@ def write_archive(
         overwrite=overwrite,
         writer_name="bpz-python",
     )
-    total = sum(leaf.array.nbytes for leaf in leaves)
-    done = 0
     try:
-        for leaf in leaves:
-            arr = leaf.array
-            writer.add_tensor(leaf.name, leaf.dtype, arr.shape, arr.__array_interface__["data"][0], arr.nbytes, arr)
-            if progress is not None:
-                done += arr.nbytes
-                progress(done, total)
-        writer.set_tree_json(json.dumps(tree, allow_nan=False, ensure_ascii=False))
+        # One native call for all tensors: it holds every array's buffer and
+        # writes them with the GIL released once (shape None: the array's own).
+        writer.add_tensors([(leaf.name, leaf.dtype, None, leaf.array) for leaf in leaves], progress=progress)
+        writer.set_tree(tree)  # JSON values already: converted natively, no JSON text
         if metadata_json is not None:
             writer.set_metadata_json(metadata_json)
         return writer.finish()
@@ -194,19 +190,30 @@ def save_pytree(
             raise OSError(f"Cannot create directory {dirname}: {e}") from e
     if not overwrite and os.path.lexists(filename):
         raise InvalidCheckpointPath(f'Invalid checkpoint at "{filename}".')
-    # A background save must not see later mutations: snapshot (copy) then.
-    tree, leaves = flatten(target, copy=async_manager is not None)
     options = dict(
         metadata_json=metadata_json, compression=compression, level=level, chunk_size=chunk_size, overwrite=overwrite, sync=sync
     )
+    if async_manager is None:
+        # The cyclic GC stays paused from flattening to the end of the write, and the
+        # tens of thousands of nodes a big tree makes are freed before it resumes:
+        # otherwise they would be scanned by the collections they trigger.
+        with no_gc():
+            tree, leaves = flatten(target)
+            try:
+                write_archive(filename, tree, leaves, **options)  # type: ignore[arg-type]
+            finally:
+                del tree, leaves
+        if _on_saved is not None:
+            _on_saved()
+        return filename
+
+    # A background save must not see later mutations: snapshot (copy) now.
+    tree, leaves = flatten(target, copy=True)
 
     def job() -> None:
         write_archive(filename, tree, leaves, **options)  # type: ignore[arg-type]
         if _on_saved is not None:
             _on_saved()
 
-    if async_manager is None:
-        job()
-    else:
-        async_manager.save_async(job)
+    async_manager.save_async(job)
     return filename

@@ -1,15 +1,19 @@
 //! `Writer`: a streaming archive writer. Tensor bytes are read straight from
 //! the caller's (NumPy) memory while the GIL is released.
 
+use std::ffi::{c_char, c_int, c_void};
 use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
 use bpz::{Compression, DType, Filter, TensorOptions, WriterInfo, WriterOptions};
-use pyo3::exceptions::{PyRuntimeError, PyValueError};
+use pyo3::exceptions::{PyOSError, PyRuntimeError, PyTypeError, PyValueError};
+use pyo3::ffi;
 use pyo3::prelude::*;
-use pyo3::types::PyDict;
+use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyList, PyString, PyTuple};
+use serde_json::{Map, Number, Value};
 
 use crate::archive::info_dict;
-use crate::errors::IntoPyResult;
+use crate::errors::{to_py, IntoPyResult};
 
 #[pyclass(module = "bpz._bpz")]
 pub struct Writer {
@@ -54,6 +58,334 @@ fn parse_dtype(name: &str) -> PyResult<DType> {
     DType::from_name(name).ok_or_else(|| PyValueError::new_err(format!("unknown bpz dtype {name:?}")))
 }
 
+// ------------------------------------------------------------ held bytes
+
+/// CPython's `Py_buffer`. PyO3 declares it for the limited API only from
+/// Python 3.11, where it joined the stable ABI unchanged; this module is built
+/// for abi3 from 3.10, whose interpreter has the same struct (stable since
+/// 3.3) and exports the same two functions.
+#[repr(C)]
+struct RawBuffer {
+    buf: *mut c_void,
+    obj: *mut ffi::PyObject,
+    len: ffi::Py_ssize_t,
+    itemsize: ffi::Py_ssize_t,
+    readonly: c_int,
+    ndim: c_int,
+    format: *mut c_char,
+    shape: *mut ffi::Py_ssize_t,
+    strides: *mut ffi::Py_ssize_t,
+    suboffsets: *mut ffi::Py_ssize_t,
+    internal: *mut c_void,
+}
+
+extern "C" {
+    fn PyObject_GetBuffer(obj: *mut ffi::PyObject, view: *mut RawBuffer, flags: c_int) -> c_int;
+    fn PyBuffer_Release(view: *mut RawBuffer);
+}
+
+/// `PyBUF_ND`: a read-only, C-contiguous view with a shape and no format
+/// string (NumPy can't describe ml_dtypes' types in one, but needn't).
+const PYBUF_ND: c_int = 0x0008;
+
+/// A Python object's bytes, held so that they stay alive (and, for the buffer
+/// protocol, can't be resized) until this is dropped. Dropped with the GIL held.
+enum Held {
+    /// An exported buffer; boxed because the exporter may keep its address.
+    Buffer(Box<RawBuffer>),
+    /// A reference to an object described by `__array_interface__`.
+    Object(#[allow(dead_code)] Py<PyAny>),
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        if let Held::Buffer(view) = self {
+            // SAFETY: the view was filled by a successful PyObject_GetBuffer and is
+            // released once; `Held` values are only created and dropped with the GIL held.
+            unsafe { PyBuffer_Release(&mut **view) };
+        }
+    }
+}
+
+/// A borrowed byte range that may cross into the GIL-free section: its
+/// memory is kept alive by a [`Held`] that outlives that section.
+#[derive(Clone, Copy)]
+struct Bytes {
+    ptr: *const u8,
+    len: usize,
+}
+
+// SAFETY: the bytes are only read, and their owner is held until every reader is done.
+unsafe impl Send for Bytes {}
+unsafe impl Sync for Bytes {}
+
+impl Bytes {
+    /// # Safety
+    /// The memory must still be held (see [`Held`]).
+    unsafe fn as_slice(&self) -> &[u8] {
+        if self.len == 0 {
+            &[]
+        } else {
+            unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
+        }
+    }
+}
+
+fn not_contiguous(name: &str) -> PyErr {
+    PyValueError::new_err(format!(
+        "tensor {name:?}: the array is not C-contiguous, so its memory does not hold its \
+         elements in C order; pass a C-contiguous array (numpy.ascontiguousarray)"
+    ))
+}
+
+/// What [`hold_bytes`] found: the bytes, and their shape and item size as the
+/// object describes them.
+struct Found {
+    bytes: Bytes,
+    shape: Vec<u64>,
+    itemsize: u64,
+}
+
+/// The bytes of `data`: its C-contiguous buffer, or else the memory its
+/// `__array_interface__` (version 3, C order) describes.
+fn hold_bytes(name: &str, data: &Bound<'_, PyAny>) -> PyResult<(Found, Held)> {
+    let mut view = Box::new(RawBuffer {
+        buf: std::ptr::null_mut(),
+        obj: std::ptr::null_mut(),
+        len: 0,
+        itemsize: 0,
+        readonly: 0,
+        ndim: 0,
+        format: std::ptr::null_mut(),
+        shape: std::ptr::null_mut(),
+        strides: std::ptr::null_mut(),
+        suboffsets: std::ptr::null_mut(),
+        internal: std::ptr::null_mut(),
+    });
+    // SAFETY: `data` is a live object and the GIL is held; on success the view is
+    // released by `Held`'s drop, on failure there is nothing to release.
+    if unsafe { PyObject_GetBuffer(data.as_ptr(), &mut *view, PYBUF_ND) } == 0 {
+        let bytes = Bytes { ptr: view.buf as *const u8, len: view.len.max(0) as usize };
+        let ndim = view.ndim.max(0) as usize;
+        let shape = if ndim == 0 {
+            Vec::new() // a scalar
+        } else if view.shape.is_null() {
+            vec![bytes.len as u64 / (view.itemsize.max(1) as u64)]
+        } else {
+            // SAFETY: PyBUF_ND makes the exporter fill `shape` with `ndim` extents.
+            unsafe { std::slice::from_raw_parts(view.shape, ndim) }.iter().map(|&d| d.max(0) as u64).collect()
+        };
+        let itemsize = view.itemsize.max(0) as u64;
+        return Ok((Found { bytes, shape, itemsize }, Held::Buffer(view)));
+    }
+    let buffer_error = PyErr::fetch(data.py());
+    let py = data.py();
+    let iface = match data.getattr(pyo3::intern!(py, "__array_interface__")) {
+        Ok(i) => i,
+        Err(_) => {
+            let msg = format!(
+                "tensor {name:?}: expected a C-contiguous array or bytes-like object, got {} ({buffer_error})",
+                data.get_type().name().map(|n| n.to_string()).unwrap_or_else(|_| "?".into())
+            );
+            return Err(PyTypeError::new_err(msg));
+        }
+    };
+    let bad = |what: &str| PyTypeError::new_err(format!("tensor {name:?}: invalid __array_interface__: {what}"));
+    let iface = iface.cast_into::<PyDict>().map_err(|_| bad("not a dict"))?;
+    if let Some(strides) = iface.get_item("strides")? {
+        if !strides.is_none() {
+            // NumPy reports strides only for arrays that are not C-contiguous.
+            return Err(not_contiguous(name));
+        }
+    }
+    let shape: Vec<u64> = iface.get_item("shape")?.ok_or_else(|| bad("no shape"))?.extract().map_err(|_| bad("shape"))?;
+    let typestr: String =
+        iface.get_item("typestr")?.ok_or_else(|| bad("no typestr"))?.extract().map_err(|_| bad("typestr"))?;
+    let itemsize: u64 = typestr.get(2..).and_then(|s| s.parse().ok()).ok_or_else(|| bad("typestr"))?;
+    let (address, _readonly): (usize, bool) =
+        iface.get_item("data")?.ok_or_else(|| bad("no data"))?.extract().map_err(|_| bad("data is not (address, readonly)"))?;
+    let len = shape
+        .iter()
+        .try_fold(itemsize, |acc, &d| acc.checked_mul(d))
+        .and_then(|n| usize::try_from(n).ok())
+        .ok_or_else(|| bad("size overflows"))?;
+    if address == 0 && len != 0 {
+        return Err(bad("null data address"));
+    }
+    let bytes = Bytes { ptr: address as *const u8, len };
+    Ok((Found { bytes, shape, itemsize }, Held::Object(data.clone().unbind())))
+}
+
+/// `tensor "name": ...` for an error from adding a tensor of a batch, keeping its type.
+fn tensor_error(err: bpz::Error, name: &str) -> PyErr {
+    let quoted = format!("{name:?}");
+    match err {
+        bpz::Error::InvalidArgument(msg) if !msg.contains(&quoted) => {
+            to_py(bpz::Error::InvalidArgument(format!("tensor {quoted}: {msg}")))
+        }
+        bpz::Error::Io { path, source } => match source.raw_os_error() {
+            // OSError(errno, strerror, filename) keeps FileNotFoundError, ENOSPC, ...
+            Some(errno) if errno != 0 => PyOSError::new_err((errno, format!("{source} (writing tensor {quoted})"), path)),
+            _ => PyOSError::new_err(format!("{path}: {source} (writing tensor {quoted})")),
+        },
+        other => to_py(other),
+    }
+}
+
+/// One tensor of a batch, ready for the GIL-free section.
+struct Item {
+    name: String,
+    dtype: DType,
+    shape: Vec<u64>,
+    data: Bytes,
+    options: Option<TensorOptions>,
+}
+
+fn extract_shape(name: &str, shape: &Bound<'_, PyAny>) -> PyResult<Vec<u64>> {
+    let bad = || PyTypeError::new_err(format!("tensor {name:?}: shape must be a sequence of non-negative ints"));
+    if let Ok(t) = shape.cast::<PyTuple>() {
+        let mut out = Vec::with_capacity(t.len());
+        for d in t.iter_borrowed() {
+            out.push(d.extract::<u64>().map_err(|_| bad())?);
+        }
+        return Ok(out);
+    }
+    if shape.is_instance_of::<PyString>() {
+        return Err(bad());
+    }
+    shape.extract::<Vec<u64>>().map_err(|_| bad())
+}
+
+fn extract_options(name: &str, opts: &Bound<'_, PyAny>) -> PyResult<Option<TensorOptions>> {
+    if opts.is_none() {
+        return Ok(None);
+    }
+    let d = opts
+        .cast::<PyDict>()
+        .map_err(|_| PyTypeError::new_err(format!("tensor {name:?}: options must be a dict or None")))?;
+    let (mut compression, mut filter, mut level) = (None::<String>, None::<String>, None::<i32>);
+    for (k, v) in d.iter() {
+        let key: String = k.extract()?;
+        let wrap = |e: PyErr| PyTypeError::new_err(format!("tensor {name:?}: option {key:?}: {e}"));
+        match key.as_str() {
+            "compression" => compression = if v.is_none() { Some("none".into()) } else { Some(v.extract().map_err(wrap)?) },
+            "filter" => filter = v.extract().map_err(wrap)?,
+            "level" => level = v.extract().map_err(wrap)?,
+            _ => {
+                return Err(PyTypeError::new_err(format!(
+                    "tensor {name:?}: unknown option {key:?} (expected compression, filter, level)"
+                )))
+            }
+        }
+    }
+    tensor_options(compression.as_deref(), filter.as_deref(), level)
+        .map(Some)
+        .map_err(|e| PyValueError::new_err(format!("tensor {name:?}: {}", e.value(opts.py()))))
+}
+
+/// Reads `(name, dtype, shape, data[, options])`; a shape of None is the data's own.
+fn extract_item(index: usize, item: &Bound<'_, PyAny>) -> PyResult<(Item, Held)> {
+    let t = item.cast::<PyTuple>().ok().filter(|t| t.len() == 4 || t.len() == 5).ok_or_else(|| {
+        PyTypeError::new_err(format!(
+            "add_tensors: item {index} must be a tuple (name, dtype, shape, data) or (name, dtype, shape, data, options)"
+        ))
+    })?;
+    let name_obj = t.get_borrowed_item(0)?;
+    let name = name_obj
+        .cast::<PyString>()
+        .map_err(|_| PyTypeError::new_err(format!("add_tensors: item {index}: the name must be a str")))?
+        .to_str()?
+        .to_owned();
+    let dtype_obj = t.get_borrowed_item(1)?;
+    let dtype_name = dtype_obj
+        .cast::<PyString>()
+        .map_err(|_| PyTypeError::new_err(format!("tensor {name:?}: the dtype must be a str")))?;
+    let dtype_name = dtype_name.to_str()?;
+    let dtype = DType::from_name(dtype_name)
+        .ok_or_else(|| PyValueError::new_err(format!("tensor {name:?}: unknown bpz dtype {dtype_name:?}")))?;
+    let shape_obj = t.get_borrowed_item(2)?;
+    let shape = if shape_obj.is_none() { None } else { Some(extract_shape(&name, &shape_obj)?) };
+    let options = if t.len() == 5 { extract_options(&name, &*t.get_borrowed_item(4)?)? } else { None };
+    let (found, held) = hold_bytes(&name, &*t.get_borrowed_item(3)?)?;
+    let shape = match shape {
+        Some(shape) => shape,
+        None if found.itemsize == dtype.size() as u64 => found.shape,
+        None => {
+            return Err(PyValueError::new_err(format!(
+                "tensor {name:?}: the data's items are {} bytes, but {} items are {}: pass the shape",
+                found.itemsize,
+                dtype.name(),
+                dtype.size()
+            )))
+        }
+    };
+    Ok((Item { name, dtype, shape, data: found.bytes, options }, held))
+}
+
+/// A JSON value from Python objects, as `json.dumps` (without NaN) and serde_json's
+/// parsing would make it: integers beyond 64 bits become floats, like a parsed literal.
+fn to_json(obj: &Bound<'_, PyAny>, depth: usize) -> PyResult<Value> {
+    if depth > bpz::format::MAX_JSON_DEPTH {
+        return Err(PyValueError::new_err(format!(
+            "the tree is nested more than {} levels deep (or contains itself)",
+            bpz::format::MAX_JSON_DEPTH
+        )));
+    }
+    if let Ok(d) = obj.cast::<PyDict>() {
+        let mut map = Map::with_capacity(d.len());
+        for (k, v) in d.iter() {
+            let key = k.cast::<PyString>().map_err(|_| {
+                PyTypeError::new_err(format!("tree keys must be str, not {}", k.get_type().name().map(|n| n.to_string()).unwrap_or_default()))
+            })?;
+            map.insert(key.to_str()?.to_owned(), to_json(&v, depth + 1)?);
+        }
+        return Ok(Value::Object(map));
+    }
+    if let Ok(s) = obj.cast::<PyString>() {
+        return Ok(Value::String(s.to_str()?.to_owned()));
+    }
+    if let Ok(l) = obj.cast::<PyList>() {
+        return l.iter().map(|v| to_json(&v, depth + 1)).collect::<PyResult<Vec<_>>>().map(Value::Array);
+    }
+    if let Ok(t) = obj.cast::<PyTuple>() {
+        return t.iter().map(|v| to_json(&v, depth + 1)).collect::<PyResult<Vec<_>>>().map(Value::Array);
+    }
+    if obj.is_none() {
+        return Ok(Value::Null);
+    }
+    if let Ok(b) = obj.cast::<PyBool>() {
+        return Ok(Value::Bool(b.is_true()));
+    }
+    if obj.is_instance_of::<PyInt>() {
+        if let Ok(i) = obj.extract::<i64>() {
+            return Ok(Value::from(i));
+        }
+        if let Ok(u) = obj.extract::<u64>() {
+            return Ok(Value::from(u));
+        }
+    }
+    if obj.is_instance_of::<PyFloat>() || obj.is_instance_of::<PyInt>() {
+        let f: f64 = obj.extract()?;
+        return Number::from_f64(f)
+            .map(Value::Number)
+            .ok_or_else(|| PyValueError::new_err(format!("out of range float values are not JSON compliant: {f}")));
+    }
+    Err(PyTypeError::new_err(format!(
+        "tree values must be dict, list, tuple, str, int, float, bool or None, not {}",
+        obj.get_type().name().map(|n| n.to_string()).unwrap_or_default()
+    )))
+}
+
+/// Progress is reported (and Ctrl-C checked) at least this often while a batch is written...
+const REPORT_INTERVAL: Duration = Duration::from_millis(100);
+/// ... and after at most this many bytes.
+const REPORT_BYTES: usize = 64 << 20;
+
+enum Failure {
+    Tensor(usize, bpz::Error),
+    Python(PyErr),
+}
+
 impl Writer {
     fn inner(&mut self) -> PyResult<&mut bpz::Writer> {
         self.inner
@@ -94,10 +426,76 @@ impl Writer {
         Ok(Writer { inner: Some(inner), path })
     }
 
+    /// Adds many tensors in one call: `items` is an iterable of tuples
+    /// `(name, dtype, shape, data)` or `(name, dtype, shape, data, options)`,
+    /// where `data` is a C-contiguous array or bytes-like object holding the
+    /// tensor's little-endian bytes in C order, a `shape` of None is the
+    /// data's own (an array's shape, if its items are the dtype's size), and
+    /// `options` is None or a dict with any of `compression`, `filter`, `level`.
+    ///
+    /// Every item is read and its memory held first, then all are written with
+    /// the GIL released once; `progress(done_bytes, total_bytes)` is called
+    /// every 100 ms or 64 MiB and after the last tensor, and signal handlers
+    /// (Ctrl-C) run as often. Returns the number of tensors added. Errors name
+    /// the tensor: an item that can't be read adds nothing; a tensor the writer
+    /// refuses stops the batch there, the tensors before it added.
+    #[pyo3(signature = (items, *, progress = None))]
+    fn add_tensors(&mut self, py: Python<'_>, items: &Bound<'_, PyAny>, progress: Option<Py<PyAny>>) -> PyResult<usize> {
+        let n = items.len().unwrap_or(0);
+        let mut prepared: Vec<Item> = Vec::with_capacity(n);
+        let mut held: Vec<Held> = Vec::with_capacity(n);
+        for (index, item) in items.try_iter()?.enumerate() {
+            let (item, h) = extract_item(index, &item?)?;
+            prepared.push(item);
+            held.push(h);
+        }
+        let total: usize = prepared.iter().map(|i| i.data.len).sum();
+        let default_options = TensorOptions::default();
+        let writer = self.inner()?;
+        let report = |done: usize| -> Result<(), Failure> {
+            Python::attach(|py| {
+                py.check_signals()?;
+                if let Some(p) = &progress {
+                    p.call1(py, (done, total))?;
+                }
+                Ok(())
+            })
+            .map_err(Failure::Python)
+        };
+        let result = py.detach(|| -> Result<(), Failure> {
+            let (mut done, mut since) = (0usize, 0usize);
+            let mut last = Instant::now();
+            for (index, item) in prepared.iter().enumerate() {
+                // SAFETY: `held` keeps every item's memory alive until after this section.
+                let data = unsafe { item.data.as_slice() };
+                let opts = item.options.as_ref().unwrap_or(&default_options);
+                writer.add_tensor_with(&item.name, item.dtype, &item.shape, data, opts).map_err(|e| Failure::Tensor(index, e))?;
+                done += data.len();
+                since += data.len();
+                if since >= REPORT_BYTES || last.elapsed() >= REPORT_INTERVAL {
+                    report(done)?;
+                    since = 0;
+                    last = Instant::now();
+                }
+            }
+            if !prepared.is_empty() {
+                report(done)?;
+            }
+            Ok(())
+        });
+        drop(held);
+        match result {
+            Ok(()) => Ok(prepared.len()),
+            Err(Failure::Tensor(index, e)) => Err(tensor_error(e, &prepared[index].name)),
+            Err(Failure::Python(e)) => Err(e),
+        }
+    }
+
     /// Adds a tensor whose little-endian, C-order bytes are at `address`
     /// (`nbytes` long) and stay alive and unchanged during the call: the
-    /// caller passes the object that owns them as `owner`.
-    #[pyo3(signature = (name, dtype, shape, address, nbytes, owner, *, compression = None, filter = None, level = None))]
+    /// caller passes the object that owns them as `owner`. Returns the
+    /// tensor's info dict if `info` is true, else None.
+    #[pyo3(signature = (name, dtype, shape, address, nbytes, owner, *, compression = None, filter = None, level = None, info = false))]
     #[allow(clippy::too_many_arguments)]
     fn add_tensor<'py>(
         &mut self,
@@ -111,7 +509,8 @@ impl Writer {
         compression: Option<&str>,
         filter: Option<&str>,
         level: Option<i32>,
-    ) -> PyResult<Bound<'py, PyDict>> {
+        info: bool,
+    ) -> PyResult<Option<Bound<'py, PyDict>>> {
         let dtype = parse_dtype(dtype)?;
         let topts = tensor_options(compression, filter, level)?;
         if address == 0 && nbytes != 0 {
@@ -120,31 +519,29 @@ impl Writer {
         // The bytes are read as the elements in C order: an array in any other layout
         // (Fortran order, strided) would be saved scrambled, silently.
         if nbytes != 0 {
-            if let Ok(flags) = owner.getattr("flags") {
-                if let Ok(false) = flags.getattr("c_contiguous").and_then(|v| v.extract::<bool>()) {
-                    return Err(PyValueError::new_err(format!(
-                        "tensor {name:?}: the array is not C-contiguous, so its memory does not hold its \
-                         elements in C order; pass a C-contiguous array (numpy.ascontiguousarray)"
-                    )));
+            if let Ok(flags) = owner.getattr(pyo3::intern!(py, "flags")) {
+                if let Ok(false) = flags.getattr(pyo3::intern!(py, "c_contiguous")).and_then(|v| v.extract::<bool>()) {
+                    return Err(not_contiguous(name));
                 }
             }
         }
         let _keepalive = owner;
+        let data = Bytes { ptr: address as *const u8, len: nbytes };
         let writer = self.inner()?;
-        let info = py
+        let added = py
             .detach(|| {
                 // SAFETY: the Python caller guarantees `address..address+nbytes` is a live
                 // buffer owned by `owner`, which this frame holds a reference to.
-                let data: &[u8] =
-                    if nbytes == 0 { &[] } else { unsafe { std::slice::from_raw_parts(address as *const u8, nbytes) } };
-                writer.add_tensor_with(name, dtype, &shape, data, &topts).cloned()
+                let data = unsafe { data.as_slice() };
+                writer.add_tensor_with(name, dtype, &shape, data, &topts).map(|t| info.then(|| t.clone()))
             })
             .py()?;
-        info_dict(py, &info)
+        added.map(|t| info_dict(py, &t)).transpose()
     }
 
     /// Adds a tensor from a bytes-like object (copied; for small data).
-    #[pyo3(signature = (name, dtype, shape, data, *, compression = None, filter = None, level = None))]
+    /// Returns the tensor's info dict if `info` is true, else None.
+    #[pyo3(signature = (name, dtype, shape, data, *, compression = None, filter = None, level = None, info = false))]
     #[allow(clippy::too_many_arguments)]
     fn add_bytes<'py>(
         &mut self,
@@ -156,12 +553,23 @@ impl Writer {
         compression: Option<&str>,
         filter: Option<&str>,
         level: Option<i32>,
-    ) -> PyResult<Bound<'py, PyDict>> {
+        info: bool,
+    ) -> PyResult<Option<Bound<'py, PyDict>>> {
         let dtype = parse_dtype(dtype)?;
         let topts = tensor_options(compression, filter, level)?;
         let writer = self.inner()?;
-        let info = py.detach(|| writer.add_tensor_with(name, dtype, &shape, &data, &topts).cloned()).py()?;
-        info_dict(py, &info)
+        let added =
+            py.detach(|| writer.add_tensor_with(name, dtype, &shape, &data, &topts).map(|t| info.then(|| t.clone()))).py()?;
+        added.map(|t| info_dict(py, &t)).transpose()
+    }
+
+    /// Sets the tree from Python objects: dicts with str keys, lists, tuples,
+    /// str, int, float, bool and None — the same value as
+    /// `set_tree_json(json.dumps(tree))`, without the JSON text.
+    fn set_tree(&mut self, tree: &Bound<'_, PyAny>) -> PyResult<()> {
+        let value = to_json(tree, 0)?;
+        self.inner()?.set_tree(value);
+        Ok(())
     }
 
     fn set_tree_json(&mut self, text: &str) -> PyResult<()> {

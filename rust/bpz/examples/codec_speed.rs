@@ -38,10 +38,36 @@ fn main() {
         assert_eq!(back, floats);
         println!("{label}: shuffle {} unshuffle {}", gbps(len, t), gbps(len, u));
     }
+    // One 2 MiB chunk, as the writer and reader see it (in cache).
+    let small = &floats[..2 << 20];
+    for w in [2usize, 4, 8] {
+        let mut s = vec![0u8; small.len()];
+        let mut back = vec![0u8; small.len()];
+        let t = time(|| codec::shuffle(small, w, &mut s));
+        let u = time(|| codec::unshuffle(&s, w, &mut back));
+        println!("2 MiB shuffle w={w}: shuffle {} unshuffle {}", gbps(small.len(), t), gbps(small.len(), u));
+    }
     let mut d = floats.clone();
     let t = time(|| codec::delta_encode(&mut d, 4));
     let u = time(|| codec::delta_decode(&mut d, 4));
     println!("delta w=4: encode {} decode {}", gbps(len, t), gbps(len, u));
+    // Sorted indices: delta + shuffle fused, as the writer runs it.
+    let sorted: Vec<u8> = (0..(2u32 << 20) / 4).flat_map(|i| (i * 33 + i % 7).to_le_bytes()).collect();
+    for w in [4usize, 8] {
+        let mut s = vec![0u8; sorted.len()];
+        let mut back = vec![0u8; sorted.len()];
+        let t = time(|| codec::delta_shuffle(&sorted, w, &mut s));
+        let u = time(|| codec::unshuffle_delta(&s, w, &mut back));
+        assert_eq!(back, sorted);
+        println!("2 MiB delta_shuffle w={w}: encode {} decode {}", gbps(sorted.len(), t), gbps(sorted.len(), u));
+    }
+    let bools: Vec<u8> = floats[..2 << 20].iter().map(|b| (*b < 5) as u8).collect();
+    let mut packed = vec![0u8; bools.len() / 8];
+    let mut back = vec![0u8; bools.len()];
+    let t = time(|| assert!(codec::bitpack_into(&bools, &mut packed)));
+    let u = time(|| codec::bitunpack(&packed, &mut back));
+    assert_eq!(back, bools);
+    println!("2 MiB bitpack: pack {} unpack {}", gbps(bools.len(), t), gbps(bools.len(), u));
     let chunk = &floats[..2 << 20];
     for filter in [Filter::None, Filter::Shuffle] {
         let mut enc = (Vec::new(), false);

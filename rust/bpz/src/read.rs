@@ -445,18 +445,30 @@ impl Reader {
             part: Self::part(t, i),
             detail: e.0,
         };
-        let mut scratch = match t.filter {
-            Filter::None => Vec::new(),
-            f => self.alloc_chunk(t, i, codec::filtered_len(f, decoded_len as usize) as u64)?,
+        let no_memory = |n: usize| {
+            Error::InvalidArgument(format!("{}: cannot allocate {n} bytes to read {}", self.path, Self::part(t, i)))
+        };
+        // The filter's and a partial read's working buffers are per-thread and
+        // reused: fresh ones per chunk cost page faults and zeroing every time.
+        let filtered = codec::filtered_len(t.filter, decoded_len as usize);
+        let decode = |dst: &mut [u8]| -> Result<()> {
+            if t.filter == Filter::None {
+                return codec::decode_chunk_into(t.filter, t.dtype, stored, dst, &mut []).map_err(fail);
+            }
+            codec::with_scratch(codec::Scratch::Filtered, filtered, |scratch| {
+                codec::decode_chunk_into(t.filter, t.dtype, stored, dst, scratch).map_err(fail)
+            })
+            .unwrap_or_else(|| Err(no_memory(filtered)))
         };
         if whole {
-            codec::decode_chunk_into(t.filter, t.dtype, stored, out, &mut scratch).map_err(fail)
-        } else {
-            let mut full = self.alloc_chunk(t, i, decoded_len)?;
-            codec::decode_chunk_into(t.filter, t.dtype, stored, &mut full, &mut scratch).map_err(fail)?;
+            return decode(out);
+        }
+        codec::with_scratch(codec::Scratch::Chunk, decoded_len as usize, |full| {
+            decode(full)?;
             out.copy_from_slice(&full[within.start as usize..within.end as usize]);
             Ok(())
-        }
+        })
+        .unwrap_or_else(|| Err(no_memory(decoded_len as usize)))
     }
 
     fn check_crc(&self, t: &TensorInfo, i: usize, stored: &[u8]) -> Result<()> {
@@ -482,10 +494,17 @@ impl Reader {
     fn verify_info(&self, t: &TensorInfo) -> Result<()> {
         let check = |i: usize| -> Result<()> {
             let decoded = t.chunk_decoded_len(i);
-            let mut sink = self.alloc_chunk(t, i, decoded)?;
-            self.decode_chunk_part(t, i, 0..decoded, &mut sink)
+            // Into a per-thread buffer reused from chunk to chunk (a whole-chunk
+            // decode does not use this one itself).
+            codec::with_scratch(codec::Scratch::Chunk, decoded as usize, |sink| {
+                self.decode_chunk_part(t, i, 0..decoded, sink)
+            })
+            .unwrap_or_else(|| {
+                let mut sink = self.alloc_chunk(t, i, decoded)?;
+                self.decode_chunk_part(t, i, 0..decoded, &mut sink)
+            })
         };
-        if self.parallel {
+        if self.parallel && t.chunks.len() > 1 {
             (0..t.chunks.len()).into_par_iter().try_for_each(check)
         } else {
             (0..t.chunks.len()).try_for_each(check)

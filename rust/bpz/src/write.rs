@@ -1,7 +1,7 @@
 //! Streaming writer: superblock first, tensors one by one, index and trailer at
 //! the end. Memory stays bounded by a window of chunks in flight.
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::fs::{self, File};
 use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
@@ -106,6 +106,13 @@ pub struct Writer<W: Write = io::Sink> {
     names: HashSet<String>,
     tree: Value,
     metadata: Value,
+    /// Output buffers of encoded chunks, reused from chunk to chunk and tensor
+    /// to tensor (a fresh 2 MiB buffer per chunk is an mmap + page faults).
+    bufs: Vec<Vec<u8>>,
+    /// The last chunks of the previous tensor: already counted in `pos` and in
+    /// its chunk table, written before any other byte (see [`Writer::write`]).
+    /// Deferred so that they are written while the next tensor compresses.
+    pending: VecDeque<Vec<u8>>,
 }
 
 impl Writer<io::Sink> {
@@ -178,20 +185,37 @@ impl<W: Write> Writer<W> {
             names: HashSet::new(),
             tree: Value::Null,
             metadata: Value::Null,
+            bufs: Vec::new(),
+            pending: VecDeque::new(),
         };
         let sb = Superblock::new(w.opts.alignment).encode();
         w.write(&sb)?;
         Ok(w)
     }
 
+    /// Appends `bytes` at `pos` (after any deferred chunks).
     fn write(&mut self, bytes: &[u8]) -> Result<()> {
+        self.flush_pending()?;
+        self.write_out(bytes)?;
+        self.pos += bytes.len() as u64;
+        Ok(())
+    }
+
+    /// Writes the deferred chunks (their bytes are already counted in `pos`).
+    fn flush_pending(&mut self) -> Result<()> {
+        while let Some(buf) = self.pending.pop_front() {
+            self.write_out(&buf)?;
+            self.recycle(buf);
+        }
+        Ok(())
+    }
+
+    fn write_out(&mut self, bytes: &[u8]) -> Result<()> {
         let r = match self.sink.as_mut().expect("writer used after finish") {
             Sink::File { out, .. } => out.write_all(bytes),
             Sink::Stream(out) => out.write_all(bytes),
         };
-        r.map_err(|e| Error::io(&self.label, e))?;
-        self.pos += bytes.len() as u64;
-        Ok(())
+        r.map_err(|e| Error::io(&self.label, e))
     }
 
     fn pad_to(&mut self, alignment: u64) -> Result<()> {
@@ -220,7 +244,9 @@ impl<W: Write> Writer<W> {
         self.add_tensor_with(name, dtype, shape, data, &TensorOptions::default())
     }
 
-    /// Adds a tensor: `data` is its little-endian, C-order bytes.
+    /// Adds a tensor: `data` is its little-endian, C-order bytes. Its last
+    /// chunks may be written during the next call (as a buffered writer
+    /// would), so an I/O error can surface there or in [`finish`](Self::finish).
     pub fn add_tensor_with(
         &mut self,
         name: &str,
@@ -244,21 +270,26 @@ impl<W: Write> Writer<W> {
         let compression = topts.compression.unwrap_or(self.opts.compression);
         // The archive-wide filter is a preference, used where it is defined.
         let forced_filter = topts.filter.or(self.opts.filter.filter(|f| f.applies_to(dtype)));
-        let compressed_filter = match compression {
+        // The choice keeps its probe compression: the share estimate reuses it,
+        // and so does the only chunk of a tensor no larger than the sample.
+        let choice = match compression {
             Compression::None => None,
-            Compression::Zstd => Some(forced_filter.unwrap_or_else(|| codec::choose_filter(dtype, data, level))),
+            Compression::Zstd => Some(codec::choose(dtype, data, level, forced_filter)),
             Compression::Auto { max_share, min_bytes } => {
                 if data.len() < min_bytes.max(1) {
                     None
                 } else {
-                    let f = forced_filter.unwrap_or_else(|| codec::choose_filter(dtype, data, level));
-                    (codec::estimate_share(f, dtype, data, level) <= max_share).then_some(f)
+                    let mut c = codec::choose(dtype, data, level, forced_filter);
+                    (c.share() <= max_share).then_some(c)
                 }
             }
         };
-        let info = match compressed_filter {
+        let info = match choice {
             None => self.write_raw(name, dtype, shape, data, chunk_elems)?,
-            Some(filter) => self.write_chunked(name, dtype, shape, data, chunk_elems, filter, level)?,
+            Some(mut c) => {
+                let whole = c.take_whole_chunk();
+                self.write_chunked(name, dtype, shape, data, chunk_elems, c.filter, level, whole)?
+            }
         };
         self.names.insert(info.name.clone());
         self.tensors.push(info);
@@ -332,6 +363,9 @@ impl<W: Write> Writer<W> {
         let chunk_bytes = (chunk_elems as usize) * dtype.size();
         let crcs: Vec<u32> = if data.is_empty() {
             Vec::new()
+        } else if data.len() <= chunk_bytes {
+            // One chunk: no trip through the thread pool (it dominates for small tensors).
+            vec![crc32c::crc32c(data)]
         } else {
             data.par_chunks(chunk_bytes).map(crc32c::crc32c).collect()
         };
@@ -356,6 +390,8 @@ impl<W: Write> Writer<W> {
         })
     }
 
+    /// Writes a chunked tensor. `whole` is the only chunk already encoded by
+    /// the filter choice's probe (see [`codec::Choice::take_whole_chunk`]).
     #[allow(clippy::too_many_arguments)]
     fn write_chunked(
         &mut self,
@@ -366,27 +402,25 @@ impl<W: Write> Writer<W> {
         chunk_elems: u64,
         filter: Filter,
         level: i32,
+        whole: Option<(Vec<u8>, bool)>,
     ) -> Result<TensorInfo> {
         let chunk_bytes = (chunk_elems as usize) * dtype.size();
-        // Chunks in flight: enough to keep every core busy, few enough to
-        // bound memory to a handful of chunks.
-        let window = (rayon::current_num_threads() * 4).max(4);
-        let mut chunks = Vec::new();
         let pieces: Vec<&[u8]> = if data.is_empty() { Vec::new() } else { data.chunks(chunk_bytes).collect() };
-        for group in pieces.chunks(window) {
-            let encoded: Vec<(Vec<u8>, bool, u32)> = group
-                .par_iter()
-                .map(|piece| {
-                    let (stored, enc) = codec::encode_chunk(filter, dtype, level, piece);
-                    let crc = crc32c::crc32c(&stored);
-                    (stored, enc, crc)
-                })
-                .collect();
-            for (stored, enc, crc) in encoded {
-                let offset = self.pos;
-                self.write(&stored)?;
-                chunks.push(ChunkInfo { offset, stored_len: stored.len() as u64, crc32c: crc, encoded: enc });
+        let mut chunks = Vec::with_capacity(pieces.len());
+        let encode = move |piece: &[u8], buf: Vec<u8>| Encoded::new(filter, dtype, level, piece, buf);
+        match (pieces.as_slice(), whole) {
+            ([piece], Some((buf, encoded))) => {
+                let e = Encoded::from_parts(piece, buf, encoded);
+                self.put_chunk(&mut chunks, piece, e)?;
             }
+            // No trip through the thread pool for a single chunk.
+            ([] | [_], _) => {
+                for piece in &pieces {
+                    let e = encode(piece, self.take_buf());
+                    self.put_chunk(&mut chunks, piece, e)?;
+                }
+            }
+            _ => self.encode_and_write(&pieces, encode, &mut chunks)?,
         }
         Ok(TensorInfo {
             name: name.into(),
@@ -397,6 +431,99 @@ impl<W: Write> Writer<W> {
             chunk_elems,
             chunks,
         })
+    }
+
+    /// Encodes `pieces` on the thread pool and writes them in order as they
+    /// come: chunk k is written while the following ones are compressed, with
+    /// at most a window of chunks in flight (bounded memory). The chunks still
+    /// unwritten when the last one is encoded are deferred (see `pending`):
+    /// the pool would idle while they are written.
+    fn encode_and_write<'d, F>(&mut self, pieces: &[&'d [u8]], encode: F, chunks: &mut Vec<ChunkInfo>) -> Result<()>
+    where
+        F: Fn(&'d [u8], Vec<u8>) -> Encoded + Copy + Send + Sync,
+    {
+        // Enough chunks in flight to keep every worker busy while one waits
+        // to be written, and to absorb uneven chunk times.
+        let window = rayon::current_num_threads() * 2 + 2;
+        if rayon::current_thread_index().is_some() {
+            // Called from inside the pool: blocking this worker on a channel
+            // could starve the jobs it waits for, so encode a window at a time.
+            for group in pieces.chunks(window) {
+                let bufs: Vec<Vec<u8>> = group.iter().map(|_| self.take_buf()).collect();
+                let encoded: Vec<Encoded> = group.par_iter().zip(bufs).map(|(p, b)| encode(p, b)).collect();
+                for (piece, e) in group.iter().zip(encoded) {
+                    self.put_chunk(chunks, piece, e)?;
+                }
+            }
+            return Ok(());
+        }
+        let (tx, rx) = std::sync::mpsc::channel::<(usize, std::thread::Result<Encoded>)>();
+        rayon::in_place_scope(|scope| {
+            // ready[i]: chunk `written + i`, once encoded.
+            let mut ready: VecDeque<Option<Encoded>> = VecDeque::with_capacity(window);
+            let (mut next, mut written, mut received) = (0, 0, 0);
+            while written < pieces.len() {
+                while next < pieces.len() && next < written + window {
+                    let (k, piece, buf, tx) = (next, pieces[next], self.take_buf(), tx.clone());
+                    scope.spawn(move |_| {
+                        // Every job sends, even one that panics, so the loop never waits forever.
+                        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| encode(piece, buf)));
+                        let _ = tx.send((k, r));
+                    });
+                    ready.push_back(None);
+                    next += 1;
+                }
+                // The previous tensor's deferred chunks, while these compress.
+                self.flush_pending()?;
+                let (k, r) = rx.recv().expect("this thread holds a sender");
+                received += 1;
+                ready[k - written] = Some(r.unwrap_or_else(|panic| std::panic::resume_unwind(panic)));
+                while let Some(Some(_)) = ready.front() {
+                    let e = ready.pop_front().flatten().expect("checked above");
+                    if received == pieces.len() {
+                        self.defer_chunk(chunks, pieces[written], e);
+                    } else {
+                        self.put_chunk(chunks, pieces[written], e)?;
+                    }
+                    written += 1;
+                }
+            }
+            Ok(())
+        })
+    }
+
+    /// Records one chunk at `pos` and queues its bytes for writing (copying
+    /// `piece` if the chunk stays plain: the caller's data is only borrowed).
+    fn defer_chunk(&mut self, chunks: &mut Vec<ChunkInfo>, piece: &[u8], e: Encoded) {
+        let mut buf = e.buf;
+        if !e.encoded {
+            buf.clear();
+            buf.extend_from_slice(piece);
+        }
+        chunks.push(ChunkInfo { offset: self.pos, stored_len: buf.len() as u64, crc32c: e.crc, encoded: e.encoded });
+        self.pos += buf.len() as u64;
+        self.pending.push_back(buf);
+    }
+
+    /// Writes one chunk (`piece` itself if it stays plain) and records it.
+    fn put_chunk(&mut self, chunks: &mut Vec<ChunkInfo>, piece: &[u8], e: Encoded) -> Result<()> {
+        let stored = if e.encoded { &e.buf[..] } else { piece };
+        let offset = self.pos;
+        self.write(stored)?;
+        chunks.push(ChunkInfo { offset, stored_len: stored.len() as u64, crc32c: e.crc, encoded: e.encoded });
+        self.recycle(e.buf);
+        Ok(())
+    }
+
+    fn take_buf(&mut self) -> Vec<u8> {
+        self.bufs.pop().unwrap_or_default()
+    }
+
+    fn recycle(&mut self, buf: Vec<u8>) {
+        // Keep a window's worth of buffers, but not those of unusually large chunks.
+        if buf.capacity() <= MAX_KEPT_BUFFER && self.bufs.len() < rayon::current_num_threads() * 2 + 2 {
+            self.bufs.push(buf);
+        }
     }
 
     /// Writes the index and trailer; for a file writer, flushes, fsyncs and
@@ -442,6 +569,31 @@ impl<W: Write> Writer<W> {
                 Ok((Summary { path: Some(dest), ..summary }, None))
             }
         }
+    }
+}
+
+/// Output buffers larger than this are freed after their chunk is written.
+const MAX_KEPT_BUFFER: usize = 16 << 20;
+
+/// One chunk as it will be stored.
+struct Encoded {
+    /// The zstd frame if `encoded`; otherwise empty (the chunk is stored plain,
+    /// straight from the caller's data) and kept only for reuse.
+    buf: Vec<u8>,
+    encoded: bool,
+    /// crc32c of the stored bytes.
+    crc: u32,
+}
+
+impl Encoded {
+    fn new(filter: Filter, dtype: DType, level: i32, piece: &[u8], mut buf: Vec<u8>) -> Encoded {
+        let encoded = codec::encode_chunk_into(filter, dtype, level, piece, &mut buf);
+        Encoded::from_parts(piece, buf, encoded)
+    }
+
+    fn from_parts(piece: &[u8], buf: Vec<u8>, encoded: bool) -> Encoded {
+        let crc = crc32c::crc32c(if encoded { &buf } else { piece });
+        Encoded { buf, encoded, crc }
     }
 }
 

@@ -643,7 +643,7 @@ fn commit(out: BufWriter<File>, tmp: &Path, dest: &Path, sync: bool, overwrite: 
     }
     drop(file);
     if overwrite {
-        fs::rename(tmp, dest)?;
+        replace(tmp, dest)?;
     } else {
         // A hard link fails if the destination exists: an atomic no-replace rename.
         fs::hard_link(tmp, dest)?;
@@ -659,6 +659,56 @@ fn commit(out: BufWriter<File>, tmp: &Path, dest: &Path, sync: bool, overwrite: 
         }
     }
     Ok(())
+}
+
+/// Puts `tmp` in place of `dest` in one atomic step.
+///
+/// On Linux, over an existing regular file, the two names are exchanged and the old file
+/// is then unlinked under the temporary name. A plain rename over an existing file makes
+/// ext4 (`auto_da_alloc`) allocate and start writing back the whole new file inside the
+/// rename: ~0.2 s per 512 MiB, even for a save that asked not to sync.
+fn replace(tmp: &Path, dest: &Path) -> io::Result<()> {
+    #[cfg(target_os = "linux")]
+    if fs::symlink_metadata(dest).is_ok_and(|m| m.file_type().is_file()) {
+        match exchange(tmp, dest) {
+            Ok(()) => {
+                if let Err(e) = fs::remove_file(tmp) {
+                    // Something other than the file we saw took `dest`'s place in between
+                    // (a directory cannot be unlinked): put both names back and fail.
+                    if fs::symlink_metadata(tmp).is_ok_and(|m| m.is_dir()) {
+                        exchange(tmp, dest)?;
+                        return Err(e);
+                    }
+                    // The new file is in place; the old one stays under the temporary name,
+                    // which a later save of this path removes (see `remove_stale_temps`).
+                }
+                return Ok(());
+            }
+            // No such file any more, or a filesystem without exchange: rename as usual.
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::EINVAL | libc::ENOSYS | libc::EPERM)) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    fs::rename(tmp, dest)
+}
+
+/// `renameat2(RENAME_EXCHANGE)`: swaps two names atomically (Linux 3.15+).
+#[cfg(target_os = "linux")]
+fn exchange(a: &Path, b: &Path) -> io::Result<()> {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    let c = |p: &Path| CString::new(p.as_os_str().as_bytes()).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput));
+    let (a, b) = (c(a)?, c(b)?);
+    // SAFETY: both paths are NUL-terminated strings that outlive the call; the syscall
+    // only reads them.
+    let rc = unsafe {
+        libc::syscall(libc::SYS_renameat2, libc::AT_FDCWD, a.as_ptr(), libc::AT_FDCWD, b.as_ptr(), libc::RENAME_EXCHANGE)
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }
 
 fn check_level(level: i32) -> Result<()> {

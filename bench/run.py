@@ -186,6 +186,12 @@ def _cmd(*argv: str) -> str:
         return ""
 
 
+def _build_changed(before: dict[str, Any], after: dict[str, Any]) -> bool:
+    """Whether what was measured changed: the commit or the extension itself (an edit under rust/
+    that was not built into the measured extension, e.g. an example, changes neither)."""
+    return any(before.get(k) != after.get(k) for k in ("commit", "extension_sha256"))
+
+
 def bpz_build() -> dict[str, Any]:
     """Which bpz is measured: the git commit, whether rust/ has local changes, the extension's hash."""
     import hashlib
@@ -354,7 +360,7 @@ def main(argv: list[str] | None = None) -> int:
         "scale": args.scale, "repeat": args.repeat, "slow_repeat": args.slow_repeat,
         "slow_threshold": args.slow_threshold, "verify": args.verify,
         "workloads": args.workloads, "tools": selected,
-        "bpz_build": build_before, "bpz_build_changed": build_before != build_after, "skipped": skipped, "machine": info,
+        "bpz_build": build_before, "bpz_build_changed": _build_changed(build_before, build_after), "skipped": skipped, "machine": info,
         "load_before": load_before, "load_after": load_after,
         "load_during": {"mean": statistics.mean(runner.loads) if runner.loads else None,
                         "max": max(runner.loads) if runner.loads else None,

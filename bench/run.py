@@ -186,6 +186,15 @@ def _cmd(*argv: str) -> str:
         return ""
 
 
+def _without_paths(text: Any) -> Any:
+    """An error's traceback without this machine's directories (results are committed)."""
+    if not isinstance(text, str):
+        return text
+    for prefix in sorted({os.path.dirname(HERE) + os.sep, sys.prefix + os.sep}, key=len, reverse=True):
+        text = text.replace(prefix, "")
+    return text
+
+
 def _build_changed(before: dict[str, Any], after: dict[str, Any]) -> bool:
     """Whether what was measured changed: the commit or the extension itself (an edit under rust/
     that was not built into the measured extension, e.g. an example, changes neither)."""
@@ -371,7 +380,7 @@ def main(argv: list[str] | None = None) -> int:
                          "rows": dict(zip(("tensor", "lo", "hi"),
                                           workloads.row_tensor(workloads.ensure(args.workdir, wl, args.scale))))}
                       for wl in args.workloads},
-        "raw": runner.raw, "errors": runner.errors,
+        "raw": runner.raw, "errors": {wl: {k: _without_paths(v) for k, v in errs.items()} for wl, errs in runner.errors.items()},
     }
     if args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)

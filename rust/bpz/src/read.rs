@@ -179,8 +179,9 @@ impl Reader {
                 // The structure is read with positioned reads, not through the map: touching
                 // the map would fault its pages in, and every open would pay for that again
                 // when the map is torn down.
-                let (superblock, trailer, index) =
-                    read_structure(&PositionedFile { file: &file, len: meta.len() }, &label)?;
+                let src = FileSource { file, len: meta.len() };
+                let (superblock, trailer, index) = read_structure(&src, &label)?;
+                let file = src.file;
                 let len = usize::try_from(meta.len()).map_err(|_| Error::io(&label, io::ErrorKind::OutOfMemory.into()))?;
                 // SAFETY: the map is read-only. bpz writers never modify a file in
                 // place (they rename a new file over it), so its bytes are stable;
@@ -576,21 +577,6 @@ fn read_structure(source: &dyn Source, path: &str) -> Result<(Superblock, Traile
     }
     let index = parse_index(path, index, superblock.alignment, trailer.index_offset)?;
     Ok((superblock, trailer, index))
-}
-
-/// Positioned reads on a borrowed file.
-struct PositionedFile<'a> {
-    file: &'a File,
-    len: u64,
-}
-
-impl Source for PositionedFile<'_> {
-    fn len(&self) -> u64 {
-        self.len
-    }
-    fn read_exact_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
-        read_exact_at(self.file, offset, buf)
-    }
 }
 
 impl Reader {

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import atexit
+import errno
 import json
 import os
+import sys
 import threading
-from concurrent.futures import Future, ThreadPoolExecutor
+import traceback
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import Any, Callable
 
 from . import _bpz
@@ -21,41 +25,159 @@ DEFAULT_LEVEL = 1
 _COMPRESSION = ("auto", "zstd", None)
 
 
+class _BackgroundSave:
+    """One submitted save and the name it writes, until a caller has received its outcome."""
+
+    __slots__ = ("future", "filename", "__weakref__")
+
+    def __init__(self, future: Future[Any], filename: str) -> None:
+        self.future = future
+        self.filename = filename
+
+
+# Saves whose outcome (success or exception) no caller has received yet. A module-level
+# registry, not a manager attribute: a failure must still surface after its manager is
+# garbage collected (reported at once) or left open at exit (reported by _report_at_exit).
+_unclaimed: set[_BackgroundSave] = set()
+_unclaimed_lock = threading.Lock()
+_failure_reported_to_stderr = False
+
+
+def _claim(job: _BackgroundSave) -> bool:
+    """Takes the job out of the registry; True for the one caller that got it."""
+    with _unclaimed_lock:
+        if job in _unclaimed:
+            _unclaimed.discard(job)
+            return True
+        return False
+
+
+def _report_orphaned(job: _BackgroundSave) -> None:
+    """Prints a failed save that no caller can receive any more, and marks the exit status."""
+    global _failure_reported_to_stderr
+    if not job.future.done() or job.future.cancelled() or not _claim(job):
+        return
+    error = job.future.exception()
+    if error is None:
+        return
+    _failure_reported_to_stderr = True
+    stream = sys.stderr or sys.stdout
+    if stream is None:
+        return
+    try:
+        stream.write(
+            f"bpz: the background save of {job.filename} FAILED, and no wait_previous_save(), close() "
+            "or later save reported it:\n"
+        )
+        traceback.print_exception(type(error), error, error.__traceback__, file=stream)
+        stream.flush()
+    except Exception:  # a closed or broken stream must not hide the exit status as well
+        pass
+
+
+class _FailingFlush:
+    """sys.stderr stand-in whose flush fails: Python then exits with status 120.
+
+    Python's documented last step at exit is flushing stdout and stderr; a failure
+    there makes the exit status 120 (see ``python -h``, "Py_FinalizeEx"). That is the
+    one way to make a finished program's status non-zero while still running every
+    other atexit handler and the normal shutdown (``os._exit`` would skip both).
+    """
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+    def write(self, text: str) -> int:
+        return self._stream.write(text)
+
+    def flush(self) -> None:
+        self._stream.flush()
+        raise OSError("bpz: a background save failed (see above); exit status set to 120")
+
+
+def _report_at_exit() -> None:
+    """Waits for every unclaimed save (they are not cut off), reports failures, fails the exit status."""
+    with _unclaimed_lock:
+        jobs = list(_unclaimed)
+    for job in jobs:
+        wait([job.future])
+        _report_orphaned(job)
+    if _failure_reported_to_stderr:
+        if sys.stderr is not None:
+            sys.stderr = _FailingFlush(sys.stderr)
+        elif sys.stdout is not None:
+            sys.stdout = _FailingFlush(sys.stdout)
+        else:  # nothing to flush: no gentler way to fail the status is left
+            os._exit(1)
+
+
+atexit.register(_report_at_exit)
+
+
 class AsyncManager:
     """Runs saves in a background thread, one at a time.
 
     ``save_pytree(..., async_manager=m)`` returns once the state is
-    snapshotted; compression and writing go on in the background. A new save
-    first waits for the previous one; ``wait_previous_save()`` waits and
-    re-raises a failed save's exception.
+    snapshotted; compression and writing go on in the background. A failed
+    save is never lost: its exception is raised by ``wait_previous_save()``,
+    by the next save through the manager, by ``close()`` or by leaving a
+    ``with`` block (even one left by another exception). A failure no caller
+    received — the manager was garbage collected, or the program ended
+    without waiting — is printed to stderr and makes the exit status non-zero
+    (120); saves still running at exit are completed first.
     """
 
     def __init__(self, max_workers: int = 1) -> None:
         self._executor = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="bpz-save")
-        self._future: Future[Any] | None = None
+        self._job: _BackgroundSave | None = None
         self._closed = False
         self._lock = threading.Lock()
 
     def wait_previous_save(self) -> None:
-        """Blocks until the last save has finished; re-raises its exception."""
+        """Blocks until the last save has finished; re-raises its exception (once)."""
         with self._lock:
-            future, self._future = self._future, None
-        if future is not None:
-            future.result()
+            job = self._job
+        if job is None:
+            return
+        # Wait before taking the job: an interrupted wait (Ctrl-C) leaves it to report later.
+        wait([job.future])
+        with self._lock:
+            if self._job is job:
+                self._job = None
+        if _claim(job):
+            job.future.result()
 
-    def save_async(self, task: Callable[[], Any]) -> Future[Any]:
+    def save_async(self, task: Callable[[], Any], filename: str = "a file") -> Future[Any]:
         """Runs ``task`` in the background (after the previous save)."""
-        if self._closed:
-            raise RuntimeError("Cannot save with a closed AsyncManager")
+        self._check_open()
         self.wait_previous_save()
         with self._lock:
-            self._future = self._executor.submit(task)
-            return self._future
+            self._check_open()
+            future = self._executor.submit(task)
+            job = _BackgroundSave(future, filename)
+            with _unclaimed_lock:
+                _unclaimed.add(job)
+            self._job = job
+            return future
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeError("Cannot save with a closed AsyncManager")
 
     def close(self) -> None:
-        """Waits for a running save and stops the worker; later saves raise RuntimeError."""
-        if not self._closed:
-            self._closed = True
+        """Waits for a running save, stops the worker and re-raises the save's exception.
+
+        Later saves raise RuntimeError; closing again does nothing.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self.wait_previous_save()
+        finally:
             self._executor.shutdown(wait=True)
 
     @property
@@ -66,16 +188,19 @@ class AsyncManager:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        try:
-            if exc[0] is None:
-                self.wait_previous_save()
-        finally:
-            self.close()
+        # Also when the block raised: a lost checkpoint must not hide behind another
+        # error. Python chains them (the block's exception becomes __context__).
+        self.close()
 
     def __del__(self) -> None:
-        if not getattr(self, "_closed", True):
-            self._closed = True
-            self._executor.shutdown(wait=False)
+        if getattr(self, "_closed", True):
+            return
+        self._closed = True
+        job = self._job
+        self._executor.shutdown(wait=False)  # a running save still completes
+        if job is not None:
+            # Nobody can ask for this outcome any more: report a failure when it comes.
+            job.future.add_done_callback(lambda _f: _report_orphaned(job))
 
 
 def _check_options(compression: Any, level: int, chunk_size: int | None) -> None:
@@ -109,8 +234,11 @@ def write_archive(
     overwrite: bool = True,
     sync: bool = True,
     progress: Callable[[int, int], None] | None = None,
+    shown_name: str | None = None,
 ) -> dict[str, Any]:
     """Writes flattened leaves; the destination changes only if everything succeeds.
+
+    ``shown_name`` is the name errors give for ``path`` (the caller's spelling).
 
     ``progress(done_bytes, total_bytes)`` is called every 100 ms or 64 MiB
     of tensor data while the tensors are written, and once all are.
@@ -135,7 +263,7 @@ def write_archive(
         return writer.finish()
     except FileExistsError:
         writer.abort()
-        raise InvalidCheckpointPath(f'Invalid checkpoint at "{path}".') from None
+        raise InvalidCheckpointPath(f'Invalid checkpoint at "{shown_name or path}".') from None
     except BaseException:
         writer.abort()
         raise
@@ -153,7 +281,6 @@ def save_pytree(
     chunk_size: int | None = None,
     metadata: Any = None,
     sync: bool = True,
-    _on_saved: Callable[[], Any] | None = None,
 ) -> str:
     """Saves a pytree of arrays and scalars to ``filename``; returns the filename.
 
@@ -162,7 +289,11 @@ def save_pytree(
     parent directories, refuses to replace an existing file when
     ``overwrite=False`` (:class:`InvalidCheckpointPath`), and writes atomically
     (a temporary file renamed into place), so a failed save leaves the old
-    file intact. The name is used as given (no suffix is added).
+    file intact, and removes the directories it created. The name is used as
+    given (no suffix is added); a name that is a directory (an existing one,
+    or ending in ``/``) raises :class:`IsADirectoryError` before anything is
+    done. The path is resolved when the call is made, so a background save
+    (``async_manager``) is not moved by a later ``os.chdir``.
 
     ``compression``: ``"auto"`` (default) compresses a tensor only where zstd
     saves at least a third of its size — spike masks, connectivity, constant
@@ -173,26 +304,110 @@ def save_pytree(
     and its directory: faster, but after a power failure the new file may be
     missing or incomplete (the rename stays atomic for running programs).
     """
-    filename = os.fspath(filename)
-    if not isinstance(filename, str):
-        filename = os.fsdecode(filename)
+    filename = fspath_str(filename)
     if verbose:
         print(f"Saving checkpoint into {filename}")
+    save_tree(
+        filename, target, overwrite=overwrite, async_manager=async_manager,
+        compression=compression, level=level, chunk_size=chunk_size, metadata=metadata, sync=sync,
+    )
+    return filename
+
+
+def fspath_str(name: str | os.PathLike[str]) -> str:
+    name = os.fspath(name)
+    return name if isinstance(name, str) else os.fsdecode(name)
+
+
+def absolute_path(name: str) -> str:
+    """``name`` against the current directory, now; not normalised (``a/..`` stays, as the OS resolves it)."""
+    return name if os.path.isabs(name) else os.path.join(os.getcwd(), name)
+
+
+def _check_file_name(filename: str, path: str) -> None:
+    if not filename:
+        raise InvalidCheckpointPath('Invalid checkpoint at "": the file name is empty.')
+    if "\0" in filename:
+        raise InvalidCheckpointPath(f"Invalid checkpoint at {filename!r}: the name contains a NUL character.")
+    seps = (os.sep, os.altsep) if os.altsep else (os.sep,)
+    base = os.path.basename(path)
+    if filename.endswith(seps) or base in ("", ".", "..") or os.path.isdir(path):
+        raise IsADirectoryError(errno.EISDIR, "Cannot save a checkpoint into a directory; give a file name", filename)
+
+
+def _make_parents(directory: str, shown: str) -> list[str]:
+    """Creates the missing directories of ``directory``; returns those this call created, outermost first."""
+    missing = []
+    d = directory
+    while not os.path.isdir(d):
+        missing.append(d)
+        parent = os.path.dirname(d)
+        if parent == d:
+            break
+        d = parent
+    created: list[str] = []
+    try:
+        for d in reversed(missing):
+            try:
+                os.mkdir(d)
+            except FileExistsError:
+                if not os.path.isdir(d):
+                    raise
+                continue  # made by someone else meanwhile: not ours to remove
+            created.append(d)
+    except OSError as e:
+        _remove_created(created)
+        error = OSError(f"Cannot create directory {shown}: {e}")
+        error.errno = e.errno
+        raise error from e
+    return created
+
+
+def _remove_created(created: list[str]) -> None:
+    """Removes directories a failed save created, innermost first, and only while empty."""
+    for d in reversed(created):
+        try:
+            os.rmdir(d)
+        except OSError:
+            return
+
+
+def save_tree(
+    filename: str,
+    target: Any,
+    *,
+    overwrite: bool,
+    async_manager: AsyncManager | None,
+    compression: str | None = "auto",
+    level: int = DEFAULT_LEVEL,
+    chunk_size: int | None = None,
+    metadata: Any = None,
+    sync: bool = True,
+    path: str | None = None,
+    after_write: Callable[[], Any] | None = None,
+) -> None:
+    """``save_pytree`` without the message: the part ``save_checkpoint`` shares.
+
+    Everything that can fail on the arguments fails here, in the caller's thread,
+    before anything is created. ``path`` is the absolute form of ``filename`` (resolved
+    now if not given). ``after_write()`` runs once the new file is in place (in the
+    background for an async save), never if writing failed.
+    """
     _check_options(compression, level, chunk_size)
     metadata_json = _metadata_json(metadata)
     if async_manager is not None:
+        async_manager._check_open()
         async_manager.wait_previous_save()
-    dirname = os.path.dirname(filename)
-    if dirname:
-        try:
-            os.makedirs(dirname, exist_ok=True)
-        except OSError as e:
-            raise OSError(f"Cannot create directory {dirname}: {e}") from e
-    if not overwrite and os.path.lexists(filename):
+    if path is None:
+        path = absolute_path(filename)
+    _check_file_name(filename, path)
+    if not overwrite and os.path.lexists(path):
         raise InvalidCheckpointPath(f'Invalid checkpoint at "{filename}".')
     options = dict(
-        metadata_json=metadata_json, compression=compression, level=level, chunk_size=chunk_size, overwrite=overwrite, sync=sync
+        metadata_json=metadata_json, compression=compression, level=level, chunk_size=chunk_size,
+        overwrite=overwrite, sync=sync, shown_name=filename,
     )
+    parent, shown_parent = os.path.dirname(path), os.path.dirname(filename) or "."
     if async_manager is None:
         # The cyclic GC stays paused from flattening to the end of the write, and the
         # tens of thousands of nodes a big tree makes are freed before it resumes:
@@ -200,20 +415,33 @@ def save_pytree(
         with no_gc():
             tree, leaves = flatten(target)
             try:
-                write_archive(filename, tree, leaves, **options)  # type: ignore[arg-type]
+                created = _make_parents(parent, shown_parent)
+                try:
+                    write_archive(path, tree, leaves, **options)  # type: ignore[arg-type]
+                except BaseException:
+                    _remove_created(created)
+                    raise
             finally:
                 del tree, leaves
-        if _on_saved is not None:
-            _on_saved()
-        return filename
+        if after_write is not None:
+            after_write()
+        return
 
     # A background save must not see later mutations: snapshot (copy) now.
     tree, leaves = flatten(target, copy=True)
+    created = _make_parents(parent, shown_parent)
 
     def job() -> None:
-        write_archive(filename, tree, leaves, **options)  # type: ignore[arg-type]
-        if _on_saved is not None:
-            _on_saved()
+        try:
+            write_archive(path, tree, leaves, **options)  # type: ignore[arg-type]
+        except BaseException:
+            _remove_created(created)
+            raise
+        if after_write is not None:
+            after_write()
 
-    async_manager.save_async(job)
-    return filename
+    try:
+        async_manager.save_async(job, filename)
+    except BaseException:
+        _remove_created(created)
+        raise

@@ -27,20 +27,30 @@ func (a *Archive) ReadRows(name string, start, stop uint64) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
+	lo, hi, err := a.rowBytes(t, start, stop)
+	if err != nil {
+		return nil, err
+	}
+	return a.readRange(t, lo, hi)
+}
+
+// rowBytes turns rows [start, stop) of t into decoded bytes [lo, hi).
+func (a *Archive) rowBytes(t *TensorInfo, start, stop uint64) (lo, hi uint64, err error) {
 	if start > stop || stop > t.Rows() {
-		return nil, newErr(KindInvalidArgument, a.name, tensorPart(name),
+		return 0, 0, newErr(KindInvalidArgument, a.name, tensorPart(t.Name),
 			"rows [%d, %d) are not a range within [0, %d)", start, stop, t.Rows())
 	}
 	if start == stop {
-		return []byte{}, nil
+		return 0, 0, nil
 	}
 	rowBytes := t.RowElems() * uint64(t.ItemSize) // Rows() > 0 here, so no saturation
-	return a.readRange(t, start*rowBytes, stop*rowBytes)
+	return start * rowBytes, stop * rowBytes, nil
 }
 
 // Verify performs a full check (section 10): every chunk is read, its crc32c checked and,
 // if encoded, decompressed; every padding byte of the data region must be zero.
-// Chunks are visited in file order.
+// Chunks are visited in file order, one at a time: Verify holds at most one chunk
+// (Options.MaxChunkBytes) whatever the size of the tensors.
 func (a *Archive) Verify() error {
 	var bufs chunkBufs
 	pos := uint64(superblockSize)
@@ -101,8 +111,14 @@ func (a *Archive) readRange(t *TensorInfo, lo, hi uint64) ([]byte, error) {
 	if lo >= hi {
 		return []byte{}, nil
 	}
+	if err := a.checkReadBudget(t, hi-lo); err != nil {
+		return nil, err
+	}
 	cb := t.chunkBytes()
 	first, last := int(lo/cb), int((hi-1)/cb)
+	if err := a.checkChunkBudgets(t, first, last); err != nil {
+		return nil, err
+	}
 	// Allocate up front what the chunks can really hold: a plain chunk's bytes are in
 	// the file; an encoded chunk can only produce so much per stored byte. A file
 	// that declares more than its chunks can decode to fails before the buffer
@@ -173,6 +189,9 @@ func (a *Archive) checkCRC(t *TensorInfo, k int, stored []byte) error {
 // it also undoes the filter and returns the decoded bytes (valid until the next call
 // with the same bufs).
 func (a *Archive) loadChunk(t *TensorInfo, k int, bufs *chunkBufs, unfilter bool) ([]byte, error) {
+	if err := a.checkChunkBudget(t, k); err != nil {
+		return nil, err
+	}
 	c := t.Chunks[k]
 	part := chunkPart(t.Name, k)
 	stored, err := a.readFull(part, c.Offset, c.Length, bufs.stored)
@@ -204,10 +223,13 @@ func (a *Archive) loadChunk(t *TensorInfo, k int, bufs *chunkBufs, unfilter bool
 // zstd (section 4.3).
 
 const (
-	zstdMagic     = 0xFD2FB528
-	zstdMaxBlock  = 128 << 10 // Block_Maximum_Size can never exceed 128 KiB (RFC 8878)
-	zstdSlack     = zstdMaxBlock + 64
-	zstdMaxWindow = 1 << 31 // largest Window_Size accepted; DecodeAll allocates no window
+	zstdMagic    = 0xFD2FB528
+	zstdMaxBlock = 128 << 10 // Block_Maximum_Size can never exceed 128 KiB (RFC 8878)
+	zstdSlack    = zstdMaxBlock + 64
+	// The largest window and output the decoder accepts. Section 4.3 caps a chunk's window
+	// at max(128 MiB, filtered size) and a chunk at 256 MiB, so a larger window is no
+	// conforming frame: refusing it keeps any decoder path from sizing a buffer by it.
+	zstdMaxWindow = MaxChunkBytes
 )
 
 var (
@@ -220,7 +242,7 @@ func decoder() (*zstd.Decoder, error) {
 	zdecOnce.Do(func() {
 		zdec, zdecErr = zstd.NewReader(nil,
 			zstd.WithDecodeAllCapLimit(true),
-			zstd.WithDecoderMaxMemory(zstdMaxWindow),
+			zstd.WithDecoderMaxMemory(zstdMaxWindow+zstdSlack),
 			zstd.WithDecoderMaxWindow(zstdMaxWindow))
 	})
 	return zdec, zdecErr

@@ -5,6 +5,15 @@
 // spec, in its order and with its limits) before returning; Read, ReadRows and Verify
 // then check every chunk they touch. All errors are *Error values whose Kind is the
 // spec's error kind name.
+//
+// Memory is bounded by Options (OpenWith), never by what a file declares: a valid
+// 132 KB file can hold a 4 GiB tensor of zeros, and a failed allocation kills a Go
+// program. Read and ReadRows refuse a result over Options.MaxReadBytes (default
+// DefaultMaxReadBytes, 1 GiB) with kind "limit_exceeded" before allocating it. Every
+// call decodes one chunk at a time and refuses a chunk over Options.MaxChunkBytes
+// (default 256 MiB, the format's own limit) the same way. TensorReader, RowsReader,
+// ReadTo and ReadRowsTo stream any tensor in the memory of one chunk, yielding each
+// chunk's bytes only once its crc32c and decoding have been checked.
 package bpz
 
 import (
@@ -14,7 +23,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
 	"sort"
 	"strings"
 )
@@ -96,6 +104,7 @@ type Archive struct {
 	closer io.Closer
 	name   string
 	size   uint64
+	opts   Options // with defaults filled in
 
 	major, minor     uint16
 	requiredFeatures uint32
@@ -112,38 +121,25 @@ type Archive struct {
 	spans    []span // every chunk, sorted by offset
 }
 
-// Open opens and validates the archive at path.
-func Open(path string) (*Archive, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, &Error{Kind: KindIO, File: path, Msg: "cannot open", Err: err}
-	}
-	st, err := f.Stat()
-	if err != nil {
-		f.Close()
-		return nil, &Error{Kind: KindIO, File: path, Msg: "cannot stat", Err: err}
-	}
-	a, err := OpenReaderAt(f, st.Size(), path)
-	if err != nil {
-		f.Close()
-		return nil, err
-	}
-	a.closer = f
-	return a, nil
-}
+// Open opens and validates the archive at path, with the default Options.
+func Open(path string) (*Archive, error) { return OpenWith(path, Options{}) }
 
-// OpenBytes opens and validates an archive held in memory.
-func OpenBytes(b []byte) (*Archive, error) {
-	return OpenReaderAt(bytes.NewReader(b), int64(len(b)), "<bytes>")
-}
+// OpenBytes opens and validates an archive held in memory, with the default Options.
+func OpenBytes(b []byte) (*Archive, error) { return OpenBytesWith(b, Options{}) }
 
-// OpenReaderAt opens and validates an archive of size bytes read through r;
-// name is used in error messages.
+// OpenReaderAt opens and validates an archive of size bytes read through r, with the
+// default Options; name is used in error messages.
 func OpenReaderAt(r io.ReaderAt, size int64, name string) (*Archive, error) {
+	return OpenReaderAtWith(r, size, name, Options{})
+}
+
+// OpenReaderAtWith opens and validates an archive of size bytes read through r, with
+// caller-set limits; name is used in error messages.
+func OpenReaderAtWith(r io.ReaderAt, size int64, name string, opts Options) (*Archive, error) {
 	if size < 0 {
 		return nil, newErr(KindInvalidArgument, name, "", "negative size %d", size)
 	}
-	a := &Archive{r: r, name: name, size: uint64(size)}
+	a := &Archive{r: r, name: name, size: uint64(size), opts: opts.withDefaults()}
 	if err := a.open(); err != nil {
 		return nil, err
 	}
@@ -318,6 +314,11 @@ func (a *Archive) open() error {
 	if a.indexLength > MaxIndexBytes {
 		return newErr(KindLimitExceeded, a.name, "trailer",
 			"index_length %d is over the limit of %d bytes", a.indexLength, MaxIndexBytes)
+	}
+	if a.indexLength > a.opts.MaxIndexBytes {
+		return newErr(KindLimitExceeded, a.name, "trailer",
+			"index_length %d is over this reader's limit of %d bytes (Options.MaxIndexBytes)",
+			a.indexLength, a.opts.MaxIndexBytes)
 	}
 	if a.indexOffset < superblockSize {
 		return newErr(KindInvalidIndex, a.name, "trailer", "index_offset %d is below 64", a.indexOffset)

@@ -51,8 +51,8 @@ func main() {
 	}
 	defer a.Close()
 	for _, t := range a.Tensors() {
-		data, err := a.Read(t.Name)
-		if err != nil {
+		sum := sha256.New() // streamed: memory stays at one chunk whatever the tensor's size
+		if _, err := a.ReadTo(t.Name, sum); err != nil {
 			fmt.Fprintln(os.Stderr, err)
 			os.Exit(1)
 		}
@@ -60,7 +60,6 @@ func main() {
 		for i, d := range t.Shape {
 			dims[i] = fmt.Sprint(d)
 		}
-		sum := sha256.Sum256(data)
-		fmt.Printf("%s\t%s\t[%s]\t%s\n", escape(t.Name), t.DType, strings.Join(dims, ","), hex.EncodeToString(sum[:]))
+		fmt.Printf("%s\t%s\t[%s]\t%s\n", escape(t.Name), t.DType, strings.Join(dims, ","), hex.EncodeToString(sum.Sum(nil)))
 	}
 }

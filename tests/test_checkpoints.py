@@ -243,3 +243,23 @@ def test_restoring_a_step_that_is_a_directory_is_a_clear_error(tmp):
     os.mkdir(os.path.join(tmp, "checkpoint_3"))
     with pytest.raises(bpz.CheckpointNotFoundError, match="checkpoint_3 is not a file"):
         checkpoints.restore_checkpoint(tmp, step=3)
+
+
+def test_with_sync_false_the_new_checkpoint_is_on_disk_before_anything_is_removed(tmp, monkeypatch):
+    checkpoints.save_checkpoint(tmp, state(1), 1, sync=False)
+    events = []
+    real_fsync, real_remove = os.fsync, os.remove
+
+    def fsync(fd):
+        events.append(("fsync", os.path.basename(os.readlink(f"/proc/self/fd/{fd}"))))
+        return real_fsync(fd)
+
+    def remove(path, *args, **kwargs):
+        events.append(("remove", os.path.basename(path)))
+        return real_remove(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "remove", remove)
+    checkpoints.save_checkpoint(tmp, state(2), 2, sync=False)
+    assert events.index(("fsync", "checkpoint_2")) < events.index(("remove", "checkpoint_1"))
+    assert steps_in(tmp) == [2]

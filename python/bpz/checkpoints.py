@@ -137,8 +137,7 @@ class _Cleanup:
         return os.path.join(self.shown_dir, os.path.basename(path))
 
     def __call__(self) -> None:
-        old = self._retention_candidates()
-        if (self.later or old) and not self.sync:
+        if not self.sync and (self.later or self._retention_candidates()):
             # Deleting is only safe once the new checkpoint survives a power failure.
             _fsync_path(self.path)
             _fsync_path(self.ckpt_dir, directory=True)

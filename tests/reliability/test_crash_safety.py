@@ -84,6 +84,8 @@ def run(cmd):
         kw["progress"] = progress
         return original(*args, **kw)
     bpz.write.write_archive = patched
+    if cmd["mode"] == "rollback":
+        return run_ops(cmd, fd, state)
     for s in cmd["steps"]:
         state["step"] = s
         tree = step_tree(s, cmd["n"])
@@ -93,6 +95,21 @@ def run(cmd):
         else:
             bpz.save_pytree(cmd["dest"], tree, verbose=False, compression="zstd")
         log(fd, "SAVED %d" % s)
+
+def run_ops(cmd, fd, state):
+    # Numbered saves, some rolling back (overwrite=True); events are logged by op index.
+    import warnings
+    warnings.simplefilter("ignore")  # "Removing checkpoint at ..."
+    am = bpz.AsyncManager() if cmd["async"] else None
+    for i, (s, overwrite) in enumerate(cmd["ops"]):
+        state["step"] = i
+        tree = step_tree(s, cmd["n"])
+        log(fd, "BEGIN %d" % i)
+        checkpoints.save_checkpoint(cmd["dest"], tree, s, keep=cmd["keep"], overwrite=overwrite,
+                                    compression="zstd", async_manager=am)
+        if am is not None:
+            am.wait_previous_save()
+        log(fd, "SAVED %d" % i)
 
 for line in sys.stdin:
     cmd = json.loads(line)
@@ -173,14 +190,14 @@ def assert_same(got: object, want: object, where: str = "tree") -> None:
         assert got == want, f"{where}: {got!r} != {want!r}"
 
 
-def check_archive(path: str, allowed: set[int]) -> int:
+def check_archive(path: str, allowed: set[int], n: int = N_FLOATS) -> int:
     """Opens, verifies and compares ``path``; returns its step (one of ``allowed``)."""
     with bpz.open(path) as a:
         a.verify()
         tree = a.load()
     step = tree["step"]
     assert step in allowed, f"{path} holds step {step}, expected one of {sorted(allowed)}"
-    assert_same(tree, step_tree(step, N_FLOATS))
+    assert_same(tree, step_tree(step, n))
     return step
 
 
@@ -335,6 +352,112 @@ def test_sigkill_during_saves_never_loses_the_destination(tmp_path):
     assert stats["finish_window"] >= KILLS // 4, stats
     assert stats["held_new"] and stats["held_old"], stats
     assert stats["rename_done"] and stats["rename_not_done"], stats  # kills landed on both sides of the rename
+
+
+# ------------------------------------------------------------------ rollback
+ROLLBACK_KILLS = int(os.environ.get("BPZ_CRASH_ROLLBACK_KILLS", "24"))
+ROLLBACK_N = 1 << 20  # 4 MiB of noise per save: many saves, each with a short finish phase
+ROLLBACK_KEEP = 3
+
+
+def after_save(steps: set[int], step: int, keep: int = ROLLBACK_KEEP) -> set[int]:
+    """The checkpoints left by ``save_checkpoint(step, overwrite=True, keep=keep)``."""
+    left = sorted({s for s in steps if s <= step} | {step})
+    return set(left[-keep:])
+
+
+def plan_ops(rng: random.Random, steps: set[int], count: int) -> list[tuple[int, bool]]:
+    """Forward saves mixed with rollbacks: into the middle, or below every checkpoint."""
+    ops = []
+    model = set(steps)
+    for _ in range(count):
+        kind = rng.choice(["forward", "middle", "below"])
+        if kind == "middle" and len(model) >= 2:
+            step = sorted(model)[rng.randrange(len(model) - 1)] + 5  # between two, removing the later ones
+        elif kind == "below":
+            step = min(model) - 1
+        else:
+            step = max(model) + 10
+        ops.append((step, True))
+        model = after_save(model, step)
+    return ops
+
+
+def test_sigkill_during_rollbacks_never_loses_a_checkpoint(tmp_path):
+    """Rollback saves (``overwrite=True``, later steps removed) killed at random points, sync
+    and async: the directory holds the old set, the new set, or the new set plus checkpoints
+    of the old one not yet removed — never fewer than the new set — and ``latest_checkpoint``
+    is the old latest or the new one. Every checkpoint present is complete."""
+    rng = random.Random(SEED + 1)
+    zyg = Zygote()
+    d = str(tmp_path / "ckpt")
+    stats = {"kills": 0, "runs": 0, "rollback_finish_kills": 0, "held_old": 0, "held_new": 0, "between": 0}
+    try:
+        calib = str(tmp_path / "calib.log")
+        zyg.start(mode="rollback", dest=d, log=calib, ops=[[1000, False], [1010, False]], n=ROLLBACK_N,
+                  keep=ROLLBACK_KEEP, **{"async": False})
+        assert zyg.wait() == 0
+        timed = read_log(calib, times=True)
+        saves, finishes = durations(timed, "BEGIN", "SAVED"), durations(timed, "FINISHING", "SAVED")
+        i = 0
+        while stats["kills"] < ROLLBACK_KILLS and i < 2 * ROLLBACK_KILLS:
+            i += 1
+            present = {int(s) for s, _ in checkpoints.checkpoint_steps(d)}
+            ops = plan_ops(rng, present, STEPS_PER_RUN)
+            models = [present]
+            for step, _ in ops:
+                models.append(after_save(models[-1], step))
+            log = str(tmp_path / f"rb{i}.log")
+            run_seconds = float(np.median(saves[-12:])) * len(ops)
+            finish_seconds = max(0.002, float(np.median(finishes[-12:])))
+            how, when, k = kill_plan(rng, run_seconds, finish_seconds)
+            rollbacks = [j for j, (s, _) in enumerate(ops[:-1]) if s < max(models[j])]
+            if how == "finish" and rollbacks:
+                k = rng.choice(rollbacks)
+            pid = zyg.start(mode="rollback", dest=d, log=log, ops=ops, n=ROLLBACK_N, keep=ROLLBACK_KEEP,
+                            **{"async": bool(i % 2)})
+            t_run = time.monotonic()
+            if how == "finish":
+                if wait_for(log, "FINISHING", k, pid):
+                    time.sleep(when)
+                    stats["rollback_finish_kills"] += k in rollbacks
+            else:
+                time.sleep(max(0.0, when - (time.monotonic() - t_run)))
+            try:
+                os.kill(pid, signal.SIGKILL)
+                killed = True
+            except ProcessLookupError:
+                killed = False
+            status = zyg.wait()
+            killed = killed and os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
+            assert killed or status == 0, f"child failed on its own (status {status})"
+            stats["kills"] += killed
+            stats["runs"] += 1
+            timed = read_log(log, times=True)
+            saves += durations(timed, "BEGIN", "SAVED")
+            finishes += durations(timed, "FINISHING", "SAVED")
+            events = [(e, j) for e, j, _ in timed]
+            done = len([e for e, _ in events if e == "SAVED"])
+            old = models[done]
+            new = models[min(done + 1, len(ops))]
+            got = {int(s) for s, _ in checkpoints.checkpoint_steps(d)}
+            where = f"run {i}: ops {ops}, {done} saved; old {sorted(old)}, new {sorted(new)}, found {sorted(got)}"
+            if got == old:
+                stats["held_old"] += 1
+            else:
+                assert ("BEGIN", done) in events, where
+                assert new <= got <= old | new, where  # never fewer than the new set
+                assert max(got) in (max(old), max(new)), where  # latest: the old one or the new one
+                stats["held_new" if got == new else "between"] += 1
+            for s, p in checkpoints.checkpoint_steps(d):
+                check_archive(p, {int(s)}, ROLLBACK_N)
+            assert checkpoints.restore_checkpoint(d)["step"] == max(got)
+    finally:
+        zyg.close()
+    print("crash-safety rollback:", json.dumps(stats))
+    assert stats["kills"] >= ROLLBACK_KILLS, stats
+    assert stats["rollback_finish_kills"] >= ROLLBACK_KILLS // 5, stats
+    assert stats["held_new"] + stats["between"] and stats["held_old"], stats
 
 
 # ------------------------------------------------------------------ disk full

@@ -542,6 +542,8 @@ pub(crate) enum Scratch {
     Filtered,
     /// Free for callers, e.g. a whole decoded chunk of which a part is wanted.
     Chunk,
+    /// A chunk's stored bytes, read from the file before they are checked and decoded.
+    Stored,
 }
 
 /// Per-thread buffers larger than this are released after use, not kept.
@@ -550,6 +552,7 @@ const KEEP_SCRATCH: usize = 16 << 20;
 thread_local! {
     static FILTERED: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
     static CHUNK: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+    static STORED: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
 /// Runs `f` on `n` bytes of a buffer that this thread reuses from call to call,
@@ -560,6 +563,7 @@ pub(crate) fn with_scratch<R>(which: Scratch, n: usize, f: impl FnOnce(&mut [u8]
     let key: &'static LocalKey<RefCell<Vec<u8>>> = match which {
         Scratch::Filtered => &FILTERED,
         Scratch::Chunk => &CHUNK,
+        Scratch::Stored => &STORED,
     };
     key.with(|cell| match cell.try_borrow_mut() {
         Ok(mut buf) => {

@@ -26,10 +26,11 @@ pub mod error;
 pub mod format;
 mod json;
 pub mod name;
+pub mod persist;
 pub mod read;
 pub mod write;
 
 pub use error::{Error, Result, Version};
 pub use format::{ChunkInfo, DType, Filter, Storage, Superblock, TensorInfo, Trailer, WriterInfo, FORMAT_VERSION};
-pub use read::{Backend, FileSource, Reader, Source, VerifyReport};
+pub use read::{Backend, FileSource, Reader, Source, VerifyOptions, VerifyReport};
 pub use write::{Compression, Summary, TensorOptions, Writer, WriterOptions};

@@ -19,24 +19,17 @@ use crate::format::*;
 pub trait Source: Send + Sync {
     fn len(&self) -> u64;
     fn read_exact_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()>;
-    /// The whole file as memory, if the source is a map (enables zero copy).
+    /// The whole archive, if the source is memory that cannot fault (a buffer, never a
+    /// memory map of a file: a map faults with SIGBUS when the file is truncated).
     fn as_slice(&self) -> Option<&[u8]> {
         None
     }
     fn is_empty(&self) -> bool {
         self.len() == 0
     }
-}
-
-impl Source for Mmap {
-    fn len(&self) -> u64 {
-        (**self).len() as u64
-    }
-    fn read_exact_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
-        slice_read(self, offset, buf)
-    }
-    fn as_slice(&self) -> Option<&[u8]> {
-        Some(self)
+    /// The length now, if it can change after [`len`](Self::len) was taken (a file).
+    fn current_len(&self) -> Option<u64> {
+        None
     }
 }
 
@@ -79,6 +72,9 @@ impl Source for FileSource {
     fn len(&self) -> u64 {
         self.len
     }
+    fn current_len(&self) -> Option<u64> {
+        self.file.metadata().ok().map(|m| m.len())
+    }
     #[cfg(unix)]
     fn read_exact_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
         std::os::unix::fs::FileExt::read_exact_at(&self.file, buf, offset)
@@ -102,24 +98,6 @@ impl Source for FileSource {
 /// Bytes read from the end of a file on open: the trailer and, for most archives, the index.
 const TAIL_READ_BYTES: u64 = 64 << 10;
 
-/// Plain chunks at least this large are read with `pread` rather than copied
-/// from the map when the caller wants a copy.
-const PREAD_MIN_BYTES: usize = 256 << 10;
-
-#[cfg(unix)]
-fn read_exact_at(file: &File, offset: u64, buf: &mut [u8]) -> io::Result<()> {
-    std::os::unix::fs::FileExt::read_exact_at(file, buf, offset)
-}
-
-#[cfg(not(unix))]
-fn read_exact_at(file: &File, offset: u64, buf: &mut [u8]) -> io::Result<()> {
-    // No positioned reads here: fall back to a cloned handle's seek + read.
-    use std::io::{Read, Seek, SeekFrom};
-    let mut f = file.try_clone()?;
-    f.seek(SeekFrom::Start(offset))?;
-    f.read_exact(buf)
-}
-
 fn is_a_directory() -> io::Error {
     #[cfg(unix)]
     return io::Error::from_raw_os_error(21); // EISDIR on Linux and the BSDs
@@ -139,11 +117,13 @@ pub enum Backend {
 
 /// An open archive. Cheap to share between threads (`&Reader` is `Sync`).
 pub struct Reader {
+    /// Where every copying read and every check reads from: positioned reads of the file
+    /// with either backend, so that a file truncated under an open archive gives
+    /// [`Error::Truncated`], never SIGBUS. (They are also faster than copying from the map,
+    /// which faults on both sides.)
     source: Arc<dyn Source>,
+    /// Only for zero-copy views ([`Reader::view`], [`Reader::mapping`]).
     map: Option<Arc<Mmap>>,
-    /// Positioned reads of whole plain chunks into fresh buffers beat copying
-    /// from the map, which faults on both sides; kept even with the mmap backend.
-    file: Option<Arc<File>>,
     path: String,
     superblock: Superblock,
     trailer: Trailer,
@@ -181,17 +161,14 @@ impl Reader {
                 // when the map is torn down.
                 let src = FileSource { file, len: meta.len() };
                 let (superblock, trailer, index) = read_structure(&src, &label)?;
-                let file = src.file;
                 let len = usize::try_from(meta.len()).map_err(|_| Error::io(&label, io::ErrorKind::OutOfMemory.into()))?;
-                // SAFETY: the map is read-only. bpz writers never modify a file in
-                // place (they rename a new file over it), so its bytes are stable;
-                // a third party truncating it could fault, as with any mmap.
+                // SAFETY: the map is read-only and only zero-copy views read it. bpz writers
+                // never modify a file in place (they rename a new file over it), so its bytes
+                // are stable; a third party truncating it makes a view fault (documented).
                 // The length is known: saves memmap2 another stat.
-                let map = unsafe { memmap2::MmapOptions::new().len(len).map(&file) }.map_err(|e| Error::io(&label, e))?;
-                let map = Arc::new(map);
-                let mut r = Reader::assemble(Arc::new(MapHandle(map.clone())), label, superblock, trailer, index);
-                r.map = Some(map);
-                r.file = Some(Arc::new(file));
+                let map = unsafe { memmap2::MmapOptions::new().len(len).map(&src.file) }.map_err(|e| Error::io(&label, e))?;
+                let mut r = Reader::assemble(Arc::new(src), label, superblock, trailer, index);
+                r.map = Some(Arc::new(map));
                 Ok(r)
             }
             Backend::Pread => {
@@ -217,7 +194,6 @@ impl Reader {
         Reader {
             source,
             map: None,
-            file: None,
             path,
             superblock,
             trailer,
@@ -304,7 +280,10 @@ impl Reader {
             reason: reason.into(),
         };
         let range = t.raw_range().ok_or_else(|| not("it is stored compressed"))?;
-        let map = self.source.as_slice().ok_or_else(|| not("the archive was opened without a memory map"))?;
+        let map = match &self.map {
+            Some(map) => &map[..],
+            None => self.source.as_slice().ok_or_else(|| not("the archive was opened without a memory map"))?,
+        };
         Ok(&map[range.start as usize..range.end as usize])
     }
 
@@ -366,6 +345,7 @@ impl Reader {
     }
 
     fn alloc(&self, t: &TensorInfo, n: u64) -> Result<Vec<u8>> {
+        self.ensure_memory(n, &format!("tensor {:?}", t.name))?;
         usize::try_from(n).ok().and_then(try_zeroed_vec).ok_or_else(|| {
             Error::InvalidArgument(format!("{}: cannot allocate {n} bytes for tensor {:?}", self.path, t.name))
         })
@@ -415,32 +395,24 @@ impl Reader {
         let c = &t.chunks[i];
         let decoded_len = t.chunk_decoded_len(i);
         let whole = within.start == 0 && within.end == decoded_len;
-        let owned;
-        if let (Some(file), false, true) = (&self.file, c.encoded, whole) {
-            if out.len() >= PREAD_MIN_BYTES {
-                read_exact_at(file, c.offset, out).map_err(|e| Error::io(&self.path, e))?;
-                return self.check_crc(t, i, out);
-            }
+        if !c.encoded && whole {
+            // Plain chunk read whole: straight into the caller's buffer.
+            self.read_at(c.offset, out)?;
+            return self.check_crc(t, i, out);
         }
-        let stored: &[u8] = match self.source.as_slice() {
-            Some(map) => &map[c.offset as usize..(c.offset + c.stored_len) as usize],
-            None if !c.encoded && whole => {
-                // Plain chunk read whole: straight into the caller's buffer.
-                self.source.read_exact_at(c.offset, out).map_err(|e| Error::io(&self.path, e))?;
-                return self.check_crc(t, i, out);
+        self.with_stored(t, i, |stored| {
+            self.check_crc(t, i, stored)?;
+            if !c.encoded {
+                out.copy_from_slice(&stored[within.start as usize..within.end as usize]);
+                return Ok(());
             }
-            None => {
-                let mut buf = self.alloc_chunk(t, i, c.stored_len)?;
-                self.source.read_exact_at(c.offset, &mut buf).map_err(|e| Error::io(&self.path, e))?;
-                owned = buf;
-                &owned
-            }
-        };
-        self.check_crc(t, i, stored)?;
-        if !c.encoded {
-            out.copy_from_slice(&stored[within.start as usize..within.end as usize]);
-            return Ok(());
-        }
+            self.decode_stored(t, i, stored, within, out)
+        })
+    }
+
+    /// Decodes the checked `stored` bytes of encoded chunk `i`, of which bytes `within` go to `out`.
+    fn decode_stored(&self, t: &TensorInfo, i: usize, stored: &[u8], within: Range<u64>, out: &mut [u8]) -> Result<()> {
+        let decoded_len = t.chunk_decoded_len(i);
         let fail = |e: codec::DecodeError| Error::CorruptData {
             path: self.path.clone(),
             part: Self::part(t, i),
@@ -461,7 +433,7 @@ impl Reader {
             })
             .unwrap_or_else(|| Err(no_memory(filtered)))
         };
-        if whole {
+        if within.start == 0 && within.end == decoded_len {
             return decode(out);
         }
         codec::with_scratch(codec::Scratch::Chunk, decoded_len as usize, |full| {
@@ -470,6 +442,29 @@ impl Reader {
             Ok(())
         })
         .unwrap_or_else(|| Err(no_memory(decoded_len as usize)))
+    }
+
+    /// Runs `f` on the stored bytes of chunk `i`: in place for an archive in memory, else
+    /// read into this thread's reusable buffer (never through the file's map).
+    fn with_stored<R>(&self, t: &TensorInfo, i: usize, f: impl FnOnce(&[u8]) -> Result<R>) -> Result<R> {
+        let c = &t.chunks[i];
+        if let Some(memory) = self.source.as_slice() {
+            return f(&memory[c.offset as usize..(c.offset + c.stored_len) as usize]);
+        }
+        codec::with_scratch(codec::Scratch::Stored, c.stored_len as usize, |buf| {
+            self.read_at(c.offset, buf)?;
+            f(buf)
+        })
+        .unwrap_or_else(|| {
+            let n = c.stored_len;
+            Err(Error::InvalidArgument(format!("{}: cannot allocate {n} bytes to read {}", self.path, Self::part(t, i))))
+        })
+    }
+
+    /// Exactly `buf.len()` bytes at `offset`; a file cut short since it was opened gives
+    /// [`Error::Truncated`].
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        self.source.read_exact_at(offset, buf).map_err(|e| Error::io(&self.path, e))
     }
 
     fn check_crc(&self, t: &TensorInfo, i: usize, stored: &[u8]) -> Result<()> {
@@ -486,23 +481,38 @@ impl Reader {
         Ok(())
     }
 
-    /// Checks every checksum of one tensor and decodes its encoded chunks.
+    /// Checks every checksum of one tensor (without decoding: see [`verify_tensor_with`](Self::verify_tensor_with)).
     pub fn verify_tensor(&self, name: &str) -> Result<()> {
-        let t = self.tensor(name)?;
-        self.verify_info(t)
+        self.verify_tensor_with(name, &VerifyOptions::default())
     }
 
-    fn verify_info(&self, t: &TensorInfo) -> Result<()> {
+    /// Checks every checksum of one tensor and, with `opts.decode`, decodes its encoded
+    /// chunks (within the decode budget, counted for this tensor alone).
+    pub fn verify_tensor_with(&self, name: &str, opts: &VerifyOptions) -> Result<()> {
+        let t = self.tensor(name)?;
+        if opts.decode {
+            self.check_decode_budget(opts, encoded_decoded_bytes(t), &format!("tensor {:?}", t.name))?;
+        }
+        self.verify_info(t, opts.decode)
+    }
+
+    fn verify_info(&self, t: &TensorInfo, decode: bool) -> Result<()> {
         let check = |i: usize| -> Result<()> {
-            let decoded = t.chunk_decoded_len(i);
-            // Into a per-thread buffer reused from chunk to chunk (a whole-chunk
-            // decode does not use this one itself).
-            codec::with_scratch(codec::Scratch::Chunk, decoded as usize, |sink| {
-                self.decode_chunk_part(t, i, 0..decoded, sink)
-            })
-            .unwrap_or_else(|| {
-                let mut sink = self.alloc_chunk(t, i, decoded)?;
-                self.decode_chunk_part(t, i, 0..decoded, &mut sink)
+            if !(decode && t.chunks[i].encoded) {
+                return self.with_stored(t, i, |stored| self.check_crc(t, i, stored));
+            }
+            self.with_stored(t, i, |stored| {
+                self.check_crc(t, i, stored)?;
+                let decoded = t.chunk_decoded_len(i);
+                // Into a per-thread buffer reused from chunk to chunk (a whole-chunk
+                // decode does not use this one itself).
+                codec::with_scratch(codec::Scratch::Chunk, decoded as usize, |sink| {
+                    self.decode_stored(t, i, stored, 0..decoded, sink)
+                })
+                .unwrap_or_else(|| {
+                    let mut sink = self.alloc_chunk(t, i, decoded)?;
+                    self.decode_stored(t, i, stored, 0..decoded, &mut sink)
+                })
             })
         };
         if self.parallel && t.chunks.len() > 1 {
@@ -512,20 +522,152 @@ impl Reader {
         }
     }
 
-    /// Checks every checksum in the file (the superblock, trailer and index
-    /// were checked on open) and decodes every encoded chunk.
+    /// Checks every stored byte of the file against its checksum — superblock, chunks,
+    /// index and trailer, read again from the file — and that the padding is zero. Costs
+    /// one read of the file; nothing is decoded (see [`verify_with`](Self::verify_with)).
     pub fn verify(&self) -> Result<VerifyReport> {
+        self.verify_with(&VerifyOptions::default())
+    }
+
+    /// [`verify`](Self::verify), and with `opts.decode` also decodes every encoded chunk,
+    /// if their decoded size is within the budget (else [`Error::LimitExceeded`] before
+    /// any is decoded): a small valid file can declare terabytes of zeros.
+    pub fn verify_with(&self, opts: &VerifyOptions) -> Result<VerifyReport> {
+        let decoded_bytes: u64 = self.tensors.iter().map(|t| t.nbytes()).sum();
+        if opts.decode {
+            let encoded: u64 = self.tensors.iter().map(encoded_decoded_bytes).sum();
+            self.check_decode_budget(opts, encoded, "its compressed chunks")?;
+        }
+        self.verify_structure()?;
         for t in &self.tensors {
-            self.verify_info(t)?;
+            self.verify_info(t, opts.decode)?;
         }
         self.verify_padding()?;
         Ok(VerifyReport {
             tensors: self.tensors.len(),
             chunks: self.tensors.iter().map(|t| t.chunks.len()).sum(),
             stored_bytes: self.tensors.iter().map(|t| t.stored_bytes()).sum(),
-            decoded_bytes: self.tensors.iter().map(|t| t.nbytes()).sum(),
+            decoded_bytes,
+            decoded: opts.decode,
         })
     }
+
+    /// The decode budget of [`verify_with`](Self::verify_with) for this file when
+    /// `max_decoded_bytes` is not given: [`DECODE_BUDGET_RATIO`] times the file size,
+    /// and at least [`DECODE_BUDGET_MIN`].
+    pub fn default_decode_budget(&self) -> u64 {
+        self.file_len().saturating_mul(DECODE_BUDGET_RATIO).max(DECODE_BUDGET_MIN)
+    }
+
+    fn check_decode_budget(&self, opts: &VerifyOptions, bytes: u64, what: &str) -> Result<()> {
+        let limit = opts.max_decoded_bytes.unwrap_or_else(|| self.default_decode_budget());
+        if bytes > limit {
+            return Err(Error::limit(
+                &self.path,
+                format!("the decoded size in bytes of {what} (the decode budget of verify: raise max_decoded_bytes to allow it)"),
+                bytes,
+                limit,
+            ));
+        }
+        Ok(())
+    }
+
+    /// Reads the superblock, index and trailer again and checks them against what was
+    /// validated on open: the file may have been cut or changed since.
+    fn verify_structure(&self) -> Result<()> {
+        let mut head = [0u8; SUPERBLOCK_LEN];
+        self.read_at(0, &mut head)?;
+        // Its own crc covers every byte (reserved ones too).
+        if Superblock::decode(&self.path, &head, self.file_len())? != self.superblock {
+            return Err(Error::CorruptData {
+                path: self.path.clone(),
+                part: "the superblock".into(),
+                detail: "it changed since the archive was opened".into(),
+            });
+        }
+        let mut tail = [0u8; TRAILER_LEN];
+        self.read_at(self.file_len() - TRAILER_LEN as u64, &mut tail)?;
+        if tail != self.trailer.encode() {
+            return Err(Error::ChecksumMismatch {
+                path: self.path.clone(),
+                part: "the trailer (changed since the archive was opened)".into(),
+                expected: crc32c::crc32c(&self.trailer.encode()),
+                actual: crc32c::crc32c(&tail),
+            });
+        }
+        // The index was validated (and its size bounded) on open; read it in blocks.
+        const BLOCK: u64 = 1 << 20;
+        let mut buf = vec![0u8; self.trailer.index_len.min(BLOCK) as usize];
+        let (mut at, end, mut crc) = (self.trailer.index_offset, self.trailer.index_offset + self.trailer.index_len, 0);
+        while at < end {
+            let n = (end - at).min(BLOCK) as usize;
+            self.read_at(at, &mut buf[..n])?;
+            crc = crc32c::crc32c_append(crc, &buf[..n]);
+            at += n as u64;
+        }
+        if crc != self.trailer.index_crc32c {
+            return Err(Error::ChecksumMismatch {
+                path: self.path.clone(),
+                part: "the index".into(),
+                expected: self.trailer.index_crc32c,
+                actual: crc,
+            });
+        }
+        // Positioned reads past the end would say so too, but a file cut inside
+        // padding or grown since is worth naming.
+        if let Some(now) = self.source.current_len() {
+            if now < self.file_len() {
+                return Err(Error::Truncated {
+                    path: self.path.clone(),
+                    detail: format!("{now} bytes now, {} when it was opened: it was cut short since", self.file_len()),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Refuses (with [`Error::LimitExceeded`]) to allocate `bytes` for `what` when they
+    /// exceed the memory this process can still use ([`memory_available`]): the sizes come
+    /// from the file, and touching more would get the process killed, not an error.
+    /// Small requests are not checked (reading the limits costs a few system calls).
+    pub fn ensure_memory(&self, bytes: u64, what: &str) -> Result<()> {
+        if bytes < MEMORY_CHECK_MIN {
+            return Ok(());
+        }
+        match memory_available() {
+            Some(available) if bytes > available => Err(Error::limit(
+                &self.path,
+                format!("the memory in bytes needed to read {what} (limited by the memory this process can still use)"),
+                bytes,
+                available,
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Default decode budget of [`Reader::verify_with`]: decoded bytes per byte of file...
+pub const DECODE_BUDGET_RATIO: u64 = 256;
+/// ...and at least this many bytes (4 GiB: a few seconds of decoding).
+pub const DECODE_BUDGET_MIN: u64 = 4 << 30;
+
+/// Allocations below this are not checked against [`memory_available`].
+pub const MEMORY_CHECK_MIN: u64 = 64 << 20;
+
+/// Decoded bytes of the encoded chunks of `t` (what decoding it costs).
+fn encoded_decoded_bytes(t: &TensorInfo) -> u64 {
+    (0..t.chunks.len()).filter(|&i| t.chunks[i].encoded).map(|i| t.chunk_decoded_len(i)).sum()
+}
+
+/// What [`Reader::verify_with`] does beyond checking every checksum.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct VerifyOptions {
+    /// Also decode every encoded chunk (finds frames that match their checksum but do
+    /// not decode to their declared size: a file written that way, not damaged later).
+    pub decode: bool,
+    /// Refuse to decode more than this many bytes in all (default:
+    /// [`Reader::default_decode_budget`]).
+    pub max_decoded_bytes: Option<u64>,
 }
 
 /// Reads and checks superblock, trailer and index (the spec's validation on open).
@@ -598,10 +740,10 @@ impl Reader {
             while at < start {
                 let n = (start - at).min(BLOCK);
                 let bytes: &[u8] = match self.source.as_slice() {
-                    Some(map) => &map[at as usize..(at + n) as usize],
+                    Some(memory) => &memory[at as usize..(at + n) as usize],
                     None => {
                         buf.resize(n as usize, 0);
-                        self.source.read_exact_at(at, &mut buf).map_err(|e| Error::io(&self.path, e))?;
+                        self.read_at(at, &mut buf)?;
                         &buf
                     }
                 };
@@ -626,22 +768,10 @@ pub struct VerifyReport {
     pub tensors: usize,
     pub chunks: usize,
     pub stored_bytes: u64,
+    /// The tensors' decoded size (what a load produces).
     pub decoded_bytes: u64,
-}
-
-/// Lets the reader share one map with the bindings' views.
-struct MapHandle(Arc<Mmap>);
-
-impl Source for MapHandle {
-    fn len(&self) -> u64 {
-        self.0[..].len() as u64
-    }
-    fn read_exact_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
-        slice_read(&self.0, offset, buf)
-    }
-    fn as_slice(&self) -> Option<&[u8]> {
-        Some(&self.0)
-    }
+    /// Whether the encoded chunks were decoded ([`VerifyOptions::decode`]).
+    pub decoded: bool,
 }
 
 /// A zeroed buffer, or `None` if the allocator refuses (never an abort: sizes
@@ -657,5 +787,85 @@ pub fn try_zeroed_vec(n: usize) -> Option<Vec<u8>> {
     unsafe {
         let ptr = std::alloc::alloc_zeroed(layout);
         (!ptr.is_null()).then(|| Vec::from_raw_parts(ptr, n, n))
+    }
+}
+
+/// Bytes this process can still allocate and use without being killed: the least of
+/// free memory (with reclaimable cache) plus free swap, what its cgroup's memory limit
+/// leaves, and what its address-space limit leaves. `None` where that is not known.
+pub fn memory_available() -> Option<u64> {
+    memory::available()
+}
+
+#[cfg(target_os = "linux")]
+mod memory {
+    use std::fs;
+
+    /// A `Key:   123 kB` field of /proc/meminfo or a `key 123` field of memory.stat, in bytes.
+    fn field(text: &str, key: &str, scale: u64) -> Option<u64> {
+        text.lines().find_map(|line| {
+            let rest = line.strip_prefix(key)?;
+            let rest = rest.strip_prefix(':').unwrap_or(rest);
+            rest.split_whitespace().next()?.parse::<u64>().ok().map(|v| v.saturating_mul(scale))
+        })
+    }
+
+    fn number(path: &str) -> Option<u64> {
+        fs::read_to_string(path).ok()?.trim().parse().ok()
+    }
+
+    fn system() -> Option<u64> {
+        let info = fs::read_to_string("/proc/meminfo").ok()?;
+        let available = field(&info, "MemAvailable", 1024)?;
+        Some(available.saturating_add(field(&info, "SwapFree", 1024).unwrap_or(0)))
+    }
+
+    /// What the tightest cgroup (v2, else v1) limit leaves; page cache counts as free.
+    fn cgroup() -> Option<u64> {
+        let own = fs::read_to_string("/proc/self/cgroup").ok()?;
+        let mut least: Option<u64> = None;
+        if let Some(path) = own.lines().find_map(|l| l.strip_prefix("0::")) {
+            let mut dir = format!("/sys/fs/cgroup{}", path.trim_end_matches('/'));
+            loop {
+                if let (Some(max), Some(current)) = (number(&format!("{dir}/memory.max")), number(&format!("{dir}/memory.current"))) {
+                    let cache = fs::read_to_string(format!("{dir}/memory.stat")).ok().and_then(|s| field(&s, "file ", 1)).unwrap_or(0);
+                    let left = max.saturating_sub(current.saturating_sub(cache));
+                    least = Some(least.map_or(left, |l| l.min(left)));
+                }
+                match dir.rfind('/') {
+                    Some(i) if dir.len() > "/sys/fs/cgroup".len() => dir.truncate(i),
+                    _ => break,
+                }
+            }
+            return least;
+        }
+        let base = "/sys/fs/cgroup/memory";
+        let max = number(&format!("{base}/memory.limit_in_bytes"))?;
+        let usage = number(&format!("{base}/memory.usage_in_bytes"))?;
+        let cache = fs::read_to_string(format!("{base}/memory.stat")).ok().and_then(|s| field(&s, "cache ", 1)).unwrap_or(0);
+        Some(max.saturating_sub(usage.saturating_sub(cache)))
+    }
+
+    fn address_space() -> Option<u64> {
+        let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        // SAFETY: getrlimit writes the struct it is given.
+        if unsafe { libc::getrlimit(libc::RLIMIT_AS, &mut lim) } != 0 || lim.rlim_cur == libc::RLIM_INFINITY {
+            return None;
+        }
+        let pages: u64 = fs::read_to_string("/proc/self/statm").ok()?.split_whitespace().next()?.parse().ok()?;
+        // SAFETY: sysconf has no preconditions.
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as u64;
+        Some((lim.rlim_cur as u64).saturating_sub(pages.saturating_mul(page)))
+    }
+
+    pub fn available() -> Option<u64> {
+        [system(), cgroup(), address_space()].into_iter().flatten().min()
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+mod memory {
+    pub fn available() -> Option<u64> {
+        None
     }
 }

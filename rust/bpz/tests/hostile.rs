@@ -264,8 +264,14 @@ fn child_reads_2_50() {
     let r = Reader::open_with(Path::new(&dir).join("huge.bpz"), Backend::Pread).unwrap();
     assert_eq!(r.tensor("huge").unwrap().nbytes(), 1 << 50);
     let e = r.read("huge").unwrap_err();
-    assert!(e.to_string().contains("cannot allocate 1125899906842624 bytes"), "{e}");
-    let e = r.verify().unwrap_err();
+    assert_eq!(e.kind(), "limit_exceeded", "{e}");
+    assert!(e.to_string().contains("is 1125899906842624, over the limit"), "{e}");
+    // Every stored byte matches its checksum: only decoding finds the lying frames, and
+    // decoding 2^50 bytes is over the default budget unless asked for.
+    r.verify().unwrap();
+    let decode = |max_decoded_bytes| r.verify_with(&bpz::VerifyOptions { decode: true, max_decoded_bytes });
+    assert_eq!(decode(None).unwrap_err().kind(), "limit_exceeded");
+    let e = decode(Some(u64::MAX)).unwrap_err();
     assert_eq!(e.kind(), "corrupt_data", "{e}");
     // A row range decodes only its chunk, and finds it corrupt.
     assert_eq!(r.read_rows("huge", 5..6).unwrap_err().kind(), "corrupt_data");

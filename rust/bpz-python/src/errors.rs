@@ -24,7 +24,9 @@ pub fn to_py(err: bpz::Error) -> PyErr {
         bpz::Error::Io { path, source } => {
             // OSError(errno, strerror, filename) picks FileNotFoundError,
             // PermissionError, IsADirectoryError... from the errno.
-            let errno = source.raw_os_error().unwrap_or(0);
+            // The OS error may sit under a message that says which step failed.
+            let chain = std::iter::successors(Some(source as &dyn std::error::Error), |e| e.source());
+            let errno = chain.filter_map(|e| e.downcast_ref::<std::io::Error>()?.raw_os_error()).next().unwrap_or(0);
             if errno != 0 {
                 return PyOSError::new_err((errno, source.to_string(), path.clone()));
             }

@@ -573,16 +573,11 @@ impl Writer {
     }
 
     fn set_tree_json(&mut self, text: &str) -> PyResult<()> {
-        let value = serde_json::from_str(text).map_err(|e| PyValueError::new_err(format!("tree is not valid JSON: {e}")))?;
-        self.inner()?.set_tree(value);
-        Ok(())
+        self.inner()?.set_tree_json(text).py()
     }
 
     fn set_metadata_json(&mut self, text: &str) -> PyResult<()> {
-        let value =
-            serde_json::from_str(text).map_err(|e| PyValueError::new_err(format!("metadata is not valid JSON: {e}")))?;
-        self.inner()?.set_metadata(value);
-        Ok(())
+        self.inner()?.set_metadata_json(text).py()
     }
 
     /// Writes index and trailer, syncs, and renames over the destination.

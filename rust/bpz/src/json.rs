@@ -512,6 +512,24 @@ impl<'a> Keys<'a> {
     }
 }
 
+/// Deepest nesting of arrays/objects in a built value (a scalar is 0), without recursion:
+/// a value built through the API may be nested deeper than the stack allows.
+pub(crate) fn value_depth(value: &serde_json::Value) -> usize {
+    use serde_json::Value;
+    let mut stack = vec![(value, 0usize)];
+    let mut max = 0;
+    while let Some((v, depth)) = stack.pop() {
+        let children: Box<dyn Iterator<Item = &Value>> = match v {
+            Value::Array(items) => Box::new(items.iter()),
+            Value::Object(members) => Box::new(members.values()),
+            _ => continue,
+        };
+        max = max.max(depth + 1);
+        stack.extend(children.filter(|c| c.is_array() || c.is_object()).map(|c| (c, depth + 1)));
+    }
+    max
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -556,6 +574,19 @@ mod tests {
         let nest = |n: usize| "[".repeat(n) + &"]".repeat(n);
         assert_eq!(check(&nest(128)), Ok(()));
         assert_eq!(check(&nest(129)), Err(JsonError::TooDeep));
+    }
+
+    #[test]
+    fn value_depth_counts_containers() {
+        let v: serde_json::Value = serde_json::from_str(r#"[1, {"a": [[]], "b": {}}, "[[[["]"#).unwrap();
+        assert_eq!(value_depth(&v), 4);
+        assert_eq!(value_depth(&serde_json::json!(3)), 0);
+        let mut deep = serde_json::Value::Null;
+        for _ in 0..100_000 {
+            deep = serde_json::Value::Array(vec![deep]);
+        }
+        assert_eq!(value_depth(&deep), 100_000);
+        std::mem::forget(deep); // serde_json's drop recurses
     }
 
     #[test]

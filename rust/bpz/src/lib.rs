@@ -27,6 +27,7 @@ pub mod format;
 mod json;
 pub mod name;
 pub mod persist;
+pub mod persist;
 pub mod read;
 pub mod write;
 

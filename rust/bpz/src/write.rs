@@ -2,8 +2,7 @@
 //! the end. Memory stays bounded by a window of chunks in flight.
 
 use std::collections::{HashSet, VecDeque};
-use std::fs::{self, File};
-use std::io::{self, BufWriter, Write};
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
 use rayon::prelude::*;
@@ -12,6 +11,9 @@ use serde_json::Value;
 use crate::codec;
 use crate::error::{Error, Result};
 use crate::format::*;
+use crate::json;
+use crate::persist::TempFile;
+pub use crate::persist::STALE_TEMP_AGE;
 
 /// When a tensor is compressed.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -89,9 +91,9 @@ pub struct Summary {
 }
 
 /// Where the bytes go: a temporary sibling renamed over the destination on
-/// success, or any `Write`.
+/// success (removed if the writer is dropped unfinished), or any `Write`.
 enum Sink<W: Write> {
-    File { out: BufWriter<File>, tmp: PathBuf, dest: PathBuf, sync: bool, overwrite: bool },
+    File(TempFile),
     Stream(W),
 }
 
@@ -117,42 +119,11 @@ pub struct Writer<W: Write = io::Sink> {
 
 impl Writer<io::Sink> {
     /// Starts an archive that will replace `path` atomically on [`finish`](Self::finish).
+    /// What may be replaced, and how (permissions, symlinks), is described in [`crate::persist`].
     pub fn create(path: impl AsRef<Path>, opts: WriterOptions) -> Result<Self> {
-        let dest = path.as_ref().to_path_buf();
-        let label = dest.display().to_string();
-        let dir = match dest.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-            _ => PathBuf::from("."),
-        };
-        let file_name = dest
-            .file_name()
-            .ok_or_else(|| Error::InvalidArgument(format!("{label}: not a file path")))?;
-        let (file, tmp) = create_temp(&dir, &file_name.to_string_lossy()).map_err(|e| Error::io(&label, e))?;
-        let sink = Sink::File {
-            out: BufWriter::with_capacity(1 << 20, file),
-            tmp,
-            dest,
-            sync: opts.sync,
-            overwrite: opts.overwrite,
-        };
-        Writer::start(sink, label, opts)
-    }
-}
-
-fn create_temp(dir: &Path, base: &str) -> io::Result<(File, PathBuf)> {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos());
-    loop {
-        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let tmp = dir.join(format!(".{base}.{}-{nanos:x}-{n}.bpz-tmp", std::process::id()));
-        match fs::OpenOptions::new().write(true).create_new(true).open(&tmp) {
-            Ok(f) => return Ok((f, tmp)),
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
-            Err(e) => return Err(e),
-        }
+        let dest = path.as_ref();
+        let file = TempFile::create(dest, opts.sync, opts.overwrite)?;
+        Writer::start(Sink::File(file), dest.display().to_string(), opts)
     }
 }
 
@@ -212,7 +183,7 @@ impl<W: Write> Writer<W> {
 
     fn write_out(&mut self, bytes: &[u8]) -> Result<()> {
         let r = match self.sink.as_mut().expect("writer used after finish") {
-            Sink::File { out, .. } => out.write_all(bytes),
+            Sink::File(file) => file.out.write_all(bytes),
             Sink::Stream(out) => out.write_all(bytes),
         };
         r.map_err(|e| Error::io(&self.label, e))
@@ -232,6 +203,25 @@ impl<W: Write> Writer<W> {
     /// Sets the user metadata (any JSON value).
     pub fn set_metadata(&mut self, metadata: Value) {
         self.metadata = metadata;
+    }
+
+    /// Sets the pytree skeleton from JSON text.
+    pub fn set_tree_json(&mut self, text: &str) -> Result<()> {
+        self.tree = self.parse_json("tree", text)?;
+        Ok(())
+    }
+
+    /// Sets the user metadata from JSON text.
+    pub fn set_metadata_json(&mut self, text: &str) -> Result<()> {
+        self.metadata = self.parse_json("metadata", text)?;
+        Ok(())
+    }
+
+    /// Too deep is told apart from not JSON: the depth is measured on the bytes first
+    /// (the parser would stop at its recursion limit and call the text invalid).
+    fn parse_json(&self, what: &str, text: &str) -> Result<Value> {
+        check_nesting(&self.label, what, json_depth(text.as_bytes()))?;
+        serde_json::from_str(text).map_err(|e| Error::InvalidArgument(format!("{what} is not valid JSON: {e}")))
     }
 
     /// Names of the tensors added so far.
@@ -535,13 +525,10 @@ impl<W: Write> Writer<W> {
             metadata: std::mem::take(&mut self.metadata),
             writer: Some(self.opts.writer.clone()),
         };
+        // Checked before serializing, which recurses as deep as the value.
+        check_nesting(&self.label, "tree", json::value_depth(&index.tree))?;
+        check_nesting(&self.label, "metadata", json::value_depth(&index.metadata))?;
         let bytes = serde_json::to_vec(&index).map_err(|e| Error::InvalidArgument(format!("index: {e}")))?;
-        let depth = json_depth(&bytes);
-        if depth > MAX_JSON_DEPTH {
-            return Err(Error::InvalidArgument(format!(
-                "tree or metadata nested {depth} levels deep in JSON, over the limit of {MAX_JSON_DEPTH}"
-            )));
-        }
         if bytes.len() as u64 > MAX_INDEX_BYTES {
             return Err(Error::InvalidArgument(format!(
                 "index of {} bytes is over the limit of {MAX_INDEX_BYTES}",
@@ -558,15 +545,9 @@ impl<W: Write> Writer<W> {
                 out.flush().map_err(|e| Error::io(&self.label, e))?;
                 Ok((summary, Some(out)))
             }
-            Sink::File { out, tmp, dest, sync, overwrite } => {
-                let label = self.label.clone();
-                let result = commit(out, &tmp, &dest, sync, overwrite);
-                if result.is_err() {
-                    let _ = fs::remove_file(&tmp);
-                }
-                result.map_err(|e| Error::io(&label, e))?;
-                remove_stale_temps(&dest, std::time::SystemTime::now());
-                Ok((Summary { path: Some(dest), ..summary }, None))
+            Sink::File(file) => {
+                let path = file.commit()?;
+                Ok((Summary { path: Some(path), ..summary }, None))
             }
         }
     }
@@ -597,118 +578,22 @@ impl Encoded {
     }
 }
 
-/// A temporary file of a save of the same destination that has not been modified for this
-/// long is taken to be left by a killed process, and removed by the next successful save.
-/// (If its writer were still alive after all, its rename would fail with an error; the
-/// destination is never touched by the removal.)
-pub const STALE_TEMP_AGE: std::time::Duration = std::time::Duration::from_secs(15 * 60);
-
-/// Removes `.{name}.{pid}-{hex}-{n}.bpz-tmp` siblings of `dest` — exactly the names
-/// [`create_temp`] gives saves of `dest` — last modified at least [`STALE_TEMP_AGE`] before
-/// `now`. Best effort: errors are ignored.
-fn remove_stale_temps(dest: &Path, now: std::time::SystemTime) {
-    let (Some(dir), Some(base)) = (dest.parent(), dest.file_name()) else { return };
-    let dir = if dir.as_os_str().is_empty() { Path::new(".") } else { dir };
-    let prefix = format!(".{}.", base.to_string_lossy());
-    let Ok(entries) = fs::read_dir(dir) else { return };
-    for entry in entries.flatten() {
-        let name = entry.file_name();
-        let Some(stamp) = name.to_str().and_then(|n| n.strip_prefix(&prefix)).and_then(|r| r.strip_suffix(".bpz-tmp"))
-        else {
-            continue;
-        };
-        if !is_temp_stamp(stamp) {
-            continue;
-        }
-        let path = entry.path();
-        let Ok(meta) = fs::symlink_metadata(&path) else { continue };
-        let stale = meta.modified().ok().and_then(|m| now.duration_since(m).ok()).is_some_and(|age| age >= STALE_TEMP_AGE);
-        if meta.file_type().is_file() && stale {
-            let _ = fs::remove_file(&path);
-        }
+/// The tree and the metadata sit one level inside the index object, whose nesting the
+/// format limits to [`MAX_JSON_DEPTH`].
+fn check_nesting(label: &str, what: &str, depth: usize) -> Result<()> {
+    let limit = MAX_JSON_DEPTH - 1;
+    if depth <= limit {
+        return Ok(());
     }
-}
-
-/// `{pid}-{nanos:x}-{n}`, the middle of a temporary file's name.
-fn is_temp_stamp(s: &str) -> bool {
-    let parts: Vec<&str> = s.split('-').collect();
-    let digits = |p: &str, hex: bool| !p.is_empty() && p.bytes().all(|b| if hex { b.is_ascii_hexdigit() } else { b.is_ascii_digit() });
-    parts.len() == 3 && digits(parts[0], false) && digits(parts[1], true) && digits(parts[2], false)
-}
-
-fn commit(out: BufWriter<File>, tmp: &Path, dest: &Path, sync: bool, overwrite: bool) -> io::Result<()> {
-    let file = out.into_inner().map_err(|e| e.into_error())?;
-    if sync {
-        file.sync_all()?;
-    }
-    drop(file);
-    if overwrite {
-        replace(tmp, dest)?;
-    } else {
-        // A hard link fails if the destination exists: an atomic no-replace rename.
-        fs::hard_link(tmp, dest)?;
-        fs::remove_file(tmp)?;
-    }
-    if sync {
-        if let Some(dir) = dest.parent() {
-            let dir = if dir.as_os_str().is_empty() { Path::new(".") } else { dir };
-            // Persists the rename itself; not every platform can open a directory.
-            if let Ok(d) = File::open(dir) {
-                let _ = d.sync_all();
-            }
-        }
-    }
-    Ok(())
-}
-
-/// Puts `tmp` in place of `dest` in one atomic step.
-///
-/// On Linux, over an existing regular file, the two names are exchanged and the old file
-/// is then unlinked under the temporary name. A plain rename over an existing file makes
-/// ext4 (`auto_da_alloc`) allocate and start writing back the whole new file inside the
-/// rename: ~0.2 s per 512 MiB, even for a save that asked not to sync.
-fn replace(tmp: &Path, dest: &Path) -> io::Result<()> {
-    #[cfg(target_os = "linux")]
-    if fs::symlink_metadata(dest).is_ok_and(|m| m.file_type().is_file()) {
-        match exchange(tmp, dest) {
-            Ok(()) => {
-                if let Err(e) = fs::remove_file(tmp) {
-                    // Something other than the file we saw took `dest`'s place in between
-                    // (a directory cannot be unlinked): put both names back and fail.
-                    if fs::symlink_metadata(tmp).is_ok_and(|m| m.is_dir()) {
-                        exchange(tmp, dest)?;
-                        return Err(e);
-                    }
-                    // The new file is in place; the old one stays under the temporary name,
-                    // which a later save of this path removes (see `remove_stale_temps`).
-                }
-                return Ok(());
-            }
-            // No such file any more, or a filesystem without exchange: rename as usual.
-            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::EINVAL | libc::ENOSYS | libc::EPERM)) => {}
-            Err(e) => return Err(e),
-        }
-    }
-    fs::rename(tmp, dest)
-}
-
-/// `renameat2(RENAME_EXCHANGE)`: swaps two names atomically (Linux 3.15+).
-#[cfg(target_os = "linux")]
-fn exchange(a: &Path, b: &Path) -> io::Result<()> {
-    use std::ffi::CString;
-    use std::os::unix::ffi::OsStrExt;
-    let c = |p: &Path| CString::new(p.as_os_str().as_bytes()).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput));
-    let (a, b) = (c(a)?, c(b)?);
-    // SAFETY: both paths are NUL-terminated strings that outlive the call; the syscall
-    // only reads them.
-    let rc = unsafe {
-        libc::syscall(libc::SYS_renameat2, libc::AT_FDCWD, a.as_ptr(), libc::AT_FDCWD, b.as_ptr(), libc::RENAME_EXCHANGE)
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
+    Err(Error::limit(
+        label,
+        format!(
+            "{what} is nested deeper than an archive allows (an index may not be nested deeper than \
+             {MAX_JSON_DEPTH} levels, and the {what} sits one level inside it): its nesting depth"
+        ),
+        depth as u64,
+        limit as u64,
+    ))
 }
 
 fn check_level(level: i32) -> Result<()> {
@@ -721,14 +606,6 @@ fn check_level(level: i32) -> Result<()> {
         )));
     }
     Ok(())
-}
-
-impl<W: Write> Drop for Writer<W> {
-    fn drop(&mut self) {
-        if let Some(Sink::File { tmp, .. }) = self.sink.take() {
-            let _ = fs::remove_file(tmp);
-        }
-    }
 }
 
 impl<W: Write> std::fmt::Debug for Writer<W> {

@@ -44,21 +44,24 @@ fn a_directory_at_the_destination_is_an_error_and_stays_where_it_is() {
     fs::write(p.join("inside"), b"keep").unwrap();
     let err = save(&p, 1).unwrap_err();
     assert_eq!(err.kind(), "io", "{err}");
+    assert!(err.to_string().contains("is a directory, not a regular file; refusing"), "{err}");
     assert_eq!(fs::read(p.join("inside")).unwrap(), b"keep");
     assert_eq!(leftovers(d.path()), Vec::<String>::new());
 }
 
+/// A symlink is saved through (as editors do): the file it leads to is replaced in its own
+/// directory, and the link stays. (Until issue 11 the link itself was replaced.)
 #[cfg(unix)]
 #[test]
-fn a_symlink_at_the_destination_is_replaced_not_followed() {
+fn a_symlink_at_the_destination_is_followed_and_kept() {
     let d = tempfile::tempdir().unwrap();
     let target = d.path().join("target.bin");
     fs::write(&target, b"not an archive").unwrap();
     let p = d.path().join("m.bpz");
     std::os::unix::fs::symlink(&target, &p).unwrap();
     save(&p, 7).unwrap();
-    assert!(fs::symlink_metadata(&p).unwrap().file_type().is_file());
-    assert_eq!(fs::read(&target).unwrap(), b"not an archive");
+    assert!(fs::symlink_metadata(&p).unwrap().file_type().is_symlink());
+    assert_eq!(Reader::open(&target).unwrap().read("x").unwrap()[0], 7);
     assert_eq!(Reader::open(&p).unwrap().read("x").unwrap()[0], 7);
     assert_eq!(leftovers(d.path()), Vec::<String>::new());
 }

@@ -27,7 +27,6 @@ pub mod format;
 mod json;
 pub mod name;
 pub mod persist;
-pub mod persist;
 pub mod read;
 pub mod write;
 

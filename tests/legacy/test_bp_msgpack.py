@@ -213,9 +213,8 @@ def test_file_size_limit(tmp_path, monkeypatch):
 def test_decoded_bytes_budget(monkeypatch):
     data = bp_map(a=ext_array([4], "int8", b"abcd"))
     assert read_bp(data)["a"].tobytes() == b"abcd"
-    monkeypatch.setattr(bp_msgpack, "MAX_DECODED_RATIO", 0)
-    with pytest.raises(LimitExceededError, match="exceed"):
-        read_bp(data)
+    with pytest.raises(LimitExceededError, match="budget"):
+        read_bp(data, max_bytes=100)
 
 
 def test_missing_and_empty_files(tmp_path):

@@ -2,20 +2,34 @@
 
 Legacy files come from strangers, so every reader names the file and the key path at
 fault and checks sizes against the file's own size before allocating anything.
+
+Expansion budget: a small file must not make a reader build far more than the file holds
+(a deflate bomb, a pickle memo reference materialised thousands of times, an HDF5 dataset
+without stored data). Each read gets an :class:`ExpansionBudget`: the bytes it may
+materialise (arrays, copies, container slots) are
+
+    min(max_bytes, max(MIN_BUDGET_BYTES, ratio * file size))
+
+with ``ratio`` :data:`COMPRESSED_RATIO` for formats that store data deflated (.npz, .h5) and
+:data:`PLAIN_RATIO` for the others (.bp, .pkl, .mat), and ``max_bytes`` the machine's physical
+memory. Every charge is checked *before* its allocation. To read a trusted file that needs
+more: the ``max_ratio=`` / ``max_bytes=`` arguments of the readers, :func:`configure`, or the
+environment variables ``BPZ_LEGACY_MAX_RATIO`` / ``BPZ_LEGACY_MAX_BYTES`` (in that precedence).
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 import re
 import uuid
 from types import ModuleType
-from typing import Any, Callable, Iterable, Union
+from typing import Any, Callable, Iterable, Iterator, Union
 
 import numpy as np
 
-from ..errors import CheckpointNotFoundError, FormatError, LimitExceededError
+from ..errors import BpzError, CheckpointNotFoundError, FormatError, LimitExceededError, TruncatedError
 
 #: Largest legacy file any reader accepts (the readers hold a whole file's arrays in memory).
 MAX_FILE_BYTES = 64 * 2**30
@@ -23,6 +37,26 @@ MAX_FILE_BYTES = 64 * 2**30
 MAX_NESTING_DEPTH = 256
 #: numpy's own limit on array dimensions (numpy 2; numpy 1 stops at 32 and we report that too).
 MAX_NDIM = 64
+
+#: Materialised bytes per file byte for data stored deflated (.npz members, gzip HDF5 datasets).
+#: Deflate cannot expand more than 1032x (258-byte matches in ~2 bits), so every honest file
+#: fits, a zero-initialised state included.
+COMPRESSED_RATIO = 1100
+#: The same for formats that store arrays as they are (.bp, .pkl, .mat): arrays come out the
+#: size they went in; the rest is the readers' copies (<= 2x), container slots and .mat's
+#: narrow storage types (uint8 data of a float64 array: 8x).
+PLAIN_RATIO = 64
+#: Every file may materialise this much, whatever its size (tiny files, small overheads).
+MIN_BUDGET_BYTES = 256 * 2**20
+#: When the physical memory cannot be read.
+FALLBACK_MAX_BYTES = 64 * 2**30
+#: Bytes decompressed per read when a stream fills an array.
+STREAM_PIECE_BYTES = 4 * 2**20
+ENV_MAX_RATIO = "BPZ_LEGACY_MAX_RATIO"
+ENV_MAX_BYTES = "BPZ_LEGACY_MAX_BYTES"
+
+#: Process-wide overrides set by :func:`configure` (None: the environment, then the default).
+_configured: dict[str, Any] = {"max_ratio": None, "max_bytes": None}
 
 Source = Union[str, "os.PathLike[str]", bytes, bytearray, memoryview]
 KeyPath = tuple  # tuple of dict keys / list indexes from the root
@@ -56,9 +90,149 @@ def source_name(source: Any) -> str:
     return os.fspath(source)
 
 
+def _short(key: Any) -> str:
+    """A key for a message, bounded in size and cost (keys may be huge or deeply nested)."""
+    if isinstance(key, (str, bytes)):
+        return repr(key) if len(key) <= 80 else repr(key[:60]) + f"...({len(key)} long)"
+    if isinstance(key, bool) or key is None or isinstance(key, float):
+        return repr(key)
+    if isinstance(key, int):  # repr of a 5000-digit int raises ValueError
+        return repr(key) if key.bit_length() <= 64 else f"<int of {key.bit_length()} bits>"
+    size = len(key) if hasattr(key, "__len__") else None
+    return f"<{type(key).__name__}" + ("" if size is None else f" of {size}") + ">"
+
+
 def keypath(path: Iterable[Any]) -> str:
     """Render a key path as a list: keys contain dots, so never join them on '.'."""
-    return repr(list(path))
+    keys = [_short(k) for k in path]
+    if len(keys) > 16:
+        keys = keys[:4] + [f"...{len(keys) - 12} more..."] + keys[-8:]
+    return "[" + ", ".join(keys) + "]"
+
+
+def _physical_memory() -> int:
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return FALLBACK_MAX_BYTES
+
+
+def _parse_bytes(text: str) -> int:
+    """'17179869184', '16G', '512MiB' -> bytes (binary units)."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*", text, re.IGNORECASE)
+    if not m:
+        raise ValueError(text)
+    return int(float(m.group(1)) * 1024 ** " kmgt".index(m.group(2).lower() or " "))
+
+
+def _from_env(var: str, parse: Callable[[str], Any]) -> Any:
+    text = os.environ.get(var)
+    if text is None or not text.strip():
+        return None
+    try:
+        value = parse(text)
+    except ValueError:
+        value = -1
+    if not value > 0:
+        raise BpzError(f"environment variable {var}={text!r} is not a positive number"
+                       + (" of bytes (e.g. 17179869184 or 16G)" if var == ENV_MAX_BYTES else ""))
+    return value
+
+
+def configure(*, max_ratio: float | None = None, max_bytes: int | None = None) -> dict[str, Any]:
+    """Set this process's legacy expansion limits (None: back to the environment / default).
+
+    Returns the previous settings, so a caller can restore them: ``configure(**old)``.
+    """
+    for label, value in (("max_ratio", max_ratio), ("max_bytes", max_bytes)):
+        if value is not None and not value > 0:
+            raise ValueError(f"{label} must be positive, got {value!r}")
+    old = dict(_configured)
+    _configured.update(max_ratio=max_ratio, max_bytes=max_bytes)
+    return old
+
+
+def expansion_limits(compressed: bool, max_ratio: float | None = None,
+                     max_bytes: int | None = None) -> tuple[float, int]:
+    """(ratio, absolute cap): argument, else :func:`configure`, else environment, else default."""
+    for label, value in (("max_ratio", max_ratio), ("max_bytes", max_bytes)):
+        if value is not None and not value > 0:
+            raise ValueError(f"{label} must be positive, got {value!r}")
+    ratio = next((r for r in (max_ratio, _configured["max_ratio"], _from_env(ENV_MAX_RATIO, float))
+                  if r is not None), COMPRESSED_RATIO if compressed else PLAIN_RATIO)
+    cap = next((b for b in (max_bytes, _configured["max_bytes"], _from_env(ENV_MAX_BYTES, _parse_bytes))
+                if b is not None), None)
+    return ratio, int(cap) if cap is not None else _physical_memory()
+
+
+class ExpansionBudget:
+    """Bytes one read may still materialise; :meth:`take` is called before each allocation."""
+
+    def __init__(self, name: str, input_bytes: int, *, compressed: bool,
+                 max_ratio: float | None = None, max_bytes: int | None = None) -> None:
+        self.name, self.input_bytes = name, input_bytes
+        self.ratio, self.cap = expansion_limits(compressed, max_ratio, max_bytes)
+        self.allowed = int(min(self.cap, max(MIN_BUDGET_BYTES, self.ratio * input_bytes)))
+        self.used = 0
+
+    def take(self, nbytes: int, where: str) -> None:
+        """Charge ``nbytes``, or raise :class:`LimitExceededError` naming ``where`` and the way out."""
+        if nbytes > self.allowed - self.used:
+            raise LimitExceededError(
+                f"{where}: reading it needs {_human(nbytes)} more in memory ({_human(self.used)} used so "
+                f"far), over the expansion budget of {_human(self.allowed)} for this "
+                f"{_human(self.input_bytes)} legacy file (the larger of {self.ratio:g} x its size and "
+                f"{_human(MIN_BUDGET_BYTES)}, at most {_human(self.cap)}): a decompression bomb or a "
+                f"file that repeats its data. If you trust the file, raise the limit with the "
+                f"environment variable {ENV_MAX_RATIO} (a ratio) or {ENV_MAX_BYTES} (bytes), or "
+                f"pass max_ratio=/max_bytes=")
+        self.used += nbytes
+
+
+def _human(n: float) -> str:
+    """'1.5 GiB (1610612736 bytes)': readable, and exact for the user who sets a limit from it."""
+    for unit, scale in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit} ({int(n)} bytes)"
+    return f"{int(n)} bytes"
+
+
+def array_from_stream(read: Callable[[int], bytes], dtype: np.dtype, shape: tuple[int, ...], where: str,
+                      fortran: bool = False, budget: ExpansionBudget | None = None) -> np.ndarray:
+    """Like :func:`array_from_bytes`, filled piece by piece from ``read(n)`` (a decompressing
+    stream), so the data is held once and the array is charged before it exists."""
+    shape = checked_shape(shape, where)
+    count = int(np.prod(shape, dtype=object)) if shape else 1
+    need = count * dtype.itemsize
+    if budget is not None:
+        budget.take(need * (1 if dtype.isnative else 2), where)
+    try:
+        flat = np.empty(count, dtype=dtype)
+    except (ValueError, MemoryError):
+        raise LimitExceededError(f"{where}: out of memory making shape {list(shape)} of {dtype} "
+                                 f"({need} bytes)") from None
+    out, pos = flat.view(np.uint8), 0
+    while pos < need:
+        piece = read(min(STREAM_PIECE_BYTES, need - pos))
+        if not piece:
+            raise TruncatedError(f"{where}: data ends after {pos} of the {need} bytes shape "
+                                 f"{list(shape)} of {dtype} needs")
+        out[pos:pos + len(piece)] = np.frombuffer(piece, np.uint8)
+        pos += len(piece)
+    return native(flat.reshape(shape, order="F" if fortran else "C"))
+
+
+@contextlib.contextmanager
+def memory_guard(name: str) -> Iterator[None]:
+    """Turn a MemoryError or RecursionError inside a reader into a LimitExceededError naming the file."""
+    try:
+        yield
+    except MemoryError as exc:
+        raise LimitExceededError(f"{name}: out of memory while reading this legacy file "
+                                 f"({exc or 'allocation failed'}); it needs more memory than "
+                                 f"this process can get") from None
+    except RecursionError:
+        raise LimitExceededError(f"{name}: structure nested too deeply to read") from None
 
 
 def check_file(path: "str | os.PathLike[str]") -> tuple[str, int]:
@@ -86,6 +260,8 @@ def read_all(source: Source) -> tuple[bytes | memoryview, str]:
 
 def ml_dtype(name: str, where: str) -> np.dtype:
     """numpy dtype of an ``ml_dtypes`` type such as bfloat16 (imported only when a file uses one)."""
+    if name not in ML_DTYPE_NAMES:
+        raise FormatError(f"{where}: {name!r} is not an ml_dtypes type")
     mod = require("ml_dtypes", "ml_dtypes", f"{where}: reading a {name} array")
     return np.dtype(getattr(mod, name))
 
@@ -116,7 +292,7 @@ def native(arr: np.ndarray) -> np.ndarray:
 
 
 def array_from_bytes(raw: Any, dtype: np.dtype, shape: tuple[int, ...], where: str,
-                     fortran: bool = False) -> np.ndarray:
+                     fortran: bool = False, budget: ExpansionBudget | None = None) -> np.ndarray:
     """A fresh writable native-order array from exactly ``prod(shape) * itemsize`` bytes."""
     shape = checked_shape(shape, where)
     count = int(np.prod(shape, dtype=object)) if shape else 1
@@ -125,13 +301,18 @@ def array_from_bytes(raw: Any, dtype: np.dtype, shape: tuple[int, ...], where: s
     if have != need:
         raise FormatError(f"{where}: buffer holds {have} bytes but shape {list(shape)} of "
                           f"{dtype} needs {need}")
+    if budget is not None:
+        budget.take(need * (1 if dtype.isnative else 2), where)  # a swapped array is built twice
     try:
         flat = np.empty(count, dtype=dtype)
         if need:
             flat.view(np.uint8)[:] = np.frombuffer(raw, dtype=np.uint8)
         return native(flat.reshape(shape, order="F" if fortran else "C"))
-    except (ValueError, MemoryError) as exc:
+    except ValueError as exc:
         raise FormatError(f"{where}: cannot make shape {list(shape)} of {dtype}: {exc}") from None
+    except MemoryError:
+        raise LimitExceededError(f"{where}: out of memory making shape {list(shape)} of {dtype} "
+                                 f"({need} bytes)") from None
 
 
 def checked_shape(shape: Any, where: str) -> tuple[int, ...]:

@@ -13,8 +13,10 @@ are maps ``{"__msgpack_chunked_array__": True, "shape": {...}, "chunks": {"0": e
 Safety: files over :data:`MAX_FILE_BYTES` are refused; the unpacker's length limits are the
 file size, so no declared length can allocate more than the file holds; every array's bytes
 must equal shape x itemsize before anything is allocated; dtype names come from an allowlist
-(never ``np.dtype`` on arbitrary text); nesting stops at :data:`MAX_NESTING_DEPTH`; decoded
-array bytes stop at :data:`MAX_DECODED_RATIO` x the file size.
+(never ``np.dtype`` on arbitrary text); nesting stops at :data:`MAX_NESTING_DEPTH`; every ext
+payload, array and map/array slot is charged, as the unpacker makes it, to the file's
+expansion budget (:class:`~._common.ExpansionBudget`, plain-format ratio); chunked arrays are
+assembled in one preallocated array, never concatenated.
 
 Deliberate differences from BrainPy's ``load_pytree``:
 
@@ -43,18 +45,18 @@ import numpy as np
 
 from ..errors import FormatError, LimitExceededError, TruncatedError
 from ._common import (  # MAX_FILE_BYTES and MAX_NESTING_DEPTH are this module's limits too
-    MAX_FILE_BYTES, MAX_NDIM, MAX_NESTING_DEPTH, ML_DTYPE_NAMES, KeyPath, Source, array_from_bytes,
-    atomic_write, check_file, is_plain, keypath, ml_dtype, require, source_name,
+    MAX_FILE_BYTES, MAX_NDIM, MAX_NESTING_DEPTH, ML_DTYPE_NAMES, ExpansionBudget, KeyPath, Source,
+    array_from_bytes, atomic_write, check_file, checked_shape, is_plain, keypath, memory_guard, ml_dtype,
+    native, require, source_name,
 )
 
-__all__ = ["read_bp", "write_bp", "is_bp_file", "MAX_CHUNK_BYTES", "MAX_DECODED_RATIO", "MAX_FILE_BYTES",
-           "MAX_NESTING_DEPTH"]
+__all__ = ["read_bp", "write_bp", "is_bp_file", "MAX_CHUNK_BYTES", "MAX_FILE_BYTES", "MAX_NESTING_DEPTH"]
 
 #: flax's MAX_CHUNK_SIZE: arrays over this many bytes are split (msgpack lengths are 32-bit).
 MAX_CHUNK_BYTES = 2**30
-#: Decoded array bytes may not exceed the file size times this (each array's bytes are in the
-#: file, so a valid file never comes near it).
-MAX_DECODED_RATIO = 2
+#: What the unpacker's objects cost beyond their payload bytes, charged to the budget: an ext
+#: payload object, a list slot, a dict entry (CPython's sizes, rounded up).
+EXT_OBJECT_BYTES, LIST_SLOT_BYTES, MAP_ENTRY_BYTES, CONTAINER_BYTES = 96, 8, 48, 64
 #: Bytes the unpacker reads at a time; it keeps only unfinished objects buffered.
 READ_SIZE = 16 * 2**20
 #: Longest dtype name accepted in an ext payload ("datetime64[100ms]" is 17).
@@ -114,12 +116,34 @@ def _bin_span(data: bytes, off: int, where: str) -> tuple[int, int]:
     return off + 1 + w, int.from_bytes(data[off + 1:off + 1 + w], "big")
 
 
+class _Charged:
+    """The unpacker's hooks: each ext payload, list and map is charged to the budget as it is made.
+
+    msgpack builds a container before its hook sees it, so at most one container's slots
+    (bounded by the file size) are allocated past the budget before the read stops.
+    """
+
+    def __init__(self, budget: ExpansionBudget) -> None:
+        self.budget = budget
+
+    def ext(self, code: int, data: bytes) -> _Ext:
+        self.budget.take(len(data) + EXT_OBJECT_BYTES, f"{self.budget.name}: an ext payload")
+        return _Ext(code, data)
+
+    def list(self, items: list) -> list:
+        self.budget.take(CONTAINER_BYTES + LIST_SLOT_BYTES * len(items), f"{self.budget.name}: a msgpack array")
+        return items
+
+    def map(self, items: dict) -> dict:
+        self.budget.take(CONTAINER_BYTES + MAP_ENTRY_BYTES * len(items), f"{self.budget.name}: a msgpack map")
+        return items
+
+
 class _Reader:
     """Turns an unpacked tree (with :class:`_Ext` leaves) into BrainPy's pytree, checking as it goes."""
 
-    def __init__(self, msgpack: Any, name: str, size: int) -> None:
-        self.msgpack, self.name = msgpack, name
-        self.budget = max(size, 1) * MAX_DECODED_RATIO
+    def __init__(self, msgpack: Any, name: str, budget: ExpansionBudget) -> None:
+        self.msgpack, self.name, self.budget = msgpack, name, budget
 
     def where(self, path: KeyPath) -> str:
         return f"{self.name}: at key path {keypath(path)}"
@@ -166,6 +190,11 @@ class _Reader:
 
     def array(self, data: bytes, path: KeyPath) -> np.ndarray:
         """Decode ``[shape, dtype name, bytes]`` into a fresh writable array."""
+        dtype, shape, raw = self.parse_array(data, path)
+        return array_from_bytes(raw, dtype, shape, self.where(path), budget=self.budget)
+
+    def parse_array(self, data: bytes, path: KeyPath) -> tuple[np.dtype, Any, memoryview]:
+        """dtype, shape and data bytes of an array payload, nothing allocated."""
         where = self.where(path)
         # Parse only the small head with msgpack; the data bytes are sliced, never copied twice.
         u = self.msgpack.Unpacker(io.BytesIO(data), read_size=256, max_buffer_size=4096,
@@ -188,36 +217,50 @@ class _Reader:
         if start + length != len(data):
             raise FormatError(f"{where}: array payload is {len(data)} bytes but declares "
                               f"{length} data bytes at offset {start}")
-        self.budget -= length
-        if self.budget < 0:
-            raise LimitExceededError(f"{where}: decoded arrays exceed {MAX_DECODED_RATIO}x the file size")
-        return array_from_bytes(memoryview(data)[start:], dtype, shape, where)
+        return dtype, shape, memoryview(data)[start:]
 
     def unchunk(self, node: dict, path: KeyPath) -> np.ndarray:
-        """Rebuild an array that flax split into 1-D chunks."""
+        """Rebuild an array that flax split into 1-D chunks, straight into one new array."""
         where = self.where(path)
         shape, chunks = node.get("shape"), node.get("chunks")
         if not isinstance(shape, dict) or not isinstance(chunks, dict) or not chunks:
             raise FormatError(f"{where}: chunked array lacks its 'shape' or 'chunks' map")
-        pieces = [self.restore(c, path + ("chunks", k)) for k, c in chunks.items()]
-        if not all(isinstance(p, np.ndarray) and p.ndim == 1 and p.dtype == pieces[0].dtype
-                   for p in pieces):
-            raise FormatError(f"{where}: chunks are not 1-D arrays of one dtype")
-        dims = list(shape.values())
-        if not all(type(d) is int and d >= 0 for d in dims) or len(dims) > MAX_NDIM:
-            raise FormatError(f"{where}: chunked array shape {dims!r} is invalid")
-        total = sum(p.size for p in pieces)
+        pieces = []
+        for key, chunk in chunks.items():
+            if not isinstance(chunk, _Ext) or chunk.code != EXT_NDARRAY:
+                raise FormatError(f"{where}: chunk {key!r} is not an array")
+            dtype, dims, raw = self.parse_array(chunk.data, path + ("chunks", key))
+            if not isinstance(dims, list) or len(dims) != 1 or (pieces and dtype != pieces[0][0]):
+                raise FormatError(f"{where}: chunks are not 1-D arrays of one dtype")
+            if type(dims[0]) is not int or dims[0] * dtype.itemsize != raw.nbytes:
+                raise FormatError(f"{where}: chunk {key!r} holds {raw.nbytes} bytes, not {dims[0]!r} "
+                                  f"elements of {dtype}")
+            pieces.append((dtype, raw))
+        dims = checked_shape(list(shape.values()), where)
+        dtype = pieces[0][0]
+        total = sum(raw.nbytes for _, raw in pieces) // dtype.itemsize
         if int(np.prod(dims, dtype=object)) != total:
-            raise FormatError(f"{where}: chunks hold {total} elements but shape {dims} needs "
+            raise FormatError(f"{where}: chunks hold {total} elements but shape {list(dims)} needs "
                               f"{int(np.prod(dims, dtype=object))}")
-        return np.concatenate(pieces).reshape(dims)
+        self.budget.take(total * dtype.itemsize, where)
+        try:
+            flat = np.empty(total, dtype)
+        except MemoryError:
+            raise LimitExceededError(f"{where}: out of memory making {total} elements of {dtype}") from None
+        out, pos = flat.view(np.uint8), 0
+        for _, raw in pieces:
+            out[pos:pos + raw.nbytes] = np.frombuffer(raw, np.uint8)
+            pos += raw.nbytes
+        chunks.clear()  # the payloads are copied: let them go
+        return native(flat.reshape(dims))
 
 
-def read_bp(source: Source) -> Any:
+def read_bp(source: Source, *, max_ratio: float | None = None, max_bytes: int | None = None) -> Any:
     """Load a BrainPy ``.bp`` checkpoint (path or bytes) exactly as ``load_pytree`` returns it.
 
     Maps come back as dicts with str keys, arrays as writable native-order ndarrays, numpy
     scalars as numpy scalars, complex as ``complex``; see the module doc for what differs.
+    ``max_ratio`` / ``max_bytes`` override the expansion budget (see :mod:`._common`).
     """
     msgpack = require("msgpack", "msgpack", "reading BrainPy .bp files")
     if isinstance(source, (bytes, bytearray, memoryview)):
@@ -226,14 +269,18 @@ def read_bp(source: Source) -> Any:
     else:
         name, size = check_file(source)
         fh = open(name, "rb")
-    with fh:
+    budget = ExpansionBudget(name, size, compressed=False, max_ratio=max_ratio, max_bytes=max_bytes)
+    hooks = _Charged(budget)
+    with fh, memory_guard(name):
         limit = max(size, 1)
         unpacker = msgpack.Unpacker(
             fh, read_size=min(READ_SIZE, limit), max_buffer_size=limit, max_str_len=limit,
             max_bin_len=limit, max_ext_len=limit, max_array_len=limit, max_map_len=limit,
-            raw=False, use_list=True, ext_hook=_Ext)
+            raw=False, use_list=True, ext_hook=hooks.ext, list_hook=hooks.list, object_hook=hooks.map)
         try:
             tree = unpacker.unpack()
+        except FormatError:
+            raise
         except msgpack.OutOfData:
             raise TruncatedError(f"{name}: file ends inside the msgpack document ({size} bytes)") from None
         except msgpack.StackError:
@@ -244,7 +291,7 @@ def read_bp(source: Source) -> Any:
             raise FormatError(f"{name}: not a valid BrainPy .bp (msgpack) file: {exc}") from None
         if unpacker.tell() != size:
             raise FormatError(f"{name}: {size - unpacker.tell()} trailing bytes after the msgpack document")
-    return _Reader(msgpack, name, size).restore(tree)
+        return _Reader(msgpack, name, budget).restore(tree)
 
 
 def is_bp_file(source: "str | os.PathLike[str] | bytes") -> bool:

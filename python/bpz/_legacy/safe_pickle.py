@@ -9,6 +9,13 @@ with a dtype parsed from an allowlist (bool, int, uint, float, complex, str, byt
 ``__setstate__`` never sees a file's data. Before unpickling, the opcodes are walked once
 (:mod:`pickletools`), so that a memo index or declared length no honest pickler writes cannot
 make CPython's unpickler allocate gigabytes. Every allowed global is in :data:`ALLOWED_GLOBALS`.
+
+Memory: a pickle can name one large object many times through its memo, so what the load
+builds from it is charged to the file's expansion budget (:class:`~._common.ExpansionBudget`,
+plain-format ratio) before it is built: every array materialised (each stand-in is a separate
+array even when they share their bytes), every copy made by an allowed constructor
+(``list(x)``, ``bytes``, ``_codecs.encode`` ...) and every tuple or set rebuilt. A memo
+reference to an object already built is the same object, never a copy.
 """
 
 from __future__ import annotations
@@ -24,8 +31,8 @@ import numpy as np
 
 from ..errors import FormatError, LimitExceededError, TruncatedError
 from ._common import (
-    MAX_NESTING_DEPTH, ML_DTYPE_NAMES, Source, array_from_bytes, checked_shape, keypath,
-    ml_dtype, plain_typestr, read_all,
+    MAX_NESTING_DEPTH, ML_DTYPE_NAMES, ExpansionBudget, Source, array_from_bytes, checked_shape, keypath,
+    memory_guard, ml_dtype, plain_typestr, read_all,
 )
 
 __all__ = ["load_pickle", "ALLOWED_GLOBALS"]
@@ -58,11 +65,61 @@ class _Array(_Stub):
         self.how = how
 
 
-class _MLType:
+class _Sealed:
+    """What a pickle's GLOBAL gives (other than immutable builtin types): BUILD cannot change it.
+
+    Without this, BUILD on a shared allowed object (a function, a module-level stand-in) would
+    update its ``__dict__``, and the change would outlive the load and alter later files.
+    """
+
+    __slots__ = ()
+
+    def __setstate__(self, state: Any) -> None:
+        raise FormatError(f"BUILD applied to {self!r}, which is not an object a pickle may modify")
+
+
+class _MLType(_Sealed):
     """Stands for an ``ml_dtypes`` scalar type (bfloat16 ...) used as a dtype spec."""
+
+    __slots__ = ("name",)
 
     def __init__(self, name: str) -> None:
         self.name = name
+
+    def __repr__(self) -> str:
+        return f"ml_dtypes.{self.name}"
+
+
+#: Bytes charged per element for what a copying constructor builds: a pointer slot (list,
+#: tuple) or a hash-table entry (set, dict, OrderedDict), CPython's sizes rounded up.
+_SLOT_BYTES, _HASHED_BYTES, _OBJECT_BYTES = 8, 96, 200
+
+
+def _construction_cost(fn: Any, args: tuple) -> int:
+    """Bytes ``fn(*args)`` will build, for the allowed constructors that copy their argument."""
+    arg = args[0] if args else ()
+    size = len(arg) if hasattr(arg, "__len__") else 0
+    if fn in (list, tuple):
+        return _OBJECT_BYTES + _SLOT_BYTES * size
+    if fn in (set, frozenset, dict, collections.OrderedDict):
+        return _OBJECT_BYTES + _HASHED_BYTES * size
+    return _OBJECT_BYTES + size  # bytes, bytearray, encode: one byte per input item; stand-ins
+
+
+class _Allowed(_Sealed):
+    """An allowed global bound to one load: charges what each call builds before building it."""
+
+    __slots__ = ("fn", "label", "budget")
+
+    def __init__(self, fn: Any, label: str, budget: ExpansionBudget) -> None:
+        self.fn, self.label, self.budget = fn, label, budget
+
+    def __call__(self, *args: Any) -> Any:
+        self.budget.take(_construction_cost(self.fn, args), f"{self.budget.name}: a call of {self.label}")
+        return self.fn(*args)
+
+    def __repr__(self) -> str:
+        return self.label
 
 
 _NDARRAY = object()  # what 'numpy.ndarray' resolves to: passable to _reconstruct, not callable
@@ -114,18 +171,25 @@ ALLOWED_GLOBALS: dict[tuple[str, str], Any] = {
 
 
 class _RestrictedUnpickler(pickle.Unpickler):
-    def __init__(self, file: io.BytesIO, name: str) -> None:
+    def __init__(self, file: io.BytesIO, name: str, budget: ExpansionBudget) -> None:
         super().__init__(file)
-        self.name = name
+        self.name, self.budget = name, budget
 
     def find_class(self, module: str, name: str) -> Any:
         if module == "__builtin__":  # protocol 0-2 pickles name Python 2's module
             module = "builtins"
         try:
-            return ALLOWED_GLOBALS[(module, name)]
+            target = ALLOWED_GLOBALS[(module, name)]
         except KeyError:
             raise FormatError(f"{self.name}: pickle refers to {module}.{name}, which is not allowed "
                               f"(only containers and numpy arrays are loaded)") from None
+        if isinstance(target, _MLType):
+            return _MLType(target.name)
+        if target in (_NDARRAY, _DType, complex):  # build nothing large, cannot be modified
+            return target
+        # Everything else copies its argument or is a function BUILD could modify. A wrapper is
+        # not a type, so NEWOBJ (tuple.__new__(tuple, big)) cannot bypass the charge either.
+        return _Allowed(target, f"{module}.{name}", self.budget)
 
     def persistent_load(self, pid: Any) -> Any:
         raise FormatError(f"{self.name}: persistent ids are not allowed in a legacy pickle")
@@ -134,9 +198,11 @@ class _RestrictedUnpickler(pickle.Unpickler):
 class _Resolver:
     """Replaces stand-ins by real numpy objects, walking the loaded tree once."""
 
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self.done: dict[int, Any] = {}  # id -> result, keeps shared and cyclic references intact
+    def __init__(self, name: str, budget: ExpansionBudget) -> None:
+        self.name, self.budget = name, budget
+        # id -> (object, result): keeps shared and cyclic references intact; holding the object
+        # keeps its id from being reused while the walk runs.
+        self.done: dict[int, tuple[Any, Any]] = {}
 
     def where(self, path: tuple) -> str:
         return f"{self.name}: at key path {keypath(path)}"
@@ -179,7 +245,8 @@ class _Resolver:
         dtype = self.dtype(dtype, where)
         if not isinstance(raw, (bytes, bytearray)):
             raise FormatError(f"{where}: array data is {type(raw).__name__}, not bytes")
-        arr = array_from_bytes(raw, dtype, checked_shape(shape, where), where, fortran=order == "F")
+        arr = array_from_bytes(raw, dtype, checked_shape(shape, where), where, fortran=order == "F",
+                               budget=self.budget)
         return arr[()] if stub.how == "scalar" else arr
 
     def resolve(self, obj: Any, path: tuple = ()) -> Any:
@@ -188,30 +255,41 @@ class _Resolver:
         if isinstance(obj, (str, bytes, int, float, complex, type(None))):
             return obj
         if id(obj) in self.done:
-            return self.done[id(obj)]
-        where = self.where(path)
+            return self.done[id(obj)][1]
         if isinstance(obj, _Array):
-            result: Any = self.array(obj, where)
+            result: Any = self.array(obj, self.where(path))
         elif isinstance(obj, _DType):
-            result = self.dtype(obj, where)
+            result = self.dtype(obj, self.where(path))
         elif isinstance(obj, dict):
-            self.done[id(obj)] = obj
-            items = [(self.resolve(k, path + (k,)), self.resolve(v, path + (k,))) for k, v in obj.items()]
-            obj.clear()
-            obj.update(items)
+            self.done[id(obj)] = (obj, obj)
+            self.resolve_dict(obj, path)
             return obj
         elif isinstance(obj, list):
-            self.done[id(obj)] = obj
-            obj[:] = [self.resolve(v, path + (i,)) for i, v in enumerate(obj)]
+            self.done[id(obj)] = (obj, obj)
+            for i, v in enumerate(obj):  # in place: no second list of a large one
+                obj[i] = self.resolve(v, path + (i,))
             return obj
         elif isinstance(obj, (tuple, set, frozenset)):
-            result = type(obj)(self.resolve(v, path + (i,)) for i, v in enumerate(obj))
+            self.budget.take(_construction_cost(type(obj), (obj,)), self.where(path))
+            result = type(obj)([self.resolve(v, path + (i,)) for i, v in enumerate(obj)])
         elif isinstance(obj, bytearray):
             result = obj
         else:
-            raise FormatError(f"{where}: {type(obj).__name__} object is not allowed in a legacy pickle")
-        self.done[id(obj)] = result
+            raise FormatError(f"{self.where(path)}: {type(obj).__name__} object is not allowed in a legacy pickle")
+        self.done[id(obj)] = (obj, result)
         return result
+
+    def resolve_dict(self, obj: dict, path: tuple) -> None:
+        """Resolve values in place; rebuild (keeping order) only if a key itself resolves to something new."""
+        renamed = False
+        for k in obj:  # assigning to existing keys does not change the dict's size
+            renamed |= self.resolve(k, path + (k,)) is not k
+            obj[k] = self.resolve(obj[k], path + (k,))
+        if renamed:
+            self.budget.take(_construction_cost(dict, (obj,)), self.where(path))
+            items = [(self.resolve(k, path + (k,)), v) for k, v in obj.items()]
+            obj.clear()
+            obj.update(items)
 
 
 def _prescan(data: Any, name: str) -> None:
@@ -233,18 +311,35 @@ def _prescan(data: Any, name: str) -> None:
         raise FormatError(f"{name}: not a valid pickle: {exc}") from None
 
 
-def load_pickle(source: Source) -> Any:
+def load_pickle(source: Source, *, max_ratio: float | None = None, max_bytes: int | None = None) -> Any:
     """Unpickle a legacy state dict / ``save_states`` file (path or bytes) without running code.
 
     Arrays come back writable and in native byte order. Any global outside
-    :data:`ALLOWED_GLOBALS` raises :class:`~bpz.errors.FormatError` naming it.
+    :data:`ALLOWED_GLOBALS` raises :class:`~bpz.errors.FormatError` naming it. ``max_ratio`` /
+    ``max_bytes`` override the expansion budget (see :mod:`._common`).
     """
     data, name = read_all(source)
+    budget = ExpansionBudget(name, memoryview(data).nbytes, compressed=False,
+                             max_ratio=max_ratio, max_bytes=max_bytes)
+    with memory_guard(name):
+        return _load(data, name, budget)
+
+
+def _load(data: Any, name: str, budget: ExpansionBudget) -> Any:
+    try:
+        return _unpickle(data, name, budget)
+    except FormatError as exc:  # raised inside pickle's machinery without the file's name
+        if not str(exc).startswith(name):
+            raise type(exc)(f"{name}: {exc}") from None
+        raise
+
+
+def _unpickle(data: Any, name: str, budget: ExpansionBudget) -> Any:
     try:
         with warnings.catch_warnings():  # protocol-0 string escapes in garbage warn; the error says enough
             warnings.simplefilter("ignore", DeprecationWarning)
             _prescan(data, name)
-            loaded = _RestrictedUnpickler(io.BytesIO(data), name).load()
+            loaded = _RestrictedUnpickler(io.BytesIO(data), name, budget).load()
     except FormatError:
         raise
     except EOFError:
@@ -259,7 +354,7 @@ def load_pickle(source: Source) -> Any:
             raise TruncatedError(f"{name}: pickle data ends early ({msg})") from None
         raise FormatError(f"{name}: not a valid legacy pickle: {type(exc).__name__}: {msg}") from None
     try:
-        return _Resolver(name).resolve(loaded)
+        return _Resolver(name, budget).resolve(loaded)
     except FormatError:
         raise
     except (TypeError, ValueError) as exc:  # e.g. an array used as a set member or dict key

@@ -34,6 +34,16 @@ which is not hardened against malicious files: fuzzing corrupt copies of real fi
 crashed it in about 0.2% of cases. So bpz reads ``.h5`` in a child process with a time limit
 (:data:`H5_TIMEOUT`): a crash or hang of libhdf5 becomes a :class:`FormatError`, never the
 caller's crash. It also refuses links, external and virtual storage and bounds declared sizes.
+
+Memory: every read has an expansion budget (:class:`~._common.ExpansionBudget`; the
+compressed-format ratio for ``.npz`` and ``.h5``, the plain one for ``.pkl`` and ``.mat``).
+Each ``.npz`` member is charged its declared size before it is opened and streamed into its
+array (deflate output bounded per read), so a bomb is refused before memory is allocated;
+members must be stored or deflated (what numpy writes), not overlap and hold exactly what
+their ``.npy`` header declares. The HDF5 child charges each dataset before reading it and runs
+under an address-space limit (RLIMIT_AS) of its budget plus headroom, which also bounds what
+libhdf5's filters allocate. ``.mat`` data is stored uncompressed (compressed elements are
+refused unread). A MemoryError anywhere becomes a LimitExceededError naming the file.
 """
 
 from __future__ import annotations
@@ -49,7 +59,8 @@ import numpy as np
 
 from ..errors import FormatError, LimitExceededError, TruncatedError
 from ._common import (
-    MAX_NDIM, MAX_NESTING_DEPTH, array_from_bytes, atomic_write, check_file, is_plain, native, require,
+    MAX_NDIM, MAX_NESTING_DEPTH, ExpansionBudget, array_from_bytes, array_from_stream, atomic_write,
+    check_file, is_plain, memory_guard, native, require,
 )
 from .safe_pickle import load_pickle
 
@@ -59,9 +70,11 @@ DUPLICATE_KEY = "duplicate_keys"
 DUPLICATE_TARGET = "duplicate_targets"
 #: Suffix -> format. BrainPy saved all five and loaded all but ``.pickle``.
 SUFFIXES = {".h5": "h5", ".hdf5": "h5", ".npz": "npz", ".pkl": "pkl", ".pickle": "pkl", ".mat": "mat"}
-#: Decoded bytes allowed per stored byte. Deflate cannot expand data more than ~1032 times,
-#: so more than this means a decompression bomb (or an HDF5 dataset with no stored data).
-MAX_EXPANSION_RATIO = 1100
+#: Charged per ``.npz`` member / HDF5 dataset besides its data: the ZipInfo or h5py objects,
+#: the array object and its dict entry (so a file of many empty members is bounded too).
+ENTRY_OVERHEAD_BYTES = 1024
+#: Bytes of a zip local file header before the name (a lower bound of a member's extent).
+_ZIP_LOCAL_HEADER = 30
 #: MATLAB array classes save_states produced (double ... uint64) -> numpy type.
 _MAT_CLASS = {6: "f8", 7: "f4", 8: "i1", 9: "u1", 10: "i2", 11: "u2", 12: "i4", 13: "u4", 14: "i8", 15: "u8"}
 #: MATLAB data element types that hold numbers -> numpy type (byte order from the file).
@@ -77,17 +90,7 @@ def _format(path: str, error: type[Exception]) -> str:
     return fmt
 
 
-class _Budget:
-    """Counts decoded bytes against the file size times :data:`MAX_EXPANSION_RATIO`."""
-
-    def __init__(self, size: int) -> None:
-        self.left = max(size, 4096) * MAX_EXPANSION_RATIO
-
-    def take(self, nbytes: int, where: str) -> None:
-        self.left -= nbytes
-        if self.left < 0:
-            raise LimitExceededError(f"{where}: decoded data would exceed {MAX_EXPANSION_RATIO}x the "
-                                     f"file size (decompression bomb or missing data)")
+Limits = dict  # {"max_ratio": ..., "max_bytes": ...} passed through to ExpansionBudget
 
 
 def _value(arr: Any, where: str) -> np.ndarray:
@@ -100,10 +103,12 @@ def _value(arr: Any, where: str) -> np.ndarray:
     return native(arr)
 
 
-def _names(value: Any, where: str) -> list[str]:
+def _names(value: Any, where: str, budget: ExpansionBudget | None = None) -> list[str]:
     """A duplicate list stored as a 1-D str/bytes array."""
     if not isinstance(value, np.ndarray) or value.ndim != 1 or value.dtype.kind not in "US":
         raise FormatError(f"{where}: expected a 1-D array of names")
+    if budget is not None:  # each name becomes a str object (a list slot, a header, its text)
+        budget.take(value.size * (64 + value.dtype.itemsize), where)
     try:
         return [v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in value.tolist()]
     except UnicodeDecodeError:
@@ -114,7 +119,7 @@ def _names(value: Any, where: str) -> list[str]:
 H5_TIMEOUT = 300.0
 
 
-def _read_h5(name: str, size: int) -> tuple[Flat, dict[str, list[str]]]:
+def _read_h5(name: str, size: int, limits: Limits | None = None) -> tuple[Flat, dict[str, list[str]]]:
     """Reads an HDF5 states file in a child process (libhdf5 can crash on hostile files)."""
     import json
     import subprocess
@@ -122,12 +127,14 @@ def _read_h5(name: str, size: int) -> tuple[Flat, dict[str, list[str]]]:
     import tempfile
 
     require("h5py", "h5py", f"{name}: reading an HDF5 states file")
-    with tempfile.TemporaryDirectory(prefix="bpz-h5-") as tmp:
+    budget = ExpansionBudget(name, size, compressed=True, **(limits or {}))
+    with tempfile.TemporaryDirectory(prefix="bpz-h5-") as tmp, memory_guard(name):
         out = os.path.join(tmp, "result.npz")
-        code = "import sys; from bpz._legacy.states_files import _h5_child; _h5_child(sys.argv[1], int(sys.argv[2]), sys.argv[3])"
-        try:
-            proc = subprocess.run([sys.executable, "-c", code, name, str(size), out],
-                                  capture_output=True, timeout=H5_TIMEOUT)
+        code = ("import sys; from bpz._legacy.states_files import _h5_child; "
+                "_h5_child(sys.argv[1], int(sys.argv[2]), sys.argv[3], float(sys.argv[4]), int(sys.argv[5]))")
+        try:  # the limits travel as arguments: configure() and keywords are not in the environment
+            proc = subprocess.run([sys.executable, "-c", code, name, str(size), out, repr(budget.ratio),
+                                   str(budget.cap)], capture_output=True, timeout=H5_TIMEOUT)
         except subprocess.TimeoutExpired:
             raise FormatError(f"{name}: reading the HDF5 file did not finish in {H5_TIMEOUT:.0f} s "
                               "(libhdf5 hangs on some corrupt files)") from None
@@ -145,12 +152,39 @@ def _read_h5(name: str, size: int) -> tuple[Flat, dict[str, list[str]]]:
         return flat, meta["dups"]
 
 
-def _h5_child(name: str, size: int, out: str) -> None:
+#: Address space the HDF5 child may use beyond what it has after importing h5py, on top of
+#: twice its budget (its arrays, plus libhdf5's chunk and filter buffers).
+H5_HEADROOM_BYTES = 512 * 2**20
+
+
+def _limit_address_space(extra: int) -> None:
+    """RLIMIT_AS = this process's current size + ``extra``: a bound on what libhdf5 allocates
+    that bpz's own accounting cannot see (gzip filter buffers, chunk caches). Linux only."""
+    import resource
+
+    try:
+        with open("/proc/self/statm") as fh:
+            current = int(fh.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return
+    limit = current + extra
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    if hard != resource.RLIM_INFINITY:
+        limit = min(limit, hard)
+    if soft == resource.RLIM_INFINITY or limit < soft:
+        resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
+
+
+def _h5_child(name: str, size: int, out: str, ratio: float | None = None, cap: int | None = None) -> None:
     """In the child: read, then hand the arrays back through an .npz (no pickle)."""
     import json
 
+    budget = ExpansionBudget(name, size, compressed=True, max_ratio=ratio, max_bytes=cap)
     try:
-        flat, dups = _read_h5_here(name, size)
+        require("h5py", "h5py", f"{name}: reading an HDF5 states file")
+        _limit_address_space(2 * budget.allowed + H5_HEADROOM_BYTES)
+        with memory_guard(name):
+            flat, dups = _read_h5_here(name, budget)
         meta = {"names": list(flat), "dups": dups}
         arrays = {f"a{i}": v for i, v in enumerate(flat.values())}
     except FormatError as exc:
@@ -159,9 +193,10 @@ def _h5_child(name: str, size: int, out: str) -> None:
     np.savez(out, **arrays)
 
 
-def _read_h5_here(name: str, size: int) -> tuple[Flat, dict[str, list[str]]]:
+def _read_h5_here(name: str, budget: ExpansionBudget) -> tuple[Flat, dict[str, list[str]]]:
     h5py = require("h5py", "h5py", f"{name}: reading an HDF5 states file")
-    budget, flat, dups = _Budget(size), {}, {}
+    flat: Flat = {}
+    dups: dict[str, list[str]] = {}
 
     def visit(group: Any, prefix: str) -> None:
         if prefix.count("/") > MAX_NESTING_DEPTH:
@@ -183,7 +218,7 @@ def _read_h5_here(name: str, size: int) -> tuple[Flat, dict[str, list[str]]]:
             else:
                 if not is_plain(obj.dtype):
                     raise FormatError(f"{where}: dataset dtype {obj.dtype} is not bool or numeric")
-                budget.take(obj.size * obj.dtype.itemsize, where)
+                budget.take(ENTRY_OVERHEAD_BYTES + obj.size * obj.dtype.itemsize, where)
                 flat[full] = _value(obj[()], where)
 
     try:
@@ -192,24 +227,56 @@ def _read_h5_here(name: str, size: int) -> tuple[Flat, dict[str, list[str]]]:
     except FormatError:
         raise
     except (OSError, KeyError, RuntimeError, ValueError, TypeError) as exc:
+        if "alloc" in str(exc).lower():  # libhdf5 hit the address-space limit
+            raise LimitExceededError(f"{name}: out of memory while libhdf5 read the file ({exc})") from None
         raise FormatError(f"{name}: not a readable HDF5 file: {exc}") from None
     return flat, dups
 
 
-def _read_npz(name: str, size: int) -> tuple[Flat, dict[str, list[str]]]:
+def _check_members(infos: list[zipfile.ZipInfo], name: str, size: int) -> None:
+    """Refuse what numpy never writes and zip bombs rely on: other compression methods (bzip2 and
+    lzma expand far more than deflate), members past the end, members sharing bytes."""
+    for info in infos:
+        if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+            raise FormatError(f"{name}: member {info.filename!r} uses zip compression method "
+                              f"{info.compress_type}; .npz members are stored or deflated")
+        if info.compress_type == zipfile.ZIP_STORED and info.file_size != info.compress_size:
+            raise FormatError(f"{name}: stored member {info.filename!r} declares {info.file_size} bytes "
+                              f"but holds {info.compress_size}")
+        if info.header_offset + _ZIP_LOCAL_HEADER + info.compress_size > size:
+            raise TruncatedError(f"{name}: member {info.filename!r} runs past the end of the file")
+    starts = sorted(infos, key=lambda i: i.header_offset)
+    for first, second in zip(starts, starts[1:]):
+        end = first.header_offset + _ZIP_LOCAL_HEADER + len(first.filename) + first.compress_size
+        if end > second.header_offset:
+            raise FormatError(f"{name}: members {first.filename!r} and {second.filename!r} overlap "
+                              f"(a zip bomb shares compressed data between members)")
+
+
+def _read_npz(name: str, size: int, limits: Limits | None = None) -> tuple[Flat, dict[str, list[str]]]:
+    budget = ExpansionBudget(name, size, compressed=True, **(limits or {}))
+    with memory_guard(name):
+        return _read_npz_members(name, size, budget)
+
+
+def _read_npz_members(name: str, size: int, budget: ExpansionBudget) -> tuple[Flat, dict[str, list[str]]]:
     from numpy.lib import format as npy
 
-    budget, flat, dups = _Budget(size), {}, {}
+    flat: Flat = {}
+    dups: dict[str, list[str]] = {}
     try:
         with zipfile.ZipFile(name) as zf:
-            for info in zf.infolist():
+            infos = zf.infolist()
+            _check_members(infos, name, size)
+            for info in infos:
                 key, where = info.filename[:-4], f"{name}: at key {info.filename[:-4]!r}"
                 if not info.filename.endswith(".npy") or key in flat or key in dups:
                     raise FormatError(f"{name}: member {info.filename!r} is not a unique <name>.npy")
-                budget.take(info.file_size, where)
-                if info.file_size > max(info.compress_size, 1) * MAX_EXPANSION_RATIO:
+                if info.file_size > max(info.compress_size, 1) * budget.ratio:
                     raise LimitExceededError(f"{where}: member expands {info.compress_size} bytes to "
-                                             f"{info.file_size}")
+                                             f"{info.file_size}, more than {budget.ratio:g}x (deflate "
+                                             f"cannot exceed 1032x)")
+                budget.take(ENTRY_OVERHEAD_BYTES, where)  # the header; the data once its size is checked
                 with zf.open(info) as fp:
                     version = npy.read_magic(fp)
                     if version not in ((1, 0), (2, 0)):
@@ -218,10 +285,16 @@ def _read_npz(name: str, size: int) -> tuple[Flat, dict[str, list[str]]]:
                     shape, fortran, dtype = read_header(fp)
                     if not is_plain(dtype, text=key in (DUPLICATE_KEY, DUPLICATE_TARGET)):
                         raise FormatError(f"{where}: dtype {dtype} is not bool or numeric")
-                    raw = fp.read(info.file_size - fp.tell())
-                arr = array_from_bytes(raw, dtype, shape, where, fortran=fortran)
+                    count = int(np.prod(shape, dtype=object)) if shape else 1
+                    if fp.tell() + count * dtype.itemsize != info.file_size:
+                        raise FormatError(f"{where}: .npy header declares shape {list(shape)} of {dtype}, "
+                                          f"which needs {count * dtype.itemsize} bytes, but the member "
+                                          f"holds {info.file_size - fp.tell()} data bytes")
+                    arr = array_from_stream(fp.read, dtype, shape, where, fortran=fortran, budget=budget)
+                    if fp.read(1):  # also reaches the end, where zipfile checks the CRC
+                        raise FormatError(f"{where}: member holds more than its declared size")
                 if key in (DUPLICATE_KEY, DUPLICATE_TARGET):
-                    dups[key] = _names(arr, where)
+                    dups[key] = _names(arr, where, budget)
                 else:
                     flat[key] = arr
     except FormatError:
@@ -233,8 +306,8 @@ def _read_npz(name: str, size: int) -> tuple[Flat, dict[str, list[str]]]:
     return flat, dups
 
 
-def _read_pkl(name: str, size: int) -> tuple[Flat, dict[str, list[str]]]:
-    data = load_pickle(name)
+def _read_pkl(name: str, size: int, limits: Limits | None = None) -> tuple[Flat, dict[str, list[str]]]:
+    data = load_pickle(name, **(limits or {}))
     if not isinstance(data, dict):
         raise FormatError(f"{name}: pickle holds a {type(data).__name__}, not a dict of arrays")
     flat, dups = {}, {}
@@ -243,7 +316,8 @@ def _read_pkl(name: str, size: int) -> tuple[Flat, dict[str, list[str]]]:
         if not isinstance(key, str):
             raise FormatError(f"{where}: keys must be strings")
         if key in (DUPLICATE_KEY, DUPLICATE_TARGET):
-            dups[key] = _names(value, where)
+            with memory_guard(name):
+                dups[key] = _names(value, where)  # bounded by the arrays the pickle's budget paid for
         else:
             flat[key] = _value(value, where)
     return flat, dups
@@ -257,7 +331,8 @@ class _MatFile:
     char arrays are read: all that ``save_states`` ever wrote.
     """
 
-    def __init__(self, data: bytes, name: str) -> None:
+    def __init__(self, data: bytes, name: str, budget: ExpansionBudget) -> None:
+        self.budget = budget
         if len(data) < 128:
             raise TruncatedError(f"{name}: shorter than a MATLAB 5 header")
         if data[126:128] not in (b"IM", b"MI"):
@@ -315,7 +390,9 @@ class _MatFile:
             raise FormatError(f"{where}: MATLAB class {cls} is not what save_states wrote")
         arr = [self.numbers(mtype, payload, dims, cls, where) for mtype, payload in data]
         if is_complex:  # not re + 1j * im, which turns an infinite imaginary part into nan
-            value = np.empty(dims, np.result_type(arr[0].dtype, np.complex64))
+            ctype = np.result_type(arr[0].dtype, np.complex64)
+            self.budget.take(int(np.prod(dims, dtype=object)) * ctype.itemsize, where)
+            value = np.empty(dims, ctype)
             value.real, value.imag = arr
             return name, value
         return name, arr[0].astype(bool) if is_logical else arr[0]
@@ -323,9 +400,13 @@ class _MatFile:
     def numbers(self, mtype: int, payload: memoryview, dims: list[int], cls: int, where: str) -> np.ndarray:
         if mtype not in _MAT_STORAGE:
             raise FormatError(f"{where}: numeric data of element type {mtype}")
-        stored = array_from_bytes(payload, np.dtype(self.order + _MAT_STORAGE[mtype]),
-                                  (int(np.prod(dims, dtype=object)),), where)
-        return stored.astype(_MAT_CLASS[cls], copy=False).reshape(dims, order="F")
+        count = int(np.prod(dims, dtype=object))
+        stored = array_from_bytes(payload, np.dtype(self.order + _MAT_STORAGE[mtype]), (count,), where,
+                                  budget=self.budget)
+        out = np.dtype(_MAT_CLASS[cls])
+        if out != stored.dtype:  # narrow storage (uint8 data of a double array) widens here
+            self.budget.take(count * out.itemsize, where)
+        return stored.astype(out, copy=False).reshape(dims, order="F")
 
     def chars(self, part: tuple[int, memoryview], dims: list[int], where: str) -> np.ndarray:
         mtype, payload = part
@@ -339,12 +420,19 @@ class _MatFile:
             raise FormatError(f"{where}: char data is not valid {codec}") from None
         if len(text) != int(np.prod(dims, dtype=object)):
             raise FormatError(f"{where}: {len(text)} characters for dimensions {dims}")
-        return np.array(list(text) or [""], dtype="U1")[:len(text)].reshape(dims, order="F")
+        self.budget.take(8 * len(text), where)  # the str, then 4 bytes a character as U1
+        return np.frombuffer(text.encode("utf-32-le"), "<U1").reshape(dims, order="F").copy()
 
 
-def _read_mat(name: str, size: int) -> tuple[Flat, dict[str, list[str]]]:
+def _read_mat(name: str, size: int, limits: Limits | None = None) -> tuple[Flat, dict[str, list[str]]]:
+    budget = ExpansionBudget(name, size, compressed=False, **(limits or {}))
+    with memory_guard(name):
+        return _read_mat_variables(name, budget)
+
+
+def _read_mat_variables(name: str, budget: ExpansionBudget) -> tuple[Flat, dict[str, list[str]]]:
     with open(name, "rb") as fh:
-        mat = _MatFile(fh.read(), name)
+        mat = _MatFile(fh.read(), name, budget)
     try:
         variables = list(mat.variables())
     except FormatError:
@@ -362,15 +450,17 @@ def _read_mat(name: str, size: int) -> tuple[Flat, dict[str, list[str]]]:
         if key in (DUPLICATE_KEY, DUPLICATE_TARGET):
             if value.dtype.kind != "U" or value.ndim != 3:
                 raise FormatError(f"{where}: expected a (1, n) array of names")
+            budget.take(value[0].size * 64, where)
             dups[key] = ["".join(chars).strip(" \x00") for chars in value[0]]
         elif value.dtype.kind == "U":
             raise FormatError(f"{where}: stored value is text, not a bool or numeric array")
         else:
+            budget.take(value.nbytes, where)  # a C-order copy
             flat[key] = _value(np.array(value[0], order="C"), where)
     return flat, dups
 
 
-_READERS: dict[str, Callable[[str, int], tuple[Flat, dict[str, list[str]]]]] = {
+_READERS: dict[str, Callable[[str, int, Limits], tuple[Flat, dict[str, list[str]]]]] = {
     "h5": _read_h5, "npz": _read_npz, "pkl": _read_pkl, "mat": _read_mat}
 
 
@@ -393,16 +483,18 @@ def _like(flat: Flat, like: Mapping[str, Any]) -> None:
         flat[key] = arr
 
 
-def read_states(path: "str | os.PathLike[str]", *, like: Mapping[str, Any] | None = None
-                ) -> tuple[Flat, dict[str, str]]:
+def read_states(path: "str | os.PathLike[str]", *, like: Mapping[str, Any] | None = None,
+                max_ratio: float | None = None, max_bytes: int | None = None) -> tuple[Flat, dict[str, str]]:
     """Read a ``save_states`` file: ``(stored name -> array, alias -> stored name)``.
 
     Every variable name the model had is a key of the first map or of the aliases (see
     :func:`expand_aliases`). ``like`` (``.mat`` only) gives reference shapes/dtypes that undo
-    the format's losses; see the module doc.
+    the format's losses; see the module doc. ``max_ratio`` / ``max_bytes`` override the
+    expansion budget (see :mod:`._common`).
     """
     name, size = check_file(path)
-    flat, dups = _READERS[_format(name, FormatError)](name, size)
+    limits = {"max_ratio": max_ratio, "max_bytes": max_bytes}
+    flat, dups = _READERS[_format(name, FormatError)](name, size, limits)
     keys, targets = dups.get(DUPLICATE_KEY, []), dups.get(DUPLICATE_TARGET, [])
     if len(keys) != len(targets):
         raise FormatError(f"{name}: {len(keys)} duplicate_keys but {len(targets)} duplicate_targets")

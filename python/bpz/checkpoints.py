@@ -210,7 +210,8 @@ def save_checkpoint(
     if keep < 1:
         raise ValueError(f"keep must be at least 1, not {keep}")
     if async_manager is not None:
-        async_manager._check_open()
+        if isinstance(async_manager, AsyncManager):
+            async_manager._check_open()
         async_manager.wait_previous_save()  # the listing below must include its result
     shown_path = os.path.join(ckpt_dir, name)
     abs_dir = absolute_path(ckpt_dir or ".")

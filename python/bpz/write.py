@@ -396,7 +396,8 @@ def save_tree(
     _check_options(compression, level, chunk_size)
     metadata_json = _metadata_json(metadata)
     if async_manager is not None:
-        async_manager._check_open()
+        if isinstance(async_manager, AsyncManager):  # BrainPy's own manager works too, checked by itself
+            async_manager._check_open()
         async_manager.wait_previous_save()
     if path is None:
         path = absolute_path(filename)
@@ -441,7 +442,10 @@ def save_tree(
             after_write()
 
     try:
-        async_manager.save_async(job, filename)
+        if isinstance(async_manager, AsyncManager):
+            async_manager.save_async(job, filename)
+        else:
+            async_manager.save_async(job)
     except BaseException:
         _remove_created(created)
         raise

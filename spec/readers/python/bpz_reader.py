@@ -8,6 +8,13 @@ numpy and the ``zstandard`` package (``ml_dtypes`` is used when present).
     >>> ar.read("x")
     b'\\x01\\x02\\x03'
 
+Memory is bounded by the caller, never by what a file declares (a valid 132 KB file can
+hold a 4 GiB tensor of zeros): ``read``, ``read_rows`` and ``read_range`` refuse a result
+over ``max_read_bytes`` (default 1 GiB) with ``limit_exceeded`` before allocating it; every
+call decodes one chunk at a time and refuses a chunk over ``max_chunk_bytes`` (default the
+format's 256 MiB); ``iter_range``/``iter_rows`` and ``read_to``/``read_rows_to`` stream a
+tensor of any size in one chunk's memory, yielding a chunk only once it is verified.
+
 ``to_numpy`` returns NumPy's own dtypes for BOOL (any non-zero byte reads as true), the
 integers, F16/F32/F64 and C64/C128. BF16 and the F8 types use ``ml_dtypes`` when it is
 installed, else come back as raw bit patterns (``uint16`` for BF16, ``uint8`` for F8).
@@ -23,7 +30,8 @@ from typing import Any, NamedTuple
 import numpy as np
 import zstandard
 
-__all__ = ["BpzFormatError", "Archive", "TensorEntry", "Chunk", "open_archive", "crc32c"]
+__all__ = ["BpzFormatError", "Archive", "TensorEntry", "Chunk", "open_archive", "crc32c",
+           "DEFAULT_MAX_READ_BYTES"]
 
 # ---------------------------------------------------------------- constants (sections 2, 3, 11)
 MAGIC = b"\x89BPZ\r\n\x1a\n"
@@ -37,6 +45,8 @@ MAX_RANK = 64
 MAX_CHUNK_BYTES = 256 << 20
 MAX_CHUNKS = 1 << 24
 MAX_INT = (1 << 53) - 1
+# The reader's own cap on one read's result (not a format limit): Archive(max_read_bytes=...).
+DEFAULT_MAX_READ_BYTES = 1 << 30
 
 DTYPE_SIZES = {  # section 6
     "BOOL": 1, "U8": 1, "U16": 2, "U32": 4, "U64": 8, "I8": 1, "I16": 2, "I32": 4, "I64": 8,
@@ -137,19 +147,21 @@ def _product(values) -> int:
 
 
 # ---------------------------------------------------------------- filters (section 5)
-def _unfilter(filter_name: str, filtered: bytes, m: int, s: int) -> bytes:
-    """Undo ``filter_name`` on one chunk of ``m`` elements of ``s`` bytes."""
+def _unfilter(filter_name: str, filtered: bytes, m: int, s: int) -> bytes | memoryview:
+    """Undo ``filter_name`` on one chunk of ``m`` elements of ``s`` bytes.
+
+    Returns a bytes-like object (no extra copy of the chunk for a ``bytes`` result)."""
     if filter_name == "none":
         return filtered
     if filter_name == "bitpack":  # bit k (LSB first) of F[q] is D[8q + k]
         bits = np.unpackbits(np.frombuffer(filtered, np.uint8), bitorder="little")
-        return bits[:m].tobytes()
+        return memoryview(bits[:m])
     # shuffle: D[i*s + j] = F[j*m + i], i.e. transpose an (s, m) byte matrix
     data = np.frombuffer(filtered, np.uint8).reshape(s, m).T.copy()
     if filter_name == "delta_shuffle":  # running sum modulo 2^(8s), restarting per chunk
         words = data.view(f"<u{s}").reshape(m)
-        data = np.cumsum(words, dtype=words.dtype)
-    return data.tobytes()
+        np.cumsum(words, dtype=words.dtype, out=words)
+    return memoryview(data.reshape(-1))
 
 
 def filtered_size(filter_name: str, m: int, s: int) -> int:
@@ -198,39 +210,66 @@ def _zstd_frame_info(frame: bytes) -> tuple[int, int | None]:
 def decompress_exact(frame: bytes, size: int) -> bytes:
     """Decompress exactly one zstd frame that must yield exactly ``size`` bytes.
 
-    Never allocates according to the frame header: the output is read through a stream
-    reader asked for at most ``size + 1`` bytes. Raises ValueError on any mismatch.
+    Never allocates according to the frame header: a frame declaring another content size
+    is refused, and a frame declaring none gets ``size`` written into its header, so the
+    one-shot decoder allocates exactly ``size`` bytes (and no window) and fails on a frame
+    that would produce more or fewer. Raises ValueError on any mismatch.
     """
     frame_length, content_size = _zstd_frame_info(frame)
     if frame_length != len(frame):
         raise ValueError(f"{len(frame) - frame_length} bytes after the zstd frame")
     if content_size is not None and content_size != size:
         raise ValueError(f"frame declares {content_size} bytes, expected {size}")
-    out = bytearray()
+    if content_size is None:  # then not single-segment: FHD, Window_Descriptor, Dictionary_ID
+        header_end = 6 + (0, 1, 2, 4)[frame[4] & 3]
+        frame = (frame[:4] + bytes([frame[4] | 0xC0]) + frame[5:header_end]
+                 + size.to_bytes(8, "little") + frame[header_end:])
     try:
-        with zstandard.ZstdDecompressor().stream_reader(frame, read_across_frames=False) as reader:
-            while len(out) <= size:
-                piece = reader.read(size + 1 - len(out))
-                if not piece:
-                    break
-                out += piece
+        out = zstandard.ZstdDecompressor().decompress(frame)
     except zstandard.ZstdError as exc:
-        raise ValueError(f"zstd: {exc}") from None
-    if len(out) != size:
-        raise ValueError(f"frame yields {'more than' if len(out) > size else 'only'} {min(len(out), size)} bytes, expected {size}")
-    return bytes(out)
+        raise ValueError(f"zstd frame does not decode to {size} bytes: {exc}") from None
+    if len(out) != size:  # libzstd checks this itself; kept for clarity of the contract
+        raise ValueError(f"frame yields {len(out)} bytes, expected {size}")
+    return out
+
+
+def zstd_compress_bound(n: int) -> int:
+    """zstd's ZSTD_COMPRESSBOUND(n), plus room for a frame header and checksum: the largest
+    frame an encoder produces for n bytes (a longer one can only be padded with empty blocks)."""
+    return n + (n >> 8) + ((128 << 10) - n >> 11 if n < 128 << 10 else 0) + 64
 
 
 # ---------------------------------------------------------------- the archive
-def open_archive(path: str | os.PathLike) -> "Archive":
-    return Archive(path)
+def open_archive(path: str | os.PathLike, **limits) -> "Archive":
+    """Open and validate ``path``; ``limits`` are Archive's keyword arguments."""
+    return Archive(path, **limits)
 
 
 class Archive:
-    """An open bpz file. Every section 10 open-time check has passed once constructed."""
+    """An open bpz file. Every section 10 open-time check has passed once constructed.
 
-    def __init__(self, path: str | os.PathLike):
+    The limits bound the memory any call spends, whatever the file declares; a request
+    over one raises ``BpzFormatError`` of kind ``limit_exceeded`` before allocating:
+
+    * ``max_read_bytes``: the largest result of one ``read``/``read_rows``/``read_range``
+      (default 1 GiB; ``None`` lifts it). Streaming (``iter_range``, ``read_to``, ...) is
+      not subject to it.
+    * ``max_chunk_bytes``: the largest chunk (decoded size) any call decodes, ``verify``
+      and streaming included; an encoded chunk's stored size is capped at zstd's compress
+      bound of it. Default and ceiling: the format's 256 MiB.
+    * ``max_index_bytes``: the largest index opened (default and ceiling: 256 MiB).
+    """
+
+    def __init__(self, path: str | os.PathLike, *, max_read_bytes: int | None = DEFAULT_MAX_READ_BYTES,
+                 max_chunk_bytes: int = MAX_CHUNK_BYTES, max_index_bytes: int = MAX_INDEX_BYTES):
         self.path = os.fspath(path)
+        for what, value in (("max_read_bytes", max_read_bytes), ("max_chunk_bytes", max_chunk_bytes),
+                            ("max_index_bytes", max_index_bytes)):
+            if value is not None and not (_is_int(value) and value >= 0):
+                raise BpzFormatError("invalid_argument", f"{self.path}: {what} must be an integer >= 0, not {value!r}")
+        self.max_read_bytes = max_read_bytes
+        self.max_chunk_bytes = MAX_CHUNK_BYTES if max_chunk_bytes is None else min(max_chunk_bytes, MAX_CHUNK_BYTES)
+        self.max_index_bytes = MAX_INDEX_BYTES if max_index_bytes is None else min(max_index_bytes, MAX_INDEX_BYTES)
         try:
             self._file = open(self.path, "rb")
         except OSError as exc:
@@ -297,6 +336,9 @@ class Archive:
         index_offset, index_length = (int.from_bytes(trailer[o:o + 8], "little") for o in (0, 8))
         if index_length > MAX_INDEX_BYTES:  # step 6
             raise self._fail("limit_exceeded", f"trailer: index of {index_length} bytes exceeds 256 MiB")
+        if index_length > self.max_index_bytes:
+            raise self._fail("limit_exceeded", f"trailer: index of {index_length} bytes is over this reader's "
+                                               f"limit of {self.max_index_bytes} (max_index_bytes)")
         if index_offset < SUPERBLOCK_SIZE or index_offset + index_length + TRAILER_SIZE != size:
             raise self._fail("invalid_index", f"trailer: index [{index_offset}, +{index_length}) does not end at the trailer")
         self.index_offset = index_offset
@@ -415,7 +457,22 @@ class Archive:
         except KeyError:
             raise self._fail("tensor_not_found", f"no tensor named {_show(name)}") from None
 
-    def _decode_chunk(self, t: TensorEntry, i: int) -> bytes:
+    def _check_chunk_budget(self, t: TensorEntry, first: int, last: int) -> None:
+        """Refuse, before reading any, a chunk in [first, last] that needs more memory than
+        ``max_chunk_bytes`` allows."""
+        limit, bound = self.max_chunk_bytes, zstd_compress_bound(self.max_chunk_bytes)
+        for i in range(first, last + 1):
+            c, decoded = t.chunks[i], t.chunk_elements(i) * t.itemsize
+            if decoded > limit:
+                raise self._fail("limit_exceeded", f"tensor {_show(t.name)} chunk {i}: decodes to {decoded} bytes, "
+                                                   f"over this reader's limit of {limit} per chunk (max_chunk_bytes)")
+            if c.encoded and c.stored_length > bound:
+                raise self._fail("limit_exceeded", f"tensor {_show(t.name)} chunk {i}: a zstd frame of "
+                                                   f"{c.stored_length} bytes, more than zstd needs for {limit} "
+                                                   f"bytes (max_chunk_bytes)")
+
+    def _decode_chunk(self, t: TensorEntry, i: int, unfilter: bool = True) -> bytes | memoryview:
+        self._check_chunk_budget(t, i, i)
         c, m, s = t.chunks[i], t.chunk_elements(i), t.itemsize
         stored = self._pread(c.offset, c.stored_length)
         actual = crc32c(stored)
@@ -427,31 +484,92 @@ class Archive:
             filtered = decompress_exact(stored, filtered_size(t.filter, m, s))
         except ValueError as exc:
             raise self._fail("corrupt_data", f"tensor {_show(t.name)} chunk {i}: {exc}") from None
-        return _unfilter(t.filter, filtered, m, s)
+        return _unfilter(t.filter, filtered, m, s) if unfilter else filtered
 
-    def read_range(self, name: str, a: int, b: int) -> bytes:
-        """Decoded bytes [a, b) of a tensor; decodes only the chunks that hold them."""
+    def _byte_range(self, name: str, a: int, b: int) -> tuple[TensorEntry, int, int]:
         t = self.tensor(name)
-        if not 0 <= a <= b <= t.nbytes:
+        if not (_is_int(a) and _is_int(b) and 0 <= a <= b <= t.nbytes):
             raise self._fail("invalid_argument", f"tensor {_show(name)}: byte range [{a}, {b}) outside [0, {t.nbytes})")
-        if a == b:
-            return b""
-        per_chunk = t.chunk_elems * t.itemsize
-        first, last = a // per_chunk, (b - 1) // per_chunk
-        data = b"".join(self._decode_chunk(t, i) for i in range(first, last + 1))
-        return data[a - first * per_chunk: b - first * per_chunk]
+        return t, a, b
 
-    def read(self, name: str) -> bytes:
+    def _row_range(self, name: str, start: int, stop: int) -> tuple[int, int]:
+        t = self.tensor(name)
+        if not (_is_int(start) and _is_int(stop) and 0 <= start <= stop <= t.rows):
+            raise self._fail("invalid_argument", f"tensor {_show(name)}: rows [{start}, {stop}) outside [0, {t.rows})")
+        row_bytes = _product(t.shape[1:]) * t.itemsize
+        return start * row_bytes, stop * row_bytes
+
+    def _pieces(self, t: TensorEntry, a: int, b: int):
+        """Yield (offset in [a, b), verified bytes) chunk by chunk."""
+        per_chunk = t.chunk_elems * t.itemsize
+        for i in range(a // per_chunk, (b - 1) // per_chunk + 1):
+            start = i * per_chunk
+            chunk = memoryview(self._decode_chunk(t, i))
+            lo, hi = max(a, start), min(b, start + len(chunk))
+            piece = chunk[lo - start:hi - start]
+            del chunk  # while the next chunk decodes, only the caller's piece keeps this one
+            yield lo - a, piece
+            del piece
+
+    def read_range(self, name: str, a: int, b: int) -> bytearray:
+        """Decoded bytes [a, b) of a tensor; decodes only the chunks that hold them.
+
+        The result is allocated once, after checking it against ``max_read_bytes`` and
+        every chunk it needs against ``max_chunk_bytes``; chunks are decoded one at a time.
+        """
+        t, a, b = self._byte_range(name, a, b)
+        if self.max_read_bytes is not None and b - a > self.max_read_bytes:
+            raise self._fail("limit_exceeded", f"tensor {_show(name)}: reading {b - a} bytes at once is over this "
+                                               f"reader's limit of {self.max_read_bytes} (max_read_bytes): raise it, "
+                                               f"read fewer rows, or stream with iter_range / read_to")
+        if a == b:
+            return bytearray()
+        per_chunk = t.chunk_elems * t.itemsize
+        self._check_chunk_budget(t, a // per_chunk, (b - 1) // per_chunk)
+        try:
+            out = bytearray(b - a)
+        except MemoryError:
+            raise self._fail("limit_exceeded", f"tensor {_show(name)}: cannot allocate {b - a} bytes") from None
+        for at, piece in self._pieces(t, a, b):
+            out[at:at + len(piece)] = piece
+        return out
+
+    def read(self, name: str) -> bytearray:
         """All decoded bytes of a tensor (little-endian, C order), every chunk checked."""
         return self.read_range(name, 0, self.tensor(name).nbytes)
 
-    def read_rows(self, name: str, start: int, stop: int) -> bytes:
+    def read_rows(self, name: str, start: int, stop: int) -> bytearray:
         """Decoded bytes of rows [start, stop) along the leading axis (section 4.1)."""
-        t = self.tensor(name)
-        if not 0 <= start <= stop <= t.rows:
-            raise self._fail("invalid_argument", f"tensor {_show(name)}: rows [{start}, {stop}) outside [0, {t.rows})")
-        row_bytes = _product(t.shape[1:]) * t.itemsize
-        return self.read_range(name, start * row_bytes, stop * row_bytes)
+        return self.read_range(name, *self._row_range(name, start, stop))
+
+    def iter_range(self, name: str, a: int, b: int):
+        """Stream decoded bytes [a, b) as memoryviews, one chunk's worth at a time.
+
+        Memory stays at one chunk whatever the tensor's size. A chunk is yielded only after
+        its crc32c is checked and its frame decoded to exactly its size; a chunk that fails
+        raises BpzFormatError from the iterator, after the earlier (correct) pieces: the
+        output is then incomplete. A view kept alive keeps its chunk's memory: drop it
+        before taking the next to stay at one chunk (plus the one being decoded).
+        Limits are checked here, before the first chunk is read.
+        """
+        t, a, b = self._byte_range(name, a, b)
+        if a < b:
+            per_chunk = t.chunk_elems * t.itemsize
+            self._check_chunk_budget(t, a // per_chunk, (b - 1) // per_chunk)
+        return (piece for _, piece in self._pieces(t, a, b)) if a < b else iter(())
+
+    def iter_rows(self, name: str, start: int, stop: int):
+        """``iter_range`` over rows [start, stop)."""
+        return self.iter_range(name, *self._row_range(name, start, stop))
+
+    def read_to(self, name: str, out) -> int:
+        """Write the tensor's decoded bytes to the binary file ``out`` chunk by chunk;
+        return the byte count. On an error, what was written is incomplete."""
+        return _write_all(self.iter_range(name, 0, self.tensor(name).nbytes), out, f"{self.path}: tensor {_show(name)}")
+
+    def read_rows_to(self, name: str, start: int, stop: int, out) -> int:
+        """``read_to`` for rows [start, stop)."""
+        return _write_all(self.iter_rows(name, start, stop), out, f"{self.path}: tensor {_show(name)}")
 
     def to_numpy(self, name: str) -> np.ndarray:
         t = self.tensor(name)
@@ -466,10 +584,12 @@ class Archive:
         return np.frombuffer(self.read(name), dtype).reshape(t.shape)
 
     def verify(self) -> None:
-        """Full check: decode every chunk, and every padding byte of the data region is zero."""
+        """Full check: decode every chunk, and every padding byte of the data region is zero.
+
+        Chunks are decoded one at a time, each within ``max_chunk_bytes``."""
         for t in self.tensors:
             for i in range(len(t.chunks)):
-                self._decode_chunk(t, i)
+                self._decode_chunk(t, i, unfilter=False)  # filters cannot fail: no need to undo them
         spans = sorted((c.offset, c.offset + c.stored_length) for t in self.tensors for c in t.chunks)
         pos = SUPERBLOCK_SIZE
         for start, end in spans + [(self.index_offset, self.index_offset)]:
@@ -479,6 +599,18 @@ class Archive:
                     at = gap + next(k for k, v in enumerate(piece) if v)
                     raise self._fail("corrupt_data", f"data region: padding byte at offset {at} is not zero")
             pos = max(pos, end)
+
+
+def _write_all(pieces, out, where: str) -> int:
+    total = 0
+    for piece in pieces:
+        total += len(piece)
+        while piece:  # a raw (unbuffered) file may take part of a piece
+            written = out.write(piece)
+            if written == 0:
+                raise BpzFormatError("io", f"{where}: the destination {out!r} accepted no bytes")
+            piece = piece[len(piece) if written is None else written:]
+    return total
 
 
 # ---------------------------------------------------------------- index helpers

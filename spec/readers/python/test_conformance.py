@@ -366,7 +366,7 @@ def test_decompression_is_bounded_in_memory():
     bomb = zstandard.ZstdCompressor(write_content_size=False).compress(bytes(64 << 20))
     tracemalloc.start()
     try:
-        with pytest.raises(ValueError, match="more than"):
+        with pytest.raises(ValueError, match="does not decode to 64 bytes"):
             decompress_exact(bomb, 64)
         assert tracemalloc.get_traced_memory()[1] < 1 << 20
     finally:

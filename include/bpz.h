@@ -22,6 +22,9 @@
  *   them. Reads decode the chunks they need in parallel on an internal pool.
  * - Reads verify crc32c checksums; a zero-copy view (bpz_tensor_data) does
  *   not — call bpz_verify() when the file is not trusted.
+ * - A file truncated in place while open (rather than replaced) makes reads
+ *   and checks fail with BPZ_ERR_TRUNCATED; but a zero-copy view of bytes
+ *   past the new end raises SIGBUS when touched, as with any memory map.
  */
 #ifndef BPZ_H
 #define BPZ_H
@@ -225,7 +228,9 @@ const char *bpz_tree_json(const bpz_archive *archive);
  * `*len` (= nbytes) bytes inside the memory map. The bytes are read-only,
  * aligned to the archive's alignment (at least 16), and valid until
  * bpz_close(); they are NOT checksummed (see bpz_verify()). An empty tensor
- * gives a non-NULL `*data` and `*len` 0.
+ * gives a non-NULL `*data` and `*len` 0. If the file is truncated in place
+ * while open, touching view bytes past its new end raises SIGBUS: read files
+ * that others may cut with bpz_read().
  *
  * BPZ_ERR_NOT_ZERO_COPY if the tensor is stored compressed or the archive
  * was opened with BPZ_BACKEND_PREAD: use bpz_read() then. On any failure
@@ -255,11 +260,25 @@ int bpz_read_rows(const bpz_archive *archive, size_t index, uint64_t start, uint
                   void *buf, size_t buf_len);
 
 /**
- * Checks the whole file: every chunk's checksum, every compressed chunk
- * decodes, every padding byte zero. BPZ_OK if intact; otherwise
- * BPZ_ERR_CHECKSUM_MISMATCH, BPZ_ERR_CORRUPT_DATA, ... naming the part at fault.
+ * Checks the whole file without decoding: every stored byte against its
+ * checksum (superblock, chunks, index and trailer, read again from the file)
+ * and every padding byte zero. Costs one read of the file. BPZ_OK if intact;
+ * otherwise BPZ_ERR_CHECKSUM_MISMATCH, BPZ_ERR_CORRUPT_DATA,
+ * BPZ_ERR_TRUNCATED (the file was cut since it was opened)... naming the part
+ * at fault. Same as bpz_verify_with(archive, 0, 0).
  */
 int bpz_verify(const bpz_archive *archive);
+
+/**
+ * bpz_verify(), and if `decode` is non-zero also decodes every compressed
+ * chunk: that finds frames that match their checksum but do not decode to
+ * their declared size (BPZ_ERR_CORRUPT_DATA; a file written that way, not
+ * damaged later). A small file can declare terabytes of zeros, so when the
+ * compressed chunks declare more than `max_decoded_bytes` decoded bytes in
+ * all, nothing is decoded and BPZ_ERR_LIMIT_EXCEEDED is returned. 0 means
+ * the default budget: 256 times the file size, and at least 4 GiB.
+ */
+int bpz_verify_with(const bpz_archive *archive, int decode, uint64_t max_decoded_bytes);
 
 #ifdef __cplusplus
 } /* extern "C" */

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from typing import Any, Iterator, Literal, Mapping
@@ -11,7 +10,7 @@ import numpy as np
 
 from . import _bpz, dtypes
 from .errors import CheckpointNotFoundError, FormatError, NotAnArchiveError
-from .pytree import no_gc, restore_into, unflatten
+from .pytree import no_gc, parse_json, restore_into, unflatten
 
 __all__ = ["load_pytree", "open", "Archive", "TensorInfo", "TensorSlice", "MAGIC", "is_bpz_file"]
 
@@ -228,8 +227,8 @@ class Archive:
     def _parse(self) -> None:
         if not self._parsed:
             native = self._native()
-            self._tree = json.loads(native.tree_json())
-            self._metadata = json.loads(native.metadata_json())
+            self._tree = parse_json(native.tree_json(), self.filename, "tree")
+            self._metadata = parse_json(native.metadata_json(), self.filename, "metadata")
             self._parsed = True
 
     @property
@@ -277,14 +276,31 @@ class Archive:
             return arrays
         return self._rebuild(lambda node: _finish_leaf(arrays[node["tensor"]], node))
 
-    def verify(self, name: str | None = None) -> dict[str, int]:
-        """Checks every checksum (of one tensor, or of the whole file)."""
+    def verify(
+        self, name: str | None = None, *, decode: bool = False, max_decoded_bytes: int | None = None
+    ) -> dict[str, int | bool]:
+        """Checks every stored byte against its checksum (of one tensor, or of the whole
+        file with its structure and padding): one read of the file, nothing decoded.
+
+        ``decode=True`` also decodes every compressed chunk, which finds frames that match
+        their checksum but do not decode (a file written that way, not damaged later). A
+        small file can declare terabytes of zeros, so decoding more than
+        ``max_decoded_bytes`` (default :attr:`default_decode_budget`) is refused with
+        :class:`~bpz.errors.LimitExceededError` before anything is decoded. The report's
+        ``"decoded"`` says whether chunks were decoded.
+        """
         native = self._native()
         if name is not None:
             chunks = self.info(name).chunks
-            native.verify_tensor(name)
-            return {"tensors": 1, "chunks": chunks}
-        return dict(native.verify())
+            native.verify_tensor(name, decode, max_decoded_bytes)
+            return {"tensors": 1, "chunks": chunks, "decoded": decode}
+        return dict(native.verify(decode, max_decoded_bytes))
+
+    @property
+    def default_decode_budget(self) -> int:
+        """Decoded bytes ``verify(decode=True)`` accepts by default: 256 times the file
+        size, and at least 4 GiB."""
+        return int(self._native().default_decode_budget)
 
 
 def open(  # noqa: A001

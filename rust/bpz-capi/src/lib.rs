@@ -14,7 +14,7 @@
 use std::ffi::{c_char, c_int, c_void, CString};
 use std::sync::OnceLock;
 
-use bpz_core::{Backend, Reader, Storage, TensorInfo};
+use bpz_core::{Backend, Reader, Storage, TensorInfo, VerifyOptions};
 
 pub mod codes;
 mod guard;
@@ -421,6 +421,25 @@ pub unsafe extern "C" fn bpz_verify(archive: *const Archive) -> c_int {
         // SAFETY: the caller's contract.
         let a = unsafe { deref(archive, "bpz_verify", "archive") }?;
         a.reader.verify()?;
+        Ok(())
+    })
+}
+
+/// `int bpz_verify_with(const bpz_archive *archive, int decode, uint64_t max_decoded_bytes)`
+///
+/// # Safety
+/// `archive` is NULL or an open archive.
+#[no_mangle]
+pub unsafe extern "C" fn bpz_verify_with(archive: *const Archive, decode: c_int, max_decoded_bytes: u64) -> c_int {
+    status(|| {
+        // SAFETY: the caller's contract.
+        let a = unsafe { deref(archive, "bpz_verify_with", "archive") }?;
+        let opts = VerifyOptions {
+            decode: decode != 0,
+            // 0: the default budget (no one asks to decode at most zero bytes).
+            max_decoded_bytes: (max_decoded_bytes != 0).then_some(max_decoded_bytes),
+        };
+        a.reader.verify_with(&opts)?;
         Ok(())
     })
 }

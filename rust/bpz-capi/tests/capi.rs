@@ -175,6 +175,7 @@ fn null_arguments_are_refused() {
             BPZ_ERR_NULL_ARGUMENT
         );
         assert_eq!(bpz_verify(null()), BPZ_ERR_NULL_ARGUMENT);
+        assert_eq!(bpz_verify_with(null(), 1, 0), BPZ_ERR_NULL_ARGUMENT);
         assert!(bpz_metadata_json(null()).is_null());
         assert!(bpz_tree_json(null()).is_null());
         assert!(message().contains("bpz_tree_json"));
@@ -414,7 +415,7 @@ fn invalid_files_give_the_code_of_their_kind_at_their_stage() {
                             code => Some(code),
                         }
                     });
-                    let verified = unsafe { bpz_verify(a.0) };
+                    let verified = unsafe { bpz_verify_with(a.0, 1, 0) };
                     assert_eq!(first_read_error.unwrap_or(verified), verified, "{file}");
                     verified
                 }

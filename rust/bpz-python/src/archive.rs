@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use bpz::{Backend, Reader, TensorInfo};
+use bpz::{Backend, Reader, TensorInfo, VerifyOptions};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyTuple};
@@ -36,6 +36,7 @@ pub fn info_dict<'py>(py: Python<'py>, t: &TensorInfo) -> PyResult<Bound<'py, Py
 
 fn read_owned(reader: &Reader, name: &str) -> bpz::Result<Buffer> {
     let t = reader.tensor(name)?;
+    reader.ensure_memory(t.nbytes(), &format!("tensor {name:?}"))?;
     let len = usize::try_from(t.nbytes()).unwrap_or(usize::MAX);
     Buffer::filled_by(
         len,
@@ -155,6 +156,9 @@ impl Archive {
         let reader = &self.reader;
         let parallel = self.reader_parallel();
         py.detach(|| {
+            // All at once: each tensor alone may fit where all of them do not.
+            let total = reader.tensors().iter().map(TensorInfo::nbytes).fold(0u64, u64::saturating_add);
+            reader.ensure_memory(total, &format!("its {} tensors", reader.tensors().len()))?;
             let read = |t: &TensorInfo| read_owned(reader, &t.name);
             if parallel {
                 reader.tensors().par_iter().map(read).collect::<bpz::Result<Vec<_>>>()
@@ -190,6 +194,8 @@ impl Archive {
         let reader = &self.reader;
         let parallel = self.reader_parallel();
         py.detach(|| {
+            let total = names.iter().map(|n| reader.tensor(n).map(TensorInfo::nbytes)).sum::<bpz::Result<u64>>()?;
+            reader.ensure_memory(total, &format!("{} tensors", names.len()))?;
             if parallel {
                 names.par_iter().map(|n| read_owned(reader, n)).collect::<bpz::Result<Vec<_>>>()
             } else {
@@ -199,10 +205,19 @@ impl Archive {
         .map_err(to_py)
     }
 
-    /// Checks every checksum and decodes every chunk of one tensor.
-    fn verify_tensor(&self, py: Python<'_>, name: &str) -> PyResult<()> {
+    /// Checks every checksum of one tensor; with `decode`, also decodes its compressed
+    /// chunks (refused past `max_decoded_bytes`, default `default_decode_budget`).
+    #[pyo3(signature = (name, decode = false, max_decoded_bytes = None))]
+    fn verify_tensor(&self, py: Python<'_>, name: &str, decode: bool, max_decoded_bytes: Option<u64>) -> PyResult<()> {
         let reader = &self.reader;
-        py.detach(|| reader.verify_tensor(name)).py()
+        let opts = VerifyOptions { decode, max_decoded_bytes };
+        py.detach(|| reader.verify_tensor_with(name, &opts)).py()
+    }
+
+    /// Decoded bytes `verify(decode=True)` accepts by default for this file.
+    #[getter]
+    fn default_decode_budget(&self) -> u64 {
+        self.reader.default_decode_budget()
     }
 
     /// Checks that the padding between chunks is zero (part of `verify`).
@@ -211,15 +226,19 @@ impl Archive {
         py.detach(|| reader.verify_padding()).py()
     }
 
-    /// Checks the whole file; returns counts of what was checked.
-    fn verify<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+    /// Checks every stored byte of the file against its checksum (and, with `decode`,
+    /// decodes every compressed chunk within the budget); returns counts of what was checked.
+    #[pyo3(signature = (decode = false, max_decoded_bytes = None))]
+    fn verify<'py>(&self, py: Python<'py>, decode: bool, max_decoded_bytes: Option<u64>) -> PyResult<Bound<'py, PyDict>> {
         let reader = &self.reader;
-        let report = py.detach(|| reader.verify()).py()?;
+        let opts = VerifyOptions { decode, max_decoded_bytes };
+        let report = py.detach(|| reader.verify_with(&opts)).py()?;
         let d = PyDict::new(py);
         d.set_item("tensors", report.tensors)?;
         d.set_item("chunks", report.chunks)?;
         d.set_item("stored_bytes", report.stored_bytes)?;
         d.set_item("decoded_bytes", report.decoded_bytes)?;
+        d.set_item("decoded", report.decoded)?;
         Ok(d)
     }
 

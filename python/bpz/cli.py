@@ -6,27 +6,154 @@
     bpz verify FILE...     check every checksum (exit status 1 on corruption)
     bpz convert SRC DST    between .bpz, BrainPy .bp, .safetensors and .npz;
                            SRC may be a directory of .bp checkpoints to migrate
-Add --json for machine-readable output.
+Add --json for machine-readable output. Exit codes and conversion rules: :data:`EPILOG`.
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import os
+import re
+import stat
 import sys
 import time
+import traceback
+import unicodedata
 from typing import Any, Sequence
 
 import numpy as np
 
 from . import formats
-from .errors import BpzError
-from .pytree import flatten
-from .read import load_pytree
+from .errors import (
+    BpzError, CheckpointNotFoundError, FormatError, InvalidCheckpointPath, TensorNotFoundError,
+)
+from .pytree import flatten, unflatten
 from .read import open as open_archive
 
-__all__ = ["main"]
+__all__ = ["main", "EXIT_OK", "EXIT_DATA", "EXIT_USAGE", "EXIT_IO", "EXIT_INTERNAL", "EXIT_INTERRUPTED"]
+
+EXIT_OK = 0
+EXIT_DATA = 1
+EXIT_USAGE = 2
+EXIT_IO = 3
+EXIT_INTERNAL = 4
+EXIT_INTERRUPTED = 130
+
+EPILOG = """\
+exit status:
+  0    success
+  1    bad data: a file is corrupt, truncated, hostile or not in a format bpz reads
+       (bpz verify: a checksum or a decode failed)
+  2    usage: a bad command line, or a refusal, with nothing written: DST exists
+       (--force replaces it), the conversion would lose data (--lossy accepts the
+       loss), the output format cannot hold a dtype, two inputs would get one output
+       name, an output would replace an input, an unknown output suffix, no such tensor
+  3    I/O: no such file, a directory or special file where a file is expected,
+       permission denied, disk full, out of memory
+  4    an internal error of bpz (BPZ_DEBUG=1 shows the traceback)
+  130  interrupted
+Each failure is one line on stderr, "bpz <command>: <file>: <cause>"; with several
+files the exit status is the largest code met. A closed output pipe is not an error.
+
+conversions (bpz convert) never lose data silently:
+  .bpz          holds everything
+  .safetensors  arrays of its dtypes (no complex128); the tree's structure, its
+                non-array values and the metadata go into __metadata__ ("bpz.tree",
+                "bpz.metadata"), so bpz -> safetensors -> bpz is exact
+  .npz          a flat name -> array map of NumPy dtypes (no bfloat16/float8): other
+                values, the structure and the metadata would be lost
+  .bp, .msgpack lists/tuples/namedtuples come back as dicts, non-string keys as
+                strings, OrderedDicts as dicts; no metadata
+  A conversion that would lose something is refused, naming what and where, unless
+  --lossy is given; a dtype the target cannot hold is always refused. Outputs are
+  written to a temporary file, flushed to disk and renamed: a failed conversion
+  leaves no partial file and the previous DST intact.
+  A directory SRC: every BrainPy .bp file in it (by content) becomes DST/<name>.bpz
+  (".bp"/".msgpack" replaced, any other suffix kept: ckpt.1000 -> ckpt.1000.bpz).
+  All outputs are planned first; if two inputs would get the same output name (names
+  compared ignoring case and Unicode normalization), an output would replace an input,
+  or outputs exist without --force, nothing is written. DST inside SRC is not walked.
+  Symlinked files resolving outside SRC and symlinked directories are skipped with a
+  notice; special files (FIFOs, devices) are skipped.
+"""
+
+
+class _Failure(Exception):
+    """A failure to report as one line ``bpz <command>: <file>: <cause>`` with exit ``code``."""
+
+    def __init__(self, file: str, cause: str, code: int) -> None:
+        super().__init__(f"{file}: {cause}")
+        self.file, self.cause, self.code = file, cause, code
+
+
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
+#: Longest cause printed (hostile files carry megabyte-long names).
+_MAX_CAUSE = 1000
+
+
+def _printable(text: str, limit: int = _MAX_CAUSE) -> str:
+    """One line, no terminal control characters, bounded length."""
+    text = _UNPRINTABLE.sub(lambda m: repr(m.group())[1:-1], text)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _classify(exc: BaseException) -> tuple[int, str]:
+    """Exit code and cause of an exception."""
+    if isinstance(exc, _Failure):
+        return exc.code, exc.cause
+    if isinstance(exc, CheckpointNotFoundError):
+        return EXIT_IO, "No such file or directory"
+    if isinstance(exc, OSError):
+        return EXIT_IO, os.strerror(exc.errno) if exc.errno else str(exc)
+    if isinstance(exc, MemoryError):
+        return EXIT_IO, "out of memory"
+    if isinstance(exc, (TensorNotFoundError, InvalidCheckpointPath)):
+        return EXIT_USAGE, str(exc)
+    if isinstance(exc, BpzError):
+        return EXIT_DATA, str(exc)
+    if isinstance(exc, ValueError) and "cannot allocate" in str(exc):  # the native reader's allocation failure
+        return EXIT_IO, f"out of memory: {exc}"
+    return EXIT_INTERNAL, f"internal error: {type(exc).__name__}: {exc} (set BPZ_DEBUG=1 for the traceback)"
+
+
+def _as_failure(file: str, exc: BaseException) -> _Failure:
+    if isinstance(exc, _Failure):
+        return exc
+    code, cause = _classify(exc)
+    other = getattr(exc, "filename", None)
+    if isinstance(exc, OSError) and other is not None and os.fsdecode(other) != file:
+        cause = f"{os.fsdecode(other)}: {cause}"
+    for name in (file, os.path.abspath(file)):  # library messages name the file already: once is enough
+        tag = f"{name}: "
+        if tag in cause[:len(tag) + len("out of memory: ")]:
+            cause = cause.replace(tag, "", 1)
+            break
+    failure = _Failure(file, cause, code)
+    failure.__cause__ = exc
+    return failure
+
+
+def _report(command: str, failure: _Failure) -> int:
+    """Prints the one line (and, with BPZ_DEBUG set, the traceback); returns the exit code."""
+    if os.environ.get("BPZ_DEBUG") and failure.__cause__ is not None:
+        traceback.print_exception(failure.__cause__, file=sys.stderr)
+    print(f"bpz {command}: {_printable(failure.file, 4096)}: {_printable(failure.cause)}", file=sys.stderr)
+    return failure.code
+
+
+def _notice(command: str, file: str, text: str) -> None:
+    print(f"bpz {command}: {_printable(file, 4096)}: {_printable(text)}", file=sys.stderr)
+
+
+def _check_input(path: str) -> None:
+    """A regular file: a directory or a FIFO/device (which could block forever) is refused."""
+    mode = os.stat(path).st_mode
+    if stat.S_ISDIR(mode):
+        raise _Failure(path, "is a directory", EXIT_IO)
+    if not stat.S_ISREG(mode):
+        raise _Failure(path, "is not a regular file", EXIT_IO)
 
 
 def _human(n: float) -> str:
@@ -74,18 +201,19 @@ class Progress:
 
 
 def cmd_ls(args: argparse.Namespace) -> int:
+    _check_input(args.file)
     with open_archive(args.file) as a:
         infos = a.infos()
     if args.json:
         print(json.dumps([_info_json(i) for i in infos], indent=2))
-        return 0
+        return EXIT_OK
     rows = [
         [i.name, i.bpz_dtype, "x".join(map(str, i.shape)) or "()", i.storage, i.filter if i.storage != "raw" else "-",
          _human(i.nbytes), _human(i.stored_bytes), f"{i.compression_ratio:.2f}"]
         for i in infos
     ]
     print(_table(rows, ["name", "dtype", "shape", "storage", "filter", "size", "stored", "ratio"], {5, 6, 7}))
-    return 0
+    return EXIT_OK
 
 
 def _info_json(i: Any) -> dict[str, Any]:
@@ -96,7 +224,24 @@ def _info_json(i: Any) -> dict[str, Any]:
     }
 
 
+def _tree_problem(tree: Any, names: set[str]) -> str | None:
+    """Why ``load`` would fail to rebuild this tree (None if it would not): the same checks, no data read."""
+    if tree is None:
+        return None
+
+    def check(node: dict[str, Any]) -> None:
+        if node["tensor"] not in names:
+            raise FormatError(f"the tree refers to tensor {node['tensor']!r}, which the archive does not hold")
+
+    try:
+        unflatten(tree, check)
+    except FormatError as e:
+        return str(e)
+    return None
+
+
 def cmd_info(args: argparse.Namespace) -> int:
+    _check_input(args.file)
     with open_archive(args.file) as a:
         infos = a.infos()
         nbytes = sum(i.nbytes for i in infos)
@@ -117,50 +262,68 @@ def cmd_info(args: argparse.Namespace) -> int:
             "metadata": a.metadata,
             "tree": a._tree,
         }
+        problem = _tree_problem(a._tree, {i.name for i in infos})
+    if problem:
+        summary["tree_error"] = problem
     if args.json:
         print(json.dumps(summary, indent=2, ensure_ascii=False))
-        return 0
-    w = summary["writer"]
-    print(f"file:        {summary['file']}")
-    print(f"format:      bpz {summary['format_version']}" + (f" (written by {w['name']} {w['version']})" if w else ""))
-    print(f"size:        {_human(summary['file_bytes'])}")
-    print(f"tensors:     {len(infos)} ({raw} raw, {len(infos) - raw} compressed)")
-    print(f"data:        {_human(nbytes)} stored in {_human(stored)} (ratio {summary['compression_ratio']:.2f})")
-    print(f"metadata:    {json.dumps(summary['metadata'], ensure_ascii=False)}")
-    print("tree:")
-    print(_render_tree(summary["tree"], "  "))
-    return 0
+    else:
+        w = summary["writer"]
+        print(f"file:        {summary['file']}")
+        print(f"format:      bpz {summary['format_version']}" + (f" (written by {w['name']} {w['version']})" if w else ""))
+        print(f"size:        {_human(summary['file_bytes'])}")
+        print(f"tensors:     {len(infos)} ({raw} raw, {len(infos) - raw} compressed)")
+        print(f"data:        {_human(nbytes)} stored in {_human(stored)} (ratio {summary['compression_ratio']:.2f})")
+        print(f"metadata:    {json.dumps(summary['metadata'], ensure_ascii=False)}")
+        print("tree:")
+        print(_render_tree(summary["tree"], "  "))
+    if problem:  # shown as far as it goes, then reported: loading this archive would fail
+        raise _Failure(args.file, problem, EXIT_DATA)
+    return EXIT_OK
 
 
 def _render_tree(node: Any, indent: str) -> str:
+    """The tree as indented lines; nodes of unexpected shape (a damaged file) are shown as raw JSON."""
     if node is None:
         return indent + "(none)"
     lines: list[str] = []
 
+    def raw(value: Any) -> str:
+        return _printable(json.dumps(value, ensure_ascii=False), 200)
+
     def walk(n: Any, label: str, pad: str) -> None:
-        (kind, payload), *_ = n.items() if "tensor" not in n else [("tensor", n["tensor"])]
-        if kind in ("dict", "ordered_dict"):
+        if not isinstance(n, dict) or not n:
+            lines.append(f"{pad}{label}(invalid node) {raw(n)}")
+            return
+        if "tensor" in n:
+            lines.append(f"{pad}{label}<tensor {raw(n['tensor'])}>")
+            return
+        kind, payload = next(iter(n.items()))
+        if len(n) != 1:
+            lines.append(f"{pad}{label}(invalid node) {raw(n)}")
+        elif kind in ("dict", "ordered_dict") and isinstance(payload, list) and all(
+                isinstance(p, list) and len(p) == 2 for p in payload):
             lines.append(f"{pad}{label}{kind}")
             for k, v in payload:
-                walk(v, f"{json.dumps(k, ensure_ascii=False)}: ", pad + "  ")
-        elif kind in ("list", "tuple"):
+                walk(v, f"{raw(k)}: ", pad + "  ")
+        elif kind in ("list", "tuple") and isinstance(payload, list):
             lines.append(f"{pad}{label}{kind}[{len(payload)}]")
             for i, v in enumerate(payload):
                 walk(v, f"{i}: ", pad + "  ")
-        elif kind == "namedtuple":
-            lines.append(f"{pad}{label}{payload['name']}")
+        elif (kind == "namedtuple" and isinstance(payload, dict) and isinstance(payload.get("fields"), list)
+              and isinstance(payload.get("values"), list)):
+            lines.append(f"{pad}{label}{raw(payload.get('name'))}")
             for f, v in zip(payload["fields"], payload["values"]):
-                walk(v, f"{f}: ", pad + "  ")
-        elif kind == "tensor":
-            lines.append(f"{pad}{label}<tensor {payload}>")
+                walk(v, f"{raw(f)}: ", pad + "  ")
         else:
-            lines.append(f"{pad}{label}{kind} {json.dumps(payload, ensure_ascii=False)}")
+            lines.append(f"{pad}{label}{_printable(str(kind), 200)} {raw(payload)}")
 
     walk(node, "", indent)
     return "\n".join(lines)
 
 
 def cmd_cat(args: argparse.Namespace) -> int:
+    _check_input(args.file)
     with open_archive(args.file) as a:
         arr = a.read(args.name)
     if args.json:
@@ -168,7 +331,7 @@ def cmd_cat(args: argparse.Namespace) -> int:
     else:
         with np.printoptions(threshold=args.threshold):
             print(arr)
-    return 0
+    return EXIT_OK
 
 
 def _jsonable(arr: np.ndarray) -> Any:
@@ -180,17 +343,18 @@ def _jsonable(arr: np.ndarray) -> Any:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    status = 0
+    status = EXIT_OK
     results = []
     for path in args.files:
         t0 = time.perf_counter()
         try:
+            _check_input(path)
             with open_archive(path) as a:
                 infos = a.infos()
                 bar = Progress(f"verifying {os.path.basename(path)}", sum(i.stored_bytes for i in infos))
                 done = 0
                 for info in infos:  # tensor by tensor, so the bar moves
-                    a.verify(info.name)
+                    a.verify(info.name, decode=True)  # also finds frames that match their crc but do not decode
                     done += info.stored_bytes
                     bar(done)
                 a._native().verify_padding()
@@ -201,100 +365,248 @@ def cmd_verify(args: argparse.Namespace) -> int:
             if not args.json:
                 print(f"{path}: OK ({report['tensors']} tensors, {report['chunks']} chunks, "
                       f"{_human(report['stored_bytes'])} checked in {time.perf_counter() - t0:.2f} s)")
-        except (BpzError, OSError) as e:
-            status = 1
-            results.append({"file": path, "ok": False, "error": str(e), "kind": getattr(e, "kind", type(e).__name__)})
-            if not args.json:
-                print(f"{path}: FAILED: {e}", file=sys.stderr)
+        except Exception as e:  # one file's failure is reported and the others still checked
+            failure = _as_failure(path, e)
+            status = max(status, _report("verify", failure))
+            kind = getattr(e, "kind", None) or ("io" if failure.code == EXIT_IO else type(e).__name__)
+            results.append({"file": path, "ok": False, "error": failure.cause, "kind": kind, "exit": failure.code})
     if args.json:
         print(json.dumps(results, indent=2))
     return status
 
 
-def _load_any(path: str, fmt: str) -> Any:
-    if fmt in ("bpz", "bp"):
-        return load_pytree(path)
+# -------------------------------------------------------------------- convert
+
+#: Output format -> the suffix ``convert`` gives the files it names itself.
+_OUTPUT_SUFFIX = {"bpz": ".bpz", "bp": ".bp", "safetensors": ".safetensors", "npz": ".npz"}
+
+
+def _load_any(path: str, fmt: str) -> tuple[Any, Any]:
+    """``(tree, metadata)`` of a file in any format ``convert`` reads."""
+    if fmt == "bpz":
+        with open_archive(path) as a:
+            return a.load(), a.metadata
+    if fmt == "bp":
+        from ._legacy import bp_msgpack
+
+        return bp_msgpack.read_bp(path), None
     if fmt == "safetensors":
-        return formats.read_safetensors(path)
+        return formats.read_safetensors_tree(path)
     if fmt == "npz":
-        return formats.read_npz(path)
-    raise BpzError(f"{path}: unknown format; expected .bpz, .bp, .safetensors or .npz")
+        return formats.read_npz(path), None
+    from .read import load_pytree
 
-
-def _flat_arrays(tree: Any) -> dict[str, np.ndarray]:
-    _, leaves = flatten(tree)
-    return {leaf.name: leaf.array for leaf in leaves}
+    load_pytree(path)  # says what the file is not (or which bpz header byte is damaged)
+    raise FormatError(f"{path}: not a .bpz, .bp, .safetensors or .npz file")
 
 
 def _dst_format(path: str, forced: str | None) -> str:
     if forced:
         return forced
-    ext = os.path.splitext(path)[1].lower()
-    return {".bp": "bp", ".msgpack": "bp", ".safetensors": "safetensors", ".npz": "npz"}.get(ext, "bpz")
+    suffix = os.path.splitext(path)[1]
+    fmt = formats.SUFFIX_FORMATS.get(suffix.lower())
+    if fmt is None:
+        raise _Failure(path, f"unknown output format {suffix or '(no suffix)'}: name it .bpz, .bp, .msgpack, "
+                             f".safetensors or .npz, or pass --to", EXIT_USAGE)
+    return fmt
 
 
-def _convert_one(src: str, dst: str, args: argparse.Namespace) -> dict[str, Any]:
-    fmt = formats.detect_format(src)
+def _safetensors_metadata(tree: Any, metadata: Any) -> dict[str, str]:
+    """``__metadata__`` carrying what safetensors has no place for; a str -> str metadata map is
+    stored as itself (readers such as transformers look for keys like "format")."""
+    out: dict[str, str] = {}
+    flat = isinstance(tree, dict) and "dict" in tree and all(
+        isinstance(k, str) and isinstance(v, dict) and v == {"tensor": k} for k, v in tree["dict"])
+    if not flat:
+        out[formats.TREE_KEY] = json.dumps(tree, ensure_ascii=False, separators=(",", ":"))
+    if isinstance(metadata, dict) and all(isinstance(v, str) for v in metadata.values()) and not any(
+            k.startswith("bpz.") for k in metadata):
+        out.update(metadata)
+    elif metadata is not None:
+        out[formats.METADATA_KEY] = json.dumps(metadata, ensure_ascii=False, separators=(",", ":"))
+    return out
+
+
+def _convert_one(src: str, dst: str, out_fmt: str, args: argparse.Namespace) -> dict[str, Any]:
+    """Converts one file; every failure is a :class:`_Failure` naming SRC (reading, refusals) or DST (writing)."""
     t0 = time.perf_counter()
-    tree = _load_any(src, fmt)
-    out_fmt = _dst_format(dst, args.to)
-    if os.path.exists(dst) and not args.force:
-        raise BpzError(f"{dst} exists; pass --force to replace it")
-    if out_fmt == "bpz":
-        compression = None if args.compression == "none" else args.compression
-        from .write import write_archive
-
+    try:
+        fmt = formats.detect_format(src)
+        tree, metadata = _load_any(src, fmt)
+    except Exception as e:
+        raise _as_failure(src, e) from None
+    try:
         tree_json, leaves = flatten(tree)
-        bar = Progress(f"writing {os.path.basename(dst)}", sum(leaf.array.nbytes for leaf in leaves))
-        write_archive(dst, tree_json, leaves, compression=compression, level=args.level, progress=bar)
-        bar.close()
-    elif out_fmt == "bp":
-        from ._legacy import bp_msgpack
+    except (TypeError, ValueError) as e:  # an array or value bpz's model has no place for
+        raise _Failure(src, f"cannot convert: {e}; nothing written", EXIT_USAGE) from None
+    bad = formats.unstorable(leaves, out_fmt)
+    if bad:
+        more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+        raise _Failure(src, f".{out_fmt} cannot hold the dtype of {', '.join(bad[:3])}{more}; nothing written "
+                            f"(.bpz holds every dtype)", EXIT_USAGE)
+    lost = formats.losses(tree_json, metadata, out_fmt)
+    if lost and not args.lossy:
+        raise _Failure(src, f"converting to .{out_fmt} would lose {'; '.join(lost)}; nothing written "
+                            f"(pass --lossy to accept the loss; .bpz and .safetensors keep everything)", EXIT_USAGE)
+    try:
+        os.makedirs(os.path.dirname(dst) or ".", exist_ok=True)
+        if os.path.lexists(dst) and not args.force:  # (the bpz writer also refuses, atomically)
+            raise _Failure(dst, "exists; pass --force to replace it", EXIT_USAGE)
+        if out_fmt == "bpz":
+            from .write import write_archive
 
-        bp_msgpack.write_bp(dst, tree)
-    elif out_fmt == "safetensors":
-        formats.write_safetensors(dst, _flat_arrays(tree))
-    elif out_fmt == "npz":
-        formats.write_npz(dst, _flat_arrays(tree), compressed=args.compression == "zstd")
-    return {"src": src, "src_format": fmt, "dst": dst, "dst_format": out_fmt,
-            "src_bytes": os.path.getsize(src), "dst_bytes": os.path.getsize(dst), "seconds": round(time.perf_counter() - t0, 4)}
+            compression = None if args.compression == "none" else args.compression
+            bar = Progress(f"writing {os.path.basename(dst)}", sum(leaf.array.nbytes for leaf in leaves))
+            metadata_json = None if metadata is None else json.dumps(metadata, ensure_ascii=False, allow_nan=False)
+            write_archive(dst, tree_json, leaves, metadata_json=metadata_json, compression=compression,
+                          level=args.level, overwrite=args.force, progress=bar)
+            bar.close()
+        elif out_fmt == "bp":
+            formats.write_bp(dst, tree)
+        elif out_fmt == "safetensors":
+            formats.write_safetensors(dst, {leaf.name: leaf.array for leaf in leaves},
+                                      _safetensors_metadata(tree_json, metadata))
+        else:
+            formats.write_npz(dst, {leaf.name: leaf.array for leaf in leaves}, compressed=args.compression == "zstd")
+    except Exception as e:
+        failure = _as_failure(dst, e)
+        if failure.code == EXIT_INTERNAL and isinstance(e, (TypeError, ValueError, OverflowError)):
+            # the writer refused a value (an int over 64 bits for .bp, a reserved name): nothing written
+            failure = _Failure(dst, f"cannot be written as .{out_fmt}: {e}; nothing written", EXIT_USAGE)
+        raise failure from None
+    if lost:
+        _notice("convert", src, f"--lossy: {dst} does not keep {'; '.join(lost)}")
+    return {"src": src, "src_format": fmt, "dst": dst, "dst_format": out_fmt, "lost": lost,
+            "src_bytes": os.path.getsize(src), "dst_bytes": os.path.getsize(dst),
+            "seconds": round(time.perf_counter() - t0, 4)}
+
+
+def _output_name(rel: str, out_fmt: str) -> str:
+    """``a/ckpt.bp`` -> ``a/ckpt.bpz``; a name without a BrainPy suffix keeps all of it (``ckpt.1000`` ->
+    ``ckpt.1000.bpz``), so inputs that differ only after their last dot keep distinct outputs."""
+    stem, ext = os.path.splitext(rel)
+    return (stem if ext.lower() in (".bp", ".msgpack") else rel) + _OUTPUT_SUFFIX[out_fmt]
+
+
+def _name_key(path: str) -> str:
+    """Output names that one filesystem or another (macOS, Windows) would treat as one file."""
+    return unicodedata.normalize("NFC", os.path.abspath(path)).casefold()
+
+
+def _inside(path: str, root: str) -> bool:
+    return os.path.commonpath([path, root]) == root
+
+
+def _find_bp_files(src: str) -> tuple[list[str], int]:
+    """The BrainPy .bp files under ``src`` (by content), and the exit status of what could not be read.
+
+    Symlinked files are followed only when they resolve inside ``src``; symlinked directories are not
+    walked (``os.walk``'s default); special files are skipped, since opening a FIFO blocks.
+    """
+    src_real = os.path.realpath(src)
+    status = EXIT_OK
+    found = []
+
+    def unreadable(e: OSError) -> None:
+        nonlocal status
+        status = max(status, _report("convert", _as_failure(os.fsdecode(e.filename or src), e)))
+
+    for root, dirs, files in os.walk(src, onerror=unreadable):
+        for d in sorted(dirs):
+            if os.path.islink(os.path.join(root, d)):
+                _notice("convert", os.path.join(root, d), "skipped: a symlinked directory is not walked")
+        dirs[:] = sorted(d for d in dirs if not os.path.islink(os.path.join(root, d)))
+        for name in sorted(files):
+            path = os.path.join(root, name)
+            try:
+                if os.path.islink(path):
+                    target = os.path.realpath(path)
+                    if not _inside(target, src_real):
+                        _notice("convert", path, f"skipped: a symlink to {target}, outside {src}")
+                        continue
+                if not stat.S_ISREG(os.stat(path).st_mode):
+                    continue
+                if formats.detect_format(path) == "bp":
+                    found.append(path)
+            except OSError as e:
+                unreadable(e)
+    return found, status
+
+
+def _plan_directory(src: str, dst: str, out_fmt: str, force: bool) -> tuple[list[tuple[str, str]], int]:
+    """Every (input, output) pair, after checking them all: refuses (nothing written) when two inputs
+    would share an output, an output would replace an input, or outputs exist without ``force``."""
+    inputs, status = _find_bp_files(src)
+    dst_real = os.path.realpath(dst)
+    if dst_real != os.path.realpath(src) and _inside(dst_real, os.path.realpath(src)):
+        # DST inside SRC: the outputs of an earlier run there are not inputs
+        inputs = [p for p in inputs if not _inside(os.path.realpath(os.path.dirname(p)), dst_real)]
+    jobs = [(p, os.path.join(dst, _output_name(os.path.relpath(p, src), out_fmt))) for p in inputs]
+    groups: dict[str, list[tuple[str, str]]] = collections.defaultdict(list)
+    for job in jobs:
+        groups[_name_key(job[1])].append(job)
+    clashes = [g for g in groups.values() if len(g) > 1]
+    if clashes:
+        text = "; ".join(f"{' and '.join(p for p, _ in g)} would all become {g[0][1]}" for g in clashes[:3])
+        raise _Failure(src, f"{text}{' ...' if len(clashes) > 3 else ''}; nothing written (rename them, or "
+                            f"convert them one by one)", EXIT_USAGE)
+    ids = {(st.st_dev, st.st_ino) for st in map(os.stat, inputs)}
+    keys = {_name_key(p) for p in inputs}
+    replaced, existing = [], []
+    for p, out in jobs:
+        if os.path.lexists(out) or _name_key(out) in keys:
+            st = os.stat(out) if os.path.exists(out) else None
+            if _name_key(out) in keys or (st is not None and (st.st_dev, st.st_ino) in ids):
+                replaced.append(f"{out} (from {p})")
+            elif not force:
+                existing.append(out)
+    if replaced:
+        raise _Failure(src, f"outputs would replace inputs: {', '.join(replaced[:3])}"
+                            f"{' ...' if len(replaced) > 3 else ''}; nothing written (choose another DST)", EXIT_USAGE)
+    if existing:
+        raise _Failure(dst, f"{len(existing)} outputs exist ({', '.join(existing[:3])}"
+                            f"{' ...' if len(existing) > 3 else ''}); nothing written (pass --force to replace them)",
+                       EXIT_USAGE)
+    return jobs, status
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
     if os.path.isdir(args.src):
-        jobs = []
-        for root, _, files in os.walk(args.src):
-            for name in sorted(files):
-                path = os.path.join(root, name)
-                if formats.detect_format(path) == "bp":
-                    rel = os.path.relpath(path, args.src)
-                    jobs.append((path, os.path.join(args.dst, os.path.splitext(rel)[0] + ".bpz")))
-        if not jobs:
-            print(f"no BrainPy .bp checkpoints found under {args.src}", file=sys.stderr)
-            return 1
+        if os.path.lexists(args.dst) and not os.path.isdir(args.dst):
+            raise _Failure(args.dst, "is not a directory (SRC is one)", EXIT_USAGE)
+        out_fmt = args.to or "bpz"
+        jobs, status = _plan_directory(args.src, args.dst, out_fmt, args.force)
+        if not jobs and status == EXIT_OK:
+            raise _Failure(args.src, "no BrainPy .bp checkpoints found", EXIT_USAGE)
     else:
-        jobs = [(args.src, args.dst)]
-    results, status = [], 0
+        _check_input(args.src)
+        if os.path.isdir(args.dst):
+            raise _Failure(args.dst, "is a directory; give the output file's name", EXIT_USAGE)
+        out_fmt = _dst_format(args.dst, args.to)
+        if os.path.exists(args.dst) and os.path.samefile(args.src, args.dst):
+            raise _Failure(args.dst, "is SRC itself; write to another name", EXIT_USAGE)
+        jobs, status = [(args.src, args.dst)], EXIT_OK
+    results = []
     for i, (src, dst) in enumerate(jobs, 1):
-        os.makedirs(os.path.dirname(dst) or ".", exist_ok=True)
         try:
-            r = _convert_one(src, dst, args)
-            results.append(r)
-            if not args.json:
-                prefix = f"[{i}/{len(jobs)}] " if len(jobs) > 1 else ""
-                print(f"{prefix}{src} ({r['src_format']}, {_human(r['src_bytes'])}) -> {dst} "
-                      f"({r['dst_format']}, {_human(r['dst_bytes'])}) in {r['seconds']:.2f} s")
-        except (BpzError, OSError, TypeError, ValueError) as e:
-            status = 1
-            results.append({"src": src, "dst": dst, "error": str(e)})
-            print(f"{src}: FAILED: {e}", file=sys.stderr)
+            r = _convert_one(src, dst, out_fmt, args)
+        except _Failure as failure:
+            status = max(status, _report("convert", failure))
+            results.append({"src": src, "dst": dst, "error": failure.cause, "exit": failure.code})
+            continue
+        results.append(r)
+        if not args.json:
+            prefix = f"[{i}/{len(jobs)}] " if len(jobs) > 1 else ""
+            print(f"{prefix}{src} ({r['src_format']}, {_human(r['src_bytes'])}) -> {dst} "
+                  f"({r['dst_format']}, {_human(r['dst_bytes'])}) in {r['seconds']:.2f} s")
     if args.json:
         print(json.dumps(results, indent=2))
     return status
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="bpz", description="Inspect, verify and convert bpz archives.")
+    p = argparse.ArgumentParser(prog="bpz", description="Inspect, verify and convert bpz archives.",
+                                epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
     for name, help_ in [("ls", "list tensors"), ("info", "summarise an archive")]:
         s = sub.add_parser(name, help=help_)
@@ -308,25 +620,54 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("verify", help="check every checksum; exit status 1 on corruption")
     s.add_argument("files", nargs="+")
     s.add_argument("--json", action="store_true")
-    s = sub.add_parser("convert", help="convert between .bpz, .bp, .safetensors and .npz")
+    s = sub.add_parser("convert", help="convert between .bpz, .bp, .safetensors and .npz",
+                       epilog=EPILOG[EPILOG.index("conversions"):], formatter_class=argparse.RawDescriptionHelpFormatter)
     s.add_argument("src", help="a file, or a directory of BrainPy .bp checkpoints to migrate")
     s.add_argument("dst", help="a file (format from its suffix), or a directory")
     s.add_argument("--to", choices=["bpz", "bp", "safetensors", "npz"], help="output format (default: from DST's suffix)")
     s.add_argument("--compression", choices=["auto", "zstd", "none"], default="auto")
     s.add_argument("--level", type=int, default=1, help="zstd level")
     s.add_argument("--force", action="store_true", help="replace an existing DST")
+    s.add_argument("--lossy", action="store_true",
+                   help="convert even if the target format cannot hold everything (what is dropped is printed)")
     s.add_argument("--json", action="store_true")
     return p
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    handler = {"ls": cmd_ls, "info": cmd_info, "cat": cmd_cat, "verify": cmd_verify, "convert": cmd_convert}[args.command]
+_HANDLERS = {"ls": cmd_ls, "info": cmd_info, "cat": cmd_cat, "verify": cmd_verify, "convert": cmd_convert}
+
+
+def _stdout_closed() -> None:
+    """The reader of our output went away (``bpz ls | head``): point stdout at /dev/null so the
+    interpreter's final flush does not fail again with "Broken pipe"."""
     try:
-        return handler(args)
-    except (BpzError, OSError, KeyError) as e:
-        print(f"bpz {args.command}: {e}", file=sys.stderr)
-        return 2
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # stdout is not a real file (captured in tests)
+        pass
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Runs one ``bpz`` command and returns its exit status (see :data:`EPILOG`); never raises."""
+    command, args = "?", None
+    try:
+        try:
+            args = build_parser().parse_args(argv)
+        except SystemExit as e:  # --help, or a usage error argparse has printed
+            return e.code if isinstance(e.code, int) else (EXIT_OK if e.code is None else EXIT_USAGE)
+        command = args.command
+        status = _HANDLERS[command](args)
+        sys.stdout.flush()  # here, not at exit, so a closed pipe is caught below
+        return status
+    except BrokenPipeError:
+        _stdout_closed()
+        return EXIT_OK
+    except KeyboardInterrupt:
+        print(f"bpz {command}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as e:
+        file = getattr(e, "file", None) or getattr(args, "file", None) or getattr(args, "src", None) or "?"
+        return _report(command, _as_failure(file, e))
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -304,7 +304,12 @@ fn inherit(file: &File, old: &Metadata) -> io::Result<Inherited> {
             Err(e) => return Err(e),
         }
     }
-    file.set_permissions(fs::Permissions::from_mode(mode))?;
+    match file.set_permissions(fs::Permissions::from_mode(mode)) {
+        // A filesystem without Unix permissions (vfat, some FUSE): the temporary stays
+        // 0600, never more open than intended.
+        Err(e) if matches!(e.kind(), io::ErrorKind::PermissionDenied | io::ErrorKind::Unsupported) => {}
+        r => r?,
+    }
     Ok(want)
 }
 
@@ -481,7 +486,7 @@ fn replace(tmp: &Path, target: &Path, dest: &Path) -> io::Result<()> {
             _ => return fs::rename(tmp, target).map_err(step),
         }
     }
-    Err(step(io::Error::new(io::ErrorKind::Other, "the destination kept changing during the rename")))
+    Err(step(io::Error::other("the destination kept changing during the rename")))
 }
 
 #[cfg(target_os = "linux")]

@@ -22,6 +22,7 @@ installed, else come back as raw bit patterns (``uint16`` for BF16, ``uint8`` fo
 from __future__ import annotations
 
 import json
+import operator
 import os
 import re
 from dataclasses import dataclass
@@ -265,7 +266,7 @@ class Archive:
         self.path = os.fspath(path)
         for what, value in (("max_read_bytes", max_read_bytes), ("max_chunk_bytes", max_chunk_bytes),
                             ("max_index_bytes", max_index_bytes)):
-            if value is not None and not (_is_int(value) and value >= 0):
+            if value is not None and not (_as_index(value) is not None and value >= 0):
                 raise BpzFormatError("invalid_argument", f"{self.path}: {what} must be an integer >= 0, not {value!r}")
         self.max_read_bytes = max_read_bytes
         self.max_chunk_bytes = MAX_CHUNK_BYTES if max_chunk_bytes is None else min(max_chunk_bytes, MAX_CHUNK_BYTES)
@@ -488,13 +489,15 @@ class Archive:
 
     def _byte_range(self, name: str, a: int, b: int) -> tuple[TensorEntry, int, int]:
         t = self.tensor(name)
-        if not (_is_int(a) and _is_int(b) and 0 <= a <= b <= t.nbytes):
+        a, b = _as_index(a), _as_index(b)
+        if a is None or b is None or not 0 <= a <= b <= t.nbytes:
             raise self._fail("invalid_argument", f"tensor {_show(name)}: byte range [{a}, {b}) outside [0, {t.nbytes})")
         return t, a, b
 
     def _row_range(self, name: str, start: int, stop: int) -> tuple[int, int]:
         t = self.tensor(name)
-        if not (_is_int(start) and _is_int(stop) and 0 <= start <= stop <= t.rows):
+        start, stop = _as_index(start), _as_index(stop)
+        if start is None or stop is None or not 0 <= start <= stop <= t.rows:
             raise self._fail("invalid_argument", f"tensor {_show(name)}: rows [{start}, {stop}) outside [0, {t.rows})")
         row_bytes = _product(t.shape[1:]) * t.itemsize
         return start * row_bytes, stop * row_bytes
@@ -642,6 +645,16 @@ def _unique_keys(pairs):
 
 def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _as_index(v: Any) -> int | None:
+    """An API argument as an int (NumPy integers too), or None if it is not an integer."""
+    if isinstance(v, bool):
+        return None
+    try:
+        return operator.index(v)
+    except TypeError:
+        return None
 
 
 def _typed_entry(e: Any, i: int, bad) -> dict:

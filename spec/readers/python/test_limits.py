@@ -155,6 +155,7 @@ def test_streaming_matches_read(path):
                 assert b"".join(ar.iter_rows(t.name, start, stop)) == want
                 sink = io.BytesIO()
                 assert ar.read_rows_to(t.name, start, stop, sink) == len(want) and sink.getvalue() == want
+                assert ar.read_rows(t.name, np.int64(start), np.uint32(stop)) == want
             with pytest.raises(BpzFormatError) as err:
                 ar.iter_rows(t.name, 0, t.rows + 1)
             assert err.value.kind == "invalid_argument"

@@ -32,6 +32,7 @@ from typing import Any, Callable
 import numpy as np
 
 from . import dtypes
+from .checkpoints import _fsync_path
 from .errors import FormatError, LimitExceededError, TruncatedError
 
 __all__ = [
@@ -51,14 +52,6 @@ SUFFIX_FORMATS = {".bpz": "bpz", ".bp": "bp", ".msgpack": "bp", ".safetensors": 
 
 
 # --------------------------------------------------------------- durable writes
-
-
-def _fsync_path(path: str, directory: bool = False) -> None:
-    fd = os.open(path, os.O_RDONLY | (getattr(os, "O_DIRECTORY", 0) if directory else 0))
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def write_durably(path: str, write: Callable[[str], None]) -> None:

@@ -13,7 +13,11 @@ import binascii
 import collections
 import contextlib
 import gc
+import json
 import math
+import os
+import re
+import reprlib
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -23,28 +27,67 @@ from typing import Any
 import numpy as np
 
 from . import dtypes
-from .errors import FormatError
+from .errors import FormatError, LimitExceededError
 
-__all__ = ["Leaf", "flatten", "unflatten", "restore_into", "format_path"]
+__all__ = ["Leaf", "flatten", "unflatten", "restore_into", "format_path", "parse_json", "MAX_TREE_VALUES"]
 
 MAX_SAFE_INT = 2**53 - 1
 #: Containers nested deeper than this can't be stored (the index's JSON nesting limit).
 MAX_TREE_DEPTH = 40
+#: The index's JSON nesting limit (spec/FORMAT.md §11): a tuple key may nest only as deep as fits.
+MAX_JSON_DEPTH = 128
+#: Objects whose ``.value`` is another such object are unwrapped at most this many times.
+MAX_VALUE_UNWRAP = 32
+
+
+def _limit_from_env(name: str, default: int) -> int:
+    text = os.environ.get(name)
+    if text is None:
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise ValueError(f"the environment variable {name}={text!r} is not a positive integer")
+    return value
+
+
+#: Most JSON values a pytree may have in an archive's index (each dict entry
+#: with an array costs 4: the pair, its key, the tensor node and its name).
+#: Loading builds Python objects for each (~100–150 bytes apiece), so a small
+#: hostile file could otherwise ask for gigabytes; saving refuses trees over it
+#: so that every archive bpz writes loads with the default. Raise it by
+#: assigning ``bpz.pytree.MAX_TREE_VALUES`` or with the environment variable
+#: ``BPZ_MAX_TREE_VALUES``; it also bounds the metadata.
+MAX_TREE_VALUES = _limit_from_env("BPZ_MAX_TREE_VALUES", 1 << 23)
 
 
 @dataclass(slots=True)
 class Leaf:
-    """One array of a flattened pytree: little-endian, C-contiguous."""
+    """One tensor of a flattened pytree: ``array`` holds its little-endian bytes
+    in C order (an ndarray, or a NumPy scalar for a 0-d tensor)."""
 
     name: str
-    array: np.ndarray
+    array: Any
     dtype: str
     node: dict[str, Any] = field(repr=False, default_factory=dict)
 
 
+_key_repr = reprlib.Repr()
+_key_repr.maxlevel = 6  # a 3,000-deep tuple key must not blow the stack in an error message
+_key_repr.maxstring = _key_repr.maxother = 200
+_key_repr.maxtuple = _key_repr.maxlist = _key_repr.maxdict = 16
+
+
 def format_path(path: tuple[Any, ...]) -> str:
     """A key path as Python would index it: ``target['net'][0]``."""
-    return "target" + "".join(f"[{k!r}]" for k in path)
+    return "target" + "".join(f"[{_key_repr.repr(k)}]" for k in path)
+
+
+def _type_name(obj: Any) -> str:
+    t = type(obj)
+    return t.__qualname__ if t.__module__ == "builtins" else f"{t.__module__}.{t.__qualname__}"
 
 
 def _segment(key: Any) -> str:
@@ -98,16 +141,100 @@ def _escape_segment(segment: str) -> str:
 
 _NO_KEY: Any = object()
 _NO_HINT: dict[str, Any] = {}
+_SCALAR_HINT = {"py": "numpy_scalar"}
+
+
+def _numpy_scalar_types() -> dict[type, str]:
+    """NumPy's own scalar types whose buffer is already a tensor's bytes (a
+    supported dtype, little-endian): they are stored without a 0-d array."""
+    if sys.byteorder != "little":
+        return {}
+    out = {}
+    for t in set(np.sctypeDict.values()):
+        if isinstance(t, type) and issubclass(t, np.generic):
+            name, swap = dtypes.storage(np.dtype(t))
+            if name is not None and not swap:
+                out[t] = name
+    return out
+
+
+_SCALAR_TYPES = _numpy_scalar_types()
+
+#: ndarray subclasses that are plain data in another place (a file): saved as arrays.
+_PLAIN_SUBCLASSES: tuple[type, ...] = (np.memmap,)
+
+
+def _unsupported_dtype_advice(dtype: np.dtype) -> str:
+    if dtype.fields is not None:
+        return "a structured array: save each field as its own array ({name: x[name] for name in x.dtype.names})"
+    if dtype.kind in "Mm":
+        return "store x.astype('int64') and its unit (np.datetime_data(x.dtype)) instead"
+    if dtype.kind == "O":
+        return "an object array holds Python objects, not numbers: convert it to a numeric dtype or save a list"
+    if dtype.kind in "USV":
+        return "save strings as a list of str or bytes"
+    return "cast it to a supported dtype"
+
+
+def _state_of(arr: np.ndarray) -> list[str]:
+    """The attributes an ndarray subclass instance carries beyond its data."""
+    names = list(getattr(arr, "__dict__", None) or ())
+    for cls in type(arr).__mro__:
+        if cls is np.ndarray:
+            break
+        slots = cls.__dict__.get("__slots__", ())
+        for slot in (slots,) if isinstance(slots, str) else slots:
+            if slot not in ("__dict__", "__weakref__") and hasattr(arr, slot):
+                names.append(slot)
+    return names
+
+
+def _as_plain_array(arr: np.ndarray, path: tuple[Any, ...]) -> np.ndarray:
+    """``arr`` as a base ndarray, refusing subclasses whose meaning the format
+    can't hold: a masked array's mask, a matrix's algebra, a unit or any other
+    attribute would be silently lost on load."""
+    kind = type(arr)
+    if kind is np.ndarray:
+        return arr
+    where = format_path(path)
+    ma = sys.modules.get("numpy.ma")
+    if ma is not None and isinstance(arr, ma.MaskedArray):
+        raise TypeError(
+            f"bpz cannot save the masked array at {where}: the format has no mask, so the hidden values would "
+            "come back as data. Save its data and mask as two arrays (x.data and np.ma.getmaskarray(x)), "
+            "or fill the hidden values first (np.ma.filled(x, fill_value))"
+        )
+    if isinstance(arr, np.matrix):
+        raise TypeError(
+            f"bpz cannot save the numpy.matrix at {where}: it would load as an ndarray, on which * is not "
+            "a matrix product. Save np.asarray(x)"
+        )
+    if isinstance(arr, _PLAIN_SUBCLASSES):
+        return arr.view(np.ndarray)
+    state = _state_of(arr)
+    if state:
+        raise TypeError(
+            f"bpz cannot save the {_type_name(arr)} at {where}: this ndarray subclass carries attributes "
+            f"({', '.join(sorted(state)[:8])}) the format cannot store, and it would load as a plain ndarray. "
+            "Save np.asarray(x) (and the attributes as separate leaves) if the data alone is what you need"
+        )
+    return arr.view(np.ndarray)
 
 
 class _Flattener:
     """Walks a pytree once. Each node gets its tensor name (its escaped key
     path) as a string; the key path itself, a tuple, is built only where
-    error messages need it (arrays in containers, the most common leaves,
-    take the fast path without it)."""
+    error messages need it (arrays and scalars in containers, the most common
+    leaves, take the fast path without it).
 
-    def __init__(self, copy: bool) -> None:
+    ``values`` counts the JSON values the tree will have in the index (see
+    :data:`MAX_TREE_VALUES`): a node's first two (its object and its payload)
+    are counted by its parent, the rest by whoever makes them."""
+
+    def __init__(self, copy: bool, max_values: int) -> None:
         self.copy = copy
+        self.max_values = max_values
+        self.values = 2  # the root node's
         self.leaves: list[Leaf] = []
         self.names: set[str] = set()
         self.active: set[int] = set()
@@ -124,14 +251,28 @@ class _Flattener:
         names.add(name)
         return name
 
-    def key(self, k: Any, path: tuple[Any, ...]) -> Any:
+    def key(self, k: Any, path: tuple[Any, ...], level: int) -> Any:
+        """The JSON form of the dict key ``k``, at JSON nesting ``level`` if it
+        is an object; counts its values beyond the one its pair counted."""
         if isinstance(k, str):
             return str(k)
+        if isinstance(k, (int, np.integer)) and not isinstance(k, bool):
+            k = int(k)
+            if -MAX_SAFE_INT <= k <= MAX_SAFE_INT:
+                return k
+        if level + isinstance(k, tuple) > MAX_JSON_DEPTH:
+            # Every nested tuple adds two levels: a deep enough one would blow the
+            # stack here and the index's depth limit at the end of the save.
+            raise ValueError(
+                f"bpz cannot save a dict key at {format_path(path)}: it is a tuple nested too deeply "
+                f"(the index's JSON nesting limit is {MAX_JSON_DEPTH} levels, and the containers above the key "
+                "use some); use a flatter key"
+            )
+        self.values += 1
         if isinstance(k, (bool, np.bool_)):
             return {"bool": bool(k)}
-        if isinstance(k, (int, np.integer)):
-            k = int(k)
-            return k if -MAX_SAFE_INT <= k <= MAX_SAFE_INT else {"int": str(k)}
+        if isinstance(k, int):
+            return {"int": str(k)}
         if isinstance(k, (float, np.floating)):
             return {"float": _float_payload(float(k))}
         if k is None:
@@ -139,9 +280,11 @@ class _Flattener:
         if isinstance(k, bytes):
             return {"bytes": base64.b64encode(k).decode("ascii")}
         if isinstance(k, tuple):
-            return {"tuple": [self.key(x, path) for x in k]}
+            self.values += len(k)
+            return {"tuple": [self.key(x, path, level + 2) for x in k]}
+        self.values -= 1
         raise TypeError(
-            f"bpz cannot save the dict key {k!r} of type {type(k).__name__} at {format_path(path)}: "
+            f"bpz cannot save the dict key {_key_repr.repr(k)} of type {_type_name(k)} at {format_path(path)}: "
             "keys must be str, int, float, bool, None, bytes or tuples of these"
         )
 
@@ -153,7 +296,8 @@ class _Flattener:
                 path = (*path, key)
             raise TypeError(
                 f"bpz cannot save the array at {format_path(path)}: dtype {arr.dtype} is not supported "
-                f"(supported: bool, (u)int8-64, float16/32/64, bfloat16, float8 variants, complex64/128)"
+                f"(supported: bool, (u)int8-64, float16/32/64, bfloat16, float8 variants, complex64/128); "
+                + _unsupported_dtype_advice(arr.dtype)
             )
         if swap:
             arr = arr.astype(arr.dtype.newbyteorder("<"), order="C")  # (the default keeps Fortran order)
@@ -166,44 +310,97 @@ class _Flattener:
             name = self.name_for(name)
         else:
             names.add(name)
-        node = {"tensor": name, **hint} if hint else {"tensor": name}
+        if hint:
+            node = {"tensor": name, **hint}
+            self.values += len(hint)
+        else:
+            node = {"tensor": name}
         self.leaves.append(Leaf(name, arr, dtype, node))
         return node
 
-    def node(self, obj: Any, path: tuple[Any, ...], name: str, depth: int) -> Any:
-        if isinstance(obj, np.ndarray):
-            return self.array(obj, name, _NO_HINT, path)
-        if obj is None:
+    def child(self, v: Any, name: str, path: tuple[Any, ...], k: Any, depth: int) -> Any:
+        """The node of ``v``, the child ``k`` of the container at ``path``. The
+        commonest leaves are handled here by exact type, without a key path."""
+        kind = type(v)
+        if kind is np.ndarray:
+            # A little-endian C-contiguous array of a supported dtype under a new
+            # name (else array() decides).
+            dtype = dtypes.PLAIN.get(v.dtype)
+            names = self.names
+            if dtype is None or self.copy or name in names or not v.flags.c_contiguous:
+                return self.array(v, name, _NO_HINT, path, k)
+            names.add(name)
+            node = {"tensor": name}
+            self.leaves.append(Leaf(name, v, dtype, node))
+            return node
+        dtype = _SCALAR_TYPES.get(kind)
+        if dtype is not None:
+            # A NumPy scalar is immutable, and its buffer is the 0-d tensor's bytes.
+            names = self.names
+            if name in names:
+                name = self.name_for(name)
+            else:
+                names.add(name)
+            node = {"tensor": name, "py": "numpy_scalar"}
+            self.values += 1
+            self.leaves.append(Leaf(name, v, dtype, node))
+            return node
+        if kind is float:
+            return {"float": v if v - v == 0 else _float_payload(v)}  # (v - v is nan for nan and ±inf)
+        if kind is str:
+            return {"str": v}
+        if kind is int:
+            return {"int": v if -MAX_SAFE_INT <= v <= MAX_SAFE_INT else str(v)}
+        if kind is bool:
+            return {"bool": v}
+        if v is None:
             return {"none": None}
-        if isinstance(obj, bool):
-            return {"bool": obj}
-        if isinstance(obj, str):
-            return {"str": str(obj)}
-        if isinstance(obj, (bytes, bytearray, memoryview)) and not isinstance(obj, np.generic):
-            return {"bytes": base64.b64encode(bytes(obj)).decode("ascii")}
-        if isinstance(obj, np.generic):
-            return self.array(np.asarray(obj), name, {"py": "numpy_scalar"}, path)
-        if isinstance(obj, int):
-            return {"int": _int_payload(int(obj))}
-        if isinstance(obj, float):
-            return {"float": _float_payload(obj)}
-        if isinstance(obj, complex):
-            return {"complex": [_float_payload(obj.real), _float_payload(obj.imag)]}
-        if _is_jax_array(obj):
-            return self.jax_array(obj, path, name)
-        if isinstance(obj, (Mapping, list, tuple)):
-            return self.container(obj, path, name, depth)
-        if isinstance(obj, (set, frozenset)):
-            raise TypeError(f"bpz cannot save a {type(obj).__name__} at {format_path(path)}: sets have no order; use a list")
-        if hasattr(obj, "value") and not isinstance(obj, Enum):
-            # BrainPy Variables / Arrays and brainstate States are saved as their value.
-            return self.node(obj.value, path, name, depth)
-        if hasattr(obj, "__array__"):
-            return self.array(np.asarray(obj), name, _NO_HINT, path)
-        raise TypeError(
-            f"bpz cannot save an object of type {type(obj).__module__}.{type(obj).__qualname__} at "
-            f"{format_path(path)}: leaves must be arrays, scalars, str, bytes or None, "
-            "in dicts, lists, tuples or namedtuples"
+        if kind is dict or kind is list or kind is tuple:
+            return self.container(v, (*path, k), name, depth)
+        return self.node(v, (*path, k), name, depth)
+
+    def node(self, obj: Any, path: tuple[Any, ...], name: str, depth: int) -> Any:
+        for _ in range(MAX_VALUE_UNWRAP):
+            if isinstance(obj, np.ndarray):
+                return self.array(_as_plain_array(obj, path), name, _NO_HINT, path)
+            if obj is None:
+                return {"none": None}
+            if isinstance(obj, bool):
+                return {"bool": obj}
+            if isinstance(obj, str):
+                return {"str": str(obj)}
+            if isinstance(obj, (bytes, bytearray, memoryview)) and not isinstance(obj, np.generic):
+                return {"bytes": base64.b64encode(bytes(obj)).decode("ascii")}
+            if isinstance(obj, np.generic):
+                return self.array(np.asarray(obj), name, _SCALAR_HINT, path)
+            if isinstance(obj, int):
+                return {"int": _int_payload(int(obj))}
+            if isinstance(obj, float):
+                return {"float": _float_payload(obj)}
+            if isinstance(obj, complex):
+                self.values += 2
+                return {"complex": [_float_payload(obj.real), _float_payload(obj.imag)]}
+            if _is_jax_array(obj):
+                return self.jax_array(obj, path, name)
+            if isinstance(obj, (Mapping, list, tuple)):
+                return self.container(obj, path, name, depth)
+            if isinstance(obj, (set, frozenset)):
+                raise TypeError(f"bpz cannot save a {type(obj).__name__} at {format_path(path)}: sets have no order; use a list")
+            if hasattr(obj, "value") and not isinstance(obj, Enum):
+                # BrainPy Variables / Arrays and brainstate States are saved as their value.
+                obj = obj.value
+                continue
+            if hasattr(obj, "__array__"):
+                # asanyarray: a subclass its __array__ returns (a masked array) is judged, not stripped.
+                return self.array(_as_plain_array(np.asanyarray(obj), path), name, _NO_HINT, path)
+            raise TypeError(
+                f"bpz cannot save an object of type {_type_name(obj)} at "
+                f"{format_path(path)}: leaves must be arrays, scalars, str, bytes or None, "
+                "in dicts, lists, tuples or namedtuples"
+            )
+        raise ValueError(
+            f"bpz cannot save the object at {format_path(path)}: its .value is an object with a .value, "
+            f"more than {MAX_VALUE_UNWRAP} times over (or it is its own value)"
         )
 
     def jax_array(self, obj: Any, path: tuple[Any, ...], name: str) -> dict[str, Any]:
@@ -221,57 +418,62 @@ class _Flattener:
     def container(self, obj: Any, path: tuple[Any, ...], name: str, depth: int) -> dict[str, Any]:
         if depth >= MAX_TREE_DEPTH:
             raise ValueError(f"the tree is nested more than {MAX_TREE_DEPTH} containers deep at {format_path(path)}")
-        if id(obj) in self.active:
+        if not obj:  # nothing inside, so no cycle through it: the fast way
+            if isinstance(obj, Mapping):
+                return {"ordered_dict" if isinstance(obj, collections.OrderedDict) else "dict": []}
+            if isinstance(obj, tuple) and hasattr(obj, "_fields"):
+                self.values += 3
+                return {"namedtuple": {"name": type(obj).__name__, "fields": [], "values": []}}
+            return {"tuple" if isinstance(obj, tuple) else "list": []}
+        active = self.active
+        if id(obj) in active:
             raise ValueError(f"the tree contains itself (a reference cycle) at {format_path(path)}")
-        self.active.add(id(obj))
+        # Each child adds at least two values (four in a dict): a huge container fails before its walk.
+        if self.values + (4 if isinstance(obj, Mapping) else 2) * len(obj) > self.max_values:
+            self.too_many_values(path)
+        active.add(id(obj))
         prefix = name + "/" if depth else ""  # children's names: prefix + escaped key
         depth += 1
-        node, array, ndarray = self.node, self.array, np.ndarray
-        plain, copy, names, leaves_append = dtypes.PLAIN, self.copy, self.names, self.leaves.append
-        names_add = names.add
-        # Arrays, the common leaf, skip node() and need no key path (built only for errors).
+        child = self.child
         try:
             if isinstance(obj, Mapping):
                 items: list[list[Any]] = []
                 append = items.append
+                # The node's JSON level if every container above were a dict (3 levels
+                # each); a key sits two levels further in, inside its pair.
+                key_level = 5 + 3 * (depth - 1)
                 for k, v in obj.items():
                     if type(k) is str:
                         key = seg = k
                     else:
-                        key, seg = self.key(k, path), _segment(k)
+                        key, seg = self.key(k, path, key_level), _segment(k)
                     if "~" in seg or "/" in seg or "\0" in seg:
                         seg = _escape_segment(seg)
-                    if type(v) is ndarray:
-                        # The commonest leaf, inlined: a little-endian C-contiguous array
-                        # of a supported dtype under a new name (else array() decides).
-                        dtype = plain.get(v.dtype)
-                        tensor = prefix + seg
-                        if dtype is None or copy or tensor in names or not v.flags.c_contiguous:
-                            append([key, array(v, tensor, _NO_HINT, path, k)])
-                        else:
-                            names_add(tensor)
-                            tnode = {"tensor": tensor}
-                            leaves_append(Leaf(tensor, v, dtype, tnode))
-                            append([key, tnode])
-                    else:
-                        append([key, node(v, (*path, k), prefix + seg, depth)])
-                return {"ordered_dict" if isinstance(obj, collections.OrderedDict) else "dict": items}
-            if isinstance(obj, tuple) and hasattr(obj, "_fields"):
+                    append([key, child(v, prefix + seg, path, k, depth)])
+                self.values += 4 * len(items)
+                node: dict[str, Any] = {"ordered_dict" if isinstance(obj, collections.OrderedDict) else "dict": items}
+            elif isinstance(obj, tuple) and hasattr(obj, "_fields"):
                 fields = [str(f) for f in obj._fields]
-                values = [
-                    array(v, prefix + _escape_segment(f), _NO_HINT, path, f)
-                    if type(v) is ndarray
-                    else node(v, (*path, f), prefix + _escape_segment(f), depth)
-                    for f, v in zip(fields, obj)
-                ]
-                return {"namedtuple": {"name": type(obj).__name__, "fields": fields, "values": values}}
-            values = [
-                array(v, prefix + str(i), _NO_HINT, path, i) if type(v) is ndarray else node(v, (*path, i), prefix + str(i), depth)
-                for i, v in enumerate(obj)
-            ]
-            return {"tuple" if isinstance(obj, tuple) else "list": values}
+                values = [child(v, prefix + _escape_segment(f), path, f, depth) for f, v in zip(fields, obj)]
+                self.values += 3 + len(fields) + 2 * len(values)
+                node = {"namedtuple": {"name": type(obj).__name__, "fields": fields, "values": values}}
+            else:
+                values = [child(v, prefix + str(i), path, i, depth) for i, v in enumerate(obj)]
+                self.values += 2 * len(values)
+                node = {"tuple" if isinstance(obj, tuple) else "list": values}
         finally:
-            self.active.discard(id(obj))
+            active.discard(id(obj))
+        if self.values > self.max_values:
+            self.too_many_values(path)
+        return node
+
+    def too_many_values(self, path: tuple[Any, ...]) -> None:
+        raise ValueError(
+                f"the tree is too large to save at {format_path(path)}: over {self.max_values:,} JSON values in the "
+                "archive's index (about 4 per dict entry), the most a load accepts by default. Store large collections "
+                "as arrays, or raise the limit (bpz.pytree.MAX_TREE_VALUES or the environment variable "
+                "BPZ_MAX_TREE_VALUES) here and where the file is loaded"
+            )
 
 
 @contextlib.contextmanager
@@ -288,13 +490,14 @@ def no_gc() -> Any:
 
 
 def flatten(target: Any, *, copy: bool = False) -> tuple[dict[str, Any], list[Leaf]]:
-    """Splits ``target`` into a JSON tree and its array leaves.
+    """Splits ``target`` into a JSON tree and its tensor leaves.
 
     With ``copy=True`` every array is copied (a snapshot the caller may then
     mutate); otherwise arrays are used in place where they are already
-    little-endian and C-contiguous.
+    little-endian and C-contiguous. Raises ValueError for a tree over
+    :data:`MAX_TREE_VALUES` or nested too deeply.
     """
-    f = _Flattener(copy)
+    f = _Flattener(copy, MAX_TREE_VALUES)
     with no_gc():
         tree = f.node(target, (), "", 0)
     return tree, f.leaves
@@ -354,28 +557,33 @@ def _decode_scalar(kind: str, payload: Any) -> Any:
 
 def unflatten(tree: Any, load_tensor: Callable[[dict[str, Any]], Any]) -> Any:
     """Rebuilds the pytree; ``load_tensor`` turns a ``{"tensor": name, ...}`` node into a value."""
+    decode_key = _decode_key
 
     def build(node: Any) -> Any:
-        if not isinstance(node, dict) or not node:
-            raise FormatError(f"invalid tree node {node!r} in the archive")
-        if "tensor" in node:
-            return load_tensor(node)
-        if len(node) != 1:
-            raise FormatError(f"invalid tree node with members {sorted(node)} in the archive")
+        if type(node) is not dict or len(node) != 1:
+            if isinstance(node, dict) and "tensor" in node:
+                return load_tensor(node)  # with hints
+            if not isinstance(node, dict) or not node:
+                raise FormatError(f"invalid tree node {_key_repr.repr(node)} in the archive")
+            raise FormatError(f"invalid tree node with members {_key_repr.repr(sorted(node))} in the archive")
         (kind, payload), = node.items()
-        if kind in ("dict", "ordered_dict"):
-            pairs = ((_decode_key(k), build(v)) for k, v in payload)
-            return collections.OrderedDict(pairs) if kind == "ordered_dict" else dict(pairs)
-        if kind == "list":
-            return [build(v) for v in payload]
-        if kind == "tuple":
-            return tuple(build(v) for v in payload)
+        if kind == "tensor":
+            return load_tensor(node)
+        if kind == "dict" or kind == "ordered_dict":
+            if type(payload) is not list:
+                raise FormatError(f"the archive's tree has a {kind} node whose payload is not an array")
+            pairs = {k if type(k) is str else decode_key(k): build(v) for k, v in payload}
+            return collections.OrderedDict(pairs) if kind == "ordered_dict" else pairs
+        if kind == "list" or kind == "tuple":
+            if type(payload) is not list:
+                raise FormatError(f"the archive's tree has a {kind} node whose payload is not an array")
+            return [build(v) for v in payload] if kind == "list" else tuple([build(v) for v in payload])
         if kind == "namedtuple":
             cls = _namedtuple_type(payload["name"], tuple(payload["fields"]))
-            return cls(*(build(v) for v in payload["values"]))
+            return cls(*[build(v) for v in payload["values"]])
         value = _decode_scalar(kind, payload)
         if value is _NOT_SCALAR:
-            raise FormatError(f"the archive's tree has a node of kind {kind!r}, unknown to this version of bpz")
+            raise FormatError(f"the archive's tree has a node of kind {_key_repr.repr(kind)}, unknown to this version of bpz")
         return value
 
     if tree is None:
@@ -385,9 +593,52 @@ def unflatten(tree: Any, load_tensor: Callable[[dict[str, Any]], Any]) -> Any:
             return build(tree)
     except FormatError:
         raise
+    except MemoryError:
+        raise LimitExceededError(
+            "the archive's tree needs more memory to rebuild than is available; "
+            "its size is bounded by bpz.pytree.MAX_TREE_VALUES, which may be set lower"
+        ) from None
     except (KeyError, IndexError, TypeError, ValueError, AttributeError, binascii.Error) as e:
         # A malformed tree (from a damaged or hostile file): never a raw Python error.
         raise FormatError(f"the archive's tree is malformed: {type(e).__name__}: {e}") from None
+
+
+_JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
+_JSON_SPACE = re.compile(r"[ \t\n\r]+")
+
+
+def count_json_values(text: str) -> int:
+    """The number of values in a valid JSON text (object members' names not counted)."""
+    bare = _JSON_SPACE.sub("", _JSON_STRING.sub('""', text))
+    # Each value but the first is preceded by a comma or is the first in a non-empty container.
+    nonempty = bare.count("{") - bare.count("{}") + bare.count("[") - bare.count("[]")
+    return 1 + bare.count(",") + nonempty
+
+
+def parse_json(text: str, source: str, what: str = "tree") -> Any:
+    """Parses the tree or metadata JSON of the archive ``source`` (already
+    validated by the core), refusing more than :data:`MAX_TREE_VALUES` values
+    before building them: a few megabytes of ``[],`` would otherwise become
+    gigabytes of Python lists."""
+    limit = MAX_TREE_VALUES
+    # A text has fewer values than characters, and counting brackets and commas
+    # bounds them from above: the exact count is needed only near the limit.
+    if len(text) > limit and text.count(",") + text.count("{") + text.count("[") + 1 > limit:
+        n = count_json_values(text)
+        if n > limit:
+            raise LimitExceededError(
+                f"{source}: the {what} has {n:,} JSON values, over the limit of {limit:,} "
+                "(raise bpz.pytree.MAX_TREE_VALUES or set the environment variable BPZ_MAX_TREE_VALUES "
+                "to load it, if the file is trusted and memory allows: about 150 bytes per value)"
+            )
+    try:
+        with no_gc():
+            return json.loads(text)
+    except MemoryError:
+        raise LimitExceededError(
+            f"{source}: the {what} ({len(text):,} bytes of JSON) needs more memory than is available; "
+            f"its size is bounded by bpz.pytree.MAX_TREE_VALUES ({limit:,}), which may be set lower"
+        ) from None
 
 
 # ----------------------------------------------------------------- restoring
@@ -413,7 +664,9 @@ def _is_array(x: Any) -> bool:
     return isinstance(x, np.ndarray) or _is_jax_array(x)
 
 
-def restore_into(target: Any, loaded: Any, assignments: list[tuple[Any, Any]], path: tuple[Any, ...] = ()) -> Any:
+def restore_into(
+    target: Any, loaded: Any, assignments: list[tuple[Any, Any]], path: tuple[Any, ...] = (), _unwrapped: int = 0
+) -> Any:
     """Fits ``loaded`` into the structure of ``target``, checking shapes and dtypes.
 
     Objects with a ``.value`` (BrainPy Variables, brainstate States) are not
@@ -451,7 +704,12 @@ def restore_into(target: Any, loaded: Any, assignments: list[tuple[Any, Any]], p
     if _is_array(target) or isinstance(target, np.generic):
         return _check_array(target, loaded, path)
     if hasattr(target, "value") and not isinstance(target, Enum) and not isinstance(target, (str, bytes)):
-        new = restore_into(target.value, loaded, assignments, path)
+        if _unwrapped >= MAX_VALUE_UNWRAP:
+            raise ValueError(
+                f"the target at {format_path(path)} is an object whose .value is an object with a .value, "
+                f"more than {MAX_VALUE_UNWRAP} times over (or it is its own value)"
+            )
+        new = restore_into(target.value, loaded, assignments, path, _unwrapped + 1)
         assignments.append((target, new))
         return target
     return loaded

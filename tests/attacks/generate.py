@@ -256,9 +256,9 @@ def bpz_cases() -> dict[str, tuple[bytes, dict]]:
     frame = zstd_frame(b"\0" * 16)
     bb.chunked("x", "U8", [2**40], 2**28, [(frame, 1) for _ in range(2**12)])
     add("tensor_1_tib_tiny_file.bpz", bb.file(),
-        E(load="ValueError", verify="corrupt_data",
-          note="1 TiB declared in 4096 chunks of a 16-byte frame: the allocation is refused (2 GiB limit) "
-               "with an error, never an abort; verify decodes chunk by chunk and finds the first bad one"))
+        E(load="limit_exceeded", verify="limit_exceeded",
+          note="1 TiB declared in 4096 chunks of a 16-byte frame: the load is refused (more than the 2 GiB "
+               "limit leaves) before allocating; verify(decode=True) refuses to decode 1 TiB (over its budget)"))
 
     # -- overlaps and aliasing
     def overlap_same(idx):
@@ -503,17 +503,18 @@ def bpz_cases() -> dict[str, tuple[bytes, dict]]:
     bb = Builder()
     bb.chunked("x", "U8", [16 * big], big, [(bomb, 1) for _ in range(16)])
     add("bomb_16_chunks_of_256mib.bpz", bb.file(),
-        E(load="ValueError", verify=OK,
+        E(load="limit_exceeded", verify=OK,
           note="a valid file: 4 GiB in 16 max-size chunks of ~8 KiB each. Loading it under a 2 GiB limit "
-               "is refused with an error; verify decodes one chunk at a time in bounded memory"))
+               "is refused before allocating; verify(decode=True) decodes one chunk at a time in bounded memory "
+               "(4 GiB: within the default budget)"))
     shuf = zstd_frame(b"\0" * (64 * MiB))
     bb = Builder()
     for i in range(40):
         bb.chunked(f"t{i}", "F32", [16 * MiB], 16 * MiB, [(shuf, 1)], filter="shuffle")
     add("bomb_40_tensors_shuffle.bpz", bb.file(),
-        E(load="ValueError", verify=OK,
+        E(load="limit_exceeded", verify=OK,
           note="valid: 40 tensors of 64 MiB (2.5 GiB) with the shuffle filter (a scratch buffer per chunk); "
-               "loading under a 2 GiB limit fails with an error, never an abort"))
+               "loading under a 2 GiB limit is refused before allocating, never an abort"))
     bb = Builder()
     bb.chunked("x", "U8", [4096], 4096, [(zstd_frame(b"\0" * 4095), 1)])
     add("frame_one_byte_short.bpz", bb.file(), E(load="corrupt_data", verify="corrupt_data", note="frame 1 byte short"))

@@ -59,8 +59,39 @@ def test_verify_exit_status(archive, capsys):
     assert run(capsys, "verify", path)[0] == 0
     code, _, err = run(capsys, "verify", path, str(VECTORS / "invalid" / "compressed_data_bitflip.bpz"))
     assert code == 1 and "checksum mismatch" in err
-    results = json.loads(run(capsys, "verify", str(VECTORS / "invalid" / "decompression_bomb.bpz"), "--json")[1])
+
+
+def test_verify_checks_checksums_and_decodes_only_with_decode(capsys):
+    """decompression_bomb.bpz: every stored byte matches its checksum, but its one zstd frame
+    declares 1 MiB for a 64-byte chunk. The rule: plain ``verify`` checks that every stored
+    byte is what was written (so it passes: nothing was damaged); ``verify --decode`` also
+    decodes, so it finds a file that was written wrong."""
+    bomb = str(VECTORS / "invalid" / "decompression_bomb.bpz")
+    code, out, err = run(capsys, "verify", bomb)
+    assert code == 0 and "OK" in out and "50 B checked in" in out and err == ""
+    results = json.loads(run(capsys, "verify", bomb, "--json")[1])
+    assert results[0]["ok"] is True and results[0]["decoded"] is False
+    code, out, err = run(capsys, "verify", "--decode", bomb)
+    assert code == 1 and out == "" and err.count("\n") == 1
+    assert err.startswith(f"bpz verify: {bomb}: corrupt data") and "declares 1048576 bytes, expected 64" in err
+    results = json.loads(run(capsys, "verify", "--decode", bomb, "--json")[1])
     assert results[0]["ok"] is False and results[0]["kind"] == "corrupt_data"
+
+
+def test_verify_decode_has_one_budget_per_file(tmp, capsys):
+    path = os.path.join(tmp, "z.bpz")
+    bpz.save_pytree(path, {f"t{i}": np.zeros(1 << 16, np.uint8) for i in range(4)}, verbose=False,
+                    compression="zstd")
+    code, out, _ = run(capsys, "verify", "--decode", path)
+    assert code == 0 and "checked and decoded" in out
+    # Each tensor (64 KiB) is within 128 KiB, the four together are not.
+    code, out, err = run(capsys, "verify", "--decode", "--max-decoded-bytes", str(128 << 10), path)
+    assert code == 1 and out == "" and err.count("\n") == 1 and "--max-decoded-bytes" in err and str(4 << 16) in err
+    assert run(capsys, "verify", "--decode", "--max-decoded-bytes", "256K", path)[0] == 0
+    code, _, err = run(capsys, "verify", "--decode", "--max-decoded-bytes", "0", path)
+    assert code == 2 and "--max-decoded-bytes" in err
+    code, out, _ = run(capsys, "verify", "--max-decoded-bytes", "1", path)  # no --decode: nothing decoded
+    assert code == 0 and "checked in" in out and "decoded" not in out
 
 
 @pytest.mark.parametrize("fmt", ["safetensors", "npz", "bp"])

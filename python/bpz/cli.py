@@ -3,7 +3,8 @@
     bpz ls FILE            tensors: name, dtype, shape, storage, filter, sizes
     bpz info FILE          version, writer, totals, compression ratio, tree, metadata
     bpz cat FILE NAME      print one tensor
-    bpz verify FILE...     check every checksum (exit status 1 on corruption)
+    bpz verify FILE...     check every checksum (exit status 1 on corruption);
+                           --decode also decodes, within one budget per file
     bpz convert SRC DST    between .bpz, BrainPy .bp, .safetensors and .npz;
                            SRC may be a directory of .bp checkpoints to migrate
 Add --json for machine-readable output. Exit codes and conversion rules: :data:`EPILOG`.
@@ -27,7 +28,8 @@ import numpy as np
 
 from . import formats
 from .errors import (
-    BpzError, CheckpointNotFoundError, FormatError, InvalidCheckpointPath, TensorNotFoundError,
+    BpzError, CheckpointNotFoundError, FormatError, InvalidCheckpointPath, LimitExceededError,
+    TensorNotFoundError,
 )
 from .pytree import flatten, unflatten
 from .read import open as open_archive
@@ -45,7 +47,8 @@ EPILOG = """\
 exit status:
   0    success
   1    bad data: a file is corrupt, truncated, hostile or not in a format bpz reads
-       (bpz verify: a checksum or a decode failed)
+       (bpz verify: a checksum failed; with --decode, a chunk did not decode or the
+       file would decode to more than --max-decoded-bytes)
   2    usage: a bad command line, or a refusal, with nothing written: DST exists
        (--force replaces it), the conversion would lose data (--lossy accepts the
        loss), the output format cannot hold a dtype, two inputs would get one output
@@ -56,6 +59,11 @@ exit status:
   130  interrupted
 Each failure is one line on stderr, "bpz <command>: <file>: <cause>"; with several
 files the exit status is the largest code met. A closed output pipe is not an error.
+
+bpz verify checks every stored byte against its checksum and that padding is zero, in one
+read of the file, decoding nothing; --decode also decodes every compressed chunk, within
+one budget for the whole file (--max-decoded-bytes; default 256 x the file's size, at
+least 4 GiB), so a small file declaring terabytes is refused instead of decoded.
 
 conversions (bpz convert) never lose data silently:
   .bpz          holds everything
@@ -78,6 +86,33 @@ conversions (bpz convert) never lose data silently:
   Symlinked files resolving outside SRC and symlinked directories are skipped with a
   notice; special files (FIFOs, devices) are skipped.
 """
+
+
+VERIFY_HELP = """\
+Checks every stored byte of each archive against its checksum (the superblock, every
+chunk, the index, the trailer) and that all padding is zero, without decoding anything:
+the time is that of reading the file once, however much data it declares.
+
+--decode also decodes every compressed chunk, which finds chunks that match their checksum
+but do not decode (a file written that way by a faulty or hostile writer, not damaged
+later). A small file can declare terabytes of zeros, so the decoded size of the whole
+file's compressed chunks may be at most --max-decoded-bytes (default: 256 times the file's
+size, and at least 4 GiB); over it, the file is refused (exit status 1) before anything is
+decoded.
+"""
+
+
+def _byte_count(text: str) -> int:
+    """``--max-decoded-bytes``: a positive number of bytes, optionally with a binary unit (64G, 512MiB)."""
+    from ._legacy._common import parse_bytes
+
+    try:
+        value = parse_bytes(text)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of bytes (e.g. 68719476736 or 64G)")
+    return value
 
 
 class _Failure(Exception):
@@ -352,19 +387,32 @@ def cmd_verify(args: argparse.Namespace) -> int:
             with open_archive(path) as a:
                 infos = a.infos()
                 bar = Progress(f"verifying {os.path.basename(path)}", sum(i.stored_bytes for i in infos))
-                done = 0
-                for info in infos:  # tensor by tensor, so the bar moves
-                    a.verify(info.name, decode=True)  # also finds frames that match their crc but do not decode
-                    done += info.stored_bytes
-                    bar(done)
-                a._native().verify_padding()
+                if args.decode:
+                    # One budget for the whole file: tensor by tensor, each within its own budget,
+                    # a small file of many bombs would be decoded in full.
+                    try:
+                        report = a.verify(decode=True, max_decoded_bytes=args.max_decoded_bytes)
+                    except LimitExceededError as e:
+                        failure = _as_failure(path, e)
+                        failure.cause += " (bpz verify --max-decoded-bytes N raises the budget)"
+                        raise failure from None
+                    bar(report["stored_bytes"])
+                else:
+                    done = 0
+                    for info in infos:  # tensor by tensor, so the bar moves; nothing decoded
+                        a.verify(info.name)
+                        done += info.stored_bytes
+                        bar(done)
+                    a._native().verify_padding()  # the rest of the file was checked when it was opened
+                    report = {"tensors": len(infos), "chunks": sum(i.chunks for i in infos),
+                              "stored_bytes": done, "decoded_bytes": sum(i.nbytes for i in infos),
+                              "decoded": False}
                 bar.close()
-                report = {"tensors": len(infos), "chunks": sum(i.chunks for i in infos),
-                          "stored_bytes": done, "decoded_bytes": sum(i.nbytes for i in infos)}
             results.append({"file": path, "ok": True, **report, "seconds": round(time.perf_counter() - t0, 4)})
             if not args.json:
+                done_what = "checked and decoded" if args.decode else "checked"
                 print(f"{path}: OK ({report['tensors']} tensors, {report['chunks']} chunks, "
-                      f"{_human(report['stored_bytes'])} checked in {time.perf_counter() - t0:.2f} s)")
+                      f"{_human(report['stored_bytes'])} {done_what} in {time.perf_counter() - t0:.2f} s)")
         except Exception as e:  # one file's failure is reported and the others still checked
             failure = _as_failure(path, e)
             status = max(status, _report("verify", failure))
@@ -617,8 +665,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("name")
     s.add_argument("--json", action="store_true")
     s.add_argument("--threshold", type=int, default=1000, help="print arrays up to this many elements in full")
-    s = sub.add_parser("verify", help="check every checksum; exit status 1 on corruption")
+    s = sub.add_parser("verify", help="check every checksum; exit status 1 on corruption",
+                       description=VERIFY_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     s.add_argument("files", nargs="+")
+    s.add_argument("--decode", action="store_true",
+                   help="also decode every compressed chunk, within --max-decoded-bytes for the whole file")
+    s.add_argument("--max-decoded-bytes", type=_byte_count, default=None, metavar="N",
+                   help="decode budget of --decode for each file, e.g. 64G (default: 256 x the file's size, "
+                        "at least 4 GiB)")
     s.add_argument("--json", action="store_true")
     s = sub.add_parser("convert", help="convert between .bpz, .bp, .safetensors and .npz",
                        epilog=EPILOG[EPILOG.index("conversions"):], formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -129,7 +129,15 @@ def test_the_cli_refuses_hostile_files_with_status_1(tmp_path):
     out = subprocess.run([sys.executable, "-m", "bpz", "verify", *[os.path.join(CORPUS, n) for n in names]],
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 1, out.stdout + out.stderr
-    assert out.stderr.count("FAILED") == len(names), out.stderr
+    lines = out.stderr.splitlines()
+    assert len(lines) == len(names) and out.stdout == "", out.stdout + out.stderr  # one line per file, none OK
+    for name, line in zip(names, lines):
+        # "bpz verify: <file>: <cause>", the cause being what bpz.open says (without the file name again)
+        path = os.path.join(CORPUS, name)
+        with pytest.raises(bpz.errors.FormatError) as e:
+            bpz.open(path)
+        assert e.value.kind == EXPECTED[name]["open"], (name, e.value)
+        assert line == f"bpz verify: {path}: {str(e.value).removeprefix(path + ': ')}", (line, str(e.value))
     assert "Traceback" not in out.stderr
 
 

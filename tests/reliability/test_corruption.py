@@ -200,15 +200,17 @@ def test_single_byte_flips_are_never_returned_silently(tmp_path, label):
                 assert "bad.bpz" in str(e), f"{where}: {e}"
                 if region == "padding":
                     assert e.kind == "corrupt_data" and "padding" in str(e), f"{where}: {e}"
+                cause = str(e).removeprefix(f"{bad}: ")
             else:
                 raise AssertionError(f"{where}: verify() missed it")
             for backend in ("pread",):
                 with pytest.raises(FormatError):
                     with bpz.open(bad, backend=backend) as a:
                         a.verify()
-            # 3. the CLI
+            # 3. the CLI: exit status 1 and one line naming the file and the same cause as verify()
             status, err = cli_verify(bad)
-            assert status == 1 and "FAILED" in err, f"{where}: bpz verify exit status {status}"
+            assert status == 1, f"{where}: bpz verify exit status {status}: {err}"
+            assert err == f"bpz verify: {bad}: {cause}\n", f"{where}: {err!r} (verify(): {cause!r})"
             # 4. zero-copy views may not notice; verify(name) does
             if region == "raw chunk":
                 with bpz.open(bad) as a:
@@ -236,13 +238,28 @@ def test_bpz_verify_command_exits_1_on_corruption(tmp_path):
         paths.append(p)
     out = subprocess.run([sys.executable, "-m", "bpz", "verify", src], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
-    for p in paths:
+    causes = {  # what each damage is reported as
+        "superblock": "checksum mismatch in the superblock", "index: tree": "checksum mismatch in the index",
+        "trailer": "checksum mismatch in the trailer", "encoded chunk": "checksum mismatch in tensor",
+        "raw chunk": "checksum mismatch in tensor", "padding": "corrupt data in the padding at offset",
+    }
+    for p, cause in zip(paths, causes.values()):
         out = subprocess.run([sys.executable, "-m", "bpz", "verify", p], capture_output=True, text=True, timeout=120)
-        assert out.returncode == 1 and "FAILED" in out.stderr and "Traceback" not in out.stderr, (p, out.stderr)
+        assert out.returncode == 1 and out.stdout == "", (p, out)
+        lines = out.stderr.splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"bpz verify: {p}: {cause}"), (p, cause, out.stderr)
     out = subprocess.run([sys.executable, "-m", "bpz", "verify", "--json", src, *paths], capture_output=True,
                          text=True, timeout=120)
     report = json.loads(out.stdout)
     assert out.returncode == 1 and [r["ok"] for r in report] == [True] + [False] * len(paths)
+    assert len(out.stderr.splitlines()) == len(paths) and "Traceback" not in out.stderr
+    # Several files at once: every bad one reported on its own line, in order; the good one silent.
+    out = subprocess.run([sys.executable, "-m", "bpz", "verify", *paths, src], capture_output=True, text=True,
+                         timeout=120)
+    lines = out.stderr.splitlines()
+    assert out.returncode == 1 and len(lines) == len(paths), out.stderr
+    assert all(line.startswith(f"bpz verify: {p}: {c}") for line, p, c in zip(lines, paths, causes.values())), lines
+    assert out.stdout.startswith(f"{src}: OK"), out.stdout
 
 
 def _cuts(n: int, every: bool, rng: random.Random, index_off: int) -> list[int]:

@@ -116,3 +116,13 @@ def test_the_cli_lists_and_verifies_a_bomb_quickly(bomb):
         out = subprocess.run([sys.executable, "-m", "bpz", *args], capture_output=True, text=True, timeout=60)
         assert out.returncode == 0, out.stderr
         assert time.perf_counter() - t0 < 30, args
+    assert f"{CHUNKS} tensors" in out.stdout and "checked in" in out.stdout, out.stdout
+    # --decode: one budget (default 4 GiB here) for the whole file, refused before decoding anything.
+    for extra in ([], ["--max-decoded-bytes", str(CHUNKS * CHUNK - 1)]):
+        t0 = time.perf_counter()
+        out = subprocess.run([sys.executable, "-m", "bpz", "verify", "--decode", *extra, bomb], capture_output=True,
+                             text=True, timeout=60)
+        assert time.perf_counter() - t0 < 30, extra
+        lines = out.stderr.splitlines()
+        assert out.returncode == 1 and len(lines) == 1 and lines[0].startswith(f"bpz verify: {bomb}: "), out.stderr
+        assert "--max-decoded-bytes" in lines[0] and str(CHUNKS * CHUNK) in lines[0], lines

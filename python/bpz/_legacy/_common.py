@@ -117,7 +117,7 @@ def _physical_memory() -> int:
         return FALLBACK_MAX_BYTES
 
 
-def _parse_bytes(text: str) -> int:
+def parse_bytes(text: str) -> int:
     """'17179869184', '16G', '512MiB' -> bytes (binary units)."""
     m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*", text, re.IGNORECASE)
     if not m:
@@ -160,7 +160,7 @@ def expansion_limits(compressed: bool, max_ratio: float | None = None,
             raise ValueError(f"{label} must be positive, got {value!r}")
     ratio = next((r for r in (max_ratio, _configured["max_ratio"], _from_env(ENV_MAX_RATIO, float))
                   if r is not None), COMPRESSED_RATIO if compressed else PLAIN_RATIO)
-    cap = next((b for b in (max_bytes, _configured["max_bytes"], _from_env(ENV_MAX_BYTES, _parse_bytes))
+    cap = next((b for b in (max_bytes, _configured["max_bytes"], _from_env(ENV_MAX_BYTES, parse_bytes))
                 if b is not None), None)
     return ratio, int(cap) if cap is not None else _physical_memory()
 

@@ -501,11 +501,11 @@ def _convert_one(src: str, dst: str, out_fmt: str, args: argparse.Namespace) -> 
         if os.path.lexists(dst) and not args.force:  # (the bpz writer also refuses, atomically)
             raise _Failure(dst, "exists; pass --force to replace it", EXIT_USAGE)
         if out_fmt == "bpz":
-            from .write import write_archive
+            from .write import metadata_to_json, write_archive
 
             compression = None if args.compression == "none" else args.compression
             bar = Progress(f"writing {os.path.basename(dst)}", sum(leaf.array.nbytes for leaf in leaves))
-            metadata_json = None if metadata is None else json.dumps(metadata, ensure_ascii=False, allow_nan=False)
+            metadata_json = metadata_to_json(metadata, src)  # refused unless it loads with the default limits
             write_archive(dst, tree_json, leaves, metadata_json=metadata_json, compression=compression,
                           level=args.level, overwrite=args.force, progress=bar)
             bar.close()

@@ -12,8 +12,8 @@ import traceback
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import Any, Callable
 
-from . import _bpz
-from .errors import InvalidCheckpointPath
+from . import _bpz, pytree
+from .errors import InvalidCheckpointPath, LimitExceededError
 from .pytree import Leaf, flatten, no_gc
 
 __all__ = ["save_pytree", "AsyncManager", "DEFAULT_CHUNK_SIZE", "DEFAULT_LEVEL"]
@@ -212,13 +212,56 @@ def _check_options(compression: Any, level: int, chunk_size: int | None) -> None
         raise ValueError(f"chunk_size must be a positive number of bytes, not {chunk_size!r}")
 
 
-def _metadata_json(metadata: Any) -> str | None:
+#: Deepest nesting of lists/dicts in metadata: the index may nest 128 levels (the core's
+#: limit, which every reader applies) and the metadata sits one level inside it.
+MAX_METADATA_DEPTH = pytree.MAX_JSON_DEPTH - 1
+
+
+def metadata_to_json(metadata: Any, shown_name: str | None = None) -> str | None:
+    """The JSON text of an archive's metadata, refused unless every reader loads it with its
+    default limits: nesting (:data:`MAX_METADATA_DEPTH`) and the number of JSON values
+    (``bpz.pytree.MAX_TREE_VALUES``, which bounds the metadata on load too)."""
     if metadata is None:
         return None
+    where = f"{shown_name}: " if shown_name else ""
+    _check_metadata_depth(metadata, where)
     try:
-        return json.dumps(metadata, allow_nan=False, ensure_ascii=False)
+        text = json.dumps(metadata, allow_nan=False, ensure_ascii=False)
     except (TypeError, ValueError) as e:
-        raise TypeError(f"metadata must be JSON-serialisable (no NaN/Infinity): {e}") from e
+        raise TypeError(f"{where}metadata must be JSON-serialisable (no NaN/Infinity): {e}") from e
+    limit = pytree.MAX_TREE_VALUES
+    # A text has fewer values than characters: counted only when it could be over.
+    if len(text) > limit and (n := pytree.count_json_values(text)) > limit:
+        raise LimitExceededError(
+            f"{where}the metadata has {n:,} JSON values, over the limit of {limit:,} that a load accepts "
+            "(bpz.pytree.MAX_TREE_VALUES, or the environment variable BPZ_MAX_TREE_VALUES): store large "
+            "collections as arrays in the tree, or raise the limit here and where the file is loaded")
+    return text
+
+
+def _check_metadata_depth(metadata: Any, where: str) -> None:
+    """Refuses metadata nested deeper than :data:`MAX_METADATA_DEPTH` (or containing itself),
+    walking without recursion: json.dumps of deep metadata dies with a RecursionError."""
+    limit = MAX_METADATA_DEPTH
+    if not isinstance(metadata, (dict, list, tuple)):
+        return
+    stack: list[tuple[Any, int]] = [(metadata, 1)]
+    branch: list[int] = []  # ids of the containers from the top down to the one being visited
+    while stack:
+        obj, depth = stack.pop()
+        del branch[depth - 1:]
+        if id(obj) in branch:
+            raise TypeError(f"{where}metadata must be JSON-serialisable: it contains itself "
+                            f"(a circular reference at nesting depth {depth})")
+        if depth > limit:
+            raise LimitExceededError(
+                f"{where}metadata is nested more than {limit} levels deep, the most an archive allows (an index "
+                f"may not be nested deeper than {pytree.MAX_JSON_DEPTH} levels, and the metadata sits one level "
+                "inside it)")
+        branch.append(id(obj))
+        for child in obj.values() if isinstance(obj, dict) else obj:
+            if isinstance(child, (dict, list, tuple)):
+                stack.append((child, depth + 1))
 
 
 def write_archive(
@@ -394,7 +437,7 @@ def save_tree(
     background for an async save), never if writing failed.
     """
     _check_options(compression, level, chunk_size)
-    metadata_json = _metadata_json(metadata)
+    metadata_json = metadata_to_json(metadata, filename)
     if async_manager is not None:
         if isinstance(async_manager, AsyncManager):  # BrainPy's own manager works too, checked by itself
             async_manager._check_open()

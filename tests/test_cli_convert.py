@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import bpz
-from bpz import formats
+from bpz._legacy import _common
 from bpz._legacy import read_bp, write_bp
 from bpz.cli import EXIT_DATA, EXIT_OK, EXIT_USAGE, main
 
@@ -257,7 +257,7 @@ def test_a_failed_conversion_leaves_the_previous_file_and_no_debris(tmp, capsys,
     bpz.save_pytree(path, {"w": np.ones(3)}, verbose=False)
     with open(out, "wb") as f:
         f.write(b"previous")
-    monkeypatch.setattr(formats, "_fsync_path", lambda *a, **k: (_ for _ in ()).throw(OSError(28, "disk full")))
+    monkeypatch.setattr(_common, "fsync_path", lambda *a, **k: (_ for _ in ()).throw(OSError(28, "disk full")))
     code, _, err = run(capsys, "convert", path, out, "--force")
     assert code == 3 and "No space left on device" in err and len(err.splitlines()) == 1
     assert open(out, "rb").read() == b"previous" and sorted(os.listdir(tmp)) == sorted(["m.bpz", f"m.{fmt}"])

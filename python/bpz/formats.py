@@ -32,12 +32,12 @@ from typing import Any, Callable
 import numpy as np
 
 from . import dtypes
-from .checkpoints import _fsync_path
+from ._legacy._common import atomic_write
 from .errors import FormatError, LimitExceededError, TruncatedError
 
 __all__ = [
     "read_safetensors", "read_safetensors_tree", "write_safetensors", "read_npz", "write_npz", "write_bp",
-    "detect_format", "losses", "unstorable", "write_durably", "SUFFIX_FORMATS",
+    "detect_format", "losses", "unstorable", "SUFFIX_FORMATS",
 ]
 
 _MAX_SAFETENSORS_HEADER = 100 << 20
@@ -49,29 +49,6 @@ TREE_KEY, METADATA_KEY = "bpz.tree", "bpz.metadata"
 _NPZ_RESERVED = frozenset({"duplicate_keys", "duplicate_targets"})
 #: File name suffix -> format.
 SUFFIX_FORMATS = {".bpz": "bpz", ".bp": "bp", ".msgpack": "bp", ".safetensors": "safetensors", ".npz": "npz"}
-
-
-# --------------------------------------------------------------- durable writes
-
-
-def write_durably(path: str, write: Callable[[str], None]) -> None:
-    """``write(tmp)`` on a sibling temporary name, fsync it, rename it onto ``path``, fsync the directory.
-
-    Builds on the package's one rename helper (``_legacy._common.atomic_write``), adding what a
-    conversion needs to survive a power cut: without the fsyncs a crash after the rename can
-    leave an empty or partial file under the final name.
-    """
-    from ._legacy._common import atomic_write
-
-    def write_synced(tmp: str) -> None:
-        write(tmp)
-        _fsync_path(tmp)
-
-    atomic_write(path, write_synced)
-    try:
-        _fsync_path(os.path.dirname(os.path.abspath(path)), directory=True)
-    except OSError:  # some filesystems cannot fsync a directory; the file itself is synced
-        pass
 
 
 # ---------------------------------------------------------------- safetensors
@@ -195,7 +172,7 @@ def write_safetensors(path: str, tensors: dict[str, np.ndarray], metadata: dict[
             for arr in arrays:
                 f.write(memoryview(arr.reshape(-1).view(np.uint8)))  # type: ignore[arg-type]
 
-    write_durably(path, write)
+    atomic_write(path, write)
 
 
 # ------------------------------------------------------------------------ npz
@@ -205,10 +182,10 @@ def read_npz(path: str) -> dict[str, np.ndarray]:
     """The arrays of an ``.npz`` file, through the hardened legacy reader (every length checked,
     decompression bounded, no pickles); BrainPy ``save_states`` aliases are expanded."""
     from ._legacy._common import check_file
-    from ._legacy.states_files import _read_npz, expand_aliases
+    from ._legacy.states_files import read_npz_arrays, expand_aliases
 
     name, size = check_file(path)
-    flat, lists = _read_npz(name, size)
+    flat, lists = read_npz_arrays(name, size)
     keys, targets = lists.get("duplicate_keys", []), lists.get("duplicate_targets", [])
     if len(keys) != len(targets) or any(t not in flat or k in flat for k, t in zip(keys, targets)):
         raise FormatError(f"{name}: its duplicate_keys / duplicate_targets lists do not match its arrays")
@@ -217,7 +194,7 @@ def read_npz(path: str) -> dict[str, np.ndarray]:
 
 def write_npz(path: str, tensors: dict[str, np.ndarray], compressed: bool = False) -> None:
     """Writes an ``.npz`` (what ``np.savez`` writes, without its keyword-name collisions), durably."""
-    from ._legacy.states_files import _write_npz
+    from ._legacy.states_files import write_npz_arrays
 
     reserved = sorted(_NPZ_RESERVED & set(tensors))
     if reserved:
@@ -225,7 +202,7 @@ def write_npz(path: str, tensors: dict[str, np.ndarray], compressed: bool = Fals
     for name, arr in tensors.items():
         if unstorable_dtype(np.asarray(arr).dtype, "npz"):
             raise TypeError(f".npz cannot hold {name!r} of dtype {np.asarray(arr).dtype}")
-    write_durably(path, lambda tmp: _write_npz(tmp, dict(tensors), [], [], compressed))
+    atomic_write(path, lambda tmp: write_npz_arrays(tmp, dict(tensors), [], [], compressed))
 
 
 # ------------------------------------------------------------------------- bp
@@ -235,7 +212,7 @@ def write_bp(path: str, tree: Any) -> None:
     """Writes a BrainPy ``.bp`` file, durably."""
     from ._legacy import bp_msgpack
 
-    write_durably(path, lambda tmp: bp_msgpack.write_bp(tmp, tree))
+    bp_msgpack.write_bp(path, tree)  # atomically and durably itself
 
 
 # ---------------------------------------------------------------- what is lost

@@ -25,7 +25,7 @@ import pytest
 
 import bombs
 from bpz._legacy import _common, load_pickle, read_bp, read_states
-from bpz._legacy.states_files import _read_npz
+from bpz._legacy.states_files import read_npz_arrays
 from bpz.errors import BpzError, FormatError, LimitExceededError
 
 from conftest import FIXTURES, bounded
@@ -268,7 +268,7 @@ def test_npz_reader_used_by_convert_is_guarded_too(tmp_path):
     path = tmp_path / "bomb.npz"
     path.write_bytes(bombs.npz_deflate_bomb(2**30))
     with pytest.raises(LimitExceededError, match="bomb.npz"):
-        _read_npz(str(path), path.stat().st_size, {"max_bytes": 64 * MiB})
+        read_npz_arrays(str(path), path.stat().st_size, {"max_bytes": 64 * MiB})
 
 
 # --- .h5 ----------------------------------------------------------------------------------------

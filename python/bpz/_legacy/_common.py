@@ -20,6 +20,7 @@ environment variables ``BPZ_LEGACY_MAX_RATIO`` / ``BPZ_LEGACY_MAX_BYTES`` (in th
 from __future__ import annotations
 
 import contextlib
+import errno
 import importlib
 import os
 import re
@@ -324,18 +325,55 @@ def checked_shape(shape: Any, where: str) -> tuple[int, ...]:
     return tuple(shape)
 
 
-def atomic_write(path: "str | os.PathLike[str]", write: Callable[[str], None]) -> str:
-    """Run ``write(tmp)`` on a sibling temporary name, then rename it onto ``path``.
+#: Longest file name most filesystems allow (bytes).
+NAME_MAX = 255
+#: errnos of a directory fsync that only say the filesystem does not do it (the file itself is synced).
+_DIR_FSYNC_UNSUPPORTED = frozenset({errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EBADF, errno.EACCES,
+                                    errno.EPERM, errno.EISDIR})
 
-    A failed save never leaves a half-written file under the final name.
+
+def fsync_path(path: str, directory: bool = False) -> None:
+    """Flush a file's (or a directory's entries') data to disk."""
+    fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if directory else 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def temporary_name(final: str) -> str:
+    """A fresh sibling of ``final`` for writing before the rename; its name is cut to fit
+    NAME_MAX, so any name that can be saved has a temporary."""
+    directory, base = os.path.split(final)
+    suffix = f".tmp-{uuid.uuid4().hex}"
+    name = os.fsencode(base)
+    if len(name) + len(suffix) > NAME_MAX:
+        base = os.fsdecode(name[:NAME_MAX - len(suffix)])
+    return os.path.join(directory, base + suffix)
+
+
+def atomic_write(path: "str | os.PathLike[str]", write: Callable[[str], None]) -> str:
+    """Run ``write(tmp)`` on a sibling temporary name, flush it to disk, rename it onto
+    ``path``, flush the directory: the one way bpz's Python code writes a file (bpz archives
+    are written by the core, the same way).
+
+    If anything fails, the temporary is removed and whatever was at ``path`` is untouched;
+    once this returns, the new file survives a power cut (without the fsyncs, a crash after
+    the rename can leave an empty or partial file under the final name).
     """
     final = os.fspath(path)
-    tmp = f"{final}.tmp-{uuid.uuid4().hex}"
+    tmp = temporary_name(final)
     try:
         write(tmp)
+        fsync_path(tmp)
         os.replace(tmp, final)
     except BaseException:
-        if os.path.exists(tmp):
+        with contextlib.suppress(OSError):
             os.remove(tmp)
         raise
+    try:
+        fsync_path(os.path.dirname(os.path.abspath(final)), directory=True)
+    except OSError as e:
+        if e.errno not in _DIR_FSYNC_UNSUPPORTED:
+            raise
     return final

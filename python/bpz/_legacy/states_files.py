@@ -253,7 +253,9 @@ def _check_members(infos: list[zipfile.ZipInfo], name: str, size: int) -> None:
                               f"(a zip bomb shares compressed data between members)")
 
 
-def _read_npz(name: str, size: int, limits: Limits | None = None) -> tuple[Flat, dict[str, list[str]]]:
+def read_npz_arrays(name: str, size: int, limits: Limits | None = None) -> tuple[Flat, dict[str, list[str]]]:
+    """The arrays of an ``.npz`` file and its alias lists: bpz's one npz reader (``read_states``,
+    ``bpz convert``), within the expansion budget ``limits`` (``max_ratio``/``max_bytes``) sets."""
     budget = ExpansionBudget(name, size, compressed=True, **(limits or {}))
     with memory_guard(name):
         return _read_npz_members(name, size, budget)
@@ -461,7 +463,7 @@ def _read_mat_variables(name: str, budget: ExpansionBudget) -> tuple[Flat, dict[
 
 
 _READERS: dict[str, Callable[[str, int, Limits], tuple[Flat, dict[str, list[str]]]]] = {
-    "h5": _read_h5, "npz": _read_npz, "pkl": _read_pkl, "mat": _read_mat}
+    "h5": _read_h5, "npz": read_npz_arrays, "pkl": _read_pkl, "mat": _read_mat}
 
 
 def _like(flat: Flat, like: Mapping[str, Any]) -> None:
@@ -557,8 +559,9 @@ def _with_lists(arrays: Flat, keys: list[str], targets: list[str]) -> Flat:
     return {**arrays, DUPLICATE_KEY: np.asarray(keys), DUPLICATE_TARGET: np.asarray(targets)}
 
 
-def _write_npz(tmp: str, arrays: Flat, keys: list[str], targets: list[str], compressed: bool) -> None:
-    """What ``np.savez``/``savez_compressed`` write, without their keyword-name collisions."""
+def write_npz_arrays(tmp: str, arrays: Flat, keys: list[str], targets: list[str], compressed: bool) -> None:
+    """What ``np.savez``/``savez_compressed`` write, without their keyword-name collisions: bpz's
+    one npz writer (``write_states``, ``bpz convert``); callers make it atomic (``atomic_write``)."""
     from numpy.lib import format as npy
 
     mode = zipfile.ZIP_DEFLATED if compressed else zipfile.ZIP_STORED
@@ -580,4 +583,4 @@ def _write_mat(tmp: str, arrays: Flat, keys: list[str], targets: list[str], comp
         sio.savemat(fh, variables)
 
 
-_WRITERS = {"h5": _write_h5, "npz": _write_npz, "pkl": _write_pkl, "mat": _write_mat}
+_WRITERS = {"h5": _write_h5, "npz": write_npz_arrays, "pkl": _write_pkl, "mat": _write_mat}

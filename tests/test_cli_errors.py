@@ -62,7 +62,7 @@ for line in sys.stdin:
     print("START " + path, flush=True)
     with tempfile.TemporaryDirectory() as d:
         cmds = {"ls": ["ls", "--json", path], "info": ["info", path], "cat missing": ["cat", path, "no such tensor"],
-                "verify": ["verify", path]}
+                "verify": ["verify", path], "verify --decode": ["verify", "--decode", path]}
         try:
             with bpz.open(path) as a:
                 names = a.keys()
@@ -92,6 +92,16 @@ def corpus_results():
     return {os.path.basename(p): r for p, r in out.items()}
 
 
+def _checksums_ok(path: str) -> bool:
+    """Whether ``Archive.verify()`` (no decoding: small work for these small files) passes."""
+    try:
+        with bpz.open(path) as a:
+            a.verify()
+    except bpz.errors.FormatError:
+        return False
+    return True
+
+
 def _allowed(name: str, key: str) -> set[int]:
     """Exit codes the CLI may give for this corpus file and command, from expected.json."""
     exp = EXPECTED[name]
@@ -108,8 +118,10 @@ def _allowed(name: str, key: str) -> set[int]:
         return {EXIT_OK}
     if command == "info":  # 1 when the tree is malformed (load would fail) — no data is read
         return {EXIT_OK, EXIT_DATA} if exp["load"] == "invalid_index" else {EXIT_OK}
-    if command == "verify":
+    if key == "verify --decode":  # what the harness's verify() + verify(decode=True) found
         return {EXIT_OK} if exp["verify"] == "ok" else {EXIT_DATA}
+    if command == "verify":  # checksums and padding only: frames that do not decode are not its concern
+        return {EXIT_OK} if _checksums_ok(os.path.join(CORPUS, name)) else {EXIT_DATA}
     if key == "cat missing":
         return {EXIT_USAGE}
     if command == "cat":

@@ -20,6 +20,7 @@ from .errors import (
     InvalidCheckpointPath,
     TensorNotFoundError,
 )
+from ._legacy._common import set_legacy_limits
 from .read import Archive, TensorInfo, TensorSlice, load_pytree, open
 from .write import AsyncManager, save_pytree
 
@@ -33,6 +34,7 @@ __all__ = [
     "TensorInfo",
     "TensorSlice",
     "AsyncManager",
+    "set_legacy_limits",
     "errors",
     "BpzError",
     "FormatError",

@@ -490,8 +490,10 @@ class StateNode:
     def save_states(self, filename: str | os.PathLike[str], variables: Mapping[str, Any] | None = None, **setting: Any) -> None:
         save_states(self, filename, variables, **setting)
 
-    def load_states(self, filename: str | os.PathLike[str], verbose: bool = False, check_missing: bool = False) -> None:
-        load_states(self, filename, verbose=verbose, check_missing=check_missing)
+    def load_states(self, filename: str | os.PathLike[str], verbose: bool = False, check_missing: bool = False,
+                    *, max_ratio: float | None = None, max_bytes: int | None = None) -> None:
+        load_states(self, filename, verbose=verbose, check_missing=check_missing, max_ratio=max_ratio,
+                    max_bytes=max_bytes)
 
 
 # ------------------------------------------------------------------ one adapter for every kind of model
@@ -834,39 +836,57 @@ def _read_bpz_states(filename: str) -> tuple[dict[str, np.ndarray], dict[str, st
     return flat, aliases
 
 
-def _read_any_states(filename: str, like: Mapping[str, Any] | None) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+_LEGACY_LIMITS_DOC = """\
+    ``max_ratio`` / ``max_bytes`` raise (or lower) the expansion budget of a legacy file for this
+    call: reading it may build at most ``min(max_bytes, max(256 MiB, max_ratio x its size))``
+    bytes, else :class:`~bpz.errors.LimitExceededError` (a decompression bomb, or a file that
+    repeats its data). Default: :func:`bpz.set_legacy_limits`, then the environment variables
+    ``BPZ_LEGACY_MAX_RATIO`` / ``BPZ_LEGACY_MAX_BYTES``, then ratio 1100 (``.npz``, ``.h5``) or
+    64 (the others) and the machine's memory. A ``.bpz`` file has its own limits."""
+
+
+def _read_any_states(filename: str, like: Mapping[str, Any] | None, max_ratio: float | None = None,
+                     max_bytes: int | None = None) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     if not os.path.exists(filename):
         raise CheckpointNotFoundError(f"Cannot find the file path: {filename}")
+    from ._legacy import _common, states_files
+
+    _common.checked_limits(max_ratio, max_bytes)  # a bad value is an error for .bpz files too
     if _states_format(filename) == "bpz":
         return _read_bpz_states(filename)
-    from ._legacy import states_files
-
-    return states_files.read_states(filename, like=like)
+    return states_files.read_states(filename, like=like, max_ratio=max_ratio, max_bytes=max_bytes)
 
 
-def read_states(filename: str | os.PathLike[str], *, like: Mapping[str, Any] | None = None) -> dict[str, np.ndarray]:
+def read_states(filename: str | os.PathLike[str], *, like: Mapping[str, Any] | None = None,
+                max_ratio: float | None = None, max_bytes: int | None = None) -> dict[str, np.ndarray]:
     """Every variable of a ``save_states`` file (any suffix, incl. ``.bpz``) by its flat key.
 
     Aliases map to the very array of the key they alias. ``like`` (``{key: anything with
     .shape/.dtype}``) undoes ``.mat``'s losses (0-d values, float16).
+
+    {limits}
     """
     from ._legacy import states_files
 
-    flat, aliases = _read_any_states(os.fspath(filename), like)
+    flat, aliases = _read_any_states(os.fspath(filename), like, max_ratio, max_bytes)
     return states_files.expand_aliases(flat, aliases)
 
 
-def load_pickle(filename: str | os.PathLike[str]) -> Any:
+def load_pickle(filename: str | os.PathLike[str], *, max_ratio: float | None = None,
+                max_bytes: int | None = None) -> Any:
     """Loads a pickled state dict (e.g. ``pickle.dump(net.state_dict())``) without running code.
 
     Only plain containers and numpy arrays of bool/numeric/text dtypes are accepted.
+
+    {limits}
     """
     from ._legacy import safe_pickle
 
-    return safe_pickle.load_pickle(filename)
+    return safe_pickle.load_pickle(filename, max_ratio=max_ratio, max_bytes=max_bytes)
 
 
-def load_states(obj: Any, filename: str | os.PathLike[str], verbose: bool = False, check_missing: bool = False) -> None:
+def load_states(obj: Any, filename: str | os.PathLike[str], verbose: bool = False, check_missing: bool = False,
+                *, max_ratio: float | None = None, max_bytes: int | None = None) -> None:
     """Loads a ``save_states`` file into ``obj`` (a BrainPy object, a :class:`StateNode`, a dict).
 
     As BrainPy 2.1.12–2.4.5: a stored key the model lacks raises ``KeyError``; an alias must
@@ -875,13 +895,15 @@ def load_states(obj: Any, filename: str | os.PathLike[str], verbose: bool = Fals
     ``bpz.brainpy`` at WARNING, and a ``UserWarning``), or raised as
     :class:`StateMismatchError` with ``check_missing=True``. Unlike BrainPy, everything is
     checked before anything is assigned.
+
+    {limits}
     """
     filename = os.fspath(filename)
     if not os.path.exists(filename):
         raise CheckpointNotFoundError(f"Cannot find the file path: {filename}")
     _states_format(filename)
     slots = _tree_slots(obj)
-    flat, aliases = _read_any_states(filename, like=slots)
+    flat, aliases = _read_any_states(filename, like=slots, max_ratio=max_ratio, max_bytes=max_bytes)
     target_name = _node_name(obj) if not isinstance(obj, Mapping) else "the target dict"
     unknown = [key for key in list(flat) + list(aliases) if key not in slots]
     if unknown:
@@ -911,6 +933,11 @@ def load_states(obj: Any, filename: str | os.PathLike[str], verbose: bool = Fals
         logger.warning(message)
         warnings.warn(message, UserWarning, stacklevel=2)
 
+
+for _f in (read_states, load_pickle, load_states):
+    if _f.__doc__:  # None under python -OO
+        _f.__doc__ = _f.__doc__.replace("{limits}", _LEGACY_LIMITS_DOC.strip())
+del _f
 
 # ------------------------------------------------------------------ the drop-in switch
 

@@ -76,17 +76,17 @@ def test_budget_precedence_keyword_configure_environment(monkeypatch):
     monkeypatch.setenv(_common.ENV_MAX_RATIO, "2")
     assert _common.ExpansionBudget("f", 1, compressed=True).allowed == 3 * MiB
     assert _common.ExpansionBudget("f", 1, compressed=True).ratio == 2
-    old = _common.configure(max_bytes=2 * MiB)
+    old = _common.set_legacy_limits(max_bytes=2 * MiB)
     try:
         assert _common.ExpansionBudget("f", 1, compressed=True).allowed == 2 * MiB
         assert _common.ExpansionBudget("f", 1, compressed=True, max_bytes=MiB).allowed == MiB
     finally:
-        _common.configure(**old)
+        _common.set_legacy_limits(**old)
     monkeypatch.setenv(_common.ENV_MAX_BYTES, "lots")
     with pytest.raises(BpzError, match="BPZ_LEGACY_MAX_BYTES"):
         _common.ExpansionBudget("f", 1, compressed=True)
     with pytest.raises(ValueError, match="positive"):
-        _common.configure(max_ratio=0)
+        _common.set_legacy_limits(max_ratio=0)
 
 
 def test_error_names_file_key_bytes_budget_and_how_to_raise(tmp_path):

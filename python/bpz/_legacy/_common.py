@@ -13,8 +13,9 @@ materialise (arrays, copies, container slots) are
 with ``ratio`` :data:`COMPRESSED_RATIO` for formats that store data deflated (.npz, .h5) and
 :data:`PLAIN_RATIO` for the others (.bp, .pkl, .mat), and ``max_bytes`` the machine's physical
 memory. Every charge is checked *before* its allocation. To read a trusted file that needs
-more: the ``max_ratio=`` / ``max_bytes=`` arguments of the readers, :func:`configure`, or the
-environment variables ``BPZ_LEGACY_MAX_RATIO`` / ``BPZ_LEGACY_MAX_BYTES`` (in that precedence).
+more: the ``max_ratio=`` / ``max_bytes=`` arguments of the readers, :func:`set_legacy_limits`
+(``bpz.set_legacy_limits``), or the environment variables ``BPZ_LEGACY_MAX_RATIO`` /
+``BPZ_LEGACY_MAX_BYTES`` (in that precedence).
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ STREAM_PIECE_BYTES = 4 * 2**20
 ENV_MAX_RATIO = "BPZ_LEGACY_MAX_RATIO"
 ENV_MAX_BYTES = "BPZ_LEGACY_MAX_BYTES"
 
-#: Process-wide overrides set by :func:`configure` (None: the environment, then the default).
+#: Process-wide overrides set by :func:`set_legacy_limits` (None: the environment, then the default).
 _configured: dict[str, Any] = {"max_ratio": None, "max_bytes": None}
 
 Source = Union[str, "os.PathLike[str]", bytes, bytearray, memoryview]
@@ -140,25 +141,46 @@ def _from_env(var: str, parse: Callable[[str], Any]) -> Any:
     return value
 
 
-def configure(*, max_ratio: float | None = None, max_bytes: int | None = None) -> dict[str, Any]:
-    """Set this process's legacy expansion limits (None: back to the environment / default).
+def set_legacy_limits(max_ratio: float | None = None, max_bytes: int | None = None) -> dict[str, Any]:
+    """Sets how much reading one legacy file (BrainPy ``.bp``, ``.npz``, ``.pkl``, ``.h5``,
+    ``.mat``) may build in memory, for every later read in this process.
 
-    Returns the previous settings, so a caller can restore them: ``configure(**old)``.
+    A read may materialise ``min(max_bytes, max(256 MiB, max_ratio x the file's size))`` bytes;
+    past that it raises :class:`~bpz.errors.LimitExceededError` before allocating (a
+    decompression bomb, or a file repeating its data). ``max_ratio``: a number > 0 (default
+    1100 for ``.npz``/``.h5``, whose data may be deflated, 64 for the others); ``max_bytes``: a
+    number of bytes > 0 (default: the machine's physical memory). ``None`` puts a setting back
+    to the environment variable (``BPZ_LEGACY_MAX_RATIO`` / ``BPZ_LEGACY_MAX_BYTES``) or the
+    default. The ``max_ratio=`` / ``max_bytes=`` arguments of a reader override this for one call.
+
+    Returns the previous settings, so ``old = bpz.set_legacy_limits(max_ratio=5000)`` ...
+    ``bpz.set_legacy_limits(**old)`` restores them.
     """
-    for label, value in (("max_ratio", max_ratio), ("max_bytes", max_bytes)):
-        if value is not None and not value > 0:
-            raise ValueError(f"{label} must be positive, got {value!r}")
+    max_ratio, max_bytes = checked_limits(max_ratio, max_bytes)
     old = dict(_configured)
     _configured.update(max_ratio=max_ratio, max_bytes=max_bytes)
     return old
 
 
+def checked_limits(max_ratio: Any, max_bytes: Any) -> tuple[float | None, int | None]:
+    """``(max_ratio, max_bytes)`` as a positive ratio and a positive whole number of bytes (or None)."""
+    if max_ratio is not None:
+        if isinstance(max_ratio, bool) or not isinstance(max_ratio, (int, float, np.integer, np.floating)) \
+                or not max_ratio > 0:
+            raise ValueError(f"max_ratio must be a positive number, got {max_ratio!r}")
+        max_ratio = float(max_ratio)
+    if max_bytes is not None:
+        if isinstance(max_bytes, bool) or not isinstance(max_bytes, (int, float, np.integer, np.floating)) \
+                or not 0 < max_bytes < float("inf"):
+            raise ValueError(f"max_bytes must be a positive number of bytes, got {max_bytes!r}")
+        max_bytes = int(max_bytes)
+    return max_ratio, max_bytes
+
+
 def expansion_limits(compressed: bool, max_ratio: float | None = None,
                      max_bytes: int | None = None) -> tuple[float, int]:
-    """(ratio, absolute cap): argument, else :func:`configure`, else environment, else default."""
-    for label, value in (("max_ratio", max_ratio), ("max_bytes", max_bytes)):
-        if value is not None and not value > 0:
-            raise ValueError(f"{label} must be positive, got {value!r}")
+    """(ratio, absolute cap): argument, else :func:`set_legacy_limits`, else environment, else default."""
+    max_ratio, max_bytes = checked_limits(max_ratio, max_bytes)
     ratio = next((r for r in (max_ratio, _configured["max_ratio"], _from_env(ENV_MAX_RATIO, float))
                   if r is not None), COMPRESSED_RATIO if compressed else PLAIN_RATIO)
     cap = next((b for b in (max_bytes, _configured["max_bytes"], _from_env(ENV_MAX_BYTES, parse_bytes))
@@ -185,8 +207,8 @@ class ExpansionBudget:
                 f"{_human(self.input_bytes)} legacy file (the larger of {self.ratio:g} x its size and "
                 f"{_human(MIN_BUDGET_BYTES)}, at most {_human(self.cap)}): a decompression bomb or a "
                 f"file that repeats its data. If you trust the file, raise the limit with the "
-                f"environment variable {ENV_MAX_RATIO} (a ratio) or {ENV_MAX_BYTES} (bytes), or "
-                f"pass max_ratio=/max_bytes=")
+                f"environment variable {ENV_MAX_RATIO} (a ratio) or {ENV_MAX_BYTES} (bytes), call "
+                f"bpz.set_legacy_limits(max_ratio=..., max_bytes=...), or pass max_ratio=/max_bytes=")
         self.used += nbytes
 
 

@@ -132,7 +132,7 @@ def _read_h5(name: str, size: int, limits: Limits | None = None) -> tuple[Flat, 
         out = os.path.join(tmp, "result.npz")
         code = ("import sys; from bpz._legacy.states_files import _h5_child; "
                 "_h5_child(sys.argv[1], int(sys.argv[2]), sys.argv[3], float(sys.argv[4]), int(sys.argv[5]))")
-        try:  # the limits travel as arguments: configure() and keywords are not in the environment
+        try:  # the limits travel as arguments: set_legacy_limits() and keywords are not in the environment
             proc = subprocess.run([sys.executable, "-c", code, name, str(size), out, repr(budget.ratio),
                                    str(budget.cap)], capture_output=True, timeout=H5_TIMEOUT)
         except subprocess.TimeoutExpired:

@@ -2,6 +2,7 @@
 //! the caller's (NumPy) memory while the GIL is released.
 
 use std::ffi::{c_char, c_int, c_void};
+use std::ops::Range;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -10,7 +11,7 @@ use pyo3::exceptions::{PyOSError, PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyList, PyString, PyTuple};
-use serde_json::{Map, Number, Value};
+use serde_json::Number;
 
 use crate::archive::info_dict;
 use crate::errors::{to_py, IntoPyResult};
@@ -138,17 +139,17 @@ fn not_contiguous(name: &str) -> PyErr {
     ))
 }
 
-/// What [`hold_bytes`] found: the bytes, and their shape and item size as the
-/// object describes them.
+/// What [`hold_bytes`] found: the bytes, and their item size as the object
+/// describes them (the shape is appended to the caller's list).
 struct Found {
     bytes: Bytes,
-    shape: Vec<u64>,
     itemsize: u64,
 }
 
 /// The bytes of `data`: its C-contiguous buffer, or else the memory its
-/// `__array_interface__` (version 3, C order) describes.
-fn hold_bytes(name: &str, data: &Bound<'_, PyAny>) -> PyResult<(Found, Held)> {
+/// `__array_interface__` (version 3, C order) describes. Its shape, as the
+/// object describes it, is appended to `shape`.
+fn hold_bytes(name: &str, data: &Bound<'_, PyAny>, shape: &mut Vec<u64>) -> PyResult<(Found, Held)> {
     let mut view = Box::new(RawBuffer {
         buf: std::ptr::null_mut(),
         obj: std::ptr::null_mut(),
@@ -167,16 +168,16 @@ fn hold_bytes(name: &str, data: &Bound<'_, PyAny>) -> PyResult<(Found, Held)> {
     if unsafe { PyObject_GetBuffer(data.as_ptr(), &mut *view, PYBUF_ND) } == 0 {
         let bytes = Bytes { ptr: view.buf as *const u8, len: view.len.max(0) as usize };
         let ndim = view.ndim.max(0) as usize;
-        let shape = if ndim == 0 {
-            Vec::new() // a scalar
+        if ndim == 0 {
+            // a scalar
         } else if view.shape.is_null() {
-            vec![bytes.len as u64 / (view.itemsize.max(1) as u64)]
+            shape.push(bytes.len as u64 / (view.itemsize.max(1) as u64));
         } else {
             // SAFETY: PyBUF_ND makes the exporter fill `shape` with `ndim` extents.
-            unsafe { std::slice::from_raw_parts(view.shape, ndim) }.iter().map(|&d| d.max(0) as u64).collect()
-        };
+            shape.extend(unsafe { std::slice::from_raw_parts(view.shape, ndim) }.iter().map(|&d| d.max(0) as u64));
+        }
         let itemsize = view.itemsize.max(0) as u64;
-        return Ok((Found { bytes, shape, itemsize }, Held::Buffer(view)));
+        return Ok((Found { bytes, itemsize }, Held::Buffer(view)));
     }
     let buffer_error = PyErr::fetch(data.py());
     let py = data.py();
@@ -198,13 +199,13 @@ fn hold_bytes(name: &str, data: &Bound<'_, PyAny>) -> PyResult<(Found, Held)> {
             return Err(not_contiguous(name));
         }
     }
-    let shape: Vec<u64> = iface.get_item("shape")?.ok_or_else(|| bad("no shape"))?.extract().map_err(|_| bad("shape"))?;
+    let own_shape: Vec<u64> = iface.get_item("shape")?.ok_or_else(|| bad("no shape"))?.extract().map_err(|_| bad("shape"))?;
     let typestr: String =
         iface.get_item("typestr")?.ok_or_else(|| bad("no typestr"))?.extract().map_err(|_| bad("typestr"))?;
     let itemsize: u64 = typestr.get(2..).and_then(|s| s.parse().ok()).ok_or_else(|| bad("typestr"))?;
     let (address, _readonly): (usize, bool) =
         iface.get_item("data")?.ok_or_else(|| bad("no data"))?.extract().map_err(|_| bad("data is not (address, readonly)"))?;
-    let len = shape
+    let len = own_shape
         .iter()
         .try_fold(itemsize, |acc, &d| acc.checked_mul(d))
         .and_then(|n| usize::try_from(n).ok())
@@ -213,7 +214,8 @@ fn hold_bytes(name: &str, data: &Bound<'_, PyAny>) -> PyResult<(Found, Held)> {
         return Err(bad("null data address"));
     }
     let bytes = Bytes { ptr: address as *const u8, len };
-    Ok((Found { bytes, shape, itemsize }, Held::Object(data.clone().unbind())))
+    shape.extend_from_slice(&own_shape);
+    Ok((Found { bytes, itemsize }, Held::Object(data.clone().unbind())))
 }
 
 /// `tensor "name": ...` for an error from adding a tensor of a batch, keeping its type.
@@ -232,28 +234,47 @@ fn tensor_error(err: bpz::Error, name: &str) -> PyErr {
     }
 }
 
-/// One tensor of a batch, ready for the GIL-free section.
+/// One tensor of a batch, ready for the GIL-free section. Its name and shape are
+/// ranges of the batch's shared lists: a batch can hold a million tensors, and two
+/// small allocations each would cost more than the tensors themselves.
 struct Item {
-    name: String,
-    dtype: DType,
-    shape: Vec<u64>,
+    name: Range<usize>,
+    shape: Range<usize>,
     data: Bytes,
-    options: Option<TensorOptions>,
+    dtype: DType,
+    /// Index in [`Batch::options`], if the item has any.
+    options: Option<u32>,
 }
 
-fn extract_shape(name: &str, shape: &Bound<'_, PyAny>) -> PyResult<Vec<u64>> {
+/// Every tensor of an `add_tensors` call, read and held before any is written.
+#[derive(Default)]
+struct Batch {
+    items: Vec<Item>,
+    names: String,
+    shapes: Vec<u64>,
+    options: Vec<TensorOptions>,
+}
+
+impl Batch {
+    fn name(&self, item: &Item) -> &str {
+        &self.names[item.name.clone()]
+    }
+}
+
+/// Appends the extents of a shape given as a sequence to `out`.
+fn extract_shape(name: &str, shape: &Bound<'_, PyAny>, out: &mut Vec<u64>) -> PyResult<()> {
     let bad = || PyTypeError::new_err(format!("tensor {name:?}: shape must be a sequence of non-negative ints"));
     if let Ok(t) = shape.cast::<PyTuple>() {
-        let mut out = Vec::with_capacity(t.len());
         for d in t.iter_borrowed() {
             out.push(d.extract::<u64>().map_err(|_| bad())?);
         }
-        return Ok(out);
+        return Ok(());
     }
     if shape.is_instance_of::<PyString>() {
         return Err(bad());
     }
-    shape.extract::<Vec<u64>>().map_err(|_| bad())
+    out.extend(shape.extract::<Vec<u64>>().map_err(|_| bad())?);
+    Ok(())
 }
 
 fn extract_options(name: &str, opts: &Bound<'_, PyAny>) -> PyResult<Option<TensorOptions>> {
@@ -283,19 +304,20 @@ fn extract_options(name: &str, opts: &Bound<'_, PyAny>) -> PyResult<Option<Tenso
         .map_err(|e| PyValueError::new_err(format!("tensor {name:?}: {}", e.value(opts.py()))))
 }
 
-/// Reads `(name, dtype, shape, data[, options])`; a shape of None is the data's own.
-fn extract_item(index: usize, item: &Bound<'_, PyAny>) -> PyResult<(Item, Held)> {
+/// Reads `(name, dtype, shape, data[, options])` into `batch`; a shape of None is the
+/// data's own. On an error the batch may keep part of the item's name or shape, but
+/// not the item.
+fn extract_item(index: usize, item: &Bound<'_, PyAny>, batch: &mut Batch) -> PyResult<Held> {
     let t = item.cast::<PyTuple>().ok().filter(|t| t.len() == 4 || t.len() == 5).ok_or_else(|| {
         PyTypeError::new_err(format!(
             "add_tensors: item {index} must be a tuple (name, dtype, shape, data) or (name, dtype, shape, data, options)"
         ))
     })?;
     let name_obj = t.get_borrowed_item(0)?;
-    let name = name_obj
+    let name_str = name_obj
         .cast::<PyString>()
-        .map_err(|_| PyTypeError::new_err(format!("add_tensors: item {index}: the name must be a str")))?
-        .to_str()?
-        .to_owned();
+        .map_err(|_| PyTypeError::new_err(format!("add_tensors: item {index}: the name must be a str")))?;
+    let name = name_str.to_str()?;
     let dtype_obj = t.get_borrowed_item(1)?;
     let dtype_name = dtype_obj
         .cast::<PyString>()
@@ -303,28 +325,47 @@ fn extract_item(index: usize, item: &Bound<'_, PyAny>) -> PyResult<(Item, Held)>
     let dtype_name = dtype_name.to_str()?;
     let dtype = DType::from_name(dtype_name)
         .ok_or_else(|| PyValueError::new_err(format!("tensor {name:?}: unknown bpz dtype {dtype_name:?}")))?;
+    let shape_start = batch.shapes.len();
     let shape_obj = t.get_borrowed_item(2)?;
-    let shape = if shape_obj.is_none() { None } else { Some(extract_shape(&name, &shape_obj)?) };
-    let options = if t.len() == 5 { extract_options(&name, &*t.get_borrowed_item(4)?)? } else { None };
-    let (found, held) = hold_bytes(&name, &*t.get_borrowed_item(3)?)?;
-    let shape = match shape {
-        Some(shape) => shape,
-        None if found.itemsize == dtype.size() as u64 => found.shape,
-        None => {
-            return Err(PyValueError::new_err(format!(
-                "tensor {name:?}: the data's items are {} bytes, but {} items are {}: pass the shape",
-                found.itemsize,
-                dtype.name(),
-                dtype.size()
-            )))
-        }
-    };
-    Ok((Item { name, dtype, shape, data: found.bytes, options }, held))
+    let given_shape = !shape_obj.is_none();
+    if given_shape {
+        extract_shape(name, &shape_obj, &mut batch.shapes)?;
+    }
+    let options = if t.len() == 5 { extract_options(name, &*t.get_borrowed_item(4)?)? } else { None };
+    let shape_end = batch.shapes.len();
+    let (found, held) = hold_bytes(name, &*t.get_borrowed_item(3)?, &mut batch.shapes)?;
+    if given_shape {
+        batch.shapes.truncate(shape_end); // the data's own shape is not wanted
+    } else if found.itemsize != dtype.size() as u64 {
+        return Err(PyValueError::new_err(format!(
+            "tensor {name:?}: the data's items are {} bytes, but {} items are {}: pass the shape",
+            found.itemsize,
+            dtype.name(),
+            dtype.size()
+        )));
+    }
+    let options = options.map(|o| {
+        batch.options.push(o);
+        (batch.options.len() - 1) as u32
+    });
+    let name_start = batch.names.len();
+    batch.names.push_str(name);
+    batch.items.push(Item {
+        name: name_start..batch.names.len(),
+        shape: shape_start..batch.shapes.len(),
+        data: found.bytes,
+        dtype,
+        options,
+    });
+    Ok(held)
 }
 
-/// A JSON value from Python objects, as `json.dumps` (without NaN) and serde_json's
-/// parsing would make it: integers beyond 64 bits become floats, like a parsed literal.
-fn to_json(obj: &Bound<'_, PyAny>, depth: usize) -> PyResult<Value> {
+/// Appends the compact JSON text of a tree of Python objects to `out`: the bytes
+/// serde_json writes for the value that `json.dumps` (without NaN) and serde_json's
+/// parsing would make of it (integers beyond 64 bits become floats, like a parsed
+/// literal). Written directly, without a `serde_json::Value` per node: a tree can have
+/// millions of nodes. Scalars are formatted by serde_json itself, so the bytes agree.
+fn write_json(obj: &Bound<'_, PyAny>, depth: usize, out: &mut Vec<u8>) -> PyResult<()> {
     if depth > bpz::format::MAX_JSON_DEPTH {
         return Err(PyValueError::new_err(format!(
             "the tree is nested more than {} levels deep (or contains itself)",
@@ -332,48 +373,85 @@ fn to_json(obj: &Bound<'_, PyAny>, depth: usize) -> PyResult<Value> {
         )));
     }
     if let Ok(d) = obj.cast::<PyDict>() {
-        let mut map = Map::with_capacity(d.len());
-        for (k, v) in d.iter() {
+        out.push(b'{');
+        for (i, (k, v)) in d.iter().enumerate() {
             let key = k.cast::<PyString>().map_err(|_| {
                 PyTypeError::new_err(format!("tree keys must be str, not {}", k.get_type().name().map(|n| n.to_string()).unwrap_or_default()))
             })?;
-            map.insert(key.to_str()?.to_owned(), to_json(&v, depth + 1)?);
+            if i > 0 {
+                out.push(b',');
+            }
+            write_json_string(out, key.to_str()?);
+            out.push(b':');
+            write_json(&v, depth + 1, out)?;
         }
-        return Ok(Value::Object(map));
+        out.push(b'}');
+        return Ok(());
     }
     if let Ok(s) = obj.cast::<PyString>() {
-        return Ok(Value::String(s.to_str()?.to_owned()));
+        write_json_string(out, s.to_str()?);
+        return Ok(());
     }
     if let Ok(l) = obj.cast::<PyList>() {
-        return l.iter().map(|v| to_json(&v, depth + 1)).collect::<PyResult<Vec<_>>>().map(Value::Array);
+        return write_json_items(l.iter(), depth, out);
     }
     if let Ok(t) = obj.cast::<PyTuple>() {
-        return t.iter().map(|v| to_json(&v, depth + 1)).collect::<PyResult<Vec<_>>>().map(Value::Array);
+        return write_json_items(t.iter(), depth, out);
     }
     if obj.is_none() {
-        return Ok(Value::Null);
+        out.extend_from_slice(b"null");
+        return Ok(());
     }
     if let Ok(b) = obj.cast::<PyBool>() {
-        return Ok(Value::Bool(b.is_true()));
+        out.extend_from_slice(if b.is_true() { b"true" } else { b"false" });
+        return Ok(());
     }
+    let number = |out: &mut Vec<u8>, n: Number| serde_json::to_writer(out, &n).expect("writing to a Vec cannot fail");
     if obj.is_instance_of::<PyInt>() {
         if let Ok(i) = obj.extract::<i64>() {
-            return Ok(Value::from(i));
+            number(out, Number::from(i));
+            return Ok(());
         }
         if let Ok(u) = obj.extract::<u64>() {
-            return Ok(Value::from(u));
+            number(out, Number::from(u));
+            return Ok(());
         }
     }
     if obj.is_instance_of::<PyFloat>() || obj.is_instance_of::<PyInt>() {
         let f: f64 = obj.extract()?;
-        return Number::from_f64(f)
-            .map(Value::Number)
-            .ok_or_else(|| PyValueError::new_err(format!("out of range float values are not JSON compliant: {f}")));
+        let n = Number::from_f64(f)
+            .ok_or_else(|| PyValueError::new_err(format!("out of range float values are not JSON compliant: {f}")))?;
+        number(out, n);
+        return Ok(());
     }
     Err(PyTypeError::new_err(format!(
         "tree values must be dict, list, tuple, str, int, float, bool or None, not {}",
         obj.get_type().name().map(|n| n.to_string()).unwrap_or_default()
     )))
+}
+
+fn write_json_items<'py>(items: impl Iterator<Item = Bound<'py, PyAny>>, depth: usize, out: &mut Vec<u8>) -> PyResult<()> {
+    out.push(b'[');
+    for (i, v) in items.enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        write_json(&v, depth + 1, out)?;
+    }
+    out.push(b']');
+    Ok(())
+}
+
+/// A JSON string as serde_json writes it.
+fn write_json_string(out: &mut Vec<u8>, s: &str) {
+    if s.bytes().all(|c| c >= 0x20 && c != b'"' && c != b'\\') {
+        out.reserve(s.len() + 2);
+        out.push(b'"');
+        out.extend_from_slice(s.as_bytes());
+        out.push(b'"');
+    } else {
+        serde_json::to_writer(&mut *out, s).expect("writing to a Vec cannot fail");
+    }
 }
 
 /// Progress is reported (and Ctrl-C checked) at least this often while a batch is written...
@@ -442,16 +520,15 @@ impl Writer {
     #[pyo3(signature = (items, *, progress = None))]
     fn add_tensors(&mut self, py: Python<'_>, items: &Bound<'_, PyAny>, progress: Option<Py<PyAny>>) -> PyResult<usize> {
         let n = items.len().unwrap_or(0);
-        let mut prepared: Vec<Item> = Vec::with_capacity(n);
+        let mut batch = Batch { items: Vec::with_capacity(n), ..Batch::default() };
         let mut held: Vec<Held> = Vec::with_capacity(n);
         for (index, item) in items.try_iter()?.enumerate() {
-            let (item, h) = extract_item(index, &item?)?;
-            prepared.push(item);
-            held.push(h);
+            held.push(extract_item(index, &item?, &mut batch)?);
         }
-        let total: usize = prepared.iter().map(|i| i.data.len).sum();
+        let total: usize = batch.items.iter().map(|i| i.data.len).sum();
         let default_options = TensorOptions::default();
         let writer = self.inner()?;
+        writer.reserve(batch.items.len());
         let report = |done: usize| -> Result<(), Failure> {
             Python::attach(|py| {
                 py.check_signals()?;
@@ -465,11 +542,12 @@ impl Writer {
         let result = py.detach(|| -> Result<(), Failure> {
             let (mut done, mut since) = (0usize, 0usize);
             let mut last = Instant::now();
-            for (index, item) in prepared.iter().enumerate() {
+            for (index, item) in batch.items.iter().enumerate() {
                 // SAFETY: `held` keeps every item's memory alive until after this section.
                 let data = unsafe { item.data.as_slice() };
-                let opts = item.options.as_ref().unwrap_or(&default_options);
-                writer.add_tensor_with(&item.name, item.dtype, &item.shape, data, opts).map_err(|e| Failure::Tensor(index, e))?;
+                let opts = item.options.map_or(&default_options, |i| &batch.options[i as usize]);
+                let shape = &batch.shapes[item.shape.clone()];
+                writer.add_tensor_with(batch.name(item), item.dtype, shape, data, opts).map_err(|e| Failure::Tensor(index, e))?;
                 done += data.len();
                 since += data.len();
                 if since >= REPORT_BYTES || last.elapsed() >= REPORT_INTERVAL {
@@ -478,15 +556,15 @@ impl Writer {
                     last = Instant::now();
                 }
             }
-            if !prepared.is_empty() {
+            if !batch.items.is_empty() {
                 report(done)?;
             }
             Ok(())
         });
         drop(held);
         match result {
-            Ok(()) => Ok(prepared.len()),
-            Err(Failure::Tensor(index, e)) => Err(tensor_error(e, &prepared[index].name)),
+            Ok(()) => Ok(batch.items.len()),
+            Err(Failure::Tensor(index, e)) => Err(tensor_error(e, batch.name(&batch.items[index]))),
             Err(Failure::Python(e)) => Err(e),
         }
     }
@@ -566,10 +644,12 @@ impl Writer {
     /// Sets the tree from Python objects: dicts with str keys, lists, tuples,
     /// str, int, float, bool and None — the same value as
     /// `set_tree_json(json.dumps(tree))`, without the JSON text.
-    fn set_tree(&mut self, tree: &Bound<'_, PyAny>) -> PyResult<()> {
-        let value = to_json(tree, 0)?;
-        self.inner()?.set_tree(value);
-        Ok(())
+    fn set_tree(&mut self, py: Python<'_>, tree: &Bound<'_, PyAny>) -> PyResult<()> {
+        let mut text = Vec::new();
+        write_json(tree, 0, &mut text)?;
+        let text = String::from_utf8(text).expect("built from str and ASCII");
+        let writer = self.inner()?;
+        py.detach(|| writer.set_tree_json_verbatim(text)).py()
     }
 
     fn set_tree_json(&mut self, text: &str) -> PyResult<()> {

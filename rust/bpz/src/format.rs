@@ -515,7 +515,9 @@ pub struct WriterInfo {
     pub version: String,
 }
 
-/// The index as serialised: a JSON object. Unknown fields are ignored.
+/// The index as serialised: a JSON object. Unknown fields are ignored. Kept as the
+/// reference that [`IndexEmitter`] must match byte for byte.
+#[cfg(test)]
 #[derive(Serialize)]
 pub(crate) struct RawIndex {
     pub tensors: Vec<RawTensor>,
@@ -525,6 +527,7 @@ pub(crate) struct RawIndex {
     pub writer: Option<WriterInfo>,
 }
 
+#[cfg(test)]
 #[derive(Serialize)]
 pub(crate) struct RawTensor {
     pub name: String,
@@ -537,6 +540,7 @@ pub(crate) struct RawTensor {
     pub chunks: Vec<[u64; 4]>,
 }
 
+#[cfg(test)]
 impl From<&TensorInfo> for RawTensor {
     fn from(t: &TensorInfo) -> Self {
         RawTensor {
@@ -553,6 +557,168 @@ impl From<&TensorInfo> for RawTensor {
                 .collect(),
         }
     }
+}
+
+/// A JSON member of the index as the writer holds it: a value, or text already
+/// checked to be JSON, stored as it is (so a large tree costs no parse and no copy).
+#[derive(Debug, Clone)]
+pub(crate) enum JsonPart {
+    Value(Value),
+    Text(String),
+}
+
+impl Default for JsonPart {
+    fn default() -> Self {
+        JsonPart::Value(Value::Null)
+    }
+}
+
+/// Writes the index in pieces of about `SPILL_BYTES` to `spill`, straight from the
+/// writer's tensor table: the compact JSON that serde_json makes of the index object
+/// (members `tensors`, `tree`, `metadata`, `writer`, in that order), without copying
+/// the table first. With a million tensors the index is ~100 MB, so it is streamed
+/// rather than built whole.
+pub(crate) struct IndexEmitter<F: FnMut(&[u8]) -> Result<()>> {
+    buf: Vec<u8>,
+    spill: F,
+}
+
+const SPILL_BYTES: usize = 1 << 20;
+
+impl<F: FnMut(&[u8]) -> Result<()>> IndexEmitter<F> {
+    pub(crate) fn new(spill: F) -> Self {
+        IndexEmitter { buf: Vec::with_capacity(SPILL_BYTES + 64 * 1024), spill }
+    }
+
+    pub(crate) fn emit(
+        mut self,
+        tensors: &[TensorInfo],
+        tree: &JsonPart,
+        metadata: &JsonPart,
+        writer: Option<&WriterInfo>,
+    ) -> Result<()> {
+        self.buf.extend_from_slice(b"{\"tensors\":[");
+        for (i, t) in tensors.iter().enumerate() {
+            if i > 0 {
+                self.buf.push(b',');
+            }
+            self.tensor(t)?;
+        }
+        self.buf.extend_from_slice(b"],\"tree\":");
+        self.part(tree)?;
+        self.buf.extend_from_slice(b",\"metadata\":");
+        self.part(metadata)?;
+        if let Some(w) = writer {
+            self.buf.extend_from_slice(b",\"writer\":{\"name\":");
+            self.string(&w.name);
+            self.buf.extend_from_slice(b",\"version\":");
+            self.string(&w.version);
+            self.buf.push(b'}');
+        }
+        self.buf.push(b'}');
+        let rest = std::mem::take(&mut self.buf);
+        (self.spill)(&rest)
+    }
+
+    fn tensor(&mut self, t: &TensorInfo) -> Result<()> {
+        let b = &mut self.buf;
+        b.extend_from_slice(b"{\"name\":");
+        json_string(b, &t.name);
+        b.extend_from_slice(b",\"dtype\":\"");
+        b.extend_from_slice(t.dtype.name().as_bytes());
+        b.extend_from_slice(b"\",\"shape\":[");
+        for (i, &d) in t.shape.iter().enumerate() {
+            if i > 0 {
+                b.push(b',');
+            }
+            push_u64(b, d);
+        }
+        b.extend_from_slice(b"],\"storage\":\"");
+        b.extend_from_slice(t.storage.name().as_bytes());
+        b.extend_from_slice(b"\",\"filter\":\"");
+        b.extend_from_slice(t.filter.name().as_bytes());
+        b.extend_from_slice(b"\",\"chunk_elems\":");
+        push_u64(b, t.chunk_elems);
+        b.extend_from_slice(b",\"chunks\":[");
+        for (i, c) in t.chunks.iter().enumerate() {
+            if i > 0 {
+                self.buf.push(b',');
+            }
+            let b = &mut self.buf;
+            b.push(b'[');
+            push_u64(b, c.offset);
+            b.push(b',');
+            push_u64(b, c.stored_len);
+            b.push(b',');
+            push_u64(b, c.crc32c as u64);
+            b.push(b',');
+            b.push(if c.encoded { b'1' } else { b'0' });
+            b.push(b']');
+            // A tensor can have millions of chunks: spill inside the table too.
+            if self.buf.len() >= SPILL_BYTES {
+                self.spill()?;
+            }
+        }
+        self.buf.extend_from_slice(b"]}");
+        if self.buf.len() >= SPILL_BYTES {
+            self.spill()?;
+        }
+        Ok(())
+    }
+
+    fn part(&mut self, part: &JsonPart) -> Result<()> {
+        match part {
+            JsonPart::Value(v) => {
+                serde_json::to_writer(&mut self.buf, v).map_err(|e| Error::InvalidArgument(format!("index: {e}")))?
+            }
+            JsonPart::Text(text) => {
+                self.spill()?;
+                (self.spill)(text.as_bytes())?;
+                return Ok(());
+            }
+        }
+        self.spill()
+    }
+
+    fn string(&mut self, s: &str) {
+        json_string(&mut self.buf, s);
+    }
+
+    fn spill(&mut self) -> Result<()> {
+        if !self.buf.is_empty() {
+            (self.spill)(&self.buf)?;
+            self.buf.clear();
+        }
+        Ok(())
+    }
+}
+
+/// A JSON string as serde_json writes it (the same escapes, so the same bytes).
+fn json_string(out: &mut Vec<u8>, s: &str) {
+    let plain = s.bytes().all(|c| c >= 0x20 && c != b'"' && c != b'\\');
+    if plain {
+        out.reserve(s.len() + 2);
+        out.push(b'"');
+        out.extend_from_slice(s.as_bytes());
+        out.push(b'"');
+    } else {
+        serde_json::to_writer(&mut *out, s).expect("writing to a Vec cannot fail");
+    }
+}
+
+/// Decimal digits of `v`, as serde_json (itoa) writes an integer.
+fn push_u64(out: &mut Vec<u8>, mut v: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[i..]);
 }
 
 /// Deepest nesting of arrays/objects in a JSON text, scanning bytes only (so a
@@ -1043,5 +1209,116 @@ impl FloorCharBoundary for String {
             i -= 1;
         }
         i
+    }
+}
+
+#[cfg(test)]
+mod emitter_tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn emitted(tensors: &[TensorInfo], tree: &JsonPart, metadata: &JsonPart, writer: Option<&WriterInfo>) -> Vec<u8> {
+        let mut out = Vec::new();
+        IndexEmitter::new(|piece: &[u8]| {
+            out.extend_from_slice(piece);
+            Ok(())
+        })
+        .emit(tensors, tree, metadata, writer)
+        .unwrap();
+        out
+    }
+
+    fn reference(tensors: &[TensorInfo], tree: &Value, metadata: &Value, writer: Option<&WriterInfo>) -> Vec<u8> {
+        let index = RawIndex {
+            tensors: tensors.iter().map(RawTensor::from).collect(),
+            tree: tree.clone(),
+            metadata: metadata.clone(),
+            writer: writer.cloned(),
+        };
+        serde_json::to_vec(&index).unwrap()
+    }
+
+    fn tensor() -> impl Strategy<Value = TensorInfo> {
+        let name = prop_oneof![
+            "[a-z0-9_/.~]{0,12}",
+            any::<String>(),
+            proptest::collection::vec(prop_oneof![Just('"'), Just('\\'), Just('\u{0}'), Just('\u{1f}'), Just('\u{7f}'), Just('é'), Just('\n'), any::<char>()], 0..8)
+                .prop_map(|cs| cs.into_iter().collect::<String>()),
+        ];
+        let number = prop_oneof![Just(0u64), Just(9), Just(10), Just(MAX_SAFE_INTEGER), Just(u64::MAX), any::<u64>(), 0u64..1000];
+        let chunk = (number.clone(), number.clone(), any::<u32>(), any::<bool>())
+            .prop_map(|(offset, stored_len, crc32c, encoded)| ChunkInfo { offset, stored_len, crc32c, encoded });
+        (
+            name,
+            proptest::sample::select(DType::ALL.to_vec()),
+            proptest::collection::vec(number.clone(), 0..4),
+            any::<bool>(),
+            proptest::sample::select(vec![Filter::None, Filter::Shuffle, Filter::DeltaShuffle, Filter::BitPack]),
+            number,
+            proptest::collection::vec(chunk, 0..4),
+        )
+            .prop_map(|(name, dtype, shape, raw, filter, chunk_elems, chunks)| TensorInfo {
+                name,
+                dtype,
+                shape,
+                storage: if raw { Storage::Raw } else { Storage::Chunked },
+                filter,
+                chunk_elems,
+                chunks,
+            })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(500))]
+        /// The streamed index is byte for byte what serde_json makes of the index struct.
+        #[test]
+        fn emitter_matches_serde_json(tensors in proptest::collection::vec(tensor(), 0..6), with_writer in any::<bool>(), label in any::<String>()) {
+            let tree = serde_json::json!({"dict": [["a\"\\\u{1}", {"tensor": label.clone()}]], "f": [1.5, -0.0, 1e300, 5e-324], "n": null});
+            let metadata = serde_json::json!([label.clone(), 18446744073709551615u64, -3, true]);
+            let writer = WriterInfo { name: label, version: "1.2.3\t".into() };
+            let writer = with_writer.then_some(&writer);
+            let expected = reference(&tensors, &tree, &metadata, writer);
+            prop_assert_eq!(&emitted(&tensors, &JsonPart::Value(tree.clone()), &JsonPart::Value(metadata.clone()), writer), &expected);
+            // Text given verbatim lands verbatim.
+            let text = JsonPart::Text(serde_json::to_string(&tree).unwrap());
+            prop_assert_eq!(&emitted(&tensors, &text, &JsonPart::Value(metadata), writer), &expected);
+        }
+    }
+
+    /// Tables larger than a spill piece (one tensor with many chunks, many tensors) come
+    /// out whole and in order.
+    #[test]
+    fn large_tables_are_spilled_in_pieces_and_match() {
+        let chunks: Vec<ChunkInfo> =
+            (0..200_000u64).map(|i| ChunkInfo { offset: 64 + i * 4096, stored_len: 4096, crc32c: i as u32 * 7919, encoded: i % 3 == 0 }).collect();
+        let mut tensors = vec![TensorInfo {
+            name: "big".into(),
+            dtype: DType::U8,
+            shape: vec![200_000 * 4096],
+            storage: Storage::Chunked,
+            filter: Filter::None,
+            chunk_elems: 4096,
+            chunks,
+        }];
+        tensors.extend((0..50_000u64).map(|i| TensorInfo {
+            name: format!("k{i}"),
+            dtype: DType::F32,
+            shape: vec![],
+            storage: Storage::Raw,
+            filter: Filter::None,
+            chunk_elems: 1,
+            chunks: vec![ChunkInfo { offset: i * 64, stored_len: 4, crc32c: i as u32, encoded: false }],
+        }));
+        let mut pieces = Vec::new();
+        IndexEmitter::new(|piece: &[u8]| {
+            pieces.push(piece.len());
+            Ok(())
+        })
+        .emit(&tensors, &JsonPart::default(), &JsonPart::default(), None)
+        .unwrap();
+        assert!(pieces.len() > 4 && pieces.iter().all(|&n| n <= SPILL_BYTES + 4096), "{pieces:?}");
+        let expected = reference(&tensors, &Value::Null, &Value::Null, None);
+        assert_eq!(pieces.iter().sum::<usize>(), expected.len());
+        assert_eq!(emitted(&tensors, &JsonPart::default(), &JsonPart::default(), None), expected);
     }
 }

@@ -1,7 +1,8 @@
 //! Streaming writer: superblock first, tensors one by one, index and trailer at
 //! the end. Memory stays bounded by a window of chunks in flight.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::VecDeque;
+use std::hash::BuildHasher;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
@@ -11,7 +12,7 @@ use serde_json::Value;
 use crate::codec;
 use crate::error::{Error, Result};
 use crate::format::*;
-use crate::json;
+use crate::json::{self, JsonError, Scanner};
 use crate::persist::TempFile;
 pub use crate::persist::STALE_TEMP_AGE;
 
@@ -105,9 +106,9 @@ pub struct Writer<W: Write = io::Sink> {
     pos: u64,
     opts: WriterOptions,
     tensors: Vec<TensorInfo>,
-    names: HashSet<String>,
-    tree: Value,
-    metadata: Value,
+    names: NameTable,
+    tree: JsonPart,
+    metadata: JsonPart,
     /// Output buffers of encoded chunks, reused from chunk to chunk and tensor
     /// to tensor (a fresh 2 MiB buffer per chunk is an mmap + page faults).
     bufs: Vec<Vec<u8>>,
@@ -153,9 +154,9 @@ impl<W: Write> Writer<W> {
             pos: 0,
             opts,
             tensors: Vec::new(),
-            names: HashSet::new(),
-            tree: Value::Null,
-            metadata: Value::Null,
+            names: NameTable::default(),
+            tree: JsonPart::default(),
+            metadata: JsonPart::default(),
             bufs: Vec::new(),
             pending: VecDeque::new(),
         };
@@ -197,23 +198,42 @@ impl<W: Write> Writer<W> {
 
     /// Sets the pytree skeleton stored in the index (see spec, "Tree").
     pub fn set_tree(&mut self, tree: Value) {
-        self.tree = tree;
+        self.tree = JsonPart::Value(tree);
     }
 
     /// Sets the user metadata (any JSON value).
     pub fn set_metadata(&mut self, metadata: Value) {
-        self.metadata = metadata;
+        self.metadata = JsonPart::Value(metadata);
     }
 
     /// Sets the pytree skeleton from JSON text.
     pub fn set_tree_json(&mut self, text: &str) -> Result<()> {
-        self.tree = self.parse_json("tree", text)?;
+        self.tree = JsonPart::Value(self.parse_json("tree", text)?);
+        Ok(())
+    }
+
+    /// Sets the pytree skeleton from JSON text that is stored as given, not parsed and
+    /// written again as [`set_tree_json`](Self::set_tree_json) does: for callers that
+    /// produce compact JSON themselves, so that a tree of millions of nodes costs one
+    /// check of its text. It is checked all the same (strict JSON, no repeated member
+    /// name, the nesting limit), so the archive stays readable whatever it is given.
+    pub fn set_tree_json_verbatim(&mut self, text: String) -> Result<()> {
+        // The scanner stops at the depth the tree may have; only then is the depth measured.
+        let mut s = Scanner::new(text.as_bytes(), MAX_JSON_DEPTH - 1);
+        s.skip_value().and_then(|()| s.end()).map_err(|e| match e {
+            JsonError::Invalid { at, detail } => {
+                Error::InvalidArgument(format!("tree is not valid JSON: {detail} (at byte {at})"))
+            }
+            JsonError::TooDeep => check_nesting(&self.label, "tree", json_depth(text.as_bytes()))
+                .expect_err("the scanner found it deeper than the limit"),
+        })?;
+        self.tree = JsonPart::Text(text);
         Ok(())
     }
 
     /// Sets the user metadata from JSON text.
     pub fn set_metadata_json(&mut self, text: &str) -> Result<()> {
-        self.metadata = self.parse_json("metadata", text)?;
+        self.metadata = JsonPart::Value(self.parse_json("metadata", text)?);
         Ok(())
     }
 
@@ -222,6 +242,14 @@ impl<W: Write> Writer<W> {
     fn parse_json(&self, what: &str, text: &str) -> Result<Value> {
         check_nesting(&self.label, what, json_depth(text.as_bytes()))?;
         serde_json::from_str(text).map_err(|e| Error::InvalidArgument(format!("{what} is not valid JSON: {e}")))
+    }
+
+    /// Makes room for `additional` more tensors (a caller that knows how many are coming
+    /// saves the table's regrowth).
+    pub fn reserve(&mut self, additional: usize) {
+        let n = additional.min(MAX_TENSORS.saturating_sub(self.tensors.len()));
+        self.tensors.reserve(n);
+        self.names.reserve(self.tensors.len() + n, &self.tensors);
     }
 
     /// Names of the tensors added so far.
@@ -245,7 +273,7 @@ impl<W: Write> Writer<W> {
         data: &[u8],
         topts: &TensorOptions,
     ) -> Result<&TensorInfo> {
-        self.check_new_tensor(name, dtype, shape, data)?;
+        let vacancy = self.check_new_tensor(name, dtype, shape, data)?;
         let level = topts.level.unwrap_or(self.opts.level);
         check_level(level)?;
         if let Some(f) = topts.filter {
@@ -281,12 +309,13 @@ impl<W: Write> Writer<W> {
                 self.write_chunked(name, dtype, shape, data, chunk_elems, c.filter, level, whole)?
             }
         };
-        self.names.insert(info.name.clone());
+        self.names.insert(vacancy, &info.name, self.tensors.len(), &self.tensors);
         self.tensors.push(info);
         Ok(self.tensors.last().unwrap())
     }
 
-    fn check_new_tensor(&self, name: &str, dtype: DType, shape: &[u64], data: &[u8]) -> Result<()> {
+    /// Where the name goes in the table of names, if the tensor may be added.
+    fn check_new_tensor(&self, name: &str, dtype: DType, shape: &[u64], data: &[u8]) -> Result<Vacancy> {
         if name.len() > MAX_NAME_BYTES {
             return Err(Error::InvalidArgument(format!(
                 "tensor name of {} bytes is over the limit of {MAX_NAME_BYTES}",
@@ -296,9 +325,9 @@ impl<W: Write> Writer<W> {
         if name.contains('\0') {
             return Err(Error::InvalidArgument(format!("tensor name {name:?} contains a NUL character")));
         }
-        if self.names.contains(name) {
+        let Some(vacancy) = self.names.vacancy(name, &self.tensors) else {
             return Err(Error::InvalidArgument(format!("tensor {name:?} was already added")));
-        }
+        };
         if self.tensors.len() >= MAX_TENSORS {
             return Err(Error::InvalidArgument(format!("more than {MAX_TENSORS} tensors")));
         }
@@ -327,7 +356,7 @@ impl<W: Write> Writer<W> {
                 expected.map_or("more than 2^53".to_string(), |n| n.to_string())
             )));
         }
-        Ok(())
+        Ok(vacancy)
     }
 
     /// Whole rows of the leading axis per chunk, near `chunk_bytes`; rows
@@ -351,24 +380,21 @@ impl<W: Write> Writer<W> {
         self.pad_to(self.opts.alignment as u64)?;
         let start = self.pos;
         let chunk_bytes = (chunk_elems as usize) * dtype.size();
-        let crcs: Vec<u32> = if data.is_empty() {
+        let chunk = |i: usize, crc: u32| {
+            let offset = start + (i * chunk_bytes) as u64;
+            let len = chunk_bytes.min(data.len() - i * chunk_bytes) as u64;
+            ChunkInfo { offset, stored_len: len, crc32c: crc, encoded: false }
+        };
+        let chunks: Vec<ChunkInfo> = if data.is_empty() {
             Vec::new()
         } else if data.len() <= chunk_bytes {
             // One chunk: no trip through the thread pool (it dominates for small tensors).
-            vec![crc32c::crc32c(data)]
+            vec![chunk(0, crc32c::crc32c(data))]
         } else {
-            data.par_chunks(chunk_bytes).map(crc32c::crc32c).collect()
+            let crcs: Vec<u32> = data.par_chunks(chunk_bytes).map(crc32c::crc32c).collect();
+            crcs.into_iter().enumerate().map(|(i, crc)| chunk(i, crc)).collect()
         };
         self.write(data)?;
-        let chunks = crcs
-            .iter()
-            .enumerate()
-            .map(|(i, &crc)| {
-                let offset = start + (i * chunk_bytes) as u64;
-                let len = chunk_bytes.min(data.len() - i * chunk_bytes) as u64;
-                ChunkInfo { offset, stored_len: len, crc32c: crc, encoded: false }
-            })
-            .collect();
         Ok(TensorInfo {
             name: name.into(),
             dtype,
@@ -519,27 +545,38 @@ impl<W: Write> Writer<W> {
     /// Writes the index and trailer; for a file writer, flushes, fsyncs and
     /// renames the temporary file over the destination.
     pub fn finish(mut self) -> Result<(Summary, Option<W>)> {
-        let index = RawIndex {
-            tensors: self.tensors.iter().map(RawTensor::from).collect(),
-            tree: std::mem::take(&mut self.tree),
-            metadata: std::mem::take(&mut self.metadata),
-            writer: Some(self.opts.writer.clone()),
-        };
         // Checked before serializing, which recurses as deep as the value.
-        check_nesting(&self.label, "tree", json::value_depth(&index.tree))?;
-        check_nesting(&self.label, "metadata", json::value_depth(&index.metadata))?;
-        let bytes = serde_json::to_vec(&index).map_err(|e| Error::InvalidArgument(format!("index: {e}")))?;
-        if bytes.len() as u64 > MAX_INDEX_BYTES {
+        for (what, part) in [("tree", &self.tree), ("metadata", &self.metadata)] {
+            if let JsonPart::Value(v) = part {
+                check_nesting(&self.label, what, json::value_depth(v))?;
+            }
+        }
+        let index_offset = self.pos;
+        let (tensors, tree, metadata) =
+            (std::mem::take(&mut self.tensors), std::mem::take(&mut self.tree), std::mem::take(&mut self.metadata));
+        let writer_info = self.opts.writer.clone();
+        // The index goes out as it is made (in MiB pieces, its checksum computed on the
+        // way). Past the size limit nothing more is written, but the rest is still
+        // measured, so that the error gives the size; the temporary file is then deleted.
+        let (mut index_len, mut index_crc) = (0u64, 0u32);
+        IndexEmitter::new(|piece: &[u8]| {
+            index_len += piece.len() as u64;
+            if index_len <= MAX_INDEX_BYTES {
+                index_crc = crc32c::crc32c_append(index_crc, piece);
+                self.write(piece)?;
+            }
+            Ok(())
+        })
+        .emit(&tensors, &tree, &metadata, Some(&writer_info))?;
+        if index_len > MAX_INDEX_BYTES {
             return Err(Error::InvalidArgument(format!(
-                "index of {} bytes is over the limit of {MAX_INDEX_BYTES}",
-                bytes.len()
+                "index of {index_len} bytes is over the limit of {MAX_INDEX_BYTES}"
             )));
         }
-        let data_bytes = self.pos - SUPERBLOCK_LEN as u64;
-        let trailer = Trailer { index_offset: self.pos, index_len: bytes.len() as u64, index_crc32c: crc32c::crc32c(&bytes) };
-        self.write(&bytes)?;
+        let data_bytes = index_offset - SUPERBLOCK_LEN as u64;
+        let trailer = Trailer { index_offset, index_len, index_crc32c: index_crc };
         self.write(&trailer.encode())?;
-        let summary = Summary { path: None, tensors: self.tensors.len(), file_bytes: self.pos, data_bytes };
+        let summary = Summary { path: None, tensors: tensors.len(), file_bytes: self.pos, data_bytes };
         match self.sink.take().unwrap() {
             Sink::Stream(mut out) => {
                 out.flush().map_err(|e| Error::io(&self.label, e))?;
@@ -548,6 +585,77 @@ impl<W: Write> Writer<W> {
             Sink::File(file) => {
                 let path = file.commit()?;
                 Ok((Summary { path: Some(path), ..summary }, None))
+            }
+        }
+    }
+}
+
+/// The names of the tensors added, for refusing a repeated one: an open-addressing
+/// table of indices into the writer's tensor list, so each name is stored once (a
+/// set of `String`s doubled the memory of a million small tensors' names). Each slot
+/// keeps 32 bits of the name's hash, so a probe reads a name only when they match.
+#[derive(Default)]
+struct NameTable {
+    /// Per slot: the hash's high half, and the tensor index + 1 (0: free). The
+    /// length is 0 or a power of two.
+    slots: Vec<(u32, u32)>,
+    hasher: foldhash::fast::RandomState,
+}
+
+/// Where a name not in a [`NameTable`] goes: its slot and its hash's tag.
+#[derive(Clone, Copy)]
+struct Vacancy {
+    slot: usize,
+    tag: u32,
+}
+
+impl NameTable {
+    /// Where `name` would go, or `None` if it is there.
+    fn vacancy(&self, name: &str, tensors: &[TensorInfo]) -> Option<Vacancy> {
+        self.probe(name, tensors).ok()
+    }
+
+    /// Records `name`, found vacant since the last insertion, as `tensors[index]`
+    /// (not in `tensors` yet).
+    fn insert(&mut self, vacancy: Vacancy, name: &str, index: usize, tensors: &[TensorInfo]) {
+        let entry = u32::try_from(index + 1).expect("MAX_TENSORS fits in 32 bits");
+        // At most 7/8 full, so that probes stay short and always end.
+        let vacancy = if (index + 1) * 8 <= self.slots.len() * 7 {
+            vacancy
+        } else {
+            self.reserve(index + 1, tensors);
+            self.probe(name, tensors).expect("the name was vacant")
+        };
+        self.slots[vacancy.slot] = (vacancy.tag, entry);
+    }
+
+    /// Room for `count` names in all.
+    fn reserve(&mut self, count: usize, tensors: &[TensorInfo]) {
+        let wanted = (count * 8 / 7 + 1).next_power_of_two().max(16);
+        if wanted <= self.slots.len() {
+            return;
+        }
+        self.slots = vec![(0, 0); wanted];
+        for (i, t) in tensors.iter().enumerate() {
+            let v = self.probe(&t.name, tensors).expect("names in the list are distinct");
+            self.slots[v.slot] = (v.tag, (i + 1) as u32);
+        }
+    }
+
+    /// `Ok(where name would go)`, or `Err(())` if it is there.
+    fn probe(&self, name: &str, tensors: &[TensorInfo]) -> std::result::Result<Vacancy, ()> {
+        let hash = self.hasher.hash_one(name);
+        let tag = (hash >> 32) as u32;
+        if self.slots.is_empty() {
+            return Ok(Vacancy { slot: 0, tag });
+        }
+        let mask = self.slots.len() - 1;
+        let mut slot = hash as usize & mask;
+        loop {
+            match self.slots[slot] {
+                (_, 0) => return Ok(Vacancy { slot, tag }),
+                (t, i) if t == tag && tensors[i as usize - 1].name == name => return Err(()),
+                _ => slot = (slot + 1) & mask,
             }
         }
     }

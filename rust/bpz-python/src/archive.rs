@@ -45,6 +45,25 @@ fn read_owned(reader: &Reader, name: &str) -> bpz::Result<Buffer> {
     )
 }
 
+/// Zeroed buffers for `tensors`, after one check of their total size against the memory
+/// left (each alone may fit where all do not; and the check reads /proc and /sys files).
+fn alloc_all(reader: &Reader, tensors: &[&TensorInfo], what: &str) -> bpz::Result<Vec<Buffer>> {
+    let total = tensors.iter().map(|t| t.nbytes()).fold(0u64, u64::saturating_add);
+    reader.ensure_memory(total, what)?;
+    let alloc = |t: &&TensorInfo| {
+        let len = usize::try_from(t.nbytes()).unwrap_or(usize::MAX);
+        Buffer::zeroed(len).ok_or_else(|| {
+            bpz::Error::InvalidArgument(format!("{}: cannot allocate {len} bytes for tensor {:?}", reader.path(), t.name))
+        })
+    };
+    // Many small buffers: zeroing them is worth spreading over the cores, as the reads are.
+    if reader.is_parallel() && tensors.len() > 1 {
+        tensors.par_iter().map(alloc).collect()
+    } else {
+        tensors.iter().map(alloc).collect()
+    }
+}
+
 #[pymethods]
 impl Archive {
     #[new]
@@ -154,17 +173,11 @@ impl Archive {
     /// Checksummed copies of every tensor, in index order, decoded in parallel.
     fn read_all(&self, py: Python<'_>) -> PyResult<Vec<Buffer>> {
         let reader = &self.reader;
-        let parallel = self.reader_parallel();
         py.detach(|| {
-            // All at once: each tensor alone may fit where all of them do not.
-            let total = reader.tensors().iter().map(TensorInfo::nbytes).fold(0u64, u64::saturating_add);
-            reader.ensure_memory(total, &format!("its {} tensors", reader.tensors().len()))?;
-            let read = |t: &TensorInfo| read_owned(reader, &t.name);
-            if parallel {
-                reader.tensors().par_iter().map(read).collect::<bpz::Result<Vec<_>>>()
-            } else {
-                reader.tensors().iter().map(read).collect()
-            }
+            let tensors: Vec<&TensorInfo> = reader.tensors().iter().collect();
+            let mut buffers = alloc_all(reader, &tensors, &format!("its {} tensors", tensors.len()))?;
+            reader.read_all_into(buffers.iter_mut().map(Buffer::bytes_mut).collect())?;
+            Ok(buffers)
         })
         .map_err(to_py)
     }
@@ -192,15 +205,12 @@ impl Archive {
     /// Reads many tensors, in parallel across tensors (and chunks).
     fn read_many(&self, py: Python<'_>, names: Vec<String>) -> PyResult<Vec<Buffer>> {
         let reader = &self.reader;
-        let parallel = self.reader_parallel();
         py.detach(|| {
-            let total = names.iter().map(|n| reader.tensor(n).map(TensorInfo::nbytes)).sum::<bpz::Result<u64>>()?;
-            reader.ensure_memory(total, &format!("{} tensors", names.len()))?;
-            if parallel {
-                names.par_iter().map(|n| read_owned(reader, n)).collect::<bpz::Result<Vec<_>>>()
-            } else {
-                names.iter().map(|n| read_owned(reader, n)).collect()
-            }
+            let tensors = names.iter().map(|n| reader.tensor(n)).collect::<bpz::Result<Vec<_>>>()?;
+            let mut buffers = alloc_all(reader, &tensors, &format!("{} tensors", names.len()))?;
+            let requests = names.iter().map(String::as_str).zip(buffers.iter_mut().map(Buffer::bytes_mut)).collect();
+            reader.read_many_into(requests)?;
+            Ok(buffers)
         })
         .map_err(to_py)
     }
@@ -244,12 +254,5 @@ impl Archive {
 
     fn __repr__(&self) -> String {
         format!("<bpz._bpz.Archive {:?}: {} tensors>", self.reader.path(), self.reader.tensors().len())
-    }
-}
-
-impl Archive {
-    fn reader_parallel(&self) -> bool {
-        // The reader's own flag decides chunk parallelism; tensors follow it.
-        self.reader.is_parallel()
     }
 }

@@ -34,24 +34,38 @@ impl Buffer {
         Buffer { _owner: Owner::Owned(v), ptr, len, readonly: false }
     }
 
-    /// `len` writable bytes filled by `fill`. Large buffers are anonymous maps advised to use
-    /// huge pages (as NumPy does for its own large arrays): a load is bound by page faults
-    /// on fresh memory, and a 2 MiB page faults once instead of 512 times.
+    /// `len` writable bytes filled by `fill`.
     pub fn filled_by<E>(len: usize, fill: impl FnOnce(&mut [u8]) -> Result<(), E>, no_memory: impl FnOnce() -> E) -> Result<Self, E> {
+        let mut buf = Buffer::zeroed(len).ok_or_else(no_memory)?;
+        fill(buf.bytes_mut())?;
+        Ok(buf)
+    }
+
+    /// `len` zeroed, writable bytes (`None` if refused). Large buffers are anonymous maps
+    /// advised to use huge pages (as NumPy does for its own large arrays): a load is bound by
+    /// page faults on fresh memory, and a 2 MiB page faults once instead of 512 times.
+    pub fn zeroed(len: usize) -> Option<Self> {
         if len < HUGE_PAGE_MIN {
-            let mut v = bpz::read::try_zeroed_vec(len).ok_or_else(no_memory)?;
-            fill(&mut v)?;
-            return Ok(Buffer::owned(v));
+            return bpz::read::try_zeroed_vec(len).map(Buffer::owned);
         }
-        let mut map = MmapMut::map_anon(len).map_err(|_| no_memory())?;
+        let map = MmapMut::map_anon(len).ok()?;
         #[cfg(target_os = "linux")]
         {
             // Advice only: where huge pages are off or unavailable this fails harmlessly.
             let _ = map.advise(memmap2::Advice::HugePage);
         }
-        fill(&mut map)?;
         let ptr = map.as_ptr() as usize;
-        Ok(Buffer { _owner: Owner::Anonymous(map), ptr, len, readonly: false })
+        Some(Buffer { _owner: Owner::Anonymous(map), ptr, len, readonly: false })
+    }
+
+    /// The bytes of a buffer from [`zeroed`](Self::zeroed) or [`owned`](Self::owned), to fill
+    /// before it is handed to Python.
+    pub fn bytes_mut(&mut self) -> &mut [u8] {
+        match &mut self._owner {
+            Owner::Owned(v) => v,
+            Owner::Anonymous(map) => map,
+            Owner::Mapped(_) => panic!("a view of a file's map is read-only"),
+        }
     }
 
     /// A read-only window `[start, start + len)` of `map`.

@@ -544,6 +544,8 @@ pub(crate) enum Scratch {
     Chunk,
     /// A chunk's stored bytes, read from the file before they are checked and decoded.
     Stored,
+    /// Several neighbouring chunks read from the file at once (see `read::plan_ranges`).
+    Coalesced,
 }
 
 /// Per-thread buffers larger than this are released after use, not kept.
@@ -553,6 +555,7 @@ thread_local! {
     static FILTERED: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
     static CHUNK: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
     static STORED: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+    static COALESCED: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
 /// Runs `f` on `n` bytes of a buffer that this thread reuses from call to call,
@@ -564,6 +567,7 @@ pub(crate) fn with_scratch<R>(which: Scratch, n: usize, f: impl FnOnce(&mut [u8]
         Scratch::Filtered => &FILTERED,
         Scratch::Chunk => &CHUNK,
         Scratch::Stored => &STORED,
+        Scratch::Coalesced => &COALESCED,
     };
     key.with(|cell| match cell.try_borrow_mut() {
         Ok(mut buf) => {

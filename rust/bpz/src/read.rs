@@ -31,6 +31,15 @@ pub trait Source: Send + Sync {
     fn current_len(&self) -> Option<u64> {
         None
     }
+    /// Fills `bufs`, one after the other, with the bytes from `offset` on: a scattered read,
+    /// in one system call where the source can.
+    fn read_exact_vectored_at(&self, mut offset: u64, bufs: &mut [&mut [u8]]) -> io::Result<()> {
+        for buf in bufs {
+            self.read_exact_at(offset, buf)?;
+            offset += buf.len() as u64;
+        }
+        Ok(())
+    }
 }
 
 impl Source for Vec<u8> {
@@ -78,6 +87,51 @@ impl Source for FileSource {
     #[cfg(unix)]
     fn read_exact_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
         std::os::unix::fs::FileExt::read_exact_at(&self.file, buf, offset)
+    }
+    #[cfg(target_os = "linux")]
+    fn read_exact_vectored_at(&self, mut offset: u64, bufs: &mut [&mut [u8]]) -> io::Result<()> {
+        use std::os::fd::AsRawFd;
+        /// The most buffers one `preadv` takes (IOV_MAX on Linux).
+        const IOV_MAX: usize = 1024;
+        let mut iov: Vec<libc::iovec> = bufs
+            .iter_mut()
+            .filter(|b| !b.is_empty())
+            .map(|b| libc::iovec { iov_base: b.as_mut_ptr().cast(), iov_len: b.len() })
+            .collect();
+        let mut first = 0;
+        while first < iov.len() {
+            let batch = &iov[first..iov.len().min(first + IOV_MAX)];
+            let at = libc::off_t::try_from(offset).map_err(|_| io::Error::from(io::ErrorKind::UnexpectedEof))?;
+            // SAFETY: each iovec describes (the unfilled rest of) one of `bufs`, which this
+            // call borrows mutably; the kernel writes only within them.
+            let got = unsafe { libc::preadv(self.file.as_raw_fd(), batch.as_ptr(), batch.len() as libc::c_int, at) };
+            if got < 0 {
+                let e = io::Error::last_os_error();
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e);
+            }
+            if got == 0 {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+            offset += got as u64;
+            // Skip the buffers filled; a short read leaves one partly filled.
+            let mut got = got as usize;
+            while got > 0 {
+                let v = &mut iov[first];
+                if got >= v.iov_len {
+                    got -= v.iov_len;
+                    first += 1;
+                } else {
+                    // SAFETY: still within the same buffer (got < its remaining length).
+                    v.iov_base = unsafe { v.iov_base.cast::<u8>().add(got) }.cast();
+                    v.iov_len -= got;
+                    got = 0;
+                }
+            }
+        }
+        Ok(())
     }
     #[cfg(windows)]
     fn read_exact_at(&self, mut offset: u64, mut buf: &mut [u8]) -> io::Result<()> {
@@ -291,7 +345,7 @@ impl Reader {
     pub fn read(&self, name: &str) -> Result<Vec<u8>> {
         let t = self.tensor(name)?;
         let mut out = self.alloc(t, t.nbytes())?;
-        self.read_chunks_into(t, 0..t.nbytes(), &mut out)?;
+        self.read_tensors_into(vec![(t, &mut out[..])])?;
         Ok(out)
     }
 
@@ -299,7 +353,151 @@ impl Reader {
     pub fn read_into(&self, name: &str, out: &mut [u8]) -> Result<()> {
         let t = self.tensor(name)?;
         self.check_out_len(t, out.len() as u64, t.nbytes())?;
-        self.read_chunks_into(t, 0..t.nbytes(), out)
+        self.read_tensors_into(vec![(t, out)])
+    }
+
+    /// Reads every tensor, in index order (see [`read_many`](Self::read_many)).
+    pub fn read_all(&self) -> Result<Vec<Vec<u8>>> {
+        self.read_infos(self.tensors.iter().collect(), &format!("its {} tensors", self.tensors.len()))
+    }
+
+    /// Reads the named tensors whole, checking every checksum. Their total size is checked
+    /// once against the memory left (each alone may fit where all do not), and neighbouring
+    /// small chunks are read from the file together (see [`read_many_into`](Self::read_many_into)).
+    pub fn read_many<S: AsRef<str>>(&self, names: &[S]) -> Result<Vec<Vec<u8>>> {
+        let tensors = names.iter().map(|n| self.tensor(n.as_ref())).collect::<Result<Vec<_>>>()?;
+        self.read_infos(tensors, &format!("{} tensors", names.len()))
+    }
+
+    fn read_infos(&self, tensors: Vec<&TensorInfo>, what: &str) -> Result<Vec<Vec<u8>>> {
+        let total = tensors.iter().map(|t| t.nbytes()).fold(0u64, u64::saturating_add);
+        self.ensure_memory(total, what)?;
+        let mut outs = tensors.iter().map(|t| self.alloc_unchecked(t, t.nbytes())).collect::<Result<Vec<_>>>()?;
+        self.read_tensors_into(tensors.into_iter().zip(outs.iter_mut().map(|o| &mut o[..])).collect())?;
+        Ok(outs)
+    }
+
+    /// Reads every tensor into `outs` (one buffer per tensor, in index order, each exactly
+    /// its byte size): for callers that allocate their own buffers (and check the memory
+    /// with [`ensure_memory`](Self::ensure_memory) once for all of them).
+    pub fn read_all_into(&self, outs: Vec<&mut [u8]>) -> Result<()> {
+        if outs.len() != self.tensors.len() {
+            return Err(Error::InvalidArgument(format!(
+                "{}: {} buffers for {} tensors",
+                self.path,
+                outs.len(),
+                self.tensors.len()
+            )));
+        }
+        let requests: Vec<(&TensorInfo, &mut [u8])> = self.tensors.iter().zip(outs).collect();
+        for (t, out) in &requests {
+            self.check_out_len(t, out.len() as u64, t.nbytes())?;
+        }
+        self.read_tensors_into(requests)
+    }
+
+    /// Reads whole tensors into the given buffers (each exactly its tensor's byte size).
+    /// Neighbouring small chunks, of one tensor or of several, are read from the file
+    /// together: a load of 20,000 tensors of 4 KiB costs a hundred system calls, not 20,000.
+    pub fn read_many_into(&self, requests: Vec<(&str, &mut [u8])>) -> Result<()> {
+        let mut infos = Vec::with_capacity(requests.len());
+        for (name, out) in requests {
+            let t = self.tensor(name)?;
+            self.check_out_len(t, out.len() as u64, t.nbytes())?;
+            infos.push((t, out));
+        }
+        self.read_tensors_into(infos)
+    }
+
+    /// [`read_many_into`](Self::read_many_into) of tensors of this reader, lengths checked.
+    fn read_tensors_into<'a>(&'a self, requests: Vec<(&'a TensorInfo, &'a mut [u8])>) -> Result<()> {
+        // In memory there is nothing to gain: every chunk is read in place.
+        let coalesce = self.source.as_slice().is_none();
+        let mut jobs: Vec<ReadJob<'a>> = Vec::new();
+        let mut small: Vec<Option<ChunkDest<'a>>> = Vec::new();
+        let mut extents: Vec<Range<u64>> = Vec::new();
+        for (t, out) in requests {
+            let mut rest = out;
+            for (i, c) in t.chunks.iter().enumerate() {
+                let (piece, tail) = std::mem::take(&mut rest).split_at_mut(t.chunk_decoded_len(i) as usize);
+                rest = tail;
+                let dest = ChunkDest { t, i, out: piece };
+                if coalesce && c.stored_len < COALESCE_CHUNK_MAX {
+                    extents.push(c.offset..c.offset + c.stored_len);
+                    small.push(Some(dest));
+                } else {
+                    jobs.push(ReadJob::Alone(dest));
+                }
+            }
+        }
+        for read in plan_ranges(&extents, COALESCE_GAP_MAX, COALESCE_READ_MAX) {
+            let dests = read.members.iter().map(|&k| small[k].take().expect("a chunk is in one read")).collect();
+            jobs.push(ReadJob::Together(read.bytes, dests));
+        }
+        let run = |job: ReadJob<'a>| match job {
+            ReadJob::Alone(d) => self.decode_chunk_part(d.t, d.i, 0..d.out.len() as u64, d.out),
+            ReadJob::Together(bytes, dests) => self.read_together(bytes, dests),
+        };
+        if self.parallel && jobs.len() > 1 {
+            jobs.into_par_iter().try_for_each(run)
+        } else {
+            jobs.into_iter().try_for_each(run)
+        }
+    }
+
+    /// Reads `bytes` of the file with one scattered read — plain chunks straight into their
+    /// destinations, encoded chunks and the gaps into this thread's buffer — then checks
+    /// each chunk and decodes the encoded ones.
+    fn read_together(&self, bytes: Range<u64>, mut dests: Vec<ChunkDest<'_>>) -> Result<()> {
+        let n = (bytes.end - bytes.start) as usize;
+        let stored_range = |d: &ChunkDest<'_>| {
+            let c = &d.t.chunks[d.i];
+            (c.offset - bytes.start) as usize..(c.offset - bytes.start + c.stored_len) as usize
+        };
+        // Only the same tensor asked for twice (read_many) makes chunks overlap: then all
+        // bytes go to the buffer and are copied out.
+        let scattered = dests.windows(2).all(|w| stored_range(&w[0]).end <= stored_range(&w[1]).start);
+        codec::with_scratch(codec::Scratch::Coalesced, n, |buf| {
+            if scattered {
+                let mut parts: Vec<&mut [u8]> = Vec::with_capacity(2 * dests.len());
+                let (mut rest, mut pos): (&mut [u8], usize) = (&mut *buf, 0);
+                for d in dests.iter_mut() {
+                    let r = stored_range(d);
+                    let (gap, tail) = std::mem::take(&mut rest).split_at_mut(r.start - pos);
+                    let (stored, tail) = tail.split_at_mut(r.len());
+                    rest = tail;
+                    pos = r.end;
+                    if !gap.is_empty() {
+                        parts.push(gap);
+                    }
+                    parts.push(if d.t.chunks[d.i].encoded { stored } else { &mut *d.out });
+                }
+                self.source.read_exact_vectored_at(bytes.start, &mut parts).map_err(|e| Error::io(&self.path, e))?;
+            } else {
+                self.read_at(bytes.start, buf)?;
+            }
+            for d in dests {
+                let c = &d.t.chunks[d.i];
+                let stored = &buf[stored_range(&d)];
+                if c.encoded {
+                    self.check_crc(d.t, d.i, stored)?;
+                    self.decode_stored(d.t, d.i, stored, 0..d.out.len() as u64, d.out)?;
+                } else if scattered {
+                    self.check_crc(d.t, d.i, d.out)?;
+                } else {
+                    self.check_crc(d.t, d.i, stored)?;
+                    // The index check made a plain chunk's stored and decoded sizes equal.
+                    d.out.copy_from_slice(stored);
+                }
+            }
+            Ok(())
+        })
+        .unwrap_or_else(|| {
+            Err(Error::InvalidArgument(format!(
+                "{}: cannot allocate {n} bytes to read the chunks at {}..{}",
+                self.path, bytes.start, bytes.end
+            )))
+        })
     }
 
     /// Reads rows `rows` of the leading axis (a 0-d tensor has one row).
@@ -346,6 +544,11 @@ impl Reader {
 
     fn alloc(&self, t: &TensorInfo, n: u64) -> Result<Vec<u8>> {
         self.ensure_memory(n, &format!("tensor {:?}", t.name))?;
+        self.alloc_unchecked(t, n)
+    }
+
+    /// [`alloc`](Self::alloc) for a caller that checked the memory for all its buffers at once.
+    fn alloc_unchecked(&self, t: &TensorInfo, n: u64) -> Result<Vec<u8>> {
         usize::try_from(n).ok().and_then(try_zeroed_vec).ok_or_else(|| {
             Error::InvalidArgument(format!("{}: cannot allocate {n} bytes for tensor {:?}", self.path, t.name))
         })
@@ -630,20 +833,101 @@ impl Reader {
     /// exceed the memory this process can still use ([`memory_available`]): the sizes come
     /// from the file, and touching more would get the process killed, not an error.
     /// Small requests are not checked (reading the limits costs a few system calls).
+    /// `BPZ_MEMORY_CHECK=0` turns the check off (for a system whose limits bpz misreads).
     pub fn ensure_memory(&self, bytes: u64, what: &str) -> Result<()> {
-        if bytes < MEMORY_CHECK_MIN {
+        if bytes < MEMORY_CHECK_MIN || !memory_check_enabled(std::env::var_os(MEMORY_CHECK_VAR).as_deref()) {
             return Ok(());
         }
-        match memory_available() {
+        self.check_memory(bytes, what, memory_available())
+    }
+
+    fn check_memory(&self, bytes: u64, what: &str, available: Option<u64>) -> Result<()> {
+        match available {
             Some(available) if bytes > available => Err(Error::limit(
                 &self.path,
-                format!("the memory in bytes needed to read {what} (limited by the memory this process can still use)"),
+                format!(
+                    "the memory in bytes needed to read {what} (limited by the memory this process can \
+                     still use; set {MEMORY_CHECK_VAR}=0 to skip this check)"
+                ),
                 bytes,
                 available,
             )),
             _ => Ok(()),
         }
     }
+}
+
+/// The environment variable that turns the memory check of loads off when set to `0`
+/// (or `false`, `no`, `off`).
+pub const MEMORY_CHECK_VAR: &str = "BPZ_MEMORY_CHECK";
+
+/// Whether loads check the memory left, given the value of [`MEMORY_CHECK_VAR`].
+fn memory_check_enabled(value: Option<&std::ffi::OsStr>) -> bool {
+    let Some(value) = value.and_then(|v| v.to_str()) else {
+        return true;
+    };
+    !["0", "false", "no", "off"].contains(&value.trim().to_ascii_lowercase().as_str())
+}
+
+/// Chunks stored in fewer bytes than this are read together with their neighbours in the
+/// file (one read per [`plan_ranges`] range, then copied out of it); larger ones are read
+/// alone, a plain one straight into its destination. Below it, a system call costs more
+/// than copying the chunk once more.
+pub const COALESCE_CHUNK_MAX: u64 = 64 << 10;
+/// Chunks at most this far apart are read together: reading the gap costs about as much
+/// as a system call. (Padding between neighbours is below the alignment, 64 bytes by default.)
+pub const COALESCE_GAP_MAX: u64 = 4 << 10;
+/// Bytes read at once: few enough to stay in the cache until they are copied out, and
+/// enough reads for all cores.
+pub const COALESCE_READ_MAX: u64 = 1 << 20;
+
+/// Where one whole chunk goes.
+struct ChunkDest<'a> {
+    t: &'a TensorInfo,
+    i: usize,
+    out: &'a mut [u8],
+}
+
+/// One unit of parallel work of [`Reader::read_many_into`].
+enum ReadJob<'a> {
+    /// A large chunk, read by itself.
+    Alone(ChunkDest<'a>),
+    /// Neighbouring small chunks, read with one read of these bytes.
+    Together(Range<u64>, Vec<ChunkDest<'a>>),
+}
+
+/// One read that covers several extents (see [`plan_ranges`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CoalescedRead {
+    /// The bytes to read: from the first member's start to the last one's end.
+    pub bytes: Range<u64>,
+    /// Indices of the extents inside it (into the slice given to [`plan_ranges`]), by offset.
+    pub members: Vec<usize>,
+}
+
+/// Groups byte extents (chunks of a file, or of an object read by HTTP ranges) into few
+/// reads: by offset, an extent starting at most `max_gap` bytes after the current read's
+/// end joins it, as long as the read stays within `max_len` bytes; an extent longer than
+/// `max_len` gets a read of its own. Every extent is in exactly one read, the reads are
+/// sorted by offset, and they do not overlap unless the extents do. The bytes read beyond
+/// the extents are at most `max_gap` per read joined.
+pub fn plan_ranges(extents: &[Range<u64>], max_gap: u64, max_len: u64) -> Vec<CoalescedRead> {
+    let mut order: Vec<usize> = (0..extents.len()).collect();
+    order.sort_unstable_by_key(|&k| (extents[k].start, extents[k].end, k));
+    let mut reads: Vec<CoalescedRead> = Vec::new();
+    for k in order {
+        let (start, end) = (extents[k].start, extents[k].end.max(extents[k].start));
+        if let Some(last) = reads.last_mut() {
+            let joined_end = last.bytes.end.max(end);
+            if start <= last.bytes.end.saturating_add(max_gap) && joined_end - last.bytes.start <= max_len {
+                last.bytes.end = joined_end;
+                last.members.push(k);
+                continue;
+            }
+        }
+        reads.push(CoalescedRead { bytes: start..end, members: vec![k] });
+    }
+    reads
 }
 
 /// Default decode budget of [`Reader::verify_with`]: decoded bytes per byte of file...
@@ -794,6 +1078,8 @@ pub fn try_zeroed_vec(n: usize) -> Option<Vec<u8>> {
 /// free memory (with reclaimable cache) plus free swap, what its cgroup's memory limit
 /// leaves, and what its address-space limit leaves. `None` where that is not known.
 pub fn memory_available() -> Option<u64> {
+    #[cfg(test)]
+    tests::MEMORY_QUERIES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     memory::available()
 }
 
@@ -867,5 +1153,144 @@ mod memory {
 mod memory {
     pub fn available() -> Option<u64> {
         None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Writer, WriterOptions};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// Calls of [`memory_available`] (each reads /proc and /sys files).
+    pub(super) static MEMORY_QUERIES: AtomicUsize = AtomicUsize::new(0);
+
+    fn check_plan(extents: &[Range<u64>], max_gap: u64, max_len: u64) {
+        let reads = plan_ranges(extents, max_gap, max_len);
+        let mut seen = vec![0; extents.len()];
+        for (j, r) in reads.iter().enumerate() {
+            assert!(!r.members.is_empty());
+            let span = r.bytes.end - r.bytes.start;
+            let widest = r.members.iter().map(|&k| extents[k].end - extents[k].start).max().unwrap();
+            assert!(span <= max_len || (r.members.len() == 1 && span == widest), "{r:?} over {max_len}");
+            for &k in &r.members {
+                seen[k] += 1;
+                assert!(r.bytes.start <= extents[k].start && extents[k].end <= r.bytes.end, "{k} outside {r:?}");
+            }
+            assert_eq!(r.bytes.start, r.members.iter().map(|&k| extents[k].start).min().unwrap());
+            assert_eq!(r.bytes.end, r.members.iter().map(|&k| extents[k].end).max().unwrap());
+            if j > 0 {
+                assert!(reads[j - 1].bytes.start <= r.bytes.start, "unsorted");
+            }
+            for w in r.members.windows(2) {
+                assert!(extents[w[0]].start <= extents[w[1]].start);
+            }
+        }
+        assert!(seen.iter().all(|&n| n == 1), "each extent in exactly one read: {seen:?}");
+    }
+
+    #[test]
+    fn plan_ranges_joins_neighbours_within_the_gap_and_length() {
+        let e = [120..200, 0..50, 60..90, 5000..5010, 205..2000, 2000..2000];
+        let reads = plan_ranges(&e, 10, 1 << 20);
+        let spans: Vec<_> = reads.iter().map(|r| (r.bytes.clone(), r.members.clone())).collect();
+        assert_eq!(spans, vec![(0..90, vec![1, 2]), (120..2000, vec![0, 4, 5]), (5000..5010, vec![3])]);
+        // Bounded length: an extent longer than max_len is read alone.
+        let reads = plan_ranges(&[0..10, 10..20, 20..100, 100..105], 0, 20);
+        let spans: Vec<_> = reads.iter().map(|r| (r.bytes.clone(), r.members.clone())).collect();
+        assert_eq!(spans, vec![(0..20, vec![0, 1]), (20..100, vec![2]), (100..105, vec![3])]);
+        assert!(plan_ranges(&[], 10, 10).is_empty());
+        for (gap, len) in [(0, 0), (0, 1), (4096, 1 << 20), (u64::MAX, u64::MAX)] {
+            check_plan(&e, gap, len);
+        }
+        check_plan(&[u64::MAX - 5..u64::MAX, 0..1], u64::MAX, u64::MAX);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn plan_ranges_covers_every_extent_once_within_bounds(
+            raw in proptest::collection::vec((0u64..1 << 20, 0u64..1 << 14), 0..200),
+            max_gap in 0u64..1 << 16,
+            max_len in 0u64..1 << 20,
+        ) {
+            let extents: Vec<Range<u64>> = raw.iter().map(|&(s, n)| s..s + n).collect();
+            check_plan(&extents, max_gap, max_len);
+        }
+
+        #[test]
+        fn plan_ranges_of_disjoint_extents_gives_disjoint_reads(
+            gaps in proptest::collection::vec((0u64..10_000, 1u64..70_000), 1..300),
+            max_gap in 0u64..8192,
+        ) {
+            let mut at = 0;
+            let mut extents = Vec::new();
+            for (gap, n) in gaps {
+                extents.push(at + gap..at + gap + n);
+                at += gap + n;
+            }
+            extents.reverse();
+            check_plan(&extents, max_gap, 1 << 20);
+            let reads = plan_ranges(&extents, max_gap, 1 << 20);
+            for w in reads.windows(2) {
+                proptest::prop_assert!(w[0].bytes.end <= w[1].bytes.start);
+            }
+            let over: u64 = reads.iter().map(|r| r.bytes.end - r.bytes.start).sum::<u64>()
+                - extents.iter().map(|e| e.end - e.start).sum::<u64>();
+            proptest::prop_assert!(over <= max_gap * (extents.len() - reads.len()) as u64);
+        }
+    }
+
+    #[test]
+    fn the_memory_check_can_be_turned_off() {
+        let on = |v: &str| memory_check_enabled(Some(std::ffi::OsStr::new(v)));
+        assert!(memory_check_enabled(None));
+        assert!(on("1") && on("") && on("yes"));
+        assert!(!on("0") && !on(" 0 ") && !on("false") && !on("OFF") && !on("no"));
+        let r = Reader::from_bytes(Writer::new(Vec::new(), WriterOptions::default()).unwrap().finish().unwrap().1.unwrap())
+            .unwrap();
+        let e = r.check_memory(100 << 20, "x", Some(10 << 20)).unwrap_err();
+        assert_eq!(e.kind(), "limit_exceeded");
+        assert!(e.to_string().contains("set BPZ_MEMORY_CHECK=0 to skip this check"), "{e}");
+        r.check_memory(100 << 20, "x", Some(200 << 20)).unwrap();
+        r.check_memory(100 << 20, "x", None).unwrap();
+    }
+
+    /// The memory left is read once per load, not once per tensor.
+    #[test]
+    fn a_load_checks_the_memory_once() {
+        // By hand (the writer is slow in debug builds): 3 tensors, each one zstd frame of
+        // MEMORY_CHECK_MIN zero bytes.
+        let n = MEMORY_CHECK_MIN;
+        let frame = zstd::bulk::compress(&vec![0u8; n as usize], 3).unwrap();
+        let crc = crc32c::crc32c(&frame);
+        let mut file = Superblock::new(64).encode().to_vec();
+        let mut entries = Vec::new();
+        for i in 0..3 {
+            entries.push(format!(
+                r#"{{"name":"t{i}","dtype":"U8","shape":[{n}],"storage":"chunked","filter":"none","chunk_elems":{n},"chunks":[[{},{},{crc},1]]}}"#,
+                file.len(),
+                frame.len()
+            ));
+            file.extend_from_slice(&frame);
+        }
+        let index = format!(r#"{{"tensors":[{}]}}"#, entries.join(","));
+        let trailer = Trailer {
+            index_offset: file.len() as u64,
+            index_len: index.len() as u64,
+            index_crc32c: crc32c::crc32c(index.as_bytes()),
+        };
+        file.extend_from_slice(index.as_bytes());
+        file.extend_from_slice(&trailer.encode());
+        let r = Reader::from_bytes(file).unwrap();
+        let enabled = memory_check_enabled(std::env::var_os(MEMORY_CHECK_VAR).as_deref());
+        let before = MEMORY_QUERIES.load(Ordering::Relaxed);
+        let all = r.read_all().unwrap();
+        assert_eq!(all.len(), 3);
+        assert!(all.iter().all(|t| t.len() == MEMORY_CHECK_MIN as usize && t.iter().all(|&b| b == 0)));
+        drop(all);
+        let many = r.read_many(&["t2", "t0"]).unwrap();
+        assert_eq!(many.len(), 2);
+        drop(many);
+        assert_eq!(MEMORY_QUERIES.load(Ordering::Relaxed) - before, if enabled { 2 } else { 0 });
     }
 }

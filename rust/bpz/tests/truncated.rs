@@ -151,6 +151,22 @@ fn child_truncates_then_reads() {
                 }
             }
         }
+        // Whole loads (joint reads of neighbouring chunks): all the bytes, or truncated.
+        let names: Vec<&str> = r.tensors().iter().map(|t| t.name.as_str()).collect();
+        let truths: Vec<Vec<u8>> = names.iter().map(|n| truth.read(n).unwrap()).collect();
+        match r.read_all() {
+            Ok(all) => assert!(all == truths, "{}", ctx("read_all")),
+            Err(e) => {
+                assert!(!names.iter().all(|n| intact(n)), "{}: {e}", ctx("read_all"));
+                assert_eq!(e.kind(), "truncated", "{}: {e}", ctx("read_all"));
+                assert!(e.to_string().contains(&path), "{}: the error names the file: {e}", ctx("read_all"));
+            }
+        }
+        let whole: Vec<&str> = names.iter().copied().filter(|n| intact(n)).collect();
+        let got = r.read_many(&whole).unwrap_or_else(|e| panic!("{}: {e}", ctx("read_many of intact tensors")));
+        for (n, bytes) in whole.iter().zip(got) {
+            assert!(bytes == truth.read(n).unwrap(), "{}", ctx("read_many"));
+        }
         // The file is shorter than when it was opened: verify says so, whatever was cut.
         for decode in [false, true] {
             let e = r.verify_with(&VerifyOptions { decode, max_decoded_bytes: None }).unwrap_err();

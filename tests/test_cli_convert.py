@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 
 import bpz
-from bpz._legacy import _common
 from bpz._legacy import read_bp, write_bp
 from bpz.cli import EXIT_DATA, EXIT_OK, EXIT_USAGE, main
+from syscall_trace import check_synced_around_the_rename, needs_strace, syscalls
 
 
 def run(capsys, *argv):
@@ -236,30 +236,27 @@ def test_hostile_safetensors_are_data_errors(tmp, capsys, header):
 # --------------------------------------------------------------- atomic, durable
 
 
+@needs_strace
 @pytest.mark.parametrize("fmt", ["safetensors", "npz", "bp"])
-def test_outputs_are_fsynced_before_the_rename(tmp, capsys, monkeypatch, fmt):
+def test_outputs_are_fsynced_before_the_rename(tmp, fmt):
     path, out = os.path.join(tmp, "m.bpz"), os.path.join(tmp, f"m.{fmt}")
     bpz.save_pytree(path, {"w": np.ones(3)}, verbose=False)
-    events = []
-    real_fsync, real_replace = os.fsync, os.replace
-    monkeypatch.setattr(os, "fsync", lambda fd: (events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}"))),
-                                                 real_fsync(fd)))
-    monkeypatch.setattr(os, "replace", lambda a, b: (events.append(("replace", os.fspath(b))), real_replace(a, b)))
-    assert run(capsys, "convert", path, out)[0] == EXIT_OK
-    final = events.index(("replace", out))
-    assert any(kind == "fsync" and p.startswith(out + ".tmp") for kind, p in events[:final]), events
-    assert ("fsync", tmp) in events[final:], events  # the directory entry too
+    code = "import sys; from bpz.cli import main; sys.exit(main(sys.argv[1:]))"
+    check_synced_around_the_rename(syscalls(code, "convert", path, out), out)
 
 
 @pytest.mark.parametrize("fmt", ["safetensors", "npz", "bp"])
-def test_a_failed_conversion_leaves_the_previous_file_and_no_debris(tmp, capsys, monkeypatch, fmt):
+def test_a_failed_conversion_leaves_the_previous_file_and_no_debris(tmp, fmt):
     path, out = os.path.join(tmp, "m.bpz"), os.path.join(tmp, f"m.{fmt}")
-    bpz.save_pytree(path, {"w": np.ones(3)}, verbose=False)
+    bpz.save_pytree(path, {"w": np.ones(100_000)}, verbose=False)
     with open(out, "wb") as f:
         f.write(b"previous")
-    monkeypatch.setattr(_common, "fsync_path", lambda *a, **k: (_ for _ in ()).throw(OSError(28, "disk full")))
-    code, _, err = run(capsys, "convert", path, out, "--force")
-    assert code == 3 and "No space left on device" in err and len(err.splitlines()) == 1
+    # A real write failure midway: files may not grow past 64 KiB in the child (EFBIG).
+    code = ("import resource, signal, sys; from bpz.cli import main; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
+            "resource.setrlimit(resource.RLIMIT_FSIZE, (65536, 65536)); sys.exit(main(sys.argv[1:]))")
+    r = subprocess.run([sys.executable, "-c", code, "convert", path, out, "--force"], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 3 and "File too large" in r.stderr and len(r.stderr.splitlines()) == 1, r.stderr
     assert open(out, "rb").read() == b"previous" and sorted(os.listdir(tmp)) == sorted(["m.bpz", f"m.{fmt}"])
 
 

@@ -165,3 +165,28 @@ class Writer:
     def abort(self) -> None: ...
     @property
     def finished(self) -> bool: ...
+
+class TempFile:
+    """A file being saved to ``path`` by the core's rules (``bpz::persist``): a temporary
+    sibling of the file replaced, given its permissions and owner; symlinks followed; a
+    directory, FIFO, socket or device at ``path`` refused (``OSError`` naming it) before
+    anything is written. Leaving a ``with`` block without :meth:`commit` aborts."""
+
+    def __init__(self, path: str | os.PathLike[str], overwrite: bool = True) -> None: ...
+    @property
+    def name(self) -> str:
+        """The temporary file: open it for writing (truncating); never replace it."""
+    @property
+    def target(self) -> str:
+        """The file the commit replaces or creates (where a symlink at ``path`` leads)."""
+    @property
+    def closed(self) -> bool: ...
+    def fileno(self) -> int:
+        """The open temporary file's descriptor, owned by this object (``os.dup`` it to keep it)."""
+    def commit(self, sync: bool = True) -> str:
+        """Put the file in place (fsyncing it and its directory with ``sync``); returns ``path``.
+        On error the temporary is removed and ``path`` is as it was."""
+    def abort(self) -> None:
+        """Remove the temporary; ``path`` stays as it was. Idempotent."""
+    def __enter__(self) -> TempFile: ...
+    def __exit__(self, *exc: object) -> bool: ...

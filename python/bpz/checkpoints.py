@@ -17,6 +17,7 @@ import stat
 import warnings
 from typing import Any
 
+from ._legacy._common import fsync_path
 from .errors import CheckpointNotFoundError, InvalidCheckpointError, InvalidCheckpointPath
 from .read import MAGIC, load_pytree
 from .write import AsyncManager, absolute_path, fspath_str, save_pytree, save_tree
@@ -117,14 +118,6 @@ def _check_step(step: Any, prefix: str) -> str:
     return f"{prefix}{number}"
 
 
-def _fsync_path(path: str, directory: bool = False) -> None:
-    fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if directory else 0))
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 class _Cleanup:
     """What a numbered save deletes once its new file is in place (in the background for async saves)."""
 
@@ -139,8 +132,8 @@ class _Cleanup:
     def __call__(self) -> None:
         if not self.sync and (self.later or self._retention_candidates()):
             # Deleting is only safe once the new checkpoint survives a power failure.
-            _fsync_path(self.path)
-            _fsync_path(self.ckpt_dir, directory=True)
+            fsync_path(self.path)
+            fsync_path(self.ckpt_dir, directory=True)
         self._roll_back()
         for path in self._retention_candidates():
             logger.info("Removing checkpoint at %s", self.shown(path))
@@ -168,7 +161,7 @@ class _Cleanup:
                 raise type(e)(e.errno, f"Saved {self.shown(self.path)}, but could not remove the later checkpoint "
                               f"{self.shown(path)} to roll back to step {self.step}: {e.strerror}") from e
             if self.sync:  # each removal durable in order, so a power failure also keeps that order
-                _fsync_path(self.ckpt_dir, directory=True)
+                fsync_path(self.ckpt_dir, directory=True)
 
     def _retention_candidates(self) -> list[str]:
         steps = checkpoint_steps(self.ckpt_dir, self.prefix)

@@ -21,11 +21,9 @@ more: the ``max_ratio=`` / ``max_bytes=`` arguments of the readers, :func:`set_l
 from __future__ import annotations
 
 import contextlib
-import errno
 import importlib
 import os
 import re
-import uuid
 from types import ModuleType
 from typing import Any, Callable, Iterable, Iterator, Union
 
@@ -347,14 +345,7 @@ def checked_shape(shape: Any, where: str) -> tuple[int, ...]:
     return tuple(shape)
 
 
-#: Longest file name most filesystems allow (bytes).
-NAME_MAX = 255
-#: errnos of a directory fsync that only say the filesystem does not do it (the file itself is synced).
-_DIR_FSYNC_UNSUPPORTED = frozenset({errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EBADF, errno.EACCES,
-                                    errno.EPERM, errno.EISDIR})
-
-
-def fsync_path(path: str, directory: bool = False) -> None:
+def fsync_path(path: "str | os.PathLike[str]", directory: bool = False) -> None:
     """Flush a file's (or a directory's entries') data to disk."""
     fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if directory else 0))
     try:
@@ -363,39 +354,23 @@ def fsync_path(path: str, directory: bool = False) -> None:
         os.close(fd)
 
 
-def temporary_name(final: str) -> str:
-    """A fresh sibling of ``final`` for writing before the rename; its name is cut to fit
-    NAME_MAX, so any name that can be saved has a temporary."""
-    directory, base = os.path.split(final)
-    suffix = f".tmp-{uuid.uuid4().hex}"
-    name = os.fsencode(base)
-    if len(name) + len(suffix) > NAME_MAX:
-        base = os.fsdecode(name[:NAME_MAX - len(suffix)])
-    return os.path.join(directory, base + suffix)
-
-
 def atomic_write(path: "str | os.PathLike[str]", write: Callable[[str], None]) -> str:
-    """Run ``write(tmp)`` on a sibling temporary name, flush it to disk, rename it onto
-    ``path``, flush the directory: the one way bpz's Python code writes a file (bpz archives
-    are written by the core, the same way).
+    """Run ``write(tmp)``, which must write the whole file by opening ``tmp`` for writing
+    (truncating it; never replacing it), then put it in place of ``path``: the one way bpz's
+    Python code writes a file, by the core's code that also saves archives
+    (:class:`bpz._bpz.TempFile`), so both follow the same rules.
 
-    If anything fails, the temporary is removed and whatever was at ``path`` is untouched;
-    once this returns, the new file survives a power cut (without the fsyncs, a crash after
-    the rename can leave an empty or partial file under the final name).
+    What is at ``path`` decides: a regular file is replaced keeping its permission bits and
+    (where the process may) its owner and group; a symlink is followed and stays; a
+    directory, FIFO, socket or device is refused with an ``OSError`` naming it, before
+    ``write`` runs. The temporary is flushed to disk before the rename and the directory
+    after, so once this returns the new file survives a power cut. If anything fails (or is
+    interrupted) the temporary is removed and whatever was at ``path`` is untouched.
     """
+    from .. import _bpz
+
     final = os.fspath(path)
-    tmp = temporary_name(final)
-    try:
-        write(tmp)
-        fsync_path(tmp)
-        os.replace(tmp, final)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.remove(tmp)
-        raise
-    try:
-        fsync_path(os.path.dirname(os.path.abspath(final)), directory=True)
-    except OSError as e:
-        if e.errno not in _DIR_FSYNC_UNSUPPORTED:
-            raise
+    with _bpz.TempFile(os.fsdecode(final)) as tmp:  # leaving the block without commit() removes the temporary
+        write(os.fsencode(tmp.name) if isinstance(final, bytes) else tmp.name)
+        tmp.commit(sync=True)
     return final

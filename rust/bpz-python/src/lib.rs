@@ -7,6 +7,7 @@ use pyo3::prelude::*;
 mod archive;
 mod buffer;
 mod errors;
+mod persist;
 mod writer;
 
 #[pymodule(gil_used = false)]
@@ -14,6 +15,7 @@ fn _bpz(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<archive::Archive>()?;
     m.add_class::<buffer::Buffer>()?;
     m.add_class::<writer::Writer>()?;
+    m.add_class::<persist::TempFile>()?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add("FORMAT_VERSION", (bpz::FORMAT_VERSION.major, bpz::FORMAT_VERSION.minor))?;
     m.add("DTYPES", bpz::DType::ALL.iter().map(|d| d.name()).collect::<Vec<_>>())?;

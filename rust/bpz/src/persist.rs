@@ -40,8 +40,15 @@ const MAX_TEMP_BASE: usize = NAME_MAX - TEMP_NAME_OVERHEAD;
 /// As the kernel's `MAXSYMLINKS`.
 const MAX_SYMLINK_HOPS: usize = 40;
 
-/// A save in progress: the open temporary file and where it will go.
-pub(crate) struct TempFile {
+/// A save in progress: the open temporary file and where it will go. Dropped without
+/// [`commit`](TempFile::commit), the temporary file is removed and the destination is
+/// left as it was.
+///
+/// The one way bpz puts a file in place: [`Writer`](crate::Writer) writes archives through
+/// it, and other writers (the Python package's `.npz`, `.h5`, `.bp`... writers) write into
+/// [`temp_path`](TempFile::temp_path) or [`file`](TempFile::file) and commit, so every
+/// file bpz saves follows the rules above.
+pub struct TempFile {
     /// The archive's bytes go here.
     pub(crate) out: BufWriter<File>,
     save: PendingSave,
@@ -75,7 +82,9 @@ impl TempFile {
     /// Opens a temporary file for a save of `dest`, after checking that what is there may
     /// be replaced. With `overwrite` false the destination name itself must not exist when
     /// the save commits (a symlink there counts), so it is not followed.
-    pub(crate) fn create(dest: &Path, sync: bool, overwrite: bool) -> Result<TempFile> {
+    /// With `sync`, [`commit`](TempFile::commit) makes the file and its name durable
+    /// (fsync of the file before the rename, of the directory after).
+    pub fn create(dest: &Path, sync: bool, overwrite: bool) -> Result<TempFile> {
         let label = dest.display().to_string();
         if dest.file_name().is_none() {
             return Err(Error::InvalidArgument(format!("{label}: not a file path")));
@@ -96,9 +105,12 @@ impl TempFile {
     /// Flushes, fsyncs and puts the file in place; then removes stale temporaries of the
     /// same destination. On error the temporary file is removed and the destination is
     /// whatever it was. Returns the destination as given.
-    pub(crate) fn commit(self) -> Result<PathBuf> {
+    pub fn commit(self) -> Result<PathBuf> {
         let TempFile { out, mut save } = self;
         let file = out.into_inner().map_err(|e| save.fail("writing", e.into_error()))?;
+        // The permissions and the fsync apply to the open file: its name must still be it
+        // (a writer given the name could have replaced the file instead of writing into it).
+        same_file(&file, &save.tmp).map_err(|e| save.fail("checking", e))?;
         if save.overwrite {
             // What is there now may not be what was there at `create`.
             match fs::symlink_metadata(&save.target) {
@@ -124,15 +136,75 @@ impl TempFile {
             let _ = fs::remove_file(&save.tmp);
         }
         save.committed = true;
-        if save.sync {
-            // Persists the rename itself; not every platform can open a directory.
-            if let Ok(d) = File::open(parent_dir(&save.target)) {
-                let _ = d.sync_all();
-            }
-        }
         remove_stale_temps(&save.target, SystemTime::now());
+        if save.sync {
+            sync_dir(parent_dir(&save.target)).map_err(|e| {
+                let what = format!("saved, but syncing its directory {} failed, so the new file may not survive a power cut", parent_dir(&save.target).display());
+                Error::io(&save.label, context(what, e))
+            })?;
+        }
         Ok(std::mem::take(&mut save.dest))
     }
+}
+
+impl TempFile {
+    /// The open temporary file. Bytes written through it (or through the name) bypass the
+    /// buffer of [`Writer`](crate::Writer)'s archive bytes: use one or the other.
+    pub fn file(&self) -> &File {
+        self.out.get_ref()
+    }
+
+    /// The temporary file's name, in the directory of [`target`](TempFile::target). A writer
+    /// that opens it must write into it (open, truncate), not replace it: the permissions
+    /// are on this file, and [`commit`](TempFile::commit) refuses a replaced one.
+    pub fn temp_path(&self) -> &Path {
+        &self.save.tmp
+    }
+
+    /// The file the commit replaces or creates: the destination, or the file a symbolic
+    /// link there leads to.
+    pub fn target(&self) -> &Path {
+        &self.save.target
+    }
+
+    /// Whether [`commit`](TempFile::commit) fsyncs the file and its directory.
+    pub fn set_sync(&mut self, sync: bool) {
+        self.save.sync = sync;
+    }
+
+    /// Removes the temporary file; the destination stays as it was (as dropping does).
+    pub fn abort(self) {}
+}
+
+/// Persists the directory entries of `dir` (a rename). Not every platform or filesystem
+/// can open or fsync a directory; only a real failure (EIO, ENOSPC...) is an error.
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    let Ok(d) = File::open(dir) else { return Ok(()) };
+    match d.sync_all() {
+        // EINVAL, ENOTSUP, EACCES, EPERM; EBADF and EISDIR (9 and 21 on Linux, macOS, BSDs).
+        #[cfg(unix)]
+        Err(e) if matches!(e.kind(), io::ErrorKind::InvalidInput | io::ErrorKind::Unsupported | io::ErrorKind::PermissionDenied)
+            || matches!(e.raw_os_error(), Some(9 | 21)) => Ok(()),
+        #[cfg(not(unix))]
+        Err(_) => Ok(()),
+        r => r,
+    }
+}
+
+/// Fails unless `path` names the open `file`.
+#[cfg(unix)]
+fn same_file(file: &File, path: &Path) -> io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let (open, named) = (file.metadata()?, fs::symlink_metadata(path)?);
+    if (open.dev(), open.ino()) != (named.dev(), named.ino()) {
+        return Err(io::Error::other("it was replaced by another file while saving (write into it, do not replace it)"));
+    }
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn same_file(_file: &File, path: &Path) -> io::Result<()> {
+    fs::symlink_metadata(path).map(drop)
 }
 
 impl PendingSave {

@@ -29,7 +29,7 @@ fn bytes_written_through_the_file_replace_a_private_file_keeping_its_mode() {
     fs::set_permissions(&dest, fs::Permissions::from_mode(0o600)).unwrap();
     let tmp = TempFile::create(&dest, true, true).unwrap();
     assert_eq!(mode(tmp.temp_path()), 0o600);
-    (&*tmp.file()).write_all(b"new").unwrap();
+    tmp.file().write_all(b"new").unwrap();
     tmp.commit().unwrap();
     assert_eq!((fs::read(&dest).unwrap(), mode(&dest)), (b"new".to_vec(), 0o600));
     assert_eq!(names(d.path()), ["private.npz"]);

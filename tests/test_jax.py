@@ -11,13 +11,19 @@ import bpz
 import bpz.jax
 
 
+# Typed keys need jax.random.key_impl (jax >= 0.4.18) to save; older jax saves plain arrays only.
+HAS_TYPED_KEYS = hasattr(jax.random, "key_impl") and hasattr(jax.random, "wrap_key_data")
+
+
+@pytest.mark.skipif(not HAS_TYPED_KEYS, reason=f"typed PRNG keys need jax >= 0.4.18, this is {jax.__version__}")
 def test_jax_arrays_and_keys_round_trip(tmp):
     path = os.path.join(tmp, "j.bpz")
     key = jax.random.key(42)
     tree = {"w": jnp.arange(6.0).reshape(2, 3), "bf": jnp.ones(3, jnp.bfloat16), "key": key, "raw_key": jax.random.PRNGKey(1)}
     bpz.save_pytree(path, tree, verbose=False)
     out = bpz.load_pytree(path)
-    assert isinstance(out["w"], jax.Array) and out["w"].dtype == jnp.float32
+    # jax leaves load as NumPy arrays, as BrainPy's do; typed keys stay jax key arrays
+    assert type(out["w"]) is np.ndarray and out["w"].dtype == np.float32
     np.testing.assert_array_equal(out["w"], tree["w"])
     assert out["bf"].dtype == jnp.bfloat16
     assert jax.dtypes.issubdtype(out["key"].dtype, jax.dtypes.prng_key)
@@ -47,7 +53,7 @@ def test_restore_into_target_checks_everything_before_assigning(tmp):
     bpz.save_pytree(path, {"a": np.ones(3, np.float32), "b": (np.zeros(2, np.float32), 5)}, verbose=False)
     a, b = State(jnp.zeros(3, jnp.float32)), State(jnp.zeros(2, jnp.float32))
     restored = bpz.load_pytree(path, target={"a": a, "b": (b, 0)})
-    assert restored["a"] is a and isinstance(a.value, jax.Array)
+    assert restored["a"] is a and isinstance(a.value, np.ndarray) and a.value.dtype == np.float32  # the loaded array
     np.testing.assert_array_equal(a.value, [1, 1, 1])
     assert restored["b"][1] == 5 and isinstance(restored["b"], tuple)
 
@@ -55,9 +61,12 @@ def test_restore_into_target_checks_everything_before_assigning(tmp):
     with pytest.raises(ValueError, match=r"Array shape mismatch: expected \(4,\), got \(2,\) at target\['b'\]\[0\]"):
         bpz.load_pytree(path, target={"a": good, "b": (bad, 0)})
     np.testing.assert_array_equal(good.value, [0, 0, 0])  # nothing assigned
-    with pytest.raises(ValueError, match="dtype mismatch"):
-        bpz.load_pytree(path, target={"a": np.zeros(3, np.int32), "b": (np.zeros(2, np.float32), 0)})
+    with pytest.raises(ValueError, match=r"Array shape mismatch: expected \(\), got \(3,\) at target\['a'\]"):
+        bpz.load_pytree(path, target={"a": 0, "b": (np.zeros(2, np.float32), 0)})
+    # the dtype is not enforced (braintools' rule): the saved float32 comes back
+    out = bpz.load_pytree(path, target={"a": np.zeros(3, np.int32), "b": (np.zeros(2, np.float32), 0)})
+    assert out["a"].dtype == np.float32
     with pytest.raises(ValueError, match=r"target dict contains keys \['zz'\]"):
         bpz.load_pytree(path, target={"a": 0, "b": 0, "zz": 1})
-    with pytest.raises(ValueError, match=r"state dict contains keys \['b'\]"):
-        bpz.load_pytree(path, target={"a": np.zeros(3, np.float32)})
+    with pytest.warns(UserWarning, match=r"not loaded: target\['b'\]"):  # ignored, as braintools does
+        assert set(bpz.load_pytree(path, target={"a": np.zeros(3, np.float32)})) == {"a"}

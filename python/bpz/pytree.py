@@ -17,8 +17,10 @@ import json
 import math
 import os
 import re
+import importlib
 import reprlib
 import sys
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
@@ -29,7 +31,10 @@ import numpy as np
 from . import dtypes
 from .errors import FormatError, LimitExceededError
 
-__all__ = ["Leaf", "flatten", "unflatten", "restore_into", "format_path", "parse_json", "MAX_TREE_VALUES"]
+__all__ = [
+    "Leaf", "flatten", "unflatten", "restore_into", "accept_loaded", "canonical_dtype", "is_brainpy_variable",
+    "is_quantity", "is_typed_key", "format_path", "parse_json", "MAX_TREE_VALUES",
+]
 
 MAX_SAFE_INT = 2**53 - 1
 #: Containers nested deeper than this can't be stored (the index's JSON nesting limit).
@@ -129,6 +134,196 @@ def _jax_module() -> Any:
 def _is_jax_array(obj: Any) -> bool:
     jax = _jax_module()
     return jax is not None and isinstance(obj, jax.Array)
+
+
+def is_typed_key(obj: Any) -> bool:
+    """Whether ``obj`` is a typed JAX PRNG key array (dtype ``key<impl>``, from ``jax.random.key``).
+
+    Key dtypes are jax's extended dtypes, which are not NumPy dtypes; that test works on every
+    jax (``jax.dtypes.prng_key`` exists only from 0.4.14)."""
+    jax = _jax_module()
+    if jax is None or not isinstance(obj, jax.Array) or isinstance(obj.dtype, np.dtype):
+        return False
+    prng_key = getattr(jax.dtypes, "prng_key", None)
+    return prng_key is None or bool(jax.dtypes.issubdtype(obj.dtype, prng_key))
+
+
+def _jax_random_api(name: str, min_version: str, what: str) -> Any:
+    """``jax.random.<name>``, or an ImportError naming the jax version that has it."""
+    import jax
+
+    fn = getattr(jax.random, name, None)
+    if fn is None:
+        raise ImportError(f"{what} needs jax >= {min_version} (jax.random.{name}); this is jax {jax.__version__}")
+    return fn
+
+
+def wrap_key(data: Any, impl: str) -> Any:
+    """A typed PRNG key array from its key data (uint32) and implementation name."""
+    wrap = _jax_random_api("wrap_key_data", "0.4.17", "loading a typed JAX PRNG key")
+    return wrap(data, impl=impl)
+
+
+def canonical_dtype(dtype: Any) -> np.dtype:
+    """The dtype a jax array made from ``dtype`` gets (float64 -> float32, int64 -> int32 with x64 off)."""
+    import jax
+
+    return np.dtype(jax.dtypes.canonicalize_dtype(dtype))
+
+
+def is_brainpy_variable(obj: Any) -> bool:
+    """Whether ``obj`` is a BrainPy ``bm.Variable`` (BrainPy is never imported to answer)."""
+    bm = sys.modules.get("brainpy.math")
+    variable = getattr(bm, "Variable", None) if bm is not None else None
+    return isinstance(variable, type) and isinstance(obj, variable)
+
+
+# brainunit 0.5-0.6 is a shim over saiunit (the same Quantity class); older brainunit had its own.
+_UNIT_MODULES = ("saiunit", "brainunit")
+
+
+def _quantity_types() -> tuple[type, ...]:
+    types: tuple[type, ...] = ()
+    for module_name in _UNIT_MODULES:
+        module = sys.modules.get(module_name)
+        quantity = getattr(module, "Quantity", None) if module is not None else None
+        if isinstance(quantity, type) and quantity not in types:
+            types += (quantity,)
+    return types
+
+
+def is_quantity(obj: Any) -> bool:
+    """Whether ``obj`` is a brainunit (saiunit) ``Quantity``; the unit library is never imported to answer."""
+    types = _quantity_types()
+    return bool(types) and isinstance(obj, types)
+
+
+def _is_flatted_dict(obj: Any) -> bool:
+    """Whether ``obj`` is brainstate's ``FlattedDict`` (tuple-path keys, from ``module.states()``)."""
+    brainstate = sys.modules.get("brainstate")
+    util = getattr(brainstate, "util", None) if brainstate is not None else None
+    flatted = getattr(util, "FlattedDict", None) if util is not None else None
+    return isinstance(flatted, type) and isinstance(obj, flatted)
+
+
+def _json_number(x: Any, what: str) -> int | float:
+    if isinstance(x, (bool, np.bool_)):
+        raise TypeError(f"{what} is a bool")
+    if isinstance(x, (int, np.integer)):
+        return int(x)
+    x = float(x)
+    if not math.isfinite(x):
+        raise TypeError(f"{what} is {x}")
+    return int(x) if x.is_integer() and abs(x) <= MAX_SAFE_INT else x
+
+
+def _unit_hint(unit: Any, where: str) -> dict[str, Any]:
+    """The JSON form of a brainunit ``Unit``: SI exponents, scale, base, factor and its names."""
+    try:
+        dims = [_json_number(d, "an SI exponent") for d in np.asarray(unit.dim._dims).tolist()]
+        hint: dict[str, Any] = {
+            "dim": dims,
+            "scale": _json_number(unit.scale, "the scale"),
+            "base": float(_json_number(unit.base, "the base")),
+            "factor": float(_json_number(unit.factor, "the factor")),
+        }
+    except (AttributeError, TypeError, ValueError) as e:
+        raise TypeError(f"bpz cannot save the Quantity at {where}: its unit {unit!r} is not one bpz can describe ({e})") from None
+    for attr in ("name", "dispname"):
+        text = getattr(unit, attr, None)
+        if isinstance(text, str):
+            hint[attr] = text
+    return hint
+
+
+def _count_json_values(value: Any) -> int:
+    if isinstance(value, dict):
+        return 1 + sum(_count_json_values(v) for v in value.values())
+    if isinstance(value, list):
+        return 1 + sum(_count_json_values(v) for v in value)
+    return 1
+
+
+def _unit_module() -> Any:
+    """brainunit (or saiunit), imported when the first Quantity is met; None if neither is installed."""
+    for module_name in ("brainunit", "saiunit"):
+        module = sys.modules.get(module_name)
+        if module is not None:
+            return module
+    for module_name in ("brainunit", "saiunit"):
+        try:
+            return importlib.import_module(module_name)
+        except ImportError:
+            continue
+    return None
+
+
+_units: dict[tuple[Any, ...], Any] = {}
+
+
+def _make_unit(units: Any, dims: Any, scale: Any, base: Any, factor: Any, name: Any = None, dispname: Any = None) -> Any:
+    """A ``Unit`` from its parts (cached: a model has few units and many Quantities)."""
+    dims = [float(d) if isinstance(d, float) else int(d) for d in np.asarray(dims).tolist()]
+    if len(dims) != 7:
+        raise ValueError(f"a unit needs 7 SI exponents, got {len(dims)}")
+    key = (tuple(dims), scale, base, factor, name, dispname)
+    unit = _units.get(key)
+    if unit is None:
+        names = {"name": name, "dispname": dispname} if isinstance(name, str) and isinstance(dispname, str) else {}
+        unit = units.Unit(dim=units.Dimension(dims), scale=scale, base=base, factor=factor, **names)
+        if len(_units) < 4096:
+            _units[key] = unit
+    return unit
+
+
+def _unit_text(hint: Mapping[str, Any]) -> str:
+    name = hint.get("dispname") or hint.get("name")
+    if isinstance(name, str):
+        return name
+    return f"dim={hint.get('dim')}, scale={hint.get('scale')}, base={hint.get('base')}, factor={hint.get('factor')}"
+
+
+_SCALAR_MANTISSA = {"float": float, "int": int, "complex": complex, "bool": bool}
+
+
+def quantity_from_node(mantissa: np.ndarray, node: Mapping[str, Any]) -> Any:
+    """The value of a ``"py": "quantity"`` tensor node: a ``Quantity`` with the saved unit, or,
+    without brainunit installed, the mantissa (and a UserWarning naming the unit)."""
+    hint = node["unit"]
+    if not isinstance(hint, dict):
+        raise FormatError(f"the tensor {node['tensor']!r} has a unit that is not a JSON object")
+    scalar = node.get("scalar")
+    value: Any = mantissa
+    if scalar == "numpy":
+        value = mantissa[()]
+    elif scalar is not None:
+        kind = _SCALAR_MANTISSA.get(scalar)
+        try:
+            if kind is None or mantissa.shape != ():
+                raise ValueError("not a 0-d tensor of a Python number")
+            value = kind(mantissa.item())
+        except (ValueError, TypeError, OverflowError) as e:
+            raise FormatError(f"the tensor {node['tensor']!r} has an invalid scalar hint {_key_repr.repr(scalar)}: {e}") from None
+    units = _unit_module()
+    if units is None:
+        # Named by unit, not tensor, so a model's many Quantities give one warning per unit.
+        warnings.warn(
+            f"bpz: the file holds Quantities in {_unit_text(hint)}, but brainunit is not installed: "
+            "they load as their mantissas, without the unit (pip install brainunit)",
+            UserWarning,
+            stacklevel=2,
+        )
+        return value
+    try:
+        scale, base, factor = hint["scale"], hint["base"], hint["factor"]
+        for part in (scale, base, factor):
+            _json_number(part, "a unit part")
+        unit = _make_unit(units, hint["dim"], scale, base, factor, hint.get("name"), hint.get("dispname"))
+    except FormatError:
+        raise
+    except Exception as e:  # noqa: BLE001 - whatever the unit library says about a damaged unit
+        raise FormatError(f"the tensor {node['tensor']!r} has an invalid unit {_key_repr.repr(hint)}: {e}") from None
+    return units.Quantity(value, unit=unit)
 
 
 def _escape_segment(segment: str) -> str:
@@ -383,7 +578,12 @@ class _Flattener:
             if _is_jax_array(obj):
                 return self.jax_array(obj, path, name)
             if isinstance(obj, (Mapping, list, tuple)):
+                if isinstance(obj, Mapping) and _is_flatted_dict(obj):
+                    # brainstate's model.states(): saved nested, as braintools does, so keys load as 'a', not ('a',).
+                    obj = obj.to_nest()
                 return self.container(obj, path, name, depth)
+            if is_quantity(obj):
+                return self.quantity(obj, path, name)
             if isinstance(obj, (set, frozenset)):
                 raise TypeError(f"bpz cannot save a {type(obj).__name__} at {format_path(path)}: sets have no order; use a list")
             if hasattr(obj, "value") and not isinstance(obj, Enum):
@@ -404,16 +604,46 @@ class _Flattener:
         )
 
     def jax_array(self, obj: Any, path: tuple[Any, ...], name: str) -> dict[str, Any]:
-        jax = _jax_module()
-        if jax.dtypes.issubdtype(obj.dtype, jax.dtypes.prng_key):
-            impl = jax.random.key_impl(obj)
+        if not isinstance(obj.dtype, np.dtype) and is_typed_key(obj):
+            try:
+                key_impl = _jax_random_api("key_impl", "0.4.18", "saving a typed JAX PRNG key")
+            except ImportError as e:
+                raise TypeError(f"bpz cannot save the typed PRNG key at {format_path(path)}: {e}. "
+                                "Save jax.random.key_data(key) (its uint32 data) instead") from None
+            impl = key_impl(obj)
             impl_name = getattr(impl, "name", None) or str(impl)
-            data = np.asarray(jax.random.key_data(obj))
+            data = np.asarray(_jax_module().random.key_data(obj))
             return self.array(data, name, {"py": "jax_key", "impl": impl_name}, path)
         # A device-to-host copy; on CPU np.asarray may share memory with the
         # (immutable) jax buffer, so copy when a snapshot is wanted.
         arr = np.asarray(obj)
         return self.array(np.array(arr) if self.copy else arr, name, {"py": "jax"}, path)
+
+    def quantity(self, q: Any, path: tuple[Any, ...], name: str) -> dict[str, Any]:
+        """A brainunit Quantity: its mantissa as the tensor, its unit in the node's hint."""
+        where = format_path(path)
+        unit = _unit_hint(q.unit, where)
+        hint: dict[str, Any] = {"py": "quantity", "unit": unit}
+        mantissa = q.mantissa
+        if isinstance(mantissa, (bool, int, float, complex)):
+            hint["scalar"] = next(k for k in ("bool", "int", "float", "complex") if isinstance(mantissa, _SCALAR_MANTISSA[k]))
+            if isinstance(mantissa, int) and not isinstance(mantissa, bool) and not -(2**63) <= mantissa < 2**63:
+                raise TypeError(f"bpz cannot save the Quantity at {where}: its int mantissa {mantissa} does not fit in int64")
+            arr = np.asarray(mantissa)
+        elif isinstance(mantissa, np.generic):
+            hint["scalar"] = "numpy"
+            arr = np.asarray(mantissa)
+        elif _is_jax_array(mantissa):
+            if is_typed_key(mantissa):
+                raise TypeError(f"bpz cannot save the Quantity at {where}: its mantissa is a PRNG key")
+            arr = np.asarray(mantissa)
+            arr = np.array(arr) if self.copy else arr
+        elif isinstance(mantissa, np.ndarray):
+            arr = _as_plain_array(mantissa, path)
+        else:
+            raise TypeError(f"bpz cannot save the Quantity at {where}: its mantissa is a {_type_name(mantissa)}, not an array or a number")
+        self.values += _count_json_values(unit) - 1  # (array() counts the hint's own members)
+        return self.array(arr, name, hint, path)
 
     def container(self, obj: Any, path: tuple[Any, ...], name: str, depth: int) -> dict[str, Any]:
         if depth >= MAX_TREE_DEPTH:
@@ -664,18 +894,31 @@ def _is_array(x: Any) -> bool:
     return isinstance(x, np.ndarray) or _is_jax_array(x)
 
 
+_PY_NUMBERS = (bool, int, float, complex)
+
+
 def restore_into(
-    target: Any, loaded: Any, assignments: list[tuple[Any, Any]], path: tuple[Any, ...] = (), _unwrapped: int = 0
+    target: Any,
+    loaded: Any,
+    assignments: list[tuple[Any, Any]],
+    path: tuple[Any, ...] = (),
+    _unwrapped: int = 0,
+    ignored: list[str] | None = None,
 ) -> Any:
-    """Fits ``loaded`` into the structure of ``target``, checking shapes and dtypes.
+    """Fits ``loaded`` into the structure of ``target``; each leaf by :func:`accept_loaded`.
 
     Objects with a ``.value`` (BrainPy Variables, brainstate States) are not
     changed here; ``(object, new_value)`` pairs are appended to ``assignments``
-    so the caller assigns them only after every check passed.
+    so the caller assigns them only after every check passed. Keys of a loaded
+    dict that the target lacks are skipped (as braintools does) and their paths
+    appended to ``ignored`` when given.
     """
     if isinstance(target, Mapping):
         if not isinstance(loaded, Mapping):
             raise ValueError(f"expected a dict at {format_path(path)}, got {type(loaded).__name__}")
+        if _is_flatted_dict(target) and not (loaded and all(isinstance(k, tuple) for k in loaded)):
+            # Saved nested (by bpz or braintools); a file from before bpz nested them keeps tuple keys.
+            target = target.to_nest()
         lookup = {str(k): k for k in loaded} if not all(k in loaded for k in target) else {}
         missing = [k for k in target if k not in loaded and str(k) not in lookup]
         if missing:
@@ -683,49 +926,166 @@ def restore_into(
                 "The target dict keys and state dict keys do not match, target dict contains keys "
                 f"{sorted(map(str, missing))} which are not present in state dict at {format_path(path)}"
             )
-        extra = set(map(str, loaded)) - set(map(str, target))
-        if extra:
-            raise ValueError(
-                "The target dict keys and state dict keys do not match, state dict contains keys "
-                f"{sorted(extra)} which are not present in the target dict at {format_path(path)}"
-            )
+        if ignored is not None and len(loaded) > len(target):
+            wanted = set(map(str, target))
+            ignored.extend(format_path((*path, k)) for k in loaded if str(k) not in wanted)
         out = {
-            k: restore_into(v, loaded[k] if k in loaded else loaded[lookup[str(k)]], assignments, (*path, k))
+            k: restore_into(
+                v, loaded[k] if k in loaded else loaded[lookup[str(k)]], assignments, (*path, k), 0, ignored
+            )
             for k, v in target.items()
         }
-        return type(target)(out) if isinstance(target, (dict, collections.OrderedDict)) and type(target) in (dict, collections.OrderedDict) else out
+        return type(target)(out) if type(target) in (dict, collections.OrderedDict) else out
     if isinstance(target, tuple) and hasattr(target, "_fields"):
         seq = _as_sequence(loaded, len(target), tuple(target._fields), path)
-        return type(target)(*(restore_into(t, l, assignments, (*path, f)) for f, t, l in zip(target._fields, target, seq)))
+        return type(target)(
+            *(restore_into(t, l, assignments, (*path, f), 0, ignored) for f, t, l in zip(target._fields, target, seq))
+        )
     if isinstance(target, (list, tuple)):
         seq = _as_sequence(loaded, len(target), None, path)
-        items = [restore_into(t, l, assignments, (*path, i)) for i, (t, l) in enumerate(zip(target, seq))]
+        items = [restore_into(t, l, assignments, (*path, i), 0, ignored) for i, (t, l) in enumerate(zip(target, seq))]
         return type(target)(items) if type(target) in (list, tuple) else items
-    if _is_array(target) or isinstance(target, np.generic):
-        return _check_array(target, loaded, path)
+    if _is_array(target) or isinstance(target, (np.generic, *_PY_NUMBERS)) or is_quantity(target):
+        return accept_loaded(target, loaded, path)
+    if is_brainpy_variable(target):
+        assignments.append((target, accept_loaded(target, loaded, path)))
+        return target
     if hasattr(target, "value") and not isinstance(target, Enum) and not isinstance(target, (str, bytes)):
         if _unwrapped >= MAX_VALUE_UNWRAP:
             raise ValueError(
                 f"the target at {format_path(path)} is an object whose .value is an object with a .value, "
                 f"more than {MAX_VALUE_UNWRAP} times over (or it is its own value)"
             )
-        new = restore_into(target.value, loaded, assignments, path, _unwrapped + 1)
+        new = restore_into(target.value, loaded, assignments, path, _unwrapped + 1, ignored)
         assignments.append((target, new))
         return target
     return loaded
 
 
-def _check_array(target: Any, loaded: Any, path: tuple[Any, ...]) -> Any:
-    if not (_is_array(loaded) or isinstance(loaded, (np.generic, int, float, complex, bool))):
-        raise ValueError(f"expected an array at {format_path(path)}, got {type(loaded).__name__}")
-    t_shape, l_shape = tuple(np.shape(target)), tuple(np.shape(loaded))
-    if t_shape != l_shape:
-        raise ValueError(f"Array shape mismatch: expected {t_shape}, got {l_shape} at {format_path(path)}")
-    t_dtype, l_dtype = np.dtype(target.dtype), np.dtype(getattr(loaded, "dtype", np.asarray(loaded).dtype))
-    if t_dtype.newbyteorder("=") != l_dtype.newbyteorder("="):
-        raise ValueError(f"Array dtype mismatch: expected {t_dtype}, got {l_dtype} at {format_path(path)}")
-    if _is_jax_array(target) and not _is_jax_array(loaded):
-        import jax.numpy as jnp
+def _describe(value: Any) -> str:
+    if is_quantity(value):
+        return f"a Quantity in {value.unit}"
+    if is_typed_key(value):
+        return f"a typed PRNG key array ({value.dtype}, shape {tuple(value.shape)})"
+    if _is_array(value) or isinstance(value, np.generic):
+        return f"an array ({np.dtype(value.dtype)}, shape {tuple(np.shape(value))})"
+    return f"a {_type_name(value)}"
 
-        return jnp.asarray(loaded)
+
+def _is_number_like(x: Any) -> bool:
+    return _is_array(x) or isinstance(x, (np.generic, *_PY_NUMBERS))
+
+
+def accept_loaded(target: Any, loaded: Any, path: tuple[Any, ...] | str) -> Any:
+    """The value that replaces the target leaf ``target`` when ``loaded`` is loaded into it, or
+    ValueError naming ``path`` (a key path, or a label such as a state-dict key).
+
+    The rule of BrainPy 2.9 / braintools 0.4, shared by ``bpz.load_pytree(target=...)`` and
+    ``bpz.brainpy.load_state_dict``:
+
+    * a plain array (NumPy or jax), a NumPy or Python number, or the value of a brainstate
+      ``State``: the shape must match; the dtype is not enforced and the loaded value is
+      returned as it is (its saved dtype; NumPy for arrays) — nothing is cast;
+    * a BrainPy ``Variable``: the shape must match (except along its ``batch_axis``) and the
+      loaded dtype, after jax's canonicalisation (float64 -> float32 when x64 is off), must
+      equal the Variable's, as its setter demands; returns the jax array to assign;
+    * a typed PRNG key (``jax.random.key``): needs a key array of the same shape and
+      implementation (or a BrainPy-2.9 ``{'__prng_key_impl__', 'key_data'}`` dict);
+    * a brainunit ``Quantity``: needs a Quantity (or a BrainPy-2.9 ``.bp`` unit dict) of an
+      equal unit (``Unit mismatch: expected mV, got ms at ...``); the mantissa follows the
+      array rule and the result carries the target's unit object. A value with a unit never
+      fills a target without one, nor the reverse.
+    """
+    if type(target) is np.ndarray and type(loaded) is np.ndarray:  # the common case, first
+        if target.shape != loaded.shape:
+            where = path if isinstance(path, str) else format_path(path)
+            raise ValueError(f"Array shape mismatch: expected {target.shape}, got {loaded.shape} at {where}")
+        return loaded
+    where = path if isinstance(path, str) else format_path(path)
+    if is_brainpy_variable(target):
+        return _accept_variable(target, loaded, where)
+    if is_quantity(target):
+        return _accept_quantity(target, loaded, where)
+    if is_typed_key(target):
+        return _accept_key(target, loaded, where)
+    if is_quantity(loaded):
+        raise ValueError(f"Unit mismatch: expected a value without a unit, got {_describe(loaded)} at {where}")
+    if _is_array(target) or isinstance(target, (np.generic, *_PY_NUMBERS)):
+        if not _is_number_like(loaded) or is_typed_key(loaded):
+            what = "a number" if isinstance(target, _PY_NUMBERS) else "an array"
+            raise ValueError(f"expected {what} at {where}, got {_describe(loaded)}")
+        t_shape, l_shape = tuple(np.shape(target)), tuple(np.shape(loaded))
+        if t_shape != l_shape:
+            raise ValueError(f"Array shape mismatch: expected {t_shape}, got {l_shape} at {where}")
+        return loaded
+    if hasattr(target, "value") and not isinstance(target, (Enum, str, bytes)):
+        return accept_loaded(target.value, loaded, where)
     return loaded
+
+
+def _accept_variable(var: Any, loaded: Any, where: str) -> Any:
+    current = var.value
+    if is_typed_key(current):
+        return _accept_key(current, loaded, where)
+    if not _is_number_like(loaded) or is_typed_key(loaded) or is_quantity(loaded):
+        raise ValueError(f"expected an array at {where}, got {_describe(loaded)}")
+    shape, got_shape = tuple(np.shape(current)), tuple(np.shape(loaded))
+    axis = getattr(var, "batch_axis", None)
+    if isinstance(axis, int) and len(shape) == len(got_shape) and 0 <= axis < len(shape):
+        shape, got_shape = shape[:axis] + shape[axis + 1 :], got_shape[:axis] + got_shape[axis + 1 :]
+    if shape != got_shape:
+        raise ValueError(f"Array shape mismatch: expected {tuple(np.shape(current))}, got {tuple(np.shape(loaded))} at {where}")
+    expected = np.dtype(var.dtype)
+    got = np.dtype(loaded.dtype if hasattr(loaded, "dtype") else np.asarray(loaded).dtype)
+    canonical = canonical_dtype(got)
+    if canonical != expected:
+        via = f" ({canonical} in jax)" if canonical != got else ""
+        raise ValueError(
+            f"Array dtype mismatch: expected {expected}, got {got}{via} at {where}: a BrainPy Variable keeps its dtype"
+        )
+    import jax.numpy as jnp
+
+    return jnp.asarray(loaded)
+
+
+_KEY_MARKER = "__prng_key_impl__"
+
+
+def _accept_key(target: Any, loaded: Any, where: str) -> Any:
+    if isinstance(loaded, Mapping) and _KEY_MARKER in loaded and "key_data" in loaded:
+        # A typed key as braintools (BrainPy 2.9 .bp files) saves it.
+        try:
+            loaded = wrap_key(np.asarray(loaded["key_data"]), str(loaded[_KEY_MARKER]))
+        except ImportError:
+            raise
+        except Exception as e:  # noqa: BLE001 - jax's word on a bad impl name or key data
+            raise ValueError(f"invalid PRNG key data at {where}: {e}") from None
+    if not is_typed_key(loaded):
+        raise ValueError(f"expected a typed PRNG key array ({target.dtype}) at {where}, got {_describe(loaded)}")
+    if loaded.dtype != target.dtype:
+        raise ValueError(f"PRNG key mismatch: expected {target.dtype}, got {loaded.dtype} at {where}")
+    t_shape, l_shape = tuple(target.shape), tuple(loaded.shape)
+    if t_shape != l_shape:
+        raise ValueError(f"Array shape mismatch: expected {t_shape}, got {l_shape} at {where}")
+    return loaded
+
+
+_LEGACY_QUANTITY_KEYS = frozenset({"mantissa", "scale", "base", "dim", "factor"})
+
+
+def _accept_quantity(target: Any, loaded: Any, where: str) -> Any:
+    if is_quantity(loaded):
+        unit, mantissa = loaded.unit, loaded.mantissa
+    elif isinstance(loaded, Mapping) and set(map(str, loaded)) == _LEGACY_QUANTITY_KEYS:
+        # A Quantity as braintools (BrainPy 2.9 .bp files) saves it.
+        try:
+            unit = _make_unit(sys.modules[type(target).__module__], loaded["dim"], loaded["scale"], loaded["base"], loaded["factor"])
+        except Exception as e:  # noqa: BLE001 - the unit library's word on a damaged unit
+            raise ValueError(f"invalid unit {_key_repr.repr(dict(loaded))} at {where}: {e}") from None
+        mantissa = loaded["mantissa"]
+    else:
+        raise ValueError(f"Unit mismatch: expected {target.unit}, got {_describe(loaded)} without a unit at {where}")
+    if unit != target.unit:
+        raise ValueError(f"Unit mismatch: expected {target.unit}, got {unit} at {where}")
+    mantissa = accept_loaded(target.mantissa, mantissa, where)
+    return type(target)(mantissa, unit=target.unit)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 from typing import Any, Iterator, Literal, Mapping
 
@@ -10,7 +11,7 @@ import numpy as np
 
 from . import _bpz, dtypes
 from .errors import CheckpointNotFoundError, FormatError, NotAnArchiveError
-from .pytree import no_gc, parse_json, restore_into, unflatten
+from .pytree import no_gc, parse_json, quantity_from_node, restore_into, unflatten, wrap_key
 
 __all__ = ["load_pytree", "open", "Archive", "TensorInfo", "TensorSlice", "MAGIC", "is_bpz_file"]
 
@@ -83,16 +84,15 @@ def _as_array(buf: Any, dtype: np.dtype, shape: tuple[int, ...]) -> np.ndarray:
 
 def _finish_leaf(arr: np.ndarray, node: dict[str, Any]) -> Any:
     kind = node.get("py")
+    if kind is None or kind == "jax":
+        # Arrays saved from jax load as NumPy arrays, as BrainPy's do (bpz.jax.load gives jax arrays).
+        return arr
     if kind == "numpy_scalar":
         return arr[()]
-    if kind == "jax":
-        import jax.numpy as jnp
-
-        return jnp.asarray(arr)
     if kind == "jax_key":
-        import jax
-
-        return jax.random.wrap_key_data(arr, impl=node.get("impl", "threefry2x32"))  # type: ignore[arg-type]
+        return wrap_key(arr, node.get("impl", "threefry2x32"))
+    if kind == "quantity":
+        return quantity_from_node(arr, node)
     return arr
 
 
@@ -317,11 +317,35 @@ def open(  # noqa: A001
 def load_pytree(filename: str | os.PathLike[str], target: Any = None, parallel: bool = True) -> Any:
     """Loads a pytree saved by :func:`bpz.save_pytree` (or a BrainPy ``.bp`` file).
 
-    The structure is rebuilt faithfully (lists stay lists, tuples tuples, int
-    keys ints), with writable arrays whose checksums were verified. With
-    ``target``, the result takes the target's structure, shapes and dtypes
-    are checked (errors name the key path), and BrainPy Variables / brainstate
-    States in the target are filled in place — only after every check passed.
+    Without ``target`` the structure is rebuilt faithfully (lists stay lists, tuples tuples,
+    int keys ints; a brainstate ``FlattedDict`` was saved nested, so its keys come back as
+    ``'a'``, not ``('a',)``). Array leaves are writable NumPy arrays whose checksums were
+    verified — also those saved from jax (as BrainPy returns NumPy arrays; use
+    :func:`bpz.jax.load` for jax arrays). Typed PRNG keys come back as jax key arrays
+    (NumPy cannot hold them), NumPy scalars as NumPy scalars, brainunit Quantities as
+    Quantities with the saved unit (brainunit is imported then; without it the mantissa is
+    returned and a UserWarning names the unit).
+
+    With ``target``, the result takes the target's structure and each leaf is checked, as
+    BrainPy 2.9 / braintools do (:func:`bpz.pytree.accept_loaded`):
+
+    * plain arrays (NumPy or jax), NumPy and Python numbers, and the values of brainstate
+      ``State``s: the shape must match; the **dtype is not enforced** and the saved dtype is
+      kept (nothing is cast; loading float64 data into a float32 array gives float64);
+    * BrainPy ``Variable``s: the shape must match and the saved dtype, after jax's
+      canonicalisation (float64 -> float32 with x64 off), must equal the Variable's
+      (int64 data into a float32 Variable raises ValueError), as the Variable setter demands;
+    * typed PRNG keys: a key array of the same shape and implementation is needed;
+    * brainunit Quantities: the units must be equal (``ValueError: Unit mismatch: expected
+      mV, got ms at target['V']``); a value with a unit never fills a target without one,
+      nor the reverse;
+    * keys in the file that the target lacks are ignored (as braintools does), with one
+      UserWarning listing them; keys of the target missing from the file raise ValueError.
+
+    Only BrainPy Variables and brainstate States (any object with a ``.value``) are filled
+    **in place** — and only after every check passed, so a failed load changes nothing.
+    Plain arrays in the target are **not** written: the result holds the loaded arrays in
+    their place, so use the return value (``params = bpz.load_pytree(f, target=params)``).
     ``parallel`` decodes chunks and tensors on all cores.
     """
     filename = os.fspath(filename)
@@ -336,9 +360,17 @@ def load_pytree(filename: str | os.PathLike[str], target: Any = None, parallel: 
     if target is None:
         return loaded
     assignments: list[tuple[Any, Any]] = []
-    result = restore_into(target, loaded, assignments)
+    ignored: list[str] = []
+    result = restore_into(target, loaded, assignments, ignored=ignored)
     for obj, value in assignments:
         obj.value = value
+    if ignored:
+        shown = ", ".join(ignored[:20]) + (f" and {len(ignored) - 20} more" if len(ignored) > 20 else "")
+        warnings.warn(
+            f"bpz: {filename} holds {len(ignored)} value(s) the target has no place for, not loaded: {shown}",
+            UserWarning,
+            stacklevel=2,
+        )
     return result
 
 

@@ -149,6 +149,10 @@ def test_brainpy29_bp_quantity_dicts(tmp):
     np.testing.assert_array_equal(out["V"].mantissa, [1.0, 2.0])
     with pytest.raises(ValueError, match=r"Unit mismatch: expected ms, got .* at target\['V'\]"):
         bpz.load_pytree(path, target={"V": np.zeros(2) * u.ms, "w": np.zeros(2)})
+    bad = os.path.join(tmp, "bad.bp")
+    write_bp(bad, {"V": {**_braintools_quantity_dict(np.ones(2) * u.mV), "dim": np.zeros(3, np.int64)}})
+    with pytest.raises(ValueError, match=r"invalid unit .* at target\['V'\]: a unit needs 7 SI exponents"):
+        bpz.load_pytree(bad, target={"V": np.zeros(2) * u.mV})
 
 
 def test_braintools_written_quantity_file(tmp):
@@ -246,6 +250,10 @@ def test_brainpy29_bp_key_dicts(tmp):
     out = _load_quiet(path, {"key": jax.random.key(0)})
     np.testing.assert_array_equal(jax.random.key_data(out["key"]), jax.random.key_data(key))
     np.testing.assert_array_equal(jax.random.uniform(out["key"], (3,)), jax.random.uniform(key, (3,)))
+    bad = os.path.join(tmp, "bad.bp")
+    write_bp(bad, {"key": {"__prng_key_impl__": "no_such_impl", "key_data": np.zeros(2, np.uint32)}})
+    with pytest.raises(ValueError, match=r"invalid PRNG key data at target\['key'\]"):
+        bpz.load_pytree(bad, target={"key": jax.random.key(0)})
 
 
 @needs_keys

@@ -1,7 +1,7 @@
 //! A strict JSON scanner for the index, in one pass over the bytes.
 //!
 //! Opening an archive must cost little more than reading its index, so the index is
-//! not built as a generic value tree: the index parser (`format::parse_index`) pulls the
+//! not built as a generic value tree: the index parser (`index::parse_index`) pulls the
 //! typed fields it needs straight out of the text, and everything else (the pytree
 //! skeleton, user metadata, members a reader ignores) is checked and kept as text.
 //! "Checked" means what the spec asks of the whole index: valid UTF-8 and escapes,

@@ -21,9 +21,12 @@
 //! # Ok::<(), bpz::Error>(())
 //! ```
 
+pub mod alloc;
 pub mod codec;
 pub mod error;
+pub mod filter_choice;
 pub mod format;
+mod index;
 mod json;
 pub mod name;
 pub mod persist;

@@ -11,9 +11,12 @@ use memmap2::Mmap;
 use rayon::prelude::*;
 use serde_json::Value;
 
+pub use crate::alloc::{memory_available, try_zeroed_vec, MEMORY_CHECK_MIN, MEMORY_CHECK_VAR};
+use crate::alloc;
 use crate::codec;
 use crate::error::{Error, Result, Version};
 use crate::format::*;
+use crate::index::{parse_index, Index};
 
 /// Random-access bytes an archive is read from.
 pub trait Source: Send + Sync {
@@ -493,10 +496,11 @@ impl Reader {
             Ok(())
         })
         .unwrap_or_else(|| {
-            Err(Error::InvalidArgument(format!(
-                "{}: cannot allocate {n} bytes to read the chunks at {}..{}",
-                self.path, bytes.start, bytes.end
-            )))
+            Err(Error::out_of_memory(
+                &self.path,
+                n as u64,
+                format!("to read the chunks at {}..{}", bytes.start, bytes.end),
+            ))
         })
     }
 
@@ -550,14 +554,14 @@ impl Reader {
     /// [`alloc`](Self::alloc) for a caller that checked the memory for all its buffers at once.
     fn alloc_unchecked(&self, t: &TensorInfo, n: u64) -> Result<Vec<u8>> {
         usize::try_from(n).ok().and_then(try_zeroed_vec).ok_or_else(|| {
-            Error::InvalidArgument(format!("{}: cannot allocate {n} bytes for tensor {:?}", self.path, t.name))
+            Error::out_of_memory(&self.path, n, format!("for tensor {:?}", t.name))
         })
     }
 
     /// A working buffer whose size comes from the file: refused with an error, never an abort.
     fn alloc_chunk(&self, t: &TensorInfo, i: usize, n: u64) -> Result<Vec<u8>> {
         usize::try_from(n).ok().and_then(try_zeroed_vec).ok_or_else(|| {
-            Error::InvalidArgument(format!("{}: cannot allocate {n} bytes to read {}", self.path, Self::part(t, i)))
+            Error::out_of_memory(&self.path, n, format!("to read {}", Self::part(t, i)))
         })
     }
 
@@ -621,9 +625,7 @@ impl Reader {
             part: Self::part(t, i),
             detail: e.0,
         };
-        let no_memory = |n: usize| {
-            Error::InvalidArgument(format!("{}: cannot allocate {n} bytes to read {}", self.path, Self::part(t, i)))
-        };
+        let no_memory = |n: usize| Error::out_of_memory(&self.path, n as u64, format!("to read {}", Self::part(t, i)));
         // The filter's and a partial read's working buffers are per-thread and
         // reused: fresh ones per chunk cost page faults and zeroing every time.
         let filtered = codec::filtered_len(t.filter, decoded_len as usize);
@@ -659,8 +661,7 @@ impl Reader {
             f(buf)
         })
         .unwrap_or_else(|| {
-            let n = c.stored_len;
-            Err(Error::InvalidArgument(format!("{}: cannot allocate {n} bytes to read {}", self.path, Self::part(t, i))))
+            Err(Error::out_of_memory(&self.path, c.stored_len, format!("to read {}", Self::part(t, i))))
         })
     }
 
@@ -829,44 +830,11 @@ impl Reader {
         Ok(())
     }
 
-    /// Refuses (with [`Error::LimitExceeded`]) to allocate `bytes` for `what` when they
-    /// exceed the memory this process can still use ([`memory_available`]): the sizes come
-    /// from the file, and touching more would get the process killed, not an error.
-    /// Small requests are not checked (reading the limits costs a few system calls).
-    /// `BPZ_MEMORY_CHECK=0` turns the check off (for a system whose limits bpz misreads).
+    /// [`alloc::ensure_memory`] for this archive: refuses `bytes` for `what` past the memory
+    /// this process can still use.
     pub fn ensure_memory(&self, bytes: u64, what: &str) -> Result<()> {
-        if bytes < MEMORY_CHECK_MIN || !memory_check_enabled(std::env::var_os(MEMORY_CHECK_VAR).as_deref()) {
-            return Ok(());
-        }
-        self.check_memory(bytes, what, memory_available())
+        alloc::ensure_memory(&self.path, bytes, what)
     }
-
-    fn check_memory(&self, bytes: u64, what: &str, available: Option<u64>) -> Result<()> {
-        match available {
-            Some(available) if bytes > available => Err(Error::limit(
-                &self.path,
-                format!(
-                    "the memory in bytes needed to read {what} (limited by the memory this process can \
-                     still use; set {MEMORY_CHECK_VAR}=0 to skip this check)"
-                ),
-                bytes,
-                available,
-            )),
-            _ => Ok(()),
-        }
-    }
-}
-
-/// The environment variable that turns the memory check of loads off when set to `0`
-/// (or `false`, `no`, `off`).
-pub const MEMORY_CHECK_VAR: &str = "BPZ_MEMORY_CHECK";
-
-/// Whether loads check the memory left, given the value of [`MEMORY_CHECK_VAR`].
-fn memory_check_enabled(value: Option<&std::ffi::OsStr>) -> bool {
-    let Some(value) = value.and_then(|v| v.to_str()) else {
-        return true;
-    };
-    !["0", "false", "no", "off"].contains(&value.trim().to_ascii_lowercase().as_str())
 }
 
 /// Chunks stored in fewer bytes than this are read together with their neighbours in the
@@ -935,9 +903,6 @@ pub const DECODE_BUDGET_RATIO: u64 = 256;
 /// ...and at least this many bytes (4 GiB: a few seconds of decoding).
 pub const DECODE_BUDGET_MIN: u64 = 4 << 30;
 
-/// Allocations below this are not checked against [`memory_available`].
-pub const MEMORY_CHECK_MIN: u64 = 64 << 20;
-
 /// Decoded bytes of the encoded chunks of `t` (what decoding it costs).
 fn encoded_decoded_bytes(t: &TensorInfo) -> u64 {
     (0..t.chunks.len()).filter(|&i| t.chunks[i].encoded).map(|i| t.chunk_decoded_len(i)).sum()
@@ -985,7 +950,7 @@ fn read_structure(source: &dyn Source, path: &str) -> Result<(Superblock, Traile
         }
         None => {
             let mut buf = usize::try_from(trailer.index_len).ok().and_then(try_zeroed_vec).ok_or_else(|| {
-                Error::InvalidArgument(format!("{path}: cannot allocate {} bytes for the index", trailer.index_len))
+                Error::out_of_memory(path, trailer.index_len, "for the index")
             })?;
             source.read_exact_at(trailer.index_offset, &mut buf).map_err(|e| Error::io(path, e))?;
             owned_index = buf;
@@ -1058,112 +1023,11 @@ pub struct VerifyReport {
     pub decoded: bool,
 }
 
-/// A zeroed buffer, or `None` if the allocator refuses (never an abort: sizes
-/// come from files). Zeroed allocation maps fresh pages lazily, so the pages
-/// are touched once, by the read that fills them.
-pub fn try_zeroed_vec(n: usize) -> Option<Vec<u8>> {
-    if n == 0 {
-        return Some(Vec::new());
-    }
-    let layout = std::alloc::Layout::array::<u8>(n).ok()?;
-    // SAFETY: the layout has non-zero size; a non-null result is an allocation
-    // of `n` zeroed bytes with u8's alignment, exactly what Vec<u8> expects.
-    unsafe {
-        let ptr = std::alloc::alloc_zeroed(layout);
-        (!ptr.is_null()).then(|| Vec::from_raw_parts(ptr, n, n))
-    }
-}
-
-/// Bytes this process can still allocate and use without being killed: the least of
-/// free memory (with reclaimable cache) plus free swap, what its cgroup's memory limit
-/// leaves, and what its address-space limit leaves. `None` where that is not known.
-pub fn memory_available() -> Option<u64> {
-    #[cfg(test)]
-    tests::MEMORY_QUERIES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    memory::available()
-}
-
-#[cfg(target_os = "linux")]
-mod memory {
-    use std::fs;
-
-    /// A `Key:   123 kB` field of /proc/meminfo or a `key 123` field of memory.stat, in bytes.
-    fn field(text: &str, key: &str, scale: u64) -> Option<u64> {
-        text.lines().find_map(|line| {
-            let rest = line.strip_prefix(key)?;
-            let rest = rest.strip_prefix(':').unwrap_or(rest);
-            rest.split_whitespace().next()?.parse::<u64>().ok().map(|v| v.saturating_mul(scale))
-        })
-    }
-
-    fn number(path: &str) -> Option<u64> {
-        fs::read_to_string(path).ok()?.trim().parse().ok()
-    }
-
-    fn system() -> Option<u64> {
-        let info = fs::read_to_string("/proc/meminfo").ok()?;
-        let available = field(&info, "MemAvailable", 1024)?;
-        Some(available.saturating_add(field(&info, "SwapFree", 1024).unwrap_or(0)))
-    }
-
-    /// What the tightest cgroup (v2, else v1) limit leaves; page cache counts as free.
-    fn cgroup() -> Option<u64> {
-        let own = fs::read_to_string("/proc/self/cgroup").ok()?;
-        let mut least: Option<u64> = None;
-        if let Some(path) = own.lines().find_map(|l| l.strip_prefix("0::")) {
-            let mut dir = format!("/sys/fs/cgroup{}", path.trim_end_matches('/'));
-            loop {
-                if let (Some(max), Some(current)) = (number(&format!("{dir}/memory.max")), number(&format!("{dir}/memory.current"))) {
-                    let cache = fs::read_to_string(format!("{dir}/memory.stat")).ok().and_then(|s| field(&s, "file ", 1)).unwrap_or(0);
-                    let left = max.saturating_sub(current.saturating_sub(cache));
-                    least = Some(least.map_or(left, |l| l.min(left)));
-                }
-                match dir.rfind('/') {
-                    Some(i) if dir.len() > "/sys/fs/cgroup".len() => dir.truncate(i),
-                    _ => break,
-                }
-            }
-            return least;
-        }
-        let base = "/sys/fs/cgroup/memory";
-        let max = number(&format!("{base}/memory.limit_in_bytes"))?;
-        let usage = number(&format!("{base}/memory.usage_in_bytes"))?;
-        let cache = fs::read_to_string(format!("{base}/memory.stat")).ok().and_then(|s| field(&s, "cache ", 1)).unwrap_or(0);
-        Some(max.saturating_sub(usage.saturating_sub(cache)))
-    }
-
-    fn address_space() -> Option<u64> {
-        let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-        // SAFETY: getrlimit writes the struct it is given.
-        if unsafe { libc::getrlimit(libc::RLIMIT_AS, &mut lim) } != 0 || lim.rlim_cur == libc::RLIM_INFINITY {
-            return None;
-        }
-        let pages: u64 = fs::read_to_string("/proc/self/statm").ok()?.split_whitespace().next()?.parse().ok()?;
-        // SAFETY: sysconf has no preconditions.
-        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as u64;
-        Some((lim.rlim_cur as u64).saturating_sub(pages.saturating_mul(page)))
-    }
-
-    pub fn available() -> Option<u64> {
-        [system(), cgroup(), address_space()].into_iter().flatten().min()
-    }
-}
-
-#[cfg(not(target_os = "linux"))]
-mod memory {
-    pub fn available() -> Option<u64> {
-        None
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{Writer, WriterOptions};
-    use std::sync::atomic::{AtomicUsize, Ordering};
-
-    /// Calls of [`memory_available`] (each reads /proc and /sys files).
-    pub(super) static MEMORY_QUERIES: AtomicUsize = AtomicUsize::new(0);
+    use crate::alloc::{memory_check_enabled, MEMORY_QUERIES};
+    use std::sync::atomic::Ordering;
 
     fn check_plan(extents: &[Range<u64>], max_gap: u64, max_len: u64) {
         let reads = plan_ranges(extents, max_gap, max_len);
@@ -1238,21 +1102,6 @@ mod tests {
                 - extents.iter().map(|e| e.end - e.start).sum::<u64>();
             proptest::prop_assert!(over <= max_gap * (extents.len() - reads.len()) as u64);
         }
-    }
-
-    #[test]
-    fn the_memory_check_can_be_turned_off() {
-        let on = |v: &str| memory_check_enabled(Some(std::ffi::OsStr::new(v)));
-        assert!(memory_check_enabled(None));
-        assert!(on("1") && on("") && on("yes"));
-        assert!(!on("0") && !on(" 0 ") && !on("false") && !on("OFF") && !on("no"));
-        let r = Reader::from_bytes(Writer::new(Vec::new(), WriterOptions::default()).unwrap().finish().unwrap().1.unwrap())
-            .unwrap();
-        let e = r.check_memory(100 << 20, "x", Some(10 << 20)).unwrap_err();
-        assert_eq!(e.kind(), "limit_exceeded");
-        assert!(e.to_string().contains("set BPZ_MEMORY_CHECK=0 to skip this check"), "{e}");
-        r.check_memory(100 << 20, "x", Some(200 << 20)).unwrap();
-        r.check_memory(100 << 20, "x", None).unwrap();
     }
 
     /// The memory left is read once per load, not once per tensor.

@@ -10,8 +10,10 @@ use rayon::prelude::*;
 use serde_json::Value;
 
 use crate::codec;
+use crate::filter_choice;
 use crate::error::{Error, Result};
 use crate::format::*;
+use crate::index::{IndexEmitter, JsonPart};
 use crate::json::{self, JsonError, Scanner};
 use crate::persist::TempFile;
 pub use crate::persist::STALE_TEMP_AGE;
@@ -292,12 +294,12 @@ impl<W: Write> Writer<W> {
         // and so does the only chunk of a tensor no larger than the sample.
         let choice = match compression {
             Compression::None => None,
-            Compression::Zstd => Some(codec::choose(dtype, data, level, forced_filter)),
+            Compression::Zstd => Some(filter_choice::choose(dtype, data, level, forced_filter)),
             Compression::Auto { max_share, min_bytes } => {
                 if data.len() < min_bytes.max(1) {
                     None
                 } else {
-                    let mut c = codec::choose(dtype, data, level, forced_filter);
+                    let mut c = filter_choice::choose(dtype, data, level, forced_filter);
                     (c.share() <= max_share).then_some(c)
                 }
             }
@@ -407,7 +409,7 @@ impl<W: Write> Writer<W> {
     }
 
     /// Writes a chunked tensor. `whole` is the only chunk already encoded by
-    /// the filter choice's probe (see [`codec::Choice::take_whole_chunk`]).
+    /// the filter choice's probe (see [`filter_choice::Choice::take_whole_chunk`]).
     #[allow(clippy::too_many_arguments)]
     fn write_chunked(
         &mut self,

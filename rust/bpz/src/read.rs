@@ -496,11 +496,10 @@ impl Reader {
             Ok(())
         })
         .unwrap_or_else(|| {
-            Err(Error::out_of_memory(
-                &self.path,
-                n as u64,
-                format!("to read the chunks at {}..{}", bytes.start, bytes.end),
-            ))
+            Err(Error::InvalidArgument(format!(
+                "{}: cannot allocate {n} bytes to read the chunks at {}..{}",
+                self.path, bytes.start, bytes.end
+            )))
         })
     }
 
@@ -554,14 +553,14 @@ impl Reader {
     /// [`alloc`](Self::alloc) for a caller that checked the memory for all its buffers at once.
     fn alloc_unchecked(&self, t: &TensorInfo, n: u64) -> Result<Vec<u8>> {
         usize::try_from(n).ok().and_then(try_zeroed_vec).ok_or_else(|| {
-            Error::out_of_memory(&self.path, n, format!("for tensor {:?}", t.name))
+            Error::InvalidArgument(format!("{}: cannot allocate {n} bytes for tensor {:?}", self.path, t.name))
         })
     }
 
     /// A working buffer whose size comes from the file: refused with an error, never an abort.
     fn alloc_chunk(&self, t: &TensorInfo, i: usize, n: u64) -> Result<Vec<u8>> {
         usize::try_from(n).ok().and_then(try_zeroed_vec).ok_or_else(|| {
-            Error::out_of_memory(&self.path, n, format!("to read {}", Self::part(t, i)))
+            Error::InvalidArgument(format!("{}: cannot allocate {n} bytes to read {}", self.path, Self::part(t, i)))
         })
     }
 
@@ -625,7 +624,9 @@ impl Reader {
             part: Self::part(t, i),
             detail: e.0,
         };
-        let no_memory = |n: usize| Error::out_of_memory(&self.path, n as u64, format!("to read {}", Self::part(t, i)));
+        let no_memory = |n: usize| {
+            Error::InvalidArgument(format!("{}: cannot allocate {n} bytes to read {}", self.path, Self::part(t, i)))
+        };
         // The filter's and a partial read's working buffers are per-thread and
         // reused: fresh ones per chunk cost page faults and zeroing every time.
         let filtered = codec::filtered_len(t.filter, decoded_len as usize);
@@ -661,7 +662,8 @@ impl Reader {
             f(buf)
         })
         .unwrap_or_else(|| {
-            Err(Error::out_of_memory(&self.path, c.stored_len, format!("to read {}", Self::part(t, i))))
+            let n = c.stored_len;
+            Err(Error::InvalidArgument(format!("{}: cannot allocate {n} bytes to read {}", self.path, Self::part(t, i))))
         })
     }
 
@@ -950,7 +952,7 @@ fn read_structure(source: &dyn Source, path: &str) -> Result<(Superblock, Traile
         }
         None => {
             let mut buf = usize::try_from(trailer.index_len).ok().and_then(try_zeroed_vec).ok_or_else(|| {
-                Error::out_of_memory(path, trailer.index_len, "for the index")
+                Error::InvalidArgument(format!("{path}: cannot allocate {} bytes for the index", trailer.index_len))
             })?;
             source.read_exact_at(trailer.index_offset, &mut buf).map_err(|e| Error::io(path, e))?;
             owned_index = buf;

@@ -28,7 +28,6 @@ pub mod filter_choice;
 pub mod format;
 mod index;
 mod json;
-pub mod name;
 pub mod persist;
 pub mod read;
 pub mod write;

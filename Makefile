@@ -23,7 +23,7 @@ install: $(STAMP) ## build the extension and install bpz with its test dependenc
 demo: $(STAMP) ## save and load a spiking-network state, printing what happens and how long it takes
 	$(PY) examples/demo.py --out m.bpz
 
-test: test-rust test-python test-go test-c fuzz-smoke bench-smoke ## install everything needed and run every test
+test: test-rust test-python test-brainpy29 test-jaxmin test-go test-c fuzz-smoke bench-smoke ## install everything needed and run every test
 
 test-rust: ## the format crate's tests (unit, property, conformance vectors)
 	cargo test -p bpz
@@ -62,7 +62,7 @@ vectors: ## regenerate spec/vectors from the reference writer
 
 clean: ## remove build outputs
 	cargo clean
-	rm -rf $(VENV) m.bpz demo.bpz
+	rm -rf $(VENV) $(VENV312) $(VENV_JAXMIN) m.bpz demo.bpz
 
 .PHONY: bench-smoke
 bench-smoke: $(STAMP) ## a tiny run of the benchmark harness (light tools only), so it never rots
@@ -79,3 +79,46 @@ fuzz-smoke: $(STAMP) ## every fuzz target (Rust reader, Python entry points) for
 test-reliability: $(STAMP) ## crash safety, corruption, hostile files, concurrency, then every fuzz target for 60 s
 	$(PY) -m pytest -q tests/reliability tests/attacks
 	tests/fuzz/run.sh 60
+
+# ---------------------------------------------------------------- other Python / BrainPy / jax versions
+# bpz's native module is abi3: built once by .venv's editable install, it is imported from
+# python/ (PYTHONPATH) by these venvs, which hold only the third-party packages, pinned.
+
+# BrainPy 2.9 (Python >= 3.12 only) with the versions it resolved to on 2026-12-04.
+VENV312 ?= .venv312
+BP29_STAMP := $(VENV312)/.installed
+BP29_PINS := brainpy==2.9.0 brainstate==0.6.0 brainunit==0.6.0 saiunit==0.6.0 braintools==0.4.0 brainevent==0.3.0 \
+  jax==0.12.0.1 jaxlib==0.12.0.1 numpy==2.5.5 ml_dtypes==0.7.0 msgpack==1.2.4 scipy==1.18.1 optax==0.2.8 \
+  pytest==9.2.0 hypothesis==6.170.27 h5py==3.16.0 zstandard==0.25.0 safetensors==0.8.0
+
+$(BP29_STAMP): Makefile .ci/find-python
+	rm -rf $(VENV312)
+	py=$$(.ci/find-python 3.12) && "$$py" -m venv $(VENV312)
+	$(VENV312)/bin/python -m pip install -q --disable-pip-version-check $(BP29_PINS)
+	touch $(BP29_STAMP)
+
+.PHONY: test-brainpy29
+test-brainpy29: $(STAMP) $(BP29_STAMP) ## real BrainPy 2.9.0 on Python 3.12: bpz.brainpy tests, braintools' own checkpoint tests, the E/I example
+	PYTHONPATH=python JAX_PLATFORMS=cpu $(VENV312)/bin/python -m pytest -q -p no:cacheprovider \
+	  tests/test_brainpy_real.py tests/test_brainpy29.py tests/test_brainpy_install.py tests/test_leaves.py
+	PYTHONPATH=python:tests/braintools_suite JAX_PLATFORMS=cpu $(VENV312)/bin/python -m pytest -q -p no:cacheprovider \
+	  -p bpz_behind_braintools \
+	  "$$($(VENV312)/bin/python -c 'import braintools.file as f, os; print(os.path.dirname(f.__file__))')/_msg_checkpoint_test.py"
+	PYTHONPATH=python JAX_PLATFORMS=cpu $(VENV312)/bin/python examples/brainpy29_ei_units.py
+
+# The lowest jax bpz supports (pyproject: the "jax" extra), on Python 3.11 with numpy 1.x.
+VENV_JAXMIN ?= .venv-jaxmin
+JAXMIN_STAMP := $(VENV_JAXMIN)/.installed
+JAXMIN_PINS := jax==0.4.13 jaxlib==0.4.13 numpy==1.26.4 ml_dtypes==0.4.1 scipy==1.11.4 \
+  msgpack==1.2.4 pytest==9.2.0 hypothesis==6.170.27 h5py==3.16.0 zstandard==0.25.0
+JAXMIN_TESTS := tests/test_jax.py tests/test_save_load.py tests/test_leaves.py tests/test_brainpy_compat.py tests/test_checkpoints.py
+
+$(JAXMIN_STAMP): Makefile .ci/find-python
+	rm -rf $(VENV_JAXMIN)
+	py=$$(.ci/find-python 3.11) && "$$py" -m venv $(VENV_JAXMIN)
+	$(VENV_JAXMIN)/bin/python -m pip install -q --disable-pip-version-check $(JAXMIN_PINS)
+	touch $(JAXMIN_STAMP)
+
+.PHONY: test-jaxmin
+test-jaxmin: $(STAMP) $(JAXMIN_STAMP) ## the lowest supported jax (0.4.13, numpy 1.26) on Python 3.11
+	PYTHONPATH=python JAX_PLATFORMS=cpu $(VENV_JAXMIN)/bin/python -m pytest -q -p no:cacheprovider $(JAXMIN_TESTS)

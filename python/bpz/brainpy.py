@@ -63,18 +63,23 @@ Deliberate differences from BrainPy
 
 from __future__ import annotations
 
+import builtins
 import collections
 import contextlib
+import errno
+import importlib
 import logging
 import os
 import sys
+import threading
 import warnings
+from enum import Enum
 from collections.abc import Iterator, Mapping, MutableMapping
 from typing import Any, Callable
 
 import numpy as np
 
-from .errors import BpzError, CheckpointNotFoundError, FormatError
+from .errors import BpzError, CheckpointNotFoundError, FormatError, InvalidCheckpointPath, LimitExceededError
 
 __all__ = [
     "StateLoadResult",
@@ -580,13 +585,28 @@ def _check_entry(name: str, entry: Any, slots: Mapping[str, _Slot]) -> list[str]
     return [p for key in slots if key in entry for p in [slots[key].mismatch(entry[key])] if p]
 
 
-def _mismatch_error(problems: list[str]) -> StateMismatchError:
+def _mismatch_error(problems: list[str], obj: Any = None) -> StateMismatchError:
+    """The error for values that don't fit; for a BrainPy model also a ``brainpy.MathError``, the
+    class BrainPy's Variable setter raises there (``except MathError`` keeps working)."""
     lines = "\n  ".join(sorted(problems))
     n = len(problems)
-    return StateMismatchError(
+    cls = StateMismatchError
+    math_error = _brainpy_math_error() if obj is not None and _is_brainpy(obj) else None
+    if math_error is not None:
+        cls = _dual_class(StateMismatchError, math_error)
+    return cls(
         f"{n} value{'s' if n != 1 else ''} in the state dict do{'es' if n == 1 else ''} not fit the "
         f"model, so nothing was loaded:\n  {lines}"
     )
+
+
+def _brainpy_math_error() -> type | None:
+    """BrainPy's ``MathError`` (``brainpy.MathError`` in 2.9, ``brainpy._errors`` in 2.8, ``brainpy.errors`` before)."""
+    for module in ("brainpy", "brainpy._errors", "brainpy.errors"):
+        cls = getattr(sys.modules.get(module), "MathError", None)
+        if isinstance(cls, type) and issubclass(cls, Exception):
+            return cls
+    return None
 
 
 class _Load:
@@ -607,7 +627,7 @@ class _Load:
 
     def run(self) -> None:
         if self.problems:
-            raise _mismatch_error(self.problems)
+            raise _mismatch_error(self.problems, self.obj)
         has_hooks = any(kind == "hook" for kind, _, _ in self.steps)
         brainpy = _is_brainpy(self.obj)
         undo: list[Callable[[], None]] = []
@@ -914,7 +934,7 @@ def load_states(obj: Any, filename: str | os.PathLike[str], verbose: bool = Fals
             raise ValueError(_ID_MISMATCH.format(key1=alias, key2=key, filename=filename, target=target_name))
     problems = [p for key, value in flat.items() for p in [slots[key].mismatch(value)] if p]
     if problems:
-        raise _mismatch_error(problems)
+        raise _mismatch_error(problems, obj)
     missing = [key for key in slots if key not in flat and key not in aliases]
     message = f"There are variable states missed in {filename}. The missed variables are: {missing}."
     if missing and check_missing:
@@ -941,8 +961,417 @@ del _f
 
 # ------------------------------------------------------------------ the drop-in switch
 
-_ORIGINALS: dict[str, Any] = {}
+#: File names BrainPy's and braintools' docs give their msgpack checkpoints. While installed they
+#: hold bpz archives, which BrainPy without bpz cannot read, unless ``install(bp_format="brainpy")``.
+BRAINPY_SUFFIXES = (".bp", ".msgpack", ".msg")
+_BP_FORMATS = ("bpz", "brainpy")
+
+_ORIGINALS: dict[tuple[str, str], Any] = {}  # (module name, attribute) -> what install() replaced
 _MISSING = object()
+_settings: dict[str, Any] = {"bp_format": None, "errors": {}}
+_notice_lock = threading.Lock()
+_notice_given = False
+
+_BP_NAME_NOTICE = (
+    "{name} is written as a bpz archive (bpz.brainpy.install() is in effect), which BrainPy without bpz "
+    "cannot read. To keep BrainPy's own format for {suffixes} names: bpz.brainpy.install(bp_format='brainpy'); "
+    "to convert this file: bpz convert --to bp {name} <new name>; install(bp_format='bpz') silences this notice."
+)
+
+
+def _bp_named(filename: str) -> bool:
+    return os.path.splitext(filename)[1].lower() in BRAINPY_SUFFIXES
+
+
+def _notice_bp_name(filename: str) -> None:
+    """Warns once per process that a BrainPy-named file became a bpz archive."""
+    global _notice_given
+    with _notice_lock:
+        if _notice_given:
+            return
+        _notice_given = True
+    warnings.warn(_BP_NAME_NOTICE.format(name=filename, suffixes="/".join(BRAINPY_SUFFIXES)), UserWarning, stacklevel=4)
+
+
+# --- exception classes BrainPy users catch
+
+_DUAL_CLASSES: dict[tuple[type, type], type] = {}
+
+
+def _dual_class(bpz_class: type, user_class: type) -> type:
+    """A subclass of both (built once, cached): ``except`` clauses written for either catch it."""
+    key = (bpz_class, user_class)
+    cls = _DUAL_CLASSES.get(key)
+    if cls is None:
+        def __reduce__(self: BaseException) -> tuple[Any, ...]:  # pickles as bpz's own class
+            return (bpz_class, self.args)
+
+        cls = type(bpz_class.__name__, (bpz_class, user_class), {
+            "__module__": bpz_class.__module__,
+            "__doc__": f"{bpz_class.__doc__ or bpz_class.__name__} (also {user_class.__module__}."
+                       f"{user_class.__qualname__}: raised while bpz.brainpy.install() is in effect)",
+            "__reduce__": __reduce__,
+        })
+        _DUAL_CLASSES[key] = cls
+    return cls
+
+
+def _user_error_classes() -> dict[str, type]:
+    """The classes BrainPy's checkpoint functions raise: braintools' (2.7+), else brainpy.errors' (2.3–2.6)."""
+    found: dict[str, type] = {}
+    for module in ("braintools.file", "brainpy.errors"):
+        try:
+            mod = importlib.import_module(module)
+        except Exception:  # noqa: BLE001 - not installed, or broken: nothing to be compatible with
+            continue
+        for name in ("InvalidCheckpointPath", "AlreadyExistsError"):
+            cls = getattr(mod, name, None)
+            if name not in found and isinstance(cls, type) and issubclass(cls, Exception):
+                found[name] = cls
+    return found
+
+
+def _as_user_error(error: BaseException, loading: bool) -> BaseException | None:
+    """``error`` re-made as an instance of its bpz class and of BrainPy's class for that case, or None.
+
+    Saving over an existing file with ``overwrite=False`` -> ``InvalidCheckpointPath``; the file
+    appearing between that check and the rename -> ``AlreadyExistsError``; a file that is not a
+    valid checkpoint on load -> ``InvalidCheckpointPath`` (braintools' "Corrupt or invalid
+    checkpoint data").
+    """
+    classes = _settings["errors"]
+    if isinstance(error, InvalidCheckpointPath):
+        # write_archive raises it from the writer's FileExistsError: the race, not the first check
+        race = isinstance(error.__context__, FileExistsError)
+        user = classes.get("AlreadyExistsError" if race else "InvalidCheckpointPath")
+    elif loading and isinstance(error, FormatError):
+        user = classes.get("InvalidCheckpointPath")
+    else:
+        return None
+    if user is None or isinstance(error, user):
+        return None
+    try:
+        cls = _dual_class(type(error), user)
+    except TypeError:  # no consistent MRO (an exotic user class): keep bpz's error
+        return None
+    new = cls(*error.args)
+    new.__dict__.update(error.__dict__)
+    return new.with_traceback(error.__traceback__)
+
+
+@contextlib.contextmanager
+def _user_errors(loading: bool) -> Iterator[None]:
+    try:
+        yield
+    except BpzError as error:
+        new = _as_user_error(error, loading)
+        if new is None:
+            raise
+        raise new from error.__cause__
+
+
+# --- BrainPy's own format for BrainPy-named files (install(bp_format="brainpy"))
+
+
+def _brainpy_state_dict(x: Any, path: tuple[Any, ...] = ()) -> Any:
+    """``x`` converted as BrainPy 2.9 / braintools' ``msgpack_to_state_dict`` does, for ``write_bp``.
+
+    Variables / States -> their value, Quantities -> ``{mantissa, scale, base, dim, factor}``, typed
+    PRNG keys -> ``{'__prng_key_impl__', 'key_data'}``, brainstate ``FlattedDict`` -> nested dict,
+    jax arrays -> numpy copies (an async save must not see later updates). Containers and
+    plain leaves are left to ``write_bp``, which refuses what the format cannot hold.
+    """
+    if len(path) > MAX_BP_DEPTH:
+        raise ValueError(f"nesting deeper than {MAX_BP_DEPTH} at {_fmt_path(path)}")
+    if isinstance(x, (str, bytes, bool, int, float, complex, type(None), np.generic)):
+        return x
+    if isinstance(x, np.ndarray):
+        return np.array(x, copy=True)
+    flatted = getattr(sys.modules.get("brainstate.util"), "FlattedDict", None)
+    if flatted is not None and isinstance(x, flatted):
+        x = x.to_nest()
+    if isinstance(x, Mapping):
+        return {k: _brainpy_state_dict(v, (*path, k)) for k, v in x.items()}
+    if isinstance(x, tuple) and hasattr(x, "_fields"):
+        return {f: _brainpy_state_dict(v, (*path, f)) for f, v in zip(x._fields, x)}
+    if isinstance(x, (list, tuple)):
+        return [_brainpy_state_dict(v, (*path, i)) for i, v in enumerate(x)]
+    if _is_quantity(x):
+        unit = x.unit
+        return {"mantissa": _brainpy_state_dict(x.mantissa, (*path, "mantissa")), "scale": unit.scale,
+                "base": unit.base, "dim": np.asarray(unit.dim._dims), "factor": unit.factor}
+    if _is_jax_array(x):
+        import jax
+
+        prng = getattr(jax.dtypes, "prng_key", None)
+        if prng is not None and jax.dtypes.issubdtype(x.dtype, prng):
+            return {"__prng_key_impl__": str(jax.random.key_impl(x)),
+                    "key_data": np.asarray(jax.random.key_data(x))}
+        return np.array(x)
+    if hasattr(x, "value") and not isinstance(x, Enum):
+        return _brainpy_state_dict(x.value, path)
+    if hasattr(x, "__array__") and hasattr(x, "dtype") and hasattr(x, "shape"):
+        return np.array(x)
+    raise TypeError(f"can not serialize {type(x).__name__!r} object at {_fmt_path(path)}")
+
+
+MAX_BP_DEPTH = 1000
+
+
+def _fmt_path(path: tuple[Any, ...]) -> str:
+    return "target" + "".join(f"[{p!r}]" for p in path)
+
+
+def _is_quantity(x: Any) -> bool:
+    for name in ("saiunit", "brainunit"):
+        mod = sys.modules.get(name)
+        cls = getattr(mod, "Quantity", None) if mod is not None else None
+        if isinstance(cls, type) and isinstance(x, cls):
+            return True
+    return False
+
+
+@contextlib.contextmanager
+def _cannot_hold(filename: str) -> Iterator[None]:
+    try:
+        yield
+    except (TypeError, ValueError, OverflowError) as e:
+        raise type(e)(f"{filename}: install(bp_format='brainpy') writes BrainPy's msgpack format, which cannot "
+                      f"hold this: {e}. Save it under another name (e.g. .bpz) to write a bpz archive.") from e
+
+
+def _save_brainpy_format(filename: str, target: Any, overwrite: bool, async_manager: Any) -> None:
+    from ._legacy.bp_msgpack import write_bp
+    from .write import AsyncManager, absolute_path
+
+    path = absolute_path(filename)
+    if async_manager is not None:
+        async_manager.wait_previous_save()
+    if not overwrite and os.path.lexists(path):
+        raise InvalidCheckpointPath(f'Invalid checkpoint at "{filename}".')
+    if os.path.isdir(path):
+        raise IsADirectoryError(errno.EISDIR, "Cannot save a checkpoint into a directory; give a file name", filename)
+    with _cannot_hold(filename):
+        tree = _brainpy_state_dict(target)  # a snapshot, taken now in the caller's thread
+
+    def write() -> None:
+        parent = os.path.dirname(path)
+        try:
+            os.makedirs(parent, exist_ok=True)
+        except OSError as e:
+            raise OSError(f"Cannot create directory {os.path.dirname(filename) or '.'}: {e}") from e
+        with _cannot_hold(filename):
+            write_bp(path, tree)
+
+    if async_manager is None:
+        write()
+    elif isinstance(async_manager, AsyncManager):
+        async_manager.save_async(write, filename)
+    else:
+        async_manager.save_async(write)
+
+
+# --- mismatch='warn' | 'ignore' (braintools.file.msgpack_load)
+
+MISMATCH_MODES = ("error", "warn", "ignore")
+
+
+class _Keep:
+    """Marks a target leaf kept as it was (a mismatch under 'warn'/'ignore')."""
+
+    __slots__ = ("original",)
+
+    def __init__(self, original: Any) -> None:
+        self.original = original
+
+
+class _InPlace:
+    """Stands for a Variable/State whose value holds a mismatch: restore_into fills this, not the State,
+    and ``value = ...`` passes the cleaned-up value on."""
+
+    __slots__ = ("state", "value_template")
+
+    def __init__(self, state: Any, value_template: Any) -> None:
+        self.state, self.value_template = state, value_template
+
+    @property
+    def value(self) -> Any:
+        return self.value_template
+
+    @value.setter
+    def value(self, new: Any) -> None:
+        self.state.value = _unkeep(new)
+
+
+def _mismatch(mode: str, message: str) -> bool:
+    """True when the mismatch is to be tolerated ('warn' also warns)."""
+    if mode == "warn":
+        warnings.warn(message, UserWarning, stacklevel=5)
+    return True
+
+
+def _relax(target: Any, loaded: Any, mode: str, path: tuple[Any, ...]) -> tuple[Any, Any]:
+    """``(target', loaded')`` that restore_into fits without a mismatch, as braintools resolves them:
+    a dict key absent from the file or a list item beyond its length keeps the target's value; an
+    array of another shape or a Quantity of another unit is taken from the file."""
+    if len(path) > MAX_BP_DEPTH:
+        return target, loaded
+    from .pytree import _is_flatted_dict, is_brainpy_variable
+
+    where = _fmt_path(path)
+    if _is_flatted_dict(target) and not (loaded and isinstance(loaded, Mapping) and all(isinstance(k, tuple) for k in loaded)):
+        target = target.to_nest()  # saved nested, as restore_into matches it
+    if isinstance(target, Mapping) and isinstance(loaded, Mapping):
+        by_str = {str(k): k for k in loaded}
+        t_out: dict[Any, Any] = {}
+        l_out: dict[Any, Any] = {}
+        missing = [k for k in target if k not in loaded and str(k) not in by_str]
+        if missing:
+            _mismatch(mode, "The target dict keys and state dict keys do not match, target dict contains keys "
+                            f"{sorted(map(str, missing))} which are not present in state dict at {where}")
+        for k, v in target.items():
+            if k in missing:
+                t_out[k] = l_out[k] = _Keep(v)
+            else:
+                lk = k if k in loaded else by_str[str(k)]
+                t_out[k], l_out[k] = _relax(v, loaded[lk], mode, (*path, k))
+        if mode == "warn":  # file keys the target lacks: left in for restore_into to report
+            used = {str(k) for k in target}
+            l_out.update({k: v for k, v in loaded.items() if str(k) not in used})
+        return t_out, l_out
+    if isinstance(target, (list, tuple)) and not hasattr(target, "_fields"):
+        seq = _as_list(loaded)
+        if seq is None:
+            return target, loaded
+        if len(seq) != len(target):
+            _mismatch(mode, f"The size of the list and the state dict do not match, got {len(target)} and "
+                            f"{len(seq)} at {where}")
+        pairs = [_relax(t, l, mode, (*path, i)) for i, (t, l) in enumerate(zip(target, seq))]
+        kept = [_Keep(t) for t in target[len(seq):]]
+        t_items = [p[0] for p in pairs] + kept
+        l_items = [p[1] for p in pairs] + kept
+        return (type(target)(t_items) if type(target) in (list, tuple) else t_items), l_items
+    if _is_quantity(target):
+        unit = getattr(loaded, "unit", None)
+        if unit is not None and unit != target.unit:
+            _mismatch(mode, f"Unit mismatch: expected {target.unit}, got {unit} at {where}")
+            return None, loaded
+        if unit is not None and np.shape(loaded) != np.shape(target):
+            _mismatch(mode, f"Array shape mismatch: expected {np.shape(target)}, got {np.shape(loaded)} at {where}")
+            return None, loaded
+        return target, loaded
+    if is_brainpy_variable(target):
+        return target, loaded  # its setter takes no other shape: refused, before anything is assigned
+    if hasattr(target, "value") and not isinstance(target, (Enum, str, bytes, np.ndarray, np.generic)) \
+            and not _is_jax_array(target):
+        inner_t, inner_l = _relax(target.value, loaded, mode, path)
+        if inner_t is target.value and inner_l is loaded:
+            return target, loaded
+        return _InPlace(target, inner_t), inner_l
+    if hasattr(target, "shape") and hasattr(loaded, "shape"):
+        if tuple(np.shape(target)) != tuple(np.shape(loaded)):
+            _mismatch(mode, f"Array shape mismatch: expected {tuple(np.shape(target))}, "
+                            f"got {tuple(np.shape(loaded))} at {where}")
+            return None, loaded  # None as the target: restore_into returns the loaded value
+    return target, loaded
+
+
+def _as_list(loaded: Any) -> list[Any] | None:
+    if isinstance(loaded, (list, tuple)):
+        return list(loaded)
+    if isinstance(loaded, Mapping) and all(isinstance(k, str) and k.isdigit() for k in loaded):
+        # a BrainPy .bp file stores sequences as {"0": ..., "1": ...}
+        n = len(loaded)
+        if set(loaded) == {str(i) for i in range(n)}:
+            return [loaded[str(i)] for i in range(n)]
+    return None
+
+
+def _unkeep(x: Any, depth: int = 0) -> Any:
+    """``x`` with every :class:`_Keep` / :class:`_InPlace` replaced by the target's own object."""
+    if isinstance(x, _Keep):
+        return x.original
+    if isinstance(x, _InPlace):
+        return x.state
+    if depth > MAX_BP_DEPTH:
+        return x
+    if isinstance(x, dict):
+        items = {k: _unkeep(v, depth + 1) for k, v in x.items()}
+        if all(items[k] is x[k] for k in x):
+            return x
+        return type(x)(items) if type(x) in (dict, collections.OrderedDict) else items
+    if isinstance(x, (list, tuple)):
+        items_l = [_unkeep(v, depth + 1) for v in x]
+        if all(a is b for a, b in zip(items_l, x)):
+            return x
+        if isinstance(x, tuple) and hasattr(x, "_fields"):
+            return type(x)(*items_l)
+        return type(x)(items_l) if type(x) in (list, tuple) else items_l
+    return x
+
+
+def _load(filename: Any, target: Any, parallel: bool, mismatch: str = "error") -> Any:
+    from .pytree import restore_into
+    from .read import load_pytree
+
+    if target is None or mismatch == "error":
+        return load_pytree(filename, target=target, parallel=parallel)
+    loaded = load_pytree(filename, parallel=parallel)
+    relaxed_target, relaxed_loaded = _relax(target, loaded, mismatch, ())
+    assignments: list[tuple[Any, Any]] = []
+    ignored: list[str] = []
+    result = restore_into(relaxed_target, relaxed_loaded, assignments, ignored=ignored)
+    for obj, value in assignments:
+        obj.value = _unkeep(value)
+    if ignored and mismatch == "warn":  # 'ignore' is silent about everything, as braintools'
+        warnings.warn(f"bpz: {filename} holds {len(ignored)} value(s) the target has no place for, not loaded: "
+                      f"{', '.join(ignored[:20])}{' ...' if len(ignored) > 20 else ''}", UserWarning, stacklevel=4)
+    return _unkeep(result)
+
+
+def _check_load_options(mismatch: Any, max_size: Any) -> None:
+    if mismatch not in MISMATCH_MODES:
+        raise ValueError(f"Invalid mismatch mode: {mismatch!r}. Must be one of 'error', 'warn', or 'ignore'.")
+    if max_size is not None and (not isinstance(max_size, int) or isinstance(max_size, bool) or max_size < 0):
+        raise ValueError(f"max_size must be None or a number of bytes >= 0, not {max_size!r}")
+
+
+def _check_max_size(filename: str, max_size: int | None) -> None:
+    """braintools' ``max_size``: the checkpoint's size (for a bpz archive, the larger of the file and
+    its decoded tensors), refused before anything is decoded."""
+    if max_size is None or not os.path.isfile(filename):
+        return
+    from .read import MAGIC, open as open_archive
+
+    size = os.path.getsize(filename)
+    with builtins.open(filename, "rb") as fh:
+        is_bpz = fh.read(len(MAGIC)) == MAGIC
+    if is_bpz and size <= max_size:
+        with open_archive(filename) as archive:
+            size = max(size, sum(info.nbytes for info in archive.infos()))
+    if size > max_size:
+        raise LimitExceededError(f"Checkpoint data too large: {size} bytes exceeds maximum {max_size} bytes "
+                                 f"({filename}; max_size={max_size})")
+
+
+# --- the replacements
+
+
+def _save(filename: Any, target: Any, overwrite: bool, async_manager: Any, verbose: bool) -> str:
+    from .write import fspath_str, save_pytree
+
+    filename = fspath_str(filename)
+    if _bp_named(filename):
+        if _settings["bp_format"] == "brainpy":
+            if verbose:
+                print(f"Saving checkpoint into {filename}")
+            with _user_errors(loading=False):
+                _save_brainpy_format(filename, target, overwrite, async_manager)
+            return filename
+        if _settings["bp_format"] is None:
+            _notice_bp_name(filename)
+    with _user_errors(loading=False):
+        return save_pytree(filename, target, overwrite=overwrite, async_manager=async_manager, verbose=verbose)
 
 
 def _bp_save_pytree(
@@ -953,58 +1382,131 @@ def _bp_save_pytree(
     verbose: bool = True,
 ) -> str:
     """``brainpy.checkpoints.save_pytree``, writing a bpz archive (see :func:`bpz.save_pytree`)."""
-    from .write import save_pytree
-
-    return save_pytree(filename, target, overwrite=overwrite, async_manager=async_manager, verbose=verbose)
+    return _save(filename, target, overwrite, async_manager, verbose)
 
 
 def _bp_load_pytree(filename: str | os.PathLike[str], target: Any = None, parallel: bool = True) -> Any:
     """``brainpy.checkpoints.load_pytree``, reading bpz archives and BrainPy ``.bp`` files (see :func:`bpz.load_pytree`)."""
-    from .read import load_pytree
+    with _user_errors(loading=True):
+        return _load(filename, target, parallel)
 
-    return load_pytree(filename, target=target, parallel=parallel)
+
+def _bt_msgpack_save(
+    filename: str | os.PathLike[str],
+    target: Any,
+    overwrite: bool = True,
+    async_manager: Any = None,
+    verbose: bool = False,
+) -> str:
+    """``braintools.file.msgpack_save``, writing a bpz archive (see :func:`bpz.save_pytree`)."""
+    return _save(filename, target, overwrite, async_manager, verbose)
 
 
-_bp_save_pytree.__name__ = _bp_save_pytree.__qualname__ = "save_pytree"
-_bp_load_pytree.__name__ = _bp_load_pytree.__qualname__ = "load_pytree"
+def _bt_msgpack_load(
+    filename: str | os.PathLike[str],
+    target: Any = None,
+    parallel: bool = True,
+    mismatch: str = "error",
+    max_size: int | None = None,
+    verbose: bool = False,
+) -> Any:
+    """``braintools.file.msgpack_load``, reading bpz archives and msgpack checkpoints (see :func:`bpz.load_pytree`).
+
+    ``mismatch='warn'|'ignore'``: a target dict key absent from the file, or a list item beyond
+    its length, keeps the target's value; an array of another shape or a Quantity of another
+    unit is taken from the file (with a ``UserWarning`` under 'warn'). ``max_size``: refuse a
+    checkpoint larger than this many bytes (decoded) before decoding it.
+    """
+    from .write import fspath_str
+
+    _check_load_options(mismatch, max_size)
+    filename = fspath_str(filename)
+    if not os.path.exists(filename):
+        raise CheckpointNotFoundError(f"Checkpoint not found: {filename}")
+    if verbose:
+        print(f"Loading checkpoint from {filename}")
+    _check_max_size(filename, max_size)
+    with _user_errors(loading=True):
+        return _load(filename, target, parallel, mismatch)
+
+
+for _f, _name in ((_bp_save_pytree, "save_pytree"), (_bp_load_pytree, "load_pytree"),
+                  (_bt_msgpack_save, "msgpack_save"), (_bt_msgpack_load, "msgpack_load")):
+    _f.__name__ = _f.__qualname__ = _name
+del _f, _name
+
+#: Module -> {attribute: replacement kind}. brainpy.checkpoints (2.3–2.9) forwards to
+#: braintools.file at call time in 2.7+; braintools.file is what brainstate users call directly.
+_PATCH_POINTS = {
+    "brainpy.checkpoints": {"save_pytree": "bp_save", "load_pytree": "bp_load", "AsyncManager": "manager"},
+    "braintools.file": {"msgpack_save": "bt_save", "msgpack_load": "bt_load", "AsyncManager": "manager"},
+    "braintools.file._msg_checkpoint": {"msgpack_save": "bt_save", "msgpack_load": "bt_load", "AsyncManager": "manager"},
+}
 
 
 def _replacements() -> dict[str, Any]:
     from .write import AsyncManager
 
-    return {"save_pytree": _bp_save_pytree, "load_pytree": _bp_load_pytree, "AsyncManager": AsyncManager}
+    return {"bp_save": _bp_save_pytree, "bp_load": _bp_load_pytree, "bt_save": _bt_msgpack_save,
+            "bt_load": _bt_msgpack_load, "manager": AsyncManager}
 
 
-def install() -> None:
-    """Makes ``brainpy.checkpoints.save_pytree`` / ``load_pytree`` / ``AsyncManager`` use bpz.
+def install(bp_format: str | None = None) -> None:
+    """Makes BrainPy's checkpoint functions use bpz: ``brainpy.checkpoints.save_pytree`` /
+    ``load_pytree`` / ``AsyncManager`` and, when braintools is installed (BrainPy 2.7+),
+    ``braintools.file.msgpack_save`` / ``msgpack_load`` / ``AsyncManager``.
 
-    Saves then write bpz archives; loads read them and old ``.bp`` files alike. Idempotent;
-    :func:`uninstall` (or the :func:`installed` context manager) puts BrainPy's back. Code
-    that imported the functions by name before (``from brainpy.checkpoints import
-    save_pytree``) keeps BrainPy's.
+    Saves then write bpz archives; loads read them and BrainPy's msgpack files alike. While
+    installed, errors are also instances of the classes BrainPy code catches (braintools'
+    ``InvalidCheckpointPath`` / ``AlreadyExistsError`` on 2.7+, ``brainpy.errors``' on 2.3–2.6).
+
+    ``bp_format`` decides what a file named ``.bp`` / ``.msgpack`` / ``.msg`` (BrainPy's names)
+    becomes: ``"bpz"`` a bpz archive (which BrainPy without bpz cannot read); ``"brainpy"``
+    BrainPy's own msgpack format, for sharing with BrainPy users (written by bpz's atomic
+    writer; it holds what BrainPy's format holds: arrays, numbers, strings, containers,
+    Variables/States, Quantities, PRNG keys); ``None`` (default): a bpz archive, with a one-time
+    ``UserWarning`` at the first such save. Other names are always bpz archives.
+
+    Idempotent (a second call only changes ``bp_format``); :func:`uninstall` (or the
+    :func:`installed` context manager) puts the originals back. Code that imported the
+    functions by name before (``from brainpy.checkpoints import save_pytree``) keeps BrainPy's.
     """
-    import brainpy.checkpoints as checkpoints
-
-    if _ORIGINALS:
-        return
-    for name, replacement in _replacements().items():
-        _ORIGINALS[name] = checkpoints.__dict__.get(name, _MISSING)
-        setattr(checkpoints, name, replacement)
+    if bp_format is not None and bp_format not in _BP_FORMATS:
+        raise ValueError(f"bp_format must be 'bpz', 'brainpy' or None, not {bp_format!r}")
+    if not _ORIGINALS:
+        modules = {}
+        for name in _PATCH_POINTS:
+            try:
+                modules[name] = importlib.import_module(name)
+            except ImportError:
+                continue
+        if not modules:
+            raise ImportError("bpz.brainpy.install() needs BrainPy (brainpy.checkpoints) or braintools "
+                              "(braintools.file); neither can be imported")
+        replacements = _replacements()
+        _settings["errors"] = _user_error_classes()
+        for name, module in modules.items():
+            for attr, kind in _PATCH_POINTS[name].items():
+                _ORIGINALS[(name, attr)] = module.__dict__.get(attr, _MISSING)
+                setattr(module, attr, replacements[kind])
+    _settings["bp_format"] = bp_format
 
 
 def uninstall() -> None:
     """Puts BrainPy's own functions back (a no-op when not installed)."""
     if not _ORIGINALS:
         return
-    checkpoints = sys.modules.get("brainpy.checkpoints")
-    replacements = _replacements()
-    for name, original in list(_ORIGINALS.items()):
-        if checkpoints is not None and checkpoints.__dict__.get(name) is replacements[name]:
+    replacements = set(map(id, _replacements().values()))
+    for (name, attr), original in list(_ORIGINALS.items()):
+        module = sys.modules.get(name)
+        if module is not None and id(module.__dict__.get(attr)) in replacements:
             if original is _MISSING:
-                delattr(checkpoints, name)
+                delattr(module, attr)
             else:
-                setattr(checkpoints, name, original)
+                setattr(module, attr, original)
     _ORIGINALS.clear()
+    _settings["bp_format"] = None
+    _settings["errors"] = {}
 
 
 def is_installed() -> bool:
@@ -1013,12 +1515,14 @@ def is_installed() -> bool:
 
 
 @contextlib.contextmanager
-def installed() -> Iterator[None]:
+def installed(bp_format: str | None = None) -> Iterator[None]:
     """``with bpz.brainpy.installed(): ...`` — bpz inside the block, the previous state after."""
-    was = is_installed()
-    install()
+    was, previous = is_installed(), _settings["bp_format"]
+    install(bp_format)
     try:
         yield
     finally:
         if not was:
             uninstall()
+        else:
+            _settings["bp_format"] = previous

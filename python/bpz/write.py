@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import atexit
 import errno
+import itertools
 import json
 import os
 import sys
 import threading
 import traceback
+import warnings
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import Any, Callable
 
@@ -39,7 +41,7 @@ class _BackgroundSave:
 # registry, not a manager attribute: a failure must still surface after its manager is
 # garbage collected (reported at once) or left open at exit (reported by _report_at_exit).
 _unclaimed: set[_BackgroundSave] = set()
-_unclaimed_lock = threading.Lock()
+_unclaimed_lock = threading.RLock()  # re-entrant: a garbage collection may run __del__ while it is held
 _failure_reported_to_stderr = False
 
 
@@ -54,21 +56,22 @@ def _claim(job: _BackgroundSave) -> bool:
 
 def _report_orphaned(job: _BackgroundSave) -> None:
     """Prints a failed save that no caller can receive any more, and marks the exit status."""
-    global _failure_reported_to_stderr
     if not job.future.done() or job.future.cancelled() or not _claim(job):
         return
     error = job.future.exception()
-    if error is None:
-        return
+    if error is not None:
+        _report_failure(job.filename, error, "and no wait_previous_save(), close() or later save reported it")
+
+
+def _report_failure(filename: str, error: BaseException, why: str) -> None:
+    """Prints a failed background save to stderr and makes the exit status non-zero (120)."""
+    global _failure_reported_to_stderr
     _failure_reported_to_stderr = True
     stream = sys.stderr or sys.stdout
     if stream is None:
         return
     try:
-        stream.write(
-            f"bpz: the background save of {job.filename} FAILED, and no wait_previous_save(), close() "
-            "or later save reported it:\n"
-        )
+        stream.write(f"bpz: the background save of {filename} FAILED, {why}:\n")
         traceback.print_exception(type(error), error, error.__traceback__, file=stream)
         stream.flush()
     except Exception:  # a closed or broken stream must not hide the exit status as well
@@ -115,6 +118,7 @@ def _report_at_exit() -> None:
 
 
 atexit.register(_report_at_exit)
+_manager_numbers = itertools.count()
 
 
 class AsyncManager:
@@ -128,11 +132,20 @@ class AsyncManager:
     received — the manager was garbage collected, or the program ended
     without waiting — is printed to stderr and makes the exit status non-zero
     (120); saves still running at exit are completed first.
+
+    As braintools' ``AsyncManager`` (BrainPy 2.7–2.9): ``save_future`` is the
+    last save's ``Future``, and a manager garbage-collected unclosed is closed
+    (its save waited for); a failure there becomes a ``RuntimeWarning``
+    ("AsyncManager encountered an error during cleanup: ...") and, being a
+    save that failed, is reported and fails the exit status as above.
     """
 
     def __init__(self, max_workers: int = 1) -> None:
-        self._executor = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="bpz-save")
+        # A name of its own for its threads: __del__ must know whether it runs on one of them.
+        self._thread_prefix = f"bpz-save-{next(_manager_numbers)}"
+        self._executor = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix=self._thread_prefix)
         self._job: _BackgroundSave | None = None
+        self._last_future: Future[Any] | None = None
         self._closed = False
         self._lock = threading.Lock()
 
@@ -161,6 +174,7 @@ class AsyncManager:
             with _unclaimed_lock:
                 _unclaimed.add(job)
             self._job = job
+            self._last_future = future
             return future
 
     def _check_open(self) -> None:
@@ -184,6 +198,11 @@ class AsyncManager:
     def closed(self) -> bool:
         return self._closed
 
+    @property
+    def save_future(self) -> Future[Any] | None:
+        """The ``Future`` of the last save (None before the first), kept after it finished, as braintools'."""
+        return self._last_future
+
     def __enter__(self) -> AsyncManager:
         return self
 
@@ -195,12 +214,25 @@ class AsyncManager:
     def __del__(self) -> None:
         if getattr(self, "_closed", True):
             return
-        self._closed = True
         job = self._job
-        self._executor.shutdown(wait=False)  # a running save still completes
-        if job is not None:
-            # Nobody can ask for this outcome any more: report a failure when it comes.
-            job.future.add_done_callback(lambda _f: _report_orphaned(job))
+        if threading.current_thread().name.startswith(self._thread_prefix + "_"):
+            # A garbage collection on the save thread itself: it cannot wait for itself.
+            self._closed = True
+            self._executor.shutdown(wait=False)  # the running save still completes
+            if job is not None:  # nobody can ask for this outcome any more: report a failure when it comes
+                job.future.add_done_callback(lambda _f: _report_orphaned(job))
+            return
+        try:
+            self.close()  # as braintools': wait for the save, stop the worker
+        except Exception as error:  # __del__ must not raise
+            try:
+                warnings.warn(f"AsyncManager encountered an error during cleanup: {error!r}", RuntimeWarning,
+                              stacklevel=2)
+            except Exception:  # noqa: BLE001 - warnings turned into errors, or shutting down
+                pass
+            if job is not None and job.future.done() and not job.future.cancelled() and job.future.exception() is error:
+                # A warning can be filtered away; a lost checkpoint must not be.
+                _report_failure(job.filename, error, "and its AsyncManager was garbage collected without close()")
 
 
 def _check_options(compression: Any, level: int, chunk_size: int | None) -> None:

@@ -109,6 +109,24 @@ impl Archive {
     }
 }
 
+/// `n` elements from C: NULL is accepted only when `n` is 0.
+///
+/// # Safety
+/// A non-NULL `p` must point to `n` readable, initialised `T` for `'a`.
+unsafe fn in_array<'a, T>(p: *const T, n: usize, func: &str, arg: &str) -> Result<&'a [T]> {
+    if n == 0 {
+        return Ok(&[]);
+    }
+    if p.is_null() {
+        return Err(Failure::null(func, arg));
+    }
+    if (p as usize) % std::mem::align_of::<T>() != 0 || n > isize::MAX as usize / std::mem::size_of::<T>().max(1) {
+        return Err(Failure::invalid(format!("{func}: argument `{arg}` ({p:p}, {n} elements) is misaligned or too long")));
+    }
+    // SAFETY: non-NULL, aligned, length bounded; the caller guarantees the memory.
+    Ok(unsafe { std::slice::from_raw_parts(p, n) })
+}
+
 fn json_c_string(value: &impl ToString) -> CString {
     // Serialised JSON escapes every control character, NUL included.
     CString::new(value.to_string()).expect("serialised JSON contains no NUL byte")
@@ -357,8 +375,9 @@ pub unsafe extern "C" fn bpz_tensor_data(
         let (data, len) = (data?, len?);
         // SAFETY: the caller's contract.
         let a = unsafe { deref(archive, F, "archive") }?;
-        let t = a.tensor(index, F)?;
-        let view = a.reader.view(&t.name)?;
+        a.tensor(index, F)?;
+        // The view's bytes are in the archive's map, which lives until bpz_close.
+        let view = a.reader.view_at(index)?;
         // SAFETY: as above.
         unsafe {
             data.write(view.as_ptr().cast());
@@ -378,11 +397,53 @@ pub unsafe extern "C" fn bpz_read(archive: *const Archive, index: usize, buf: *m
     status(|| {
         // SAFETY: the caller's contract.
         let a = unsafe { deref(archive, F, "archive") }?;
-        let t = a.tensor(index, F)?;
+        a.tensor(index, F)?;
         // SAFETY: the caller's contract.
         let out = unsafe { out_buffer(buf, buf_len, F) }?;
         // The core checks that the length is the tensor's byte size.
-        Ok(a.reader.read_into(&t.name, out)?)
+        Ok(a.reader.read_many_into_at(vec![(index, out)])?)
+    })
+}
+
+/// `int bpz_read_many(const bpz_archive *archive, const size_t *indices, size_t n, void *const *bufs, const size_t *buf_lens)`
+///
+/// # Safety
+/// `archive` is NULL or an open archive; `indices`, `bufs` and `buf_lens` are NULL or
+/// `n` readable elements; each `bufs[i]` is NULL or `buf_lens[i]` writable bytes.
+#[no_mangle]
+pub unsafe extern "C" fn bpz_read_many(
+    archive: *const Archive,
+    indices: *const usize,
+    n: usize,
+    bufs: *const *mut c_void,
+    buf_lens: *const usize,
+) -> c_int {
+    const F: &str = "bpz_read_many";
+    status(|| {
+        // SAFETY: the caller's contract.
+        let a = unsafe { deref(archive, F, "archive") }?;
+        // SAFETY: the caller's contract (n elements each).
+        let (indices, bufs, buf_lens) = unsafe {
+            (in_array(indices, n, F, "indices")?, in_array(bufs, n, F, "bufs")?, in_array(buf_lens, n, F, "buf_lens")?)
+        };
+        let mut requests = Vec::with_capacity(n);
+        for i in 0..n {
+            a.tensor(indices[i], F)?;
+            // SAFETY: the caller's contract; overlaps are refused below, before any write.
+            requests.push((indices[i], unsafe { out_buffer(bufs[i], buf_lens[i], F) }?));
+        }
+        // Two requests writing the same bytes would be two live `&mut` to them.
+        let mut spans: Vec<(usize, usize)> =
+            requests.iter().filter(|(_, b)| !b.is_empty()).map(|(_, b)| (b.as_ptr() as usize, b.len())).collect();
+        spans.sort_unstable();
+        if let Some(w) = spans.windows(2).find(|w| w[0].0 + w[0].1 > w[1].0) {
+            return Err(Failure::invalid(format!(
+                "{F}: the buffers at {:#x} ({} bytes) and {:#x} overlap",
+                w[0].0, w[0].1, w[1].0
+            )));
+        }
+        // The core checks every length and reads neighbouring small chunks together.
+        Ok(a.reader.read_many_into_at(requests)?)
     })
 }
 

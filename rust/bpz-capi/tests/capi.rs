@@ -513,3 +513,55 @@ fn golden_vectors_read_as_the_core_reads_them() {
         }
     }
 }
+
+/// `bpz_read_many` reads any set of tensors (repeats, empty ones, the whole archive) as
+/// `bpz_read` does, and refuses bad indices, lengths and overlapping buffers before writing.
+#[test]
+fn read_many_reads_what_read_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = sample(dir.path());
+    for backend in [BPZ_BACKEND_MMAP, BPZ_BACKEND_PREAD] {
+        let a = open(&path, backend);
+        let count = unsafe { bpz_tensor_count(a.0) };
+        assert!(count >= 4);
+        let one_by_one: Vec<Vec<u8>> = (0..count).map(|i| read(&a, i)).collect();
+        let read_many = |indices: &[usize]| -> Result<Vec<Vec<u8>>, i32> {
+            let mut bufs: Vec<Vec<u8>> = indices.iter().map(|&i| vec![0xAA; info(&a, i).nbytes as usize]).collect();
+            let ptrs: Vec<*mut c_void> = bufs.iter_mut().map(|b| b.as_mut_ptr().cast()).collect();
+            let lens: Vec<usize> = bufs.iter().map(Vec::len).collect();
+            match unsafe { bpz_read_many(a.0, indices.as_ptr(), indices.len(), ptrs.as_ptr(), lens.as_ptr()) } {
+                BPZ_OK => Ok(bufs),
+                code => Err(code),
+            }
+        };
+        let all: Vec<usize> = (0..count).collect();
+        assert_eq!(read_many(&all).unwrap(), one_by_one);
+        let some = [count - 1, 0, 0, 2];
+        let expect: Vec<Vec<u8>> = some.iter().map(|&i| one_by_one[i].clone()).collect();
+        assert_eq!(read_many(&some).unwrap(), expect);
+        assert_eq!(read_many(&[]).unwrap(), Vec::<Vec<u8>>::new());
+        // n = 0 with NULL arrays.
+        assert_eq!(unsafe { bpz_read_many(a.0, null(), 0, null(), null()) }, BPZ_OK);
+
+        // A bad index, NULL arrays, a wrong length: refused, naming the function.
+        let mut buf = vec![0u8; 64];
+        let p: *mut c_void = buf.as_mut_ptr().cast();
+        let code = unsafe { bpz_read_many(a.0, [count].as_ptr(), 1, [p].as_ptr(), [0usize].as_ptr()) };
+        assert_eq!(code, BPZ_ERR_INVALID_ARGUMENT);
+        assert!(message().contains("bpz_read_many") && message().contains("out of range"), "{}", message());
+        assert_eq!(unsafe { bpz_read_many(a.0, null(), 1, [p].as_ptr(), [1usize].as_ptr()) }, BPZ_ERR_NULL_ARGUMENT);
+        assert_eq!(unsafe { bpz_read_many(null(), [0usize].as_ptr(), 1, [p].as_ptr(), [1usize].as_ptr()) }, BPZ_ERR_NULL_ARGUMENT);
+        let n0 = one_by_one[0].len();
+        let code = unsafe { bpz_read_many(a.0, [0usize].as_ptr(), 1, [p].as_ptr(), [n0 + 1].as_ptr()) };
+        assert_eq!(code, BPZ_ERR_INVALID_ARGUMENT, "{}", message());
+
+        // Overlapping buffers: refused before anything is written.
+        let mut big = vec![0x55u8; 2 * n0];
+        let q: *mut c_void = big.as_mut_ptr().cast();
+        let half: *mut c_void = unsafe { big.as_mut_ptr().add(n0 / 2) }.cast();
+        let code = unsafe { bpz_read_many(a.0, [0usize, 0].as_ptr(), 2, [q, half].as_ptr(), [n0, n0].as_ptr()) };
+        assert_eq!(code, BPZ_ERR_INVALID_ARGUMENT);
+        assert!(message().contains("overlap"), "{}", message());
+        assert!(big.iter().all(|&b| b == 0x55), "nothing is written when refused");
+    }
+}

@@ -7,10 +7,9 @@ use bpz::{Backend, Reader, TensorInfo, VerifyOptions};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyTuple};
-use rayon::prelude::*;
 
 use crate::buffer::Buffer;
-use crate::errors::{to_py, IntoPyResult};
+use crate::errors::IntoPyResult;
 
 #[pyclass(frozen, module = "bpz._bpz")]
 pub struct Archive {
@@ -34,34 +33,10 @@ pub fn info_dict<'py>(py: Python<'py>, t: &TensorInfo) -> PyResult<Bound<'py, Py
     Ok(d)
 }
 
-fn read_owned(reader: &Reader, name: &str) -> bpz::Result<Buffer> {
-    let t = reader.tensor(name)?;
-    reader.ensure_memory(t.nbytes(), &format!("tensor {name:?}"))?;
-    let len = usize::try_from(t.nbytes()).unwrap_or(usize::MAX);
-    Buffer::filled_by(
-        len,
-        |out| reader.read_into(name, out),
-        || bpz::Error::InvalidArgument(format!("{}: cannot allocate {len} bytes for tensor {name:?}", reader.path())),
-    )
-}
-
-/// Zeroed buffers for `tensors`, after one check of their total size against the memory
-/// left (each alone may fit where all do not; and the check reads /proc and /sys files).
-fn alloc_all(reader: &Reader, tensors: &[&TensorInfo], what: &str) -> bpz::Result<Vec<Buffer>> {
-    let total = tensors.iter().map(|t| t.nbytes()).fold(0u64, u64::saturating_add);
-    reader.ensure_memory(total, what)?;
-    let alloc = |t: &&TensorInfo| {
-        let len = usize::try_from(t.nbytes()).unwrap_or(usize::MAX);
-        Buffer::zeroed(len).ok_or_else(|| {
-            bpz::Error::InvalidArgument(format!("{}: cannot allocate {len} bytes for tensor {:?}", reader.path(), t.name))
-        })
-    };
-    // Many small buffers: zeroing them is worth spreading over the cores, as the reads are.
-    if reader.is_parallel() && tensors.len() > 1 {
-        tensors.par_iter().map(alloc).collect()
-    } else {
-        tensors.iter().map(alloc).collect()
-    }
+/// A checksummed copy of the tensor at `index`, read without the GIL.
+fn read_at(py: Python<'_>, reader: &Reader, index: usize) -> PyResult<Buffer> {
+    let mut one = py.detach(|| reader.read_many_zeroed_at(&[index])).py()?;
+    Ok(Buffer::zeroed(one.pop().expect("one buffer per index")))
 }
 
 #[pymethods]
@@ -152,11 +127,13 @@ impl Archive {
     /// `(bytes, dtype, shape)` of a tensor: a zero-copy view of a raw tensor in a mapped
     /// archive, else a checksummed copy. One call, so `archive[name]` costs one lookup.
     fn get<'py>(&self, py: Python<'py>, name: &str) -> PyResult<(Buffer, &'static str, Bound<'py, PyTuple>)> {
-        let t = self.reader.tensor(name).py()?;
-        let bytes = if t.is_raw() && self.reader.mapping().is_some() {
-            self.view(name)?
+        let reader = &self.reader;
+        let index = reader.position(name).py()?;
+        let t = &reader.tensors()[index];
+        let bytes = if t.is_raw() && reader.mapping().is_some() {
+            Buffer::view(reader.view_at(index).py()?)
         } else {
-            self.read(py, name)?
+            read_at(py, reader, index)?
         };
         Ok((bytes, t.dtype.name(), PyTuple::new(py, &t.shape)?))
     }
@@ -173,27 +150,18 @@ impl Archive {
     /// Checksummed copies of every tensor, in index order, decoded in parallel.
     fn read_all(&self, py: Python<'_>) -> PyResult<Vec<Buffer>> {
         let reader = &self.reader;
-        py.detach(|| {
-            let tensors: Vec<&TensorInfo> = reader.tensors().iter().collect();
-            let mut buffers = alloc_all(reader, &tensors, &format!("its {} tensors", tensors.len()))?;
-            reader.read_all_into(buffers.iter_mut().map(Buffer::bytes_mut).collect())?;
-            Ok(buffers)
-        })
-        .map_err(to_py)
+        let buffers = py.detach(|| reader.read_all_zeroed()).py()?;
+        Ok(buffers.into_iter().map(Buffer::zeroed).collect())
     }
 
     /// Zero-copy, read-only bytes of a raw tensor (not checksummed; see `verify_tensor`).
     fn view(&self, name: &str) -> PyResult<Buffer> {
-        let bytes = self.reader.view(name).py()?;
-        let map = self.reader.mapping().expect("view succeeded, so the archive is mapped").clone();
-        let start = bytes.as_ptr() as usize - map.as_ptr() as usize;
-        Ok(Buffer::of_map(map, start, bytes.len()))
+        Ok(Buffer::view(self.reader.view(name).py()?))
     }
 
     /// A checksummed copy of a tensor's decoded bytes.
     fn read(&self, py: Python<'_>, name: &str) -> PyResult<Buffer> {
-        let reader = &self.reader;
-        py.detach(|| read_owned(reader, name)).py()
+        read_at(py, &self.reader, self.reader.position(name).py()?)
     }
 
     /// Decoded bytes of rows `start..stop` of the leading axis.
@@ -205,14 +173,9 @@ impl Archive {
     /// Reads many tensors, in parallel across tensors (and chunks).
     fn read_many(&self, py: Python<'_>, names: Vec<String>) -> PyResult<Vec<Buffer>> {
         let reader = &self.reader;
-        py.detach(|| {
-            let tensors = names.iter().map(|n| reader.tensor(n)).collect::<bpz::Result<Vec<_>>>()?;
-            let mut buffers = alloc_all(reader, &tensors, &format!("{} tensors", names.len()))?;
-            let requests = names.iter().map(String::as_str).zip(buffers.iter_mut().map(Buffer::bytes_mut)).collect();
-            reader.read_many_into(requests)?;
-            Ok(buffers)
-        })
-        .map_err(to_py)
+        let indices = names.iter().map(|n| reader.position(n)).collect::<bpz::Result<Vec<_>>>().py()?;
+        let buffers = py.detach(|| reader.read_many_zeroed_at(&indices)).py()?;
+        Ok(buffers.into_iter().map(Buffer::zeroed).collect())
     }
 
     /// Checks every checksum of one tensor; with `decode`, also decodes its compressed

@@ -3,9 +3,6 @@
 //! array keeps the buffer alive, and the buffer keeps its map alive, so a view
 //! stays valid after its archive is closed.
 
-use std::sync::Arc;
-
-use memmap2::{Mmap, MmapMut};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
@@ -13,12 +10,11 @@ use pyo3::types::PyDict;
 #[allow(dead_code)]
 pub enum Owner {
     Owned(Vec<u8>),
-    Mapped(Arc<Mmap>),
-    Anonymous(MmapMut),
+    /// A load's output (the core's buffer: heap, or a huge-page map when large).
+    Zeroed(bpz::Zeroed),
+    /// A range of the archive's map, which the view shares.
+    Mapped(bpz::View),
 }
-
-/// Outputs at least this large get their own huge-page-advised map.
-const HUGE_PAGE_MIN: usize = 4 << 20;
 
 #[pyclass(frozen, module = "bpz._bpz")]
 pub struct Buffer {
@@ -34,46 +30,15 @@ impl Buffer {
         Buffer { _owner: Owner::Owned(v), ptr, len, readonly: false }
     }
 
-    /// `len` writable bytes filled by `fill`.
-    pub fn filled_by<E>(len: usize, fill: impl FnOnce(&mut [u8]) -> Result<(), E>, no_memory: impl FnOnce() -> E) -> Result<Self, E> {
-        let mut buf = Buffer::zeroed(len).ok_or_else(no_memory)?;
-        fill(buf.bytes_mut())?;
-        Ok(buf)
+    pub fn zeroed(z: bpz::Zeroed) -> Self {
+        let (ptr, len) = (z.as_ptr() as usize, z.len());
+        Buffer { _owner: Owner::Zeroed(z), ptr, len, readonly: false }
     }
 
-    /// `len` zeroed, writable bytes (`None` if refused). Large buffers are anonymous maps
-    /// advised to use huge pages (as NumPy does for its own large arrays): a load is bound by
-    /// page faults on fresh memory, and a 2 MiB page faults once instead of 512 times.
-    pub fn zeroed(len: usize) -> Option<Self> {
-        if len < HUGE_PAGE_MIN {
-            return bpz::read::try_zeroed_vec(len).map(Buffer::owned);
-        }
-        let map = MmapMut::map_anon(len).ok()?;
-        #[cfg(target_os = "linux")]
-        {
-            // Advice only: where huge pages are off or unavailable this fails harmlessly.
-            let _ = map.advise(memmap2::Advice::HugePage);
-        }
-        let ptr = map.as_ptr() as usize;
-        Some(Buffer { _owner: Owner::Anonymous(map), ptr, len, readonly: false })
-    }
-
-    /// The bytes of a buffer from [`zeroed`](Self::zeroed) or [`owned`](Self::owned), to fill
-    /// before it is handed to Python.
-    pub fn bytes_mut(&mut self) -> &mut [u8] {
-        match &mut self._owner {
-            Owner::Owned(v) => v,
-            Owner::Anonymous(map) => map,
-            Owner::Mapped(_) => panic!("a view of a file's map is read-only"),
-        }
-    }
-
-    /// A read-only window `[start, start + len)` of `map`.
-    pub fn of_map(map: Arc<Mmap>, start: usize, len: usize) -> Self {
-        assert!(start + len <= map.len());
-        // SAFETY: in bounds (checked above); the Arc keeps the map alive as long as `self`.
-        let ptr = unsafe { map.as_ptr().add(start) } as usize;
-        Buffer { _owner: Owner::Mapped(map), ptr, len, readonly: true }
+    /// A read-only view of the file's map; the view keeps the map alive as long as `self`.
+    pub fn view(v: bpz::View) -> Self {
+        let (ptr, len) = (v.as_ptr() as usize, v.len());
+        Buffer { _owner: Owner::Mapped(v), ptr, len, readonly: true }
     }
 }
 

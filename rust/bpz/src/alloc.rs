@@ -61,6 +61,73 @@ pub fn try_zeroed_vec(n: usize) -> Option<Vec<u8>> {
     }
 }
 
+/// Outputs at least this large get their own huge-page-advised map.
+const HUGE_PAGE_MIN: usize = 4 << 20;
+
+/// A zeroed, writable buffer for a load's output, owned so that a binding can hand it out
+/// without a copy. Large ones are anonymous maps advised to use huge pages (as NumPy does
+/// for its own large arrays): a load is bound by page faults on fresh memory, and a 2 MiB
+/// page faults once instead of 512 times.
+pub struct Zeroed(ZeroedInner);
+
+enum ZeroedInner {
+    Heap(Vec<u8>),
+    Map(memmap2::MmapMut),
+}
+
+impl Zeroed {
+    /// `len` zeroed bytes, or `None` if refused (never an abort: sizes come from files).
+    pub fn new(len: usize) -> Option<Zeroed> {
+        if len < HUGE_PAGE_MIN {
+            return try_zeroed_vec(len).map(|v| Zeroed(ZeroedInner::Heap(v)));
+        }
+        let map = memmap2::MmapMut::map_anon(len).ok()?;
+        #[cfg(target_os = "linux")]
+        {
+            // Advice only: where huge pages are off or unavailable this fails harmlessly.
+            let _ = map.advise(memmap2::Advice::HugePage);
+        }
+        Some(Zeroed(ZeroedInner::Map(map)))
+    }
+}
+
+impl From<Vec<u8>> for Zeroed {
+    fn from(v: Vec<u8>) -> Zeroed {
+        Zeroed(ZeroedInner::Heap(v))
+    }
+}
+
+impl std::ops::Deref for Zeroed {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match &self.0 {
+            ZeroedInner::Heap(v) => v,
+            ZeroedInner::Map(m) => m,
+        }
+    }
+}
+
+impl std::ops::DerefMut for Zeroed {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        match &mut self.0 {
+            ZeroedInner::Heap(v) => v,
+            ZeroedInner::Map(m) => m,
+        }
+    }
+}
+
+impl AsMut<[u8]> for Zeroed {
+    fn as_mut(&mut self) -> &mut [u8] {
+        self
+    }
+}
+
+impl std::fmt::Debug for Zeroed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Zeroed({} bytes)", self.len())
+    }
+}
+
 /// Bytes this process can still allocate and use without being killed: the least of
 /// free memory (with reclaimable cache) plus free swap, what its cgroup's memory limit
 /// leaves, and what its address-space limit leaves. `None` where that is not known.

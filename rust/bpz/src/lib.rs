@@ -34,5 +34,6 @@ pub mod write;
 
 pub use error::{Error, Result, Version};
 pub use format::{ChunkInfo, DType, Filter, Storage, Superblock, TensorInfo, Trailer, WriterInfo, FORMAT_VERSION};
-pub use read::{Backend, FileSource, Reader, Source, VerifyOptions, VerifyReport};
+pub use alloc::Zeroed;
+pub use read::{Backend, FileSource, Reader, Source, VerifyOptions, VerifyReport, View};
 pub use write::{Compression, Summary, TensorOptions, Writer, WriterOptions};

@@ -11,7 +11,7 @@ use memmap2::Mmap;
 use rayon::prelude::*;
 use serde_json::Value;
 
-pub use crate::alloc::{memory_available, try_zeroed_vec, MEMORY_CHECK_MIN, MEMORY_CHECK_VAR};
+pub use crate::alloc::{memory_available, try_zeroed_vec, Zeroed, MEMORY_CHECK_MIN, MEMORY_CHECK_VAR};
 use crate::alloc;
 use crate::codec;
 use crate::error::{Error, Result, Version};
@@ -172,6 +172,66 @@ pub enum Backend {
     Pread,
 }
 
+/// Zero-copy bytes of a raw tensor ([`Reader::view`]). It shares the archive's map (or
+/// its bytes in memory), so it stays valid after the [`Reader`] is dropped: a binding can
+/// hand it out as an array that keeps the map alive.
+#[derive(Clone)]
+pub struct View {
+    owner: ViewOwner,
+    range: Range<usize>,
+}
+
+#[derive(Clone)]
+enum ViewOwner {
+    Map(Arc<Mmap>),
+    /// A source whose [`Source::as_slice`] is `Some`.
+    Memory(Arc<dyn Source>),
+}
+
+impl View {
+    /// The bytes' position in the file.
+    pub fn range(&self) -> Range<usize> {
+        self.range.clone()
+    }
+
+    /// The shared map the bytes are in (`None` for an archive in memory).
+    pub fn map(&self) -> Option<&Arc<Mmap>> {
+        match &self.owner {
+            ViewOwner::Map(map) => Some(map),
+            ViewOwner::Memory(_) => None,
+        }
+    }
+}
+
+impl std::ops::Deref for View {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        let all: &[u8] = match &self.owner {
+            ViewOwner::Map(map) => map,
+            ViewOwner::Memory(source) => source.as_slice().expect("a view is only made of a source in memory"),
+        };
+        &all[self.range.clone()]
+    }
+}
+
+impl AsRef<[u8]> for View {
+    fn as_ref(&self) -> &[u8] {
+        self
+    }
+}
+
+impl std::fmt::Debug for View {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("View").field("range", &self.range).field("mapped", &self.map().is_some()).finish()
+    }
+}
+
+impl PartialEq<&[u8]> for View {
+    fn eq(&self, other: &&[u8]) -> bool {
+        **self == **other
+    }
+}
+
 /// An open archive. Cheap to share between threads (`&Reader` is `Sync`).
 pub struct Reader {
     /// Where every copying read and every check reads from: positioned reads of the file
@@ -321,27 +381,48 @@ impl Reader {
     }
 
     pub fn tensor(&self, name: &str) -> Result<&TensorInfo> {
-        self.by_name.get(name).map(|&i| &self.tensors[i]).ok_or_else(|| Error::TensorNotFound {
+        Ok(&self.tensors[self.position(name)?])
+    }
+
+    /// The position of tensor `name` in [`tensors`](Self::tensors): one lookup, after which
+    /// the `*_at` methods take the position.
+    pub fn position(&self, name: &str) -> Result<usize> {
+        self.by_name.get(name).copied().ok_or_else(|| Error::TensorNotFound {
             path: self.path.clone(),
             name: name.into(),
         })
     }
 
+    /// The tensor at `index` of [`tensors`](Self::tensors), or an error naming the count.
+    pub fn tensor_at(&self, index: usize) -> Result<&TensorInfo> {
+        self.tensors.get(index).ok_or_else(|| {
+            Error::InvalidArgument(format!("{}: no tensor {index} (the archive has {})", self.path, self.tensors.len()))
+        })
+    }
+
     /// Zero-copy bytes of a raw tensor in the map. Not checksummed: call
     /// [`verify_tensor`](Self::verify_tensor) when the file is not trusted.
-    pub fn view(&self, name: &str) -> Result<&[u8]> {
-        let t = self.tensor(name)?;
+    pub fn view(&self, name: &str) -> Result<View> {
+        self.view_at(self.position(name)?)
+    }
+
+    /// [`view`](Self::view) of the tensor at `index`.
+    pub fn view_at(&self, index: usize) -> Result<View> {
+        let t = self.tensor_at(index)?;
         let not = |reason: &str| Error::NotZeroCopy {
             path: self.path.clone(),
-            name: name.into(),
+            name: t.name.clone(),
             reason: reason.into(),
         };
         let range = t.raw_range().ok_or_else(|| not("it is stored compressed"))?;
-        let map = match &self.map {
-            Some(map) => &map[..],
-            None => self.source.as_slice().ok_or_else(|| not("the archive was opened without a memory map"))?,
+        // Validated on open: the range lies inside the file, whose length fits in memory.
+        let range = range.start as usize..range.end as usize;
+        let owner = match &self.map {
+            Some(map) => ViewOwner::Map(map.clone()),
+            None if self.source.as_slice().is_some() => ViewOwner::Memory(self.source.clone()),
+            None => return Err(not("the archive was opened without a memory map")),
         };
-        Ok(&map[range.start as usize..range.end as usize])
+        Ok(View { owner, range })
     }
 
     /// Reads a whole tensor into a new buffer, checking every checksum.
@@ -361,7 +442,7 @@ impl Reader {
 
     /// Reads every tensor, in index order (see [`read_many`](Self::read_many)).
     pub fn read_all(&self) -> Result<Vec<Vec<u8>>> {
-        self.read_infos(self.tensors.iter().collect(), &format!("its {} tensors", self.tensors.len()))
+        self.read_infos(self.tensors.iter().collect(), &format!("its {} tensors", self.tensors.len()), try_zeroed_vec)
     }
 
     /// Reads the named tensors whole, checking every checksum. Their total size is checked
@@ -369,14 +450,47 @@ impl Reader {
     /// small chunks are read from the file together (see [`read_many_into`](Self::read_many_into)).
     pub fn read_many<S: AsRef<str>>(&self, names: &[S]) -> Result<Vec<Vec<u8>>> {
         let tensors = names.iter().map(|n| self.tensor(n.as_ref())).collect::<Result<Vec<_>>>()?;
-        self.read_infos(tensors, &format!("{} tensors", names.len()))
+        self.read_infos(tensors, &format!("{} tensors", names.len()), try_zeroed_vec)
     }
 
-    fn read_infos(&self, tensors: Vec<&TensorInfo>, what: &str) -> Result<Vec<Vec<u8>>> {
+    /// [`read_all`](Self::read_all) into [`Zeroed`] buffers: what a binding hands out
+    /// without a copy (large ones are huge-page maps, see [`Zeroed::new`]).
+    pub fn read_all_zeroed(&self) -> Result<Vec<Zeroed>> {
+        self.read_infos(self.tensors.iter().collect(), &format!("its {} tensors", self.tensors.len()), Zeroed::new)
+    }
+
+    /// [`read_many`](Self::read_many) of the tensors at `indices`, into [`Zeroed`] buffers.
+    pub fn read_many_zeroed_at(&self, indices: &[usize]) -> Result<Vec<Zeroed>> {
+        let tensors = indices.iter().map(|&i| self.tensor_at(i)).collect::<Result<Vec<_>>>()?;
+        let what = match tensors[..] {
+            [t] => format!("tensor {:?}", t.name),
+            _ => format!("{} tensors", tensors.len()),
+        };
+        self.read_infos(tensors, &what, Zeroed::new)
+    }
+
+    /// Buffers for `tensors` from `alloc` (zeroed, `None` if refused), after one check of
+    /// their total size against the memory left, then filled.
+    fn read_infos<B, A>(&self, tensors: Vec<&TensorInfo>, what: &str, alloc: A) -> Result<Vec<B>>
+    where
+        B: AsMut<[u8]> + Send,
+        A: Fn(usize) -> Option<B> + Sync,
+    {
         let total = tensors.iter().map(|t| t.nbytes()).fold(0u64, u64::saturating_add);
         self.ensure_memory(total, what)?;
-        let mut outs = tensors.iter().map(|t| self.alloc_unchecked(t, t.nbytes())).collect::<Result<Vec<_>>>()?;
-        self.read_tensors_into(tensors.into_iter().zip(outs.iter_mut().map(|o| &mut o[..])).collect())?;
+        let one = |t: &&TensorInfo| {
+            usize::try_from(t.nbytes())
+                .ok()
+                .and_then(&alloc)
+                .ok_or_else(|| Error::InvalidArgument(format!("{}: cannot allocate {} bytes for tensor {:?}", self.path, t.nbytes(), t.name)))
+        };
+        // Many small buffers: zeroing them is worth spreading over the cores, as the reads are.
+        let mut outs = if self.parallel && tensors.len() > 1 {
+            tensors.par_iter().map(one).collect::<Result<Vec<_>>>()?
+        } else {
+            tensors.iter().map(one).collect::<Result<Vec<_>>>()?
+        };
+        self.read_tensors_into(tensors.into_iter().zip(outs.iter_mut().map(AsMut::as_mut)).collect())?;
         Ok(outs)
     }
 
@@ -406,6 +520,17 @@ impl Reader {
         let mut infos = Vec::with_capacity(requests.len());
         for (name, out) in requests {
             let t = self.tensor(name)?;
+            self.check_out_len(t, out.len() as u64, t.nbytes())?;
+            infos.push((t, out));
+        }
+        self.read_tensors_into(infos)
+    }
+
+    /// [`read_many_into`](Self::read_many_into) of the tensors at the given positions.
+    pub fn read_many_into_at(&self, requests: Vec<(usize, &mut [u8])>) -> Result<()> {
+        let mut infos = Vec::with_capacity(requests.len());
+        for (index, out) in requests {
+            let t = self.tensor_at(index)?;
             self.check_out_len(t, out.len() as u64, t.nbytes())?;
             infos.push((t, out));
         }

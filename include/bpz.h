@@ -73,7 +73,11 @@ enum bpz_status {
     /** An internal error (a bug in bpz, caught at the boundary): please report it. */
     BPZ_ERR_PANIC = -14,
     /** An error kind newer than this interface. */
-    BPZ_ERR_UNKNOWN = -15
+    BPZ_ERR_UNKNOWN = -15,
+    /** A buffer for a read could not be allocated: the process is short of memory
+     *  (the file is not at fault; a size over the format's limits is
+     *  BPZ_ERR_LIMIT_EXCEEDED). */
+    BPZ_ERR_OUT_OF_MEMORY = -16
 };
 
 /** How bpz_open() accesses the file. */

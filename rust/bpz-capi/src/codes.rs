@@ -32,6 +32,7 @@ c_constants! { STATUS_CODES:
     BPZ_ERR_NULL_ARGUMENT = -13;
     BPZ_ERR_PANIC = -14;
     BPZ_ERR_UNKNOWN = -15;
+    BPZ_ERR_OUT_OF_MEMORY = -16;
 }
 
 c_constants! { BACKENDS:
@@ -69,7 +70,7 @@ c_constants! { DTYPES:
 
 /// Each status code and its name (NUL-terminated for C): the core's
 /// `Error::kind()` names (spec/FORMAT.md §10), then this binding's own.
-pub const KIND_NAMES: [(c_int, &str); 16] = [
+pub const KIND_NAMES: [(c_int, &str); 17] = [
     (BPZ_OK, "ok\0"),
     (BPZ_ERR_IO, "io\0"),
     (BPZ_ERR_BAD_MAGIC, "bad_magic\0"),
@@ -86,6 +87,8 @@ pub const KIND_NAMES: [(c_int, &str); 16] = [
     (BPZ_ERR_NULL_ARGUMENT, "null_argument\0"),
     (BPZ_ERR_PANIC, "panic\0"),
     (BPZ_ERR_UNKNOWN, "unknown\0"),
+    // A core kind added after the binding's own: codes are never renumbered.
+    (BPZ_ERR_OUT_OF_MEMORY, "out_of_memory\0"),
 ];
 
 /// The name of a status code, NUL-terminated; `None` for a number that is none.
@@ -181,5 +184,12 @@ mod tests {
         assert_eq!(code_of_kind("checksum_mismatch"), BPZ_ERR_CHECKSUM_MISMATCH);
         assert_eq!(code_of_kind("ok"), BPZ_ERR_UNKNOWN);
         assert_eq!(code_of_kind("something_new"), BPZ_ERR_UNKNOWN);
+    }
+
+    #[test]
+    fn every_core_error_kind_has_a_code() {
+        for kind in bpz_core::Error::KINDS {
+            assert_ne!(code_of_kind(kind), BPZ_ERR_UNKNOWN, "{kind}");
+        }
     }
 }

@@ -482,7 +482,7 @@ impl Reader {
             usize::try_from(t.nbytes())
                 .ok()
                 .and_then(&alloc)
-                .ok_or_else(|| Error::InvalidArgument(format!("{}: cannot allocate {} bytes for tensor {:?}", self.path, t.nbytes(), t.name)))
+                .ok_or_else(|| Error::out_of_memory(&self.path, t.nbytes(), format!("for tensor {:?}", t.name)))
         };
         // Many small buffers: zeroing them is worth spreading over the cores, as the reads are.
         let mut outs = if self.parallel && tensors.len() > 1 {
@@ -621,10 +621,11 @@ impl Reader {
             Ok(())
         })
         .unwrap_or_else(|| {
-            Err(Error::InvalidArgument(format!(
-                "{}: cannot allocate {n} bytes to read the chunks at {}..{}",
-                self.path, bytes.start, bytes.end
-            )))
+            Err(Error::out_of_memory(
+                &self.path,
+                n as u64,
+                format!("to read the chunks at {}..{}", bytes.start, bytes.end),
+            ))
         })
     }
 
@@ -678,14 +679,14 @@ impl Reader {
     /// [`alloc`](Self::alloc) for a caller that checked the memory for all its buffers at once.
     fn alloc_unchecked(&self, t: &TensorInfo, n: u64) -> Result<Vec<u8>> {
         usize::try_from(n).ok().and_then(try_zeroed_vec).ok_or_else(|| {
-            Error::InvalidArgument(format!("{}: cannot allocate {n} bytes for tensor {:?}", self.path, t.name))
+            Error::out_of_memory(&self.path, n, format!("for tensor {:?}", t.name))
         })
     }
 
     /// A working buffer whose size comes from the file: refused with an error, never an abort.
     fn alloc_chunk(&self, t: &TensorInfo, i: usize, n: u64) -> Result<Vec<u8>> {
         usize::try_from(n).ok().and_then(try_zeroed_vec).ok_or_else(|| {
-            Error::InvalidArgument(format!("{}: cannot allocate {n} bytes to read {}", self.path, Self::part(t, i)))
+            Error::out_of_memory(&self.path, n, format!("to read {}", Self::part(t, i)))
         })
     }
 
@@ -749,9 +750,7 @@ impl Reader {
             part: Self::part(t, i),
             detail: e.0,
         };
-        let no_memory = |n: usize| {
-            Error::InvalidArgument(format!("{}: cannot allocate {n} bytes to read {}", self.path, Self::part(t, i)))
-        };
+        let no_memory = |n: usize| Error::out_of_memory(&self.path, n as u64, format!("to read {}", Self::part(t, i)));
         // The filter's and a partial read's working buffers are per-thread and
         // reused: fresh ones per chunk cost page faults and zeroing every time.
         let filtered = codec::filtered_len(t.filter, decoded_len as usize);
@@ -787,8 +786,7 @@ impl Reader {
             f(buf)
         })
         .unwrap_or_else(|| {
-            let n = c.stored_len;
-            Err(Error::InvalidArgument(format!("{}: cannot allocate {n} bytes to read {}", self.path, Self::part(t, i))))
+            Err(Error::out_of_memory(&self.path, c.stored_len, format!("to read {}", Self::part(t, i))))
         })
     }
 
@@ -1077,7 +1075,7 @@ fn read_structure(source: &dyn Source, path: &str) -> Result<(Superblock, Traile
         }
         None => {
             let mut buf = usize::try_from(trailer.index_len).ok().and_then(try_zeroed_vec).ok_or_else(|| {
-                Error::InvalidArgument(format!("{path}: cannot allocate {} bytes for the index", trailer.index_len))
+                Error::out_of_memory(path, trailer.index_len, "for the index")
             })?;
             source.read_exact_at(trailer.index_offset, &mut buf).map_err(|e| Error::io(path, e))?;
             owned_index = buf;

@@ -153,6 +153,7 @@ fn child_reads_bombs_under_limit() {
     }
     let e = failed.expect("16 tensors of 64 MiB cannot all fit in 512 MiB");
     assert!(e.to_string().contains("cannot allocate"), "{e}");
+    assert_eq!(e.kind(), "out_of_memory", "{e}");
     // Partial reads and verification need buffers of their own: with memory short they
     // fail (or succeed), but return.
     for t in &r.tensors()[..2] {

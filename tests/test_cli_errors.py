@@ -113,7 +113,7 @@ def _allowed(name: str, key: str) -> set[int]:
     if exp["open"] != "ok":
         return {EXIT_DATA}
     # a valid archive too big for the child's memory: out of memory (3) or over the reader's budget (1)
-    load = {"ok": {EXIT_OK}, "ValueError": {EXIT_IO, EXIT_DATA}}.get(exp["load"], {EXIT_DATA})
+    load = {"ok": {EXIT_OK}, "out_of_memory": {EXIT_IO, EXIT_DATA}}.get(exp["load"], {EXIT_DATA})
     if command == "ls":
         return {EXIT_OK}
     if command == "info":  # 1 when the tree is malformed (load would fail) — no data is read

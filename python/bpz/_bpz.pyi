@@ -2,11 +2,39 @@
 
 import os
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, Literal, TypedDict, overload
+from typing import Any, ClassVar, Literal, TypedDict, overload
 
 __version__: str
 FORMAT_VERSION: tuple[int, int]
 DTYPES: list[str]
+ERROR_KINDS: tuple[str, ...]
+ERROR_CLASSES: dict[str, type[Exception]]
+
+# One exception class per error kind of the Rust core (``kind``); ``bpz.errors`` re-exports them.
+class BpzError(Exception): ...
+
+class FormatError(BpzError, ValueError):
+    kind: ClassVar[str]
+
+class NotAnArchiveError(FormatError): ...
+class TruncatedError(FormatError): ...
+class ChecksumError(FormatError): ...
+class UnsupportedVersionError(FormatError): ...
+class UnsupportedFeatureError(UnsupportedVersionError): ...
+class LimitExceededError(FormatError): ...
+class CorruptDataError(FormatError): ...
+
+class NotZeroCopyError(BpzError, ValueError):
+    kind: ClassVar[str]
+
+class TensorNotFoundError(BpzError, KeyError):
+    kind: ClassVar[str]
+
+class InvalidArgumentError(BpzError, ValueError):
+    kind: ClassVar[str]
+
+class OutOfMemoryError(BpzError, MemoryError):
+    kind: ClassVar[str]
 
 class _InfoDict(TypedDict):
     name: str

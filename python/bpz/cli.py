@@ -29,7 +29,7 @@ import numpy as np
 from . import formats
 from .errors import (
     BpzError, CheckpointNotFoundError, FormatError, InvalidCheckpointPath, LimitExceededError,
-    TensorNotFoundError,
+    OutOfMemoryError, TensorNotFoundError,
 )
 from .pytree import flatten, unflatten
 from .read import open as open_archive
@@ -142,14 +142,14 @@ def _classify(exc: BaseException) -> tuple[int, str]:
         return EXIT_IO, "No such file or directory"
     if isinstance(exc, OSError):
         return EXIT_IO, os.strerror(exc.errno) if exc.errno else str(exc)
+    if isinstance(exc, OutOfMemoryError):  # the native reader's refused allocation: its message says which
+        return EXIT_IO, f"out of memory: {exc}"
     if isinstance(exc, MemoryError):
         return EXIT_IO, "out of memory"
     if isinstance(exc, (TensorNotFoundError, InvalidCheckpointPath)):
         return EXIT_USAGE, str(exc)
     if isinstance(exc, BpzError):
         return EXIT_DATA, str(exc)
-    if isinstance(exc, ValueError) and "cannot allocate" in str(exc):  # the native reader's allocation failure
-        return EXIT_IO, f"out of memory: {exc}"
     return EXIT_INTERNAL, f"internal error: {type(exc).__name__}: {exc} (set BPZ_DEBUG=1 for the traceback)"
 
 

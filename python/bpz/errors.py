@@ -3,10 +3,34 @@
 Every error bpz raises on purpose derives from :class:`BpzError`. Errors about
 a file's content also derive from :class:`ValueError` (BrainPy callers catch
 ``ValueError``); a missing checkpoint is both a :class:`FileNotFoundError` and
-a :class:`ValueError`.
+a :class:`ValueError`; a buffer that cannot be allocated is a
+:class:`MemoryError`. The operating system's own failures (no such file,
+permission denied, disk full) are the builtin :class:`OSError` of their errno,
+as from :func:`open`, naming the path.
+
+The classes of the archive reader and writer are made by the native module,
+one per error kind of the Rust core (``kind``, a class attribute, is that
+kind's name, as in spec/FORMAT.md §10); ``bpz._bpz.ERROR_CLASSES`` maps each
+kind to the class raised for it. The checkpoint classes below are Python's own.
 """
 
 from __future__ import annotations
+
+from ._bpz import (
+    BpzError,
+    ChecksumError,
+    CorruptDataError,
+    FormatError,
+    InvalidArgumentError,
+    LimitExceededError,
+    NotAnArchiveError,
+    NotZeroCopyError,
+    OutOfMemoryError,
+    TensorNotFoundError,
+    TruncatedError,
+    UnsupportedFeatureError,
+    UnsupportedVersionError,
+)
 
 __all__ = [
     "BpzError",
@@ -15,74 +39,17 @@ __all__ = [
     "TruncatedError",
     "ChecksumError",
     "UnsupportedVersionError",
+    "UnsupportedFeatureError",
     "LimitExceededError",
     "CorruptDataError",
     "NotZeroCopyError",
     "TensorNotFoundError",
+    "InvalidArgumentError",
+    "OutOfMemoryError",
     "InvalidCheckpointError",
     "CheckpointNotFoundError",
     "InvalidCheckpointPath",
 ]
-
-
-class BpzError(Exception):
-    """Base class of every error raised by bpz."""
-
-
-class FormatError(BpzError, ValueError):
-    """The file is not a valid archive of the format it claims (corrupt or malformed)."""
-
-    #: Stable machine-readable kind, shared with the Rust core and spec/FORMAT.md.
-    kind: str = "invalid_index"
-
-
-class NotAnArchiveError(FormatError):
-    """The file does not start with the expected magic bytes."""
-
-    kind = "bad_magic"
-
-
-class TruncatedError(FormatError):
-    """The file ends before the structure it declares."""
-
-    kind = "truncated"
-
-
-class ChecksumError(FormatError):
-    """Stored bytes do not match their checksum: the file is corrupt."""
-
-    kind = "checksum_mismatch"
-
-
-class UnsupportedVersionError(FormatError):
-    """The file needs a newer reader (newer major version or unknown required feature)."""
-
-    kind = "unsupported_version"
-
-
-class LimitExceededError(FormatError):
-    """The file declares a size, depth or count over a safety limit."""
-
-    kind = "limit_exceeded"
-
-
-class CorruptDataError(FormatError):
-    """A chunk's checksum matched but it does not decode to its declared size."""
-
-    kind = "corrupt_data"
-
-
-class NotZeroCopyError(BpzError, ValueError):
-    """A zero-copy view was asked of a compressed tensor or an unmapped archive."""
-
-    kind = "not_zero_copy"
-
-
-class TensorNotFoundError(BpzError, KeyError):
-    """No tensor of that name in the archive."""
-
-    def __str__(self) -> str:  # KeyError would repr() the message
-        return str(self.args[0]) if self.args else ""
 
 
 class CheckpointNotFoundError(BpzError, FileNotFoundError, ValueError):

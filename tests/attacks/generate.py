@@ -10,9 +10,9 @@ checksum, so the hostile part reaches the stage it attacks. ``expected.json`` ma
 file name to what must happen, per stage:
 
 * ``.bpz`` files: ``open`` (``bpz.open``), ``load`` (``Archive.load()``) and ``verify``
-  (``Archive.verify()``): ``"ok"``, or the error kind (``bpz.errors`` ``.kind``), or, for
-  errors that are not bpz errors, the Python class name (``ValueError`` for a refused
-  allocation). A stage after a failed ``open`` is not run.
+  (``Archive.verify()``): ``"ok"``, or the error kind (``bpz.errors`` ``.kind``:
+  ``out_of_memory`` for a refused allocation), or, for errors that are not bpz errors, the
+  Python class name. A stage after a failed ``open`` is not run.
 * ``.bp`` files: ``read_bp`` and ``load_pytree``; ``.pkl`` files: ``load_pickle``.
 
 ``test_attacks.py`` runs every file in a subprocess with a 2 GiB address-space limit and a

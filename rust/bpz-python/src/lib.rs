@@ -19,5 +19,6 @@ fn _bpz(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add("FORMAT_VERSION", (bpz::FORMAT_VERSION.major, bpz::FORMAT_VERSION.minor))?;
     m.add("DTYPES", bpz::DType::ALL.iter().map(|d| d.name()).collect::<Vec<_>>())?;
+    errors::register(m)?;
     Ok(())
 }

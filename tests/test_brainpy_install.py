@@ -224,6 +224,12 @@ def test_mismatch_keeps_states_in_place(installed, tmp_path):
     out = braintools_file.msgpack_load(path, target={"p": p, "q": [q0, np.zeros(3), kept]}, mismatch="ignore")
     assert out["p"] is p and p.value.tolist() == [0, 1, 2, 3]  # shape from the file, as braintools
     assert out["q"][0] is q0 and q0.value.tolist() == [1, 1] and out["q"][2] is kept
+    # a BrainPy Variable takes no other shape: refused before anything is assigned
+    p.value = np.zeros(6)
+    with pytest.raises(ValueError, match=r"Array shape mismatch: expected \(6,\), got \(4,\)"):
+        braintools_file.msgpack_load(path, target={"p": bp.math.Variable(np.zeros(6, np.float32)),
+                                                   "q": [q0, p]}, mismatch="warn")
+    assert p.value.tolist() == [0] * 6
 
 
 def test_max_size_and_verbose(installed, tmp_path, capsys):

@@ -995,30 +995,31 @@ def _notice_bp_name(filename: str) -> None:
 
 # --- exception classes BrainPy users catch
 
-_DUAL_CLASSES: dict[tuple[type, type], type] = {}
+_DUAL_CLASSES: dict[tuple[type, ...], type] = {}
 
 
-def _dual_class(bpz_class: type, user_class: type) -> type:
-    """A subclass of both (built once, cached): ``except`` clauses written for either catch it."""
-    key = (bpz_class, user_class)
+def _dual_class(bpz_class: type, *user_classes: type) -> type:
+    """A subclass of all of them (built once, cached): ``except`` clauses written for any catch it."""
+    key = (bpz_class, *user_classes)
     cls = _DUAL_CLASSES.get(key)
     if cls is None:
         def __reduce__(self: BaseException) -> tuple[Any, ...]:  # pickles as bpz's own class
             return (bpz_class, self.args)
 
-        cls = type(bpz_class.__name__, (bpz_class, user_class), {
+        also = ", ".join(f"{c.__module__}.{c.__qualname__}" for c in user_classes)
+        cls = type(bpz_class.__name__, (bpz_class, *user_classes), {
             "__module__": bpz_class.__module__,
-            "__doc__": f"{bpz_class.__doc__ or bpz_class.__name__} (also {user_class.__module__}."
-                       f"{user_class.__qualname__}: raised while bpz.brainpy.install() is in effect)",
+            "__doc__": f"{bpz_class.__doc__ or bpz_class.__name__} (also {also}, as BrainPy raises there)",
             "__reduce__": __reduce__,
         })
         _DUAL_CLASSES[key] = cls
     return cls
 
 
-def _user_error_classes() -> dict[str, type]:
-    """The classes BrainPy's checkpoint functions raise: braintools' (2.7+), else brainpy.errors' (2.3–2.6)."""
-    found: dict[str, type] = {}
+def _user_error_classes() -> dict[str, tuple[type, ...]]:
+    """The classes BrainPy's checkpoint functions raise: braintools.file's (BrainPy 2.7+, brainstate)
+    and brainpy.errors' (2.3–2.6), whichever are installed."""
+    found: dict[str, tuple[type, ...]] = {}
     for module in ("braintools.file", "brainpy.errors"):
         try:
             mod = importlib.import_module(module)
@@ -1026,13 +1027,13 @@ def _user_error_classes() -> dict[str, type]:
             continue
         for name in ("InvalidCheckpointPath", "AlreadyExistsError"):
             cls = getattr(mod, name, None)
-            if name not in found and isinstance(cls, type) and issubclass(cls, Exception):
-                found[name] = cls
+            if isinstance(cls, type) and issubclass(cls, Exception) and cls not in found.get(name, ()):
+                found[name] = (*found.get(name, ()), cls)
     return found
 
 
 def _as_user_error(error: BaseException, loading: bool) -> BaseException | None:
-    """``error`` re-made as an instance of its bpz class and of BrainPy's class for that case, or None.
+    """``error`` re-made as an instance of its bpz class and of BrainPy's classes for that case, or None.
 
     Saving over an existing file with ``overwrite=False`` -> ``InvalidCheckpointPath``; the file
     appearing between that check and the rename -> ``AlreadyExistsError``; a file that is not a
@@ -1043,19 +1044,20 @@ def _as_user_error(error: BaseException, loading: bool) -> BaseException | None:
     if isinstance(error, InvalidCheckpointPath):
         # write_archive raises it from the writer's FileExistsError: the race, not the first check
         race = isinstance(error.__context__, FileExistsError)
-        user = classes.get("AlreadyExistsError" if race else "InvalidCheckpointPath")
+        users = classes.get("AlreadyExistsError" if race else "InvalidCheckpointPath", ())
     elif loading and isinstance(error, FormatError):
-        user = classes.get("InvalidCheckpointPath")
+        users = classes.get("InvalidCheckpointPath", ())
     else:
         return None
-    if user is None or isinstance(error, user):
+    users = tuple(c for c in users if not isinstance(error, c))
+    if not users:
         return None
     try:
-        cls = _dual_class(type(error), user)
-    except TypeError:  # no consistent MRO (an exotic user class): keep bpz's error
+        cls = _dual_class(type(error), *users)
+    except TypeError:  # no consistent MRO or layout (an exotic user class): keep bpz's error
         return None
     new = cls(*error.args)
-    new.__dict__.update(error.__dict__)
+    new.__dict__.update(getattr(error, "__dict__", {}))
     return new.with_traceback(error.__traceback__)
 
 
@@ -1203,14 +1205,7 @@ class _InPlace:
         self.state.value = _unkeep(new)
 
 
-def _mismatch(mode: str, message: str) -> bool:
-    """True when the mismatch is to be tolerated ('warn' also warns)."""
-    if mode == "warn":
-        warnings.warn(message, UserWarning, stacklevel=5)
-    return True
-
-
-def _relax(target: Any, loaded: Any, mode: str, path: tuple[Any, ...]) -> tuple[Any, Any]:
+def _relax(target: Any, loaded: Any, mode: str, path: tuple[Any, ...], notes: list[str]) -> tuple[Any, Any]:
     """``(target', loaded')`` that restore_into fits without a mismatch, as braintools resolves them:
     a dict key absent from the file or a list item beyond its length keeps the target's value; an
     array of another shape or a Quantity of another unit is taken from the file."""
@@ -1225,16 +1220,16 @@ def _relax(target: Any, loaded: Any, mode: str, path: tuple[Any, ...]) -> tuple[
         by_str = {str(k): k for k in loaded}
         t_out: dict[Any, Any] = {}
         l_out: dict[Any, Any] = {}
-        missing = [k for k in target if k not in loaded and str(k) not in by_str]
+        missing = {k for k in target if k not in loaded and str(k) not in by_str}
         if missing:
-            _mismatch(mode, "The target dict keys and state dict keys do not match, target dict contains keys "
-                            f"{sorted(map(str, missing))} which are not present in state dict at {where}")
+            notes.append("The target dict keys and state dict keys do not match, target dict contains keys "
+                         f"{sorted(map(str, missing))} which are not present in state dict at {where}")
         for k, v in target.items():
             if k in missing:
                 t_out[k] = l_out[k] = _Keep(v)
             else:
                 lk = k if k in loaded else by_str[str(k)]
-                t_out[k], l_out[k] = _relax(v, loaded[lk], mode, (*path, k))
+                t_out[k], l_out[k] = _relax(v, loaded[lk], mode, (*path, k), notes)
         if mode == "warn":  # file keys the target lacks: left in for restore_into to report
             used = {str(k) for k in target}
             l_out.update({k: v for k, v in loaded.items() if str(k) not in used})
@@ -1244,9 +1239,9 @@ def _relax(target: Any, loaded: Any, mode: str, path: tuple[Any, ...]) -> tuple[
         if seq is None:
             return target, loaded
         if len(seq) != len(target):
-            _mismatch(mode, f"The size of the list and the state dict do not match, got {len(target)} and "
-                            f"{len(seq)} at {where}")
-        pairs = [_relax(t, l, mode, (*path, i)) for i, (t, l) in enumerate(zip(target, seq))]
+            notes.append(f"The size of the list and the state dict do not match, got {len(target)} and "
+                         f"{len(seq)} at {where}")
+        pairs = [_relax(t, l, mode, (*path, i), notes) for i, (t, l) in enumerate(zip(target, seq))]
         kept = [_Keep(t) for t in target[len(seq):]]
         t_items = [p[0] for p in pairs] + kept
         l_items = [p[1] for p in pairs] + kept
@@ -1254,24 +1249,24 @@ def _relax(target: Any, loaded: Any, mode: str, path: tuple[Any, ...]) -> tuple[
     if _is_quantity(target):
         unit = getattr(loaded, "unit", None)
         if unit is not None and unit != target.unit:
-            _mismatch(mode, f"Unit mismatch: expected {target.unit}, got {unit} at {where}")
+            notes.append(f"Unit mismatch: expected {target.unit}, got {unit} at {where}")
             return None, loaded
         if unit is not None and np.shape(loaded) != np.shape(target):
-            _mismatch(mode, f"Array shape mismatch: expected {np.shape(target)}, got {np.shape(loaded)} at {where}")
+            notes.append(f"Array shape mismatch: expected {np.shape(target)}, got {np.shape(loaded)} at {where}")
             return None, loaded
         return target, loaded
     if is_brainpy_variable(target):
         return target, loaded  # its setter takes no other shape: refused, before anything is assigned
     if hasattr(target, "value") and not isinstance(target, (Enum, str, bytes, np.ndarray, np.generic)) \
             and not _is_jax_array(target):
-        inner_t, inner_l = _relax(target.value, loaded, mode, path)
+        inner_t, inner_l = _relax(target.value, loaded, mode, path, notes)
         if inner_t is target.value and inner_l is loaded:
             return target, loaded
         return _InPlace(target, inner_t), inner_l
     if hasattr(target, "shape") and hasattr(loaded, "shape"):
         if tuple(np.shape(target)) != tuple(np.shape(loaded)):
-            _mismatch(mode, f"Array shape mismatch: expected {tuple(np.shape(target))}, "
-                            f"got {tuple(np.shape(loaded))} at {where}")
+            notes.append(f"Array shape mismatch: expected {tuple(np.shape(target))}, "
+                         f"got {tuple(np.shape(loaded))} at {where}")
             return None, loaded  # None as the target: restore_into returns the loaded value
     return target, loaded
 
@@ -1317,15 +1312,19 @@ def _load(filename: Any, target: Any, parallel: bool, mismatch: str = "error") -
     if target is None or mismatch == "error":
         return load_pytree(filename, target=target, parallel=parallel)
     loaded = load_pytree(filename, parallel=parallel)
-    relaxed_target, relaxed_loaded = _relax(target, loaded, mismatch, ())
+    notes: list[str] = []  # the mismatches tolerated
+    relaxed_target, relaxed_loaded = _relax(target, loaded, mismatch, (), notes)
     assignments: list[tuple[Any, Any]] = []
     ignored: list[str] = []
     result = restore_into(relaxed_target, relaxed_loaded, assignments, ignored=ignored)
     for obj, value in assignments:
         obj.value = _unkeep(value)
-    if ignored and mismatch == "warn":  # 'ignore' is silent about everything, as braintools'
-        warnings.warn(f"bpz: {filename} holds {len(ignored)} value(s) the target has no place for, not loaded: "
-                      f"{', '.join(ignored[:20])}{' ...' if len(ignored) > 20 else ''}", UserWarning, stacklevel=4)
+    if ignored:
+        notes.append(f"bpz: {filename} holds {len(ignored)} value(s) the target has no place for, not loaded: "
+                     f"{', '.join(ignored[:20])}{' ...' if len(ignored) > 20 else ''}")
+    if mismatch == "warn":  # 'ignore' is silent about everything, as braintools'
+        for note in notes:
+            warnings.warn(note, UserWarning, stacklevel=4)
     return _unkeep(result)
 
 

@@ -153,6 +153,18 @@ def test_bp_format_brainpy_writes_what_plain_brainpy_reads(tmp_path):
     assert back_bpz["net"]["v"].tolist() == [0, 1, 2]
 
 
+def test_bp_format_brainpy_never_replaces_a_file_that_appeared_with_overwrite_false(tmp_path, monkeypatch):
+    path = str(tmp_path / "race.bp")
+    bpz.save_pytree(path, {"old": np.ones(2)}, verbose=False)
+    real_lexists = os.path.lexists
+    monkeypatch.setattr(os.path, "lexists", lambda p: False if p == path else real_lexists(p))
+    with bb.installed(bp_format="brainpy"):
+        with pytest.raises(braintools_file.AlreadyExistsError):
+            bp.checkpoints.save_pytree(path, {"new": np.zeros(2)}, overwrite=False, verbose=False)
+    monkeypatch.undo()
+    assert list(bpz.load_pytree(path)) == ["old"] and os.listdir(tmp_path) == ["race.bp"]
+
+
 def test_bp_format_brainpy_refuses_what_the_format_cannot_hold(tmp_path):
     path = tmp_path / "x.bp"
     with bb.installed(bp_format="brainpy"):

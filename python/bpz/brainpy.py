@@ -56,9 +56,13 @@ Deliberate differences from BrainPy
   ``ValueError`` names both keys (BrainPy printed the model object instead of the second key).
 * Unknown ``save_states`` settings raise ``TypeError`` (BrainPy ignored them); the accepted
   suffixes include ``.pickle`` on load and ``.bpz``.
-* With :func:`install`, ``brainpy.checkpoints.save_pytree`` writes bpz archives (under the
-  exact name given) and ``load_pytree`` reads both those and ``.bp`` files; arrays come back
-  writable, in the saved structure, jax arrays as jax arrays.
+* With :func:`install`, ``brainpy.checkpoints.save_pytree`` and ``braintools.file.msgpack_save``
+  write bpz archives (under the exact name given; ``.bp``-named ones too, with a one-time
+  notice, unless ``install(bp_format="brainpy")``) and the loads read both those and msgpack
+  files; without a target, the saved structure comes back (tuples, int keys, Quantities, typed
+  PRNG keys) with writable NumPy arrays. Errors are also BrainPy's classes (braintools'
+  ``InvalidCheckpointPath`` / ``AlreadyExistsError``, ``brainpy.errors``' on 2.3–2.6). See the
+  README, "For BrainPy users", for the full list.
 """
 
 from __future__ import annotations
@@ -1143,7 +1147,10 @@ def _cannot_hold(filename: str) -> Iterator[None]:
 
 
 def _save_brainpy_format(filename: str, target: Any, overwrite: bool, async_manager: Any) -> None:
-    from ._legacy.bp_msgpack import write_bp
+    """``target`` as BrainPy's msgpack file, by bpz's ``.bp`` writer and its atomic, durable write."""
+    from . import _bpz
+    from ._legacy._common import require
+    from ._legacy.bp_msgpack import MAX_CHUNK_BYTES, _Writer
     from .write import AsyncManager, absolute_path
 
     path = absolute_path(filename)
@@ -1162,8 +1169,14 @@ def _save_brainpy_format(filename: str, target: Any, overwrite: bool, async_mana
             os.makedirs(parent, exist_ok=True)
         except OSError as e:
             raise OSError(f"Cannot create directory {os.path.dirname(filename) or '.'}: {e}") from e
-        with _cannot_hold(filename):
-            write_bp(path, tree)
+        msgpack = require("msgpack", "msgpack", "writing BrainPy .bp files")
+        try:
+            with _bpz.TempFile(path, overwrite=overwrite) as tmp:  # removed unless committed
+                with _cannot_hold(filename), builtins.open(tmp.name, "wb", buffering=1 << 20) as fh:
+                    _Writer(fh, msgpack, MAX_CHUNK_BYTES).value(tree, ())
+                tmp.commit(sync=True)
+        except FileExistsError:  # overwrite=False, and the file appeared meanwhile: as the bpz writer
+            raise InvalidCheckpointPath(f'Invalid checkpoint at "{filename}".') from None
 
     if async_manager is None:
         write()

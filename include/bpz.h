@@ -252,10 +252,6 @@ int bpz_tensor_data(const bpz_archive *archive, size_t index, const void **data,
 int bpz_read(const bpz_archive *archive, size_t index, void *buf, size_t buf_len);
 
 /**
- * Reads rows [start, stop) of the leading axis of tensor `index` into `buf`.
- * The tensor has shape[0] rows (a 0-d tensor has one); `buf_len` must equal
- * (stop - start) times the bytes of one row (product(shape[1:]) times the
-/**
  * Reads `n` whole tensors at once: tensor `indices[i]` into `bufs[i]`, whose
  * length `buf_lens[i]` must equal its nbytes exactly, as for bpz_read(). Faster
  * than `n` calls of bpz_read() for many small tensors: neighbouring small
@@ -270,6 +266,10 @@ int bpz_read(const bpz_archive *archive, size_t index, void *buf, size_t buf_len
 int bpz_read_many(const bpz_archive *archive, const size_t *indices, size_t n,
                   void *const *bufs, const size_t *buf_lens);
 
+/**
+ * Reads rows [start, stop) of the leading axis of tensor `index` into `buf`.
+ * The tensor has shape[0] rows (a 0-d tensor has one); `buf_len` must equal
+ * (stop - start) times the bytes of one row (product(shape[1:]) times the
  * dtype's size) exactly. Only the chunks overlapping the rows are read and
  * decoded, in parallel, with checksums verified.
  * BPZ_ERR_INVALID_ARGUMENT if start > stop or stop exceeds the row count.

@@ -692,12 +692,14 @@ def fake_brainpy(monkeypatch):
     bb.uninstall()
 
 
-def test_install_is_idempotent_and_reversible(fake_brainpy, tmp_path):
+def test_install_is_idempotent_and_reversible(fake_brainpy, tmp_path, monkeypatch):
+    monkeypatch.setattr(bb, "_notice_given", False)  # the .bp notice is once per process
     original = fake_brainpy.save_pytree
     bb.install()
     bb.install()
     assert bb.is_installed() and fake_brainpy.AsyncManager is bpz.AsyncManager
-    fake_brainpy.save_pytree(tmp_path / "i.bp", {"w": np.arange(3)}, verbose=False)
+    with pytest.warns(UserWarning, match="written as a bpz archive"):  # the one-time .bp notice
+        fake_brainpy.save_pytree(tmp_path / "i.bp", {"w": np.arange(3)}, verbose=False)
     assert bpz.read.is_bpz_file(tmp_path / "i.bp")
     np.testing.assert_array_equal(fake_brainpy.load_pytree(tmp_path / "i.bp")["w"], np.arange(3))
     old = fake_brainpy.load_pytree(FIXTURES / "brainpy-2.9.0" / "chunked.bp")

@@ -3,9 +3,12 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
+RUNTIME_STAMP := $(VENV)/.installed-runtime
 STAMP := $(VENV)/.installed
+# Each suite appends its totals here (.ci/suite); `make test` prints them all at the end.
+SUITE := .ci/suite
 
-.PHONY: help demo test test-rust test-python test-go install vectors clean
+.PHONY: help demo test install vectors clean
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-15s %s\n", $$1, $$2}'
@@ -14,26 +17,40 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 
-$(STAMP): $(PY) pyproject.toml Cargo.toml rust/bpz/Cargo.toml rust/bpz-python/Cargo.toml $(shell find rust -name '*.rs')
+# bpz and its runtime dependencies only (numpy, ml_dtypes): all the demo needs.
+$(RUNTIME_STAMP): $(PY) pyproject.toml Cargo.toml rust/bpz/Cargo.toml rust/bpz-python/Cargo.toml $(shell find rust -name '*.rs')
+	$(PY) -m pip install -q -e .
+	touch $(RUNTIME_STAMP)
+
+# The test dependencies on top (jax, brainpy, h5py, scipy, ...: about 1 GB).
+$(STAMP): $(RUNTIME_STAMP)
 	$(PY) -m pip install -q -e ".[test]"
 	touch $(STAMP)
 
 install: $(STAMP) ## build the extension and install bpz with its test dependencies into .venv
 
-demo: $(STAMP) ## save and load a spiking-network state, printing what happens and how long it takes
+demo: $(RUNTIME_STAMP) ## save and load a spiking-network state, printing what happens and how long it takes
 	$(PY) examples/demo.py --out m.bpz
 
-test: test-rust test-python test-brainpy29 test-jaxmin test-go test-c fuzz-smoke bench-smoke ## install everything needed and run every test
+TEST_SUITES := test-rust test-python test-brainpy29 test-jaxmin test-go test-c fuzz-smoke bench-smoke
 
+# -k: one failing suite doesn't hide the others; the summary is printed whatever happened.
+test: ## install everything needed, run every suite, end with every suite's totals
+	@$(SUITE) --reset
+	@$(MAKE) --no-print-directory -k $(TEST_SUITES); made=$$?; \
+	$(SUITE) --report; reported=$$?; \
+	[ $$made -eq 0 ] && [ $$reported -eq 0 ]
+
+.PHONY: $(TEST_SUITES)
 test-rust: ## the format crate's tests (unit, property, conformance vectors)
-	cargo test -p bpz
-	cargo test -p bpz-capi
+	$(SUITE) rust-core cargo -- cargo test -p bpz
+	$(SUITE) rust-capi cargo -- cargo test -p bpz-capi
 
 test-python: $(STAMP) ## the Python API tests and the independent spec reader
-	$(PY) -m pytest -q
+	$(SUITE) python pytest -- $(PY) -m pytest -q
 
 test-go: ## the Go reader, written from spec/FORMAT.md alone
-	@if [ -d spec/readers/go ]; then cd spec/readers/go && go test ./...; fi
+	@if [ -d spec/readers/go ]; then cd spec/readers/go && ../../../$(SUITE) go go -- go test -v ./...; fi
 
 # The C ABI (rust/bpz-capi, include/bpz.h), used from C and C++ with only cc, c++ and cargo.
 CAPI_TARGET := $(or $(CARGO_TARGET_DIR),target)
@@ -52,28 +69,31 @@ test-c: ## libbpz from C and C++: the conformance vectors, bpz_dump, the C++ exa
 	$(CC) $(CAPI_CFLAGS) -o $(CAPI_OUT)/conformance $(CAPI_SRC)/conformance.c $(CAPI_SRC)/sha256.c $(CAPI_LINK)
 	$(CC) $(CAPI_CFLAGS) -o $(CAPI_OUT)/bpz_dump $(CAPI_SRC)/bpz_dump.c $(CAPI_SRC)/sha256.c $(CAPI_LINK)
 	$(CXX) $(CAPI_CXXFLAGS) -o $(CAPI_OUT)/example $(CAPI_SRC)/example.cpp $(CAPI_LINK)
-	$(CAPI_OUT)/conformance $(CAPI_OUT)/expectations.txt spec/vectors
-	$(CAPI_OUT)/bpz_dump spec/vectors/nested_tree.bpz
-	$(CAPI_OUT)/example spec/vectors/nested_tree.bpz 'net/E~1I/V' net/l1/W
+	$(SUITE) c-conformance check -- $(CAPI_OUT)/conformance $(CAPI_OUT)/expectations.txt spec/vectors
+	$(SUITE) c-dump check -- $(CAPI_OUT)/bpz_dump spec/vectors/nested_tree.bpz
+	$(SUITE) cpp-example check -- $(CAPI_OUT)/example spec/vectors/nested_tree.bpz 'net/E~1I/V' net/l1/W
 
 vectors: ## regenerate spec/vectors from the reference writer
 	rm -rf spec/vectors/*.bpz spec/vectors/*.json spec/vectors/invalid
 	cargo run -q -p bpz --example gen_vectors -- spec/vectors
 
-clean: ## remove build outputs
-	cargo clean
-	rm -rf $(VENV) $(VENV312) $(VENV_JAXMIN) m.bpz demo.bpz
+clean: ## remove every build folder, venv, cache and demo output (cargo-fuzz in target/tools too)
+	rm -rf target $(CAPI_TARGET) rust/bpz/fuzz/target rust/bpz/fuzz/corpus rust/bpz/fuzz/artifacts \
+	  $(VENV) $(VENV312) $(VENV_JAXMIN) build dist bench/out .pytest_cache .hypothesis \
+	  python/bpz/*.so python/bpz/*.pyd m.bpz demo.bpz
+	find . -path ./.git -prune -o \( -name __pycache__ -o -name '*.egg-info' -o -name .pytest_cache \
+	  -o -name .hypothesis \) -prune -exec rm -rf {} +
 
 .PHONY: bench-smoke
-bench-smoke: $(STAMP) ## a tiny run of the benchmark harness (light tools only), so it never rots
+bench-smoke: $(STAMP) ## a tiny run of the benchmark harness (light tools only), so it never rots; timings in target/logs
 	@tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && \
-	$(PY) bench/run.py --scale 0.002 --repeat 1 --strict --verify \
+	$(SUITE) bench-smoke check --quiet -- $(PY) bench/run.py --scale 0.002 --repeat 1 --strict --verify \
 	  --tools bpz,safetensors,npz,npz-deflate,npy-dir,npy-dir/mmap,h5py,h5py-gzip1,h5py-lzf,msgpack,limits,codec:zstd-mt,codec:zstd-chunks \
 	  --workdir "$$tmp/work" --out "$$tmp/RESULTS.md" --plot "$$tmp/throughput.png" --json "$$tmp/results.json"
 
 .PHONY: fuzz-smoke
 fuzz-smoke: $(STAMP) ## every fuzz target (Rust reader, Python entry points) for 30 s each
-	tests/fuzz/run.sh 30
+	$(SUITE) fuzz-smoke fuzz -- tests/fuzz/run.sh 30
 
 .PHONY: test-reliability
 test-reliability: $(STAMP) ## crash safety, corruption, hostile files, concurrency, then every fuzz target for 60 s
@@ -99,12 +119,12 @@ $(BP29_STAMP): Makefile .ci/find-python
 
 .PHONY: test-brainpy29
 test-brainpy29: $(STAMP) $(BP29_STAMP) ## real BrainPy 2.9.0 on Python 3.12: bpz.brainpy tests, braintools' own checkpoint tests, the E/I example
-	PYTHONPATH=python JAX_PLATFORMS=cpu $(VENV312)/bin/python -m pytest -q -p no:cacheprovider \
+	PYTHONPATH=python JAX_PLATFORMS=cpu $(SUITE) brainpy29 pytest -- $(VENV312)/bin/python -m pytest -q -p no:cacheprovider \
 	  tests/test_brainpy_real.py tests/test_brainpy29.py tests/test_brainpy_install.py tests/test_leaves.py
-	PYTHONPATH=python:tests/braintools_suite JAX_PLATFORMS=cpu $(VENV312)/bin/python -m pytest -q -p no:cacheprovider \
-	  -p bpz_behind_braintools \
+	PYTHONPATH=python:tests/braintools_suite JAX_PLATFORMS=cpu $(SUITE) braintools-suite pytest -- \
+	  $(VENV312)/bin/python -m pytest -q -p no:cacheprovider -p bpz_behind_braintools \
 	  "$$($(VENV312)/bin/python -c 'import braintools.file as f, os; print(os.path.dirname(f.__file__))')/_msg_checkpoint_test.py"
-	PYTHONPATH=python JAX_PLATFORMS=cpu $(VENV312)/bin/python examples/brainpy29_ei_units.py
+	PYTHONPATH=python JAX_PLATFORMS=cpu $(SUITE) brainpy29-example check -- $(VENV312)/bin/python examples/brainpy29_ei_units.py
 
 # The lowest jax bpz supports (pyproject: the "jax" extra), on Python 3.11 with numpy 1.x.
 VENV_JAXMIN ?= .venv-jaxmin
@@ -121,4 +141,4 @@ $(JAXMIN_STAMP): Makefile .ci/find-python
 
 .PHONY: test-jaxmin
 test-jaxmin: $(STAMP) $(JAXMIN_STAMP) ## the lowest supported jax (0.4.13, numpy 1.26) on Python 3.11
-	PYTHONPATH=python JAX_PLATFORMS=cpu $(VENV_JAXMIN)/bin/python -m pytest -q -p no:cacheprovider $(JAXMIN_TESTS)
+	PYTHONPATH=python JAX_PLATFORMS=cpu $(SUITE) jaxmin pytest -- $(VENV_JAXMIN)/bin/python -m pytest -q -p no:cacheprovider $(JAXMIN_TESTS)

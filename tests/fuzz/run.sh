@@ -33,9 +33,11 @@ summary() {  # the last status line of a libFuzzer log: executions and coverage
 
 # ------------------------------------------------------------------ Rust reader
 if command -v rustup >/dev/null && rustup toolchain list 2>/dev/null | grep -q '^nightly'; then
+    # cargo-fuzz goes into the repository (target/tools, removed by make clean), not ~/.cargo/bin.
+    export PATH="$ROOT/target/tools/bin:$PATH"
     if ! cargo fuzz --version >/dev/null 2>&1; then
-        echo "== installing cargo-fuzz"
-        cargo install --locked cargo-fuzz || { echo "cargo-fuzz could not be installed"; exit 1; }
+        echo "== installing cargo-fuzz into $ROOT/target/tools (a few minutes, once)"
+        cargo install --locked --root "$ROOT/target/tools" cargo-fuzz || { echo "cargo-fuzz could not be installed"; exit 1; }
     fi
     for target in read_bytes read_fixed_checksums; do
         corpus="$WORK/corpus-$target"
@@ -62,7 +64,7 @@ fi
 
 # ------------------------------------------------------------------ Python entry points
 if ! "$PY" -c "import atheris" 2>/dev/null; then
-    echo "== installing atheris"
+    echo "== installing atheris into $("$PY" -c 'import sys; print(sys.prefix)')"
     "$PY" -m pip install -q atheris || { echo "atheris could not be installed"; exit 1; }
 fi
 pycorpus="$WORK/corpus-python"

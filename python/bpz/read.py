@@ -54,6 +54,7 @@ class TensorInfo:
 
     @property
     def compression_ratio(self) -> float:
+        """Decoded bytes per stored byte (1.0 for an empty tensor)."""
         return self.nbytes / self.stored_bytes if self.stored_bytes else 1.0
 
 
@@ -105,10 +106,12 @@ class TensorSlice:
 
     @property
     def shape(self) -> tuple[int, ...]:
+        """The whole tensor's shape."""
         return self.info.shape
 
     @property
     def dtype(self) -> np.dtype:
+        """The tensor's NumPy dtype."""
         return self.info.dtype
 
     def __len__(self) -> int:
@@ -174,6 +177,7 @@ class Archive:
 
     @property
     def closed(self) -> bool:
+        """Whether :meth:`close` was called."""
         return self._archive is None
 
     def __enter__(self) -> Archive:
@@ -189,6 +193,7 @@ class Archive:
 
     # -- mapping protocol
     def keys(self) -> list[str]:
+        """The tensor names, in the archive's index order."""
         if self._names is None:
             self._names = self._native().names()
         return list(self._names)
@@ -212,15 +217,21 @@ class Archive:
         return _as_array(self._native().read(name), info.dtype, info.shape)
 
     def get_slice(self, name: str) -> TensorSlice:
+        """A lazy handle on one tensor's rows: ``a.get_slice("W")[10:20]`` reads and
+        decodes only the chunks holding those rows (unknown names raise
+        :class:`~bpz.errors.TensorNotFoundError`)."""
         return TensorSlice(self, name)
 
     def info(self, name: str) -> TensorInfo:
+        """What the index says about one tensor (dtype, shape, storage, codec, sizes),
+        without reading its data."""
         info = self._info_cache.get(name)
         if info is None:
             info = self._info_cache[name] = _info(self._native().info(name))
         return info
 
     def infos(self) -> list[TensorInfo]:
+        """:meth:`info` for every tensor, in index order."""
         return [_info(d) for d in self._native().infos()]
 
     # -- whole-file properties
@@ -239,14 +250,17 @@ class Archive:
 
     @property
     def version(self) -> tuple[int, int]:
+        """The file's format version, ``(major, minor)``."""
         return tuple(self._native().version)  # type: ignore[return-value]
 
     @property
     def writer(self) -> dict[str, str] | None:
+        """The writer recorded in the file (``{"name": ..., "version": ...}``), or None."""
         return self._native().writer
 
     @property
     def file_size(self) -> int:
+        """The archive's size in bytes."""
         return int(self._native().file_size)
 
     def tree(self) -> Any:

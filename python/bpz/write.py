@@ -196,6 +196,7 @@ class AsyncManager:
 
     @property
     def closed(self) -> bool:
+        """Whether :meth:`close` was called."""
         return self._closed
 
     @property

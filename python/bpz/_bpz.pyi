@@ -109,18 +109,38 @@ _TensorItem = (
     | tuple[str, str, Sequence[int] | None, object, _TensorOptions | None]
 )
 
+class _WriterDefaults(TypedDict):
+    alignment: int
+    chunk_bytes: int
+    compression: Literal["auto", "zstd", "none"]
+    level: int
+    sync: bool
+    overwrite: bool
+
+_Compression = Literal["auto", "zstd", "none"] | None
+
 class Writer:
+    # The core's defaults, taken by the options left None; compression=None is none.
+    DEFAULTS: ClassVar[_WriterDefaults]
+    @staticmethod
+    def check_options(
+        *,
+        alignment: int | None = None,
+        chunk_bytes: int | None = None,
+        compression: _Compression = ...,
+        level: int | None = None,
+    ) -> None: ...
     def __init__(
         self,
         path: str | os.PathLike[str],
         *,
-        alignment: int = 64,
-        chunk_bytes: int = 2097152,
-        compression: Literal["auto", "zstd"] | None = "auto",
-        level: int = 1,
+        alignment: int | None = None,
+        chunk_bytes: int | None = None,
+        compression: _Compression = ...,
+        level: int | None = None,
         filter: Literal["none", "shuffle", "delta_shuffle", "bitpack"] | None = None,
-        sync: bool = True,
-        overwrite: bool = True,
+        sync: bool | None = None,
+        overwrite: bool | None = None,
         writer_name: str = "bpz-python",
         writer_version: str = ...,
     ) -> None: ...

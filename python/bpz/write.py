@@ -20,11 +20,12 @@ from .pytree import Leaf, flatten, no_gc
 
 __all__ = ["save_pytree", "AsyncManager", "DEFAULT_CHUNK_SIZE", "DEFAULT_LEVEL"]
 
+# The defaults are the core's (an option left None takes them); named here for the documentation.
 #: Target uncompressed size of a compressed chunk.
-DEFAULT_CHUNK_SIZE = 2 << 20
+DEFAULT_CHUNK_SIZE: int = _bpz.Writer.DEFAULTS["chunk_bytes"]
 #: zstd level: 1 compresses at about a GB/s per core; higher levels gain little on model state.
-DEFAULT_LEVEL = 1
-_COMPRESSION = ("auto", "zstd", None)
+DEFAULT_LEVEL: int = _bpz.Writer.DEFAULTS["level"]
+_DEFAULT_COMPRESSION: str = _bpz.Writer.DEFAULTS["compression"]
 
 
 class _BackgroundSave:
@@ -236,13 +237,9 @@ class AsyncManager:
                 _report_failure(job.filename, error, "and its AsyncManager was garbage collected without close()")
 
 
-def _check_options(compression: Any, level: int, chunk_size: int | None) -> None:
-    if compression not in _COMPRESSION:
-        raise ValueError(f"compression must be 'auto', 'zstd' or None, not {compression!r}")
-    if not isinstance(level, int) or isinstance(level, bool):
-        raise TypeError(f"level must be an int, not {type(level).__name__}")
-    if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size <= 0):
-        raise ValueError(f"chunk_size must be a positive number of bytes, not {chunk_size!r}")
+def _check_options(compression: Any, level: Any, chunk_size: Any) -> None:
+    """The core's check of the options, here so that a background save fails in the caller's thread."""
+    _bpz.Writer.check_options(compression=compression, level=level, chunk_bytes=chunk_size)
 
 
 #: Deepest nesting of lists/dicts in metadata: the index may nest 128 levels (the core's
@@ -303,12 +300,12 @@ def write_archive(
     leaves: list[Leaf],
     *,
     metadata_json: str | None = None,
-    compression: str | None = "auto",
-    level: int = DEFAULT_LEVEL,
+    compression: str | None = _DEFAULT_COMPRESSION,
+    level: int | None = None,
     chunk_size: int | None = None,
-    alignment: int = 64,
-    overwrite: bool = True,
-    sync: bool = True,
+    alignment: int | None = None,
+    overwrite: bool | None = None,
+    sync: bool | None = None,
     progress: Callable[[int, int], None] | None = None,
     shown_name: str | None = None,
 ) -> dict[str, Any]:
@@ -322,8 +319,8 @@ def write_archive(
     writer = _bpz.Writer(
         path,
         alignment=alignment,
-        chunk_bytes=chunk_size or DEFAULT_CHUNK_SIZE,
-        compression=compression,  # type: ignore[arg-type]  # checked by _check_options
+        chunk_bytes=chunk_size,
+        compression=compression,  # type: ignore[arg-type]  # the name is checked by the core
         level=level,
         sync=sync,
         overwrite=overwrite,
@@ -352,7 +349,7 @@ def save_pytree(
     async_manager: AsyncManager | None = None,
     verbose: bool = True,
     *,
-    compression: str | None = "auto",
+    compression: str | None = _DEFAULT_COMPRESSION,
     level: int = DEFAULT_LEVEL,
     chunk_size: int | None = None,
     metadata: Any = None,
@@ -454,7 +451,7 @@ def save_tree(
     *,
     overwrite: bool,
     async_manager: AsyncManager | None,
-    compression: str | None = "auto",
+    compression: str | None = _DEFAULT_COMPRESSION,
     level: int = DEFAULT_LEVEL,
     chunk_size: int | None = None,
     metadata: Any = None,

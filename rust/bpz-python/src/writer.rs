@@ -22,17 +22,9 @@ pub struct Writer {
     path: PathBuf,
 }
 
+/// Python's None is no compression; names are checked by the core.
 fn parse_compression(c: Option<&str>) -> PyResult<Compression> {
-    Ok(match c {
-        None | Some("none") => Compression::None,
-        Some("zstd") => Compression::Zstd,
-        Some("auto") => Compression::AUTO,
-        Some(other) => {
-            return Err(PyValueError::new_err(format!(
-                "compression must be \"auto\", \"zstd\" or None, not {other:?}"
-            )))
-        }
-    })
+    Compression::from_name(c.unwrap_or("none")).py()
 }
 
 fn parse_filter(f: Option<&str>) -> PyResult<Option<Filter>> {
@@ -301,7 +293,10 @@ fn extract_options(name: &str, opts: &Bound<'_, PyAny>) -> PyResult<Option<Tenso
     }
     tensor_options(compression.as_deref(), filter.as_deref(), level)
         .map(Some)
-        .map_err(|e| PyValueError::new_err(format!("tensor {name:?}: {}", e.value(opts.py()))))
+        .map_err(|e| {
+            let py = opts.py();
+            PyErr::from_type(e.get_type(py), format!("tensor {name:?}: {}", e.value(py)))
+        })
 }
 
 /// Reads `(name, dtype, shape, data[, options])` into `batch`; a shape of None is the
@@ -459,6 +454,47 @@ const REPORT_INTERVAL: Duration = Duration::from_millis(100);
 /// ... and after at most this many bytes.
 const REPORT_BYTES: usize = 64 << 20;
 
+/// The core's defaults with the given options over them (unchecked: the core checks).
+fn options(
+    alignment: Option<u32>,
+    chunk_bytes: Option<i64>,
+    compression: Option<&str>,
+    level: Option<&Bound<'_, PyAny>>,
+    filter: Option<&str>,
+    sync: Option<bool>,
+    overwrite: Option<bool>,
+) -> PyResult<WriterOptions> {
+    let d = WriterOptions::default();
+    // Taken as signed so that a negative size is an argument error, not an OverflowError.
+    let chunk_bytes = match chunk_bytes {
+        None => d.chunk_bytes,
+        Some(n) => usize::try_from(n).map_err(|_| {
+            to_py(bpz::Error::InvalidArgument(format!("chunk_bytes (chunk_size in Python) must be positive, not {n}")))
+        })?,
+    };
+    Ok(WriterOptions {
+        alignment: alignment.unwrap_or(d.alignment),
+        chunk_bytes,
+        compression: parse_compression(compression)?,
+        level: level.map(extract_level).transpose()?.unwrap_or(d.level),
+        filter: parse_filter(filter)?,
+        sync: sync.unwrap_or(d.sync),
+        overwrite: overwrite.unwrap_or(d.overwrite),
+        writer: d.writer,
+    })
+}
+
+/// An int, not a bool (which Python would otherwise take as 0 or 1).
+fn extract_level(level: &Bound<'_, PyAny>) -> PyResult<i32> {
+    if level.is_instance_of::<PyBool>() || !level.is_instance_of::<PyInt>() {
+        return Err(PyTypeError::new_err(format!(
+            "level must be an int, not {}",
+            level.get_type().name().map(|n| n.to_string()).unwrap_or_default()
+        )));
+    }
+    level.extract()
+}
+
 enum Failure {
     Tensor(usize, bpz::Error),
     Python(PyErr),
@@ -474,32 +510,54 @@ impl Writer {
 
 #[pymethods]
 impl Writer {
+    /// The core's defaults for the options `Writer(...)` leaves unset (None).
+    #[classattr]
+    #[allow(non_snake_case)]
+    fn DEFAULTS(py: Python<'_>) -> PyResult<Py<PyDict>> {
+        let o = WriterOptions::default();
+        let d = PyDict::new(py);
+        d.set_item("alignment", o.alignment)?;
+        d.set_item("chunk_bytes", o.chunk_bytes)?;
+        d.set_item("compression", o.compression.name())?;
+        d.set_item("level", o.level)?;
+        d.set_item("sync", o.sync)?;
+        d.set_item("overwrite", o.overwrite)?;
+        Ok(d.unbind())
+    }
+
+    /// Refuses what `Writer(...)` would refuse in these options, creating nothing:
+    /// for callers that check arguments before starting a write elsewhere.
+    #[staticmethod]
+    #[pyo3(signature = (*, alignment = None, chunk_bytes = None, compression = Some(WriterOptions::default().compression.name()), level = None))]
+    fn check_options(
+        alignment: Option<u32>,
+        chunk_bytes: Option<i64>,
+        compression: Option<&str>,
+        level: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<()> {
+        options(alignment, chunk_bytes, compression, level, None, None, None)?.check().py()
+    }
+
+    /// Options left None take the core's defaults ([`Writer::DEFAULTS`]); `compression=None`
+    /// is no compression, left out the core's default.
     #[new]
-    #[pyo3(signature = (path, *, alignment = 64, chunk_bytes = 2 << 20, compression = Some("auto"), level = 1, filter = None, sync = true, overwrite = true, writer_name = "bpz-python", writer_version = env!("CARGO_PKG_VERSION")))]
+    #[pyo3(signature = (path, *, alignment = None, chunk_bytes = None, compression = Some(WriterOptions::default().compression.name()), level = None, filter = None, sync = None, overwrite = None, writer_name = "bpz-python", writer_version = env!("CARGO_PKG_VERSION")))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
         path: PathBuf,
-        alignment: u32,
-        chunk_bytes: usize,
+        alignment: Option<u32>,
+        chunk_bytes: Option<i64>,
         compression: Option<&str>,
-        level: i32,
+        level: Option<&Bound<'_, PyAny>>,
         filter: Option<&str>,
-        sync: bool,
-        overwrite: bool,
+        sync: Option<bool>,
+        overwrite: Option<bool>,
         writer_name: &str,
         writer_version: &str,
     ) -> PyResult<Self> {
-        let opts = WriterOptions {
-            alignment,
-            chunk_bytes,
-            compression: parse_compression(compression)?,
-            level,
-            filter: parse_filter(filter)?,
-            sync,
-            overwrite,
-            writer: WriterInfo { name: writer_name.into(), version: writer_version.into() },
-        };
+        let mut opts = options(alignment, chunk_bytes, compression, level, filter, sync, overwrite)?;
+        opts.writer = WriterInfo { name: writer_name.into(), version: writer_version.into() };
         let inner = py.detach(|| bpz::Writer::create(&path, opts)).py()?;
         Ok(Writer { inner: Some(inner), path })
     }

@@ -36,6 +36,27 @@ impl Compression {
         max_share: 0.67,
         min_bytes: 4096,
     };
+
+    /// The setting a name stands for: "auto", "zstd" or "none".
+    pub fn from_name(name: &str) -> Result<Compression> {
+        match name {
+            "auto" => Ok(Compression::AUTO),
+            "zstd" => Ok(Compression::Zstd),
+            "none" => Ok(Compression::None),
+            other => Err(Error::InvalidArgument(format!(
+                "compression must be \"auto\", \"zstd\" or \"none\" (None in Python), not {other:?}"
+            ))),
+        }
+    }
+
+    /// The name [`from_name`](Self::from_name) takes ("auto" for any `Auto` setting).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Compression::None => "none",
+            Compression::Zstd => "zstd",
+            Compression::Auto { .. } => "auto",
+        }
+    }
 }
 
 /// Per-archive settings.
@@ -120,11 +141,32 @@ pub struct Writer<W: Write = io::Sink> {
     pending: VecDeque<Vec<u8>>,
 }
 
+impl WriterOptions {
+    /// Refuses settings no archive can be written with; the one check of them,
+    /// which [`Writer::create`] and [`Writer::new`] apply before anything is written.
+    pub fn check(&self) -> Result<()> {
+        let a = self.alignment;
+        if !a.is_power_of_two() || !(MIN_ALIGNMENT..=MAX_ALIGNMENT).contains(&a) {
+            return Err(Error::InvalidArgument(format!(
+                "alignment {a} is not a power of two in {MIN_ALIGNMENT}..={MAX_ALIGNMENT}"
+            )));
+        }
+        if self.chunk_bytes == 0 || self.chunk_bytes as u64 > MAX_CHUNK_BYTES {
+            return Err(Error::InvalidArgument(format!(
+                "chunk_bytes (chunk_size in Python) {} is not in 1..={MAX_CHUNK_BYTES}",
+                self.chunk_bytes
+            )));
+        }
+        check_level(self.level)
+    }
+}
+
 impl Writer<io::Sink> {
     /// Starts an archive that will replace `path` atomically on [`finish`](Self::finish).
     /// What may be replaced, and how (permissions, symlinks), is described in [`crate::persist`].
     pub fn create(path: impl AsRef<Path>, opts: WriterOptions) -> Result<Self> {
         let dest = path.as_ref();
+        opts.check()?;
         let file = TempFile::create(dest, opts.sync, opts.overwrite)?;
         Writer::start(Sink::File(file), dest.display().to_string(), opts)
     }
@@ -137,19 +179,7 @@ impl<W: Write> Writer<W> {
     }
 
     fn start(sink: Sink<W>, label: String, opts: WriterOptions) -> Result<Self> {
-        let a = opts.alignment;
-        if !a.is_power_of_two() || !(MIN_ALIGNMENT..=MAX_ALIGNMENT).contains(&a) {
-            return Err(Error::InvalidArgument(format!(
-                "alignment {a} is not a power of two in {MIN_ALIGNMENT}..={MAX_ALIGNMENT}"
-            )));
-        }
-        if opts.chunk_bytes == 0 || opts.chunk_bytes as u64 > MAX_CHUNK_BYTES {
-            return Err(Error::InvalidArgument(format!(
-                "chunk_bytes {} is not in 1..={MAX_CHUNK_BYTES}",
-                opts.chunk_bytes
-            )));
-        }
-        check_level(opts.level)?;
+        opts.check()?;
         let mut w = Writer {
             sink: Some(sink),
             label,

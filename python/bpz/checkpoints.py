@@ -19,7 +19,8 @@ from typing import Any
 
 from ._legacy._common import fsync_path
 from .errors import CheckpointNotFoundError, InvalidCheckpointError, InvalidCheckpointPath
-from .read import MAGIC, load_pytree
+from .formats import SNIFF_BYTES, sniff
+from .read import load_pytree
 from .write import AsyncManager, absolute_path, fspath_str, save_pytree, save_tree
 
 __all__ = [
@@ -54,16 +55,12 @@ def is_checkpoint_file(path: str) -> bool:
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             return False
-        head = os.read(fd, 16)
+        head = os.read(fd, SNIFF_BYTES)
     except OSError:
         return False
     finally:
         os.close(fd)
-    if head[:8] == MAGIC:
-        return True
-    from ._legacy.bp_msgpack import is_bp_file  # imported only for non-bpz files (slow import)
-
-    return is_bp_file(head)
+    return sniff(head) in ("bpz", "bp")
 
 
 def _check_prefix(prefix: str) -> None:

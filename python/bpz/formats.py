@@ -37,7 +37,7 @@ from .errors import FormatError, LimitExceededError, TruncatedError
 
 __all__ = [
     "read_safetensors", "read_safetensors_tree", "write_safetensors", "read_npz", "write_npz", "write_bp",
-    "detect_format", "losses", "unstorable", "SUFFIX_FORMATS",
+    "detect_format", "sniff", "MAGIC", "SNIFF_BYTES", "losses", "unstorable", "SUFFIX_FORMATS",
 ]
 
 _MAX_SAFETENSORS_HEADER = 100 << 20
@@ -292,23 +292,37 @@ def losses(tree: Any, metadata: Any, fmt: str) -> list[str]:
 # ------------------------------------------------------------------ detection
 
 
-def detect_format(path: str) -> str:
-    """``"bpz"``, ``"bp"``, ``"safetensors"`` or ``"npz"``, by content first, then by name."""
-    from .read import MAGIC
+#: The first 8 bytes of every bpz archive.
+MAGIC = b"\x89BPZ\r\n\x1a\n"
+#: How many leading bytes :func:`sniff` needs to tell the formats apart.
+SNIFF_BYTES = 16
 
-    with open(path, "rb") as f:
-        head = f.read(16)
+
+def sniff(source: str | os.PathLike[str] | bytes) -> str | None:
+    """The format a file's content says it is: ``"bpz"``, ``"npz"``, ``"bp"`` or ``"safetensors"``,
+    or None. ``source`` is a path (its first :data:`SNIFF_BYTES` bytes are read; OSError if it
+    cannot be) or the file's first bytes. The one place formats are recognised: loading, the
+    checkpoint listing and ``bpz convert`` all ask here.
+    """
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        head = bytes(source[:SNIFF_BYTES])
+    else:
+        with open(source, "rb") as f:
+            head = f.read(SNIFF_BYTES)
     if head[:8] == MAGIC:
         return "bpz"
     if head[:4] == b"PK\x03\x04":
         return "npz"
-    try:
-        from ._legacy import bp_msgpack
+    from ._legacy import bp_msgpack  # imported only for non-bpz files (slow import)
 
-        if bp_msgpack.is_bp_file(head):
-            return "bp"
-    except ImportError:  # pragma: no cover
-        pass
-    if len(head) >= 9 and head[8:9] == b"{":
+    if bp_msgpack.is_bp_file(head):
+        return "bp"
+    if len(head) >= 9 and head[8:9] == b"{":  # a little-endian u64 header length, then its JSON
         return "safetensors"
-    return SUFFIX_FORMATS.get(os.path.splitext(path)[1].lower(), "unknown")
+    return None
+
+
+def detect_format(path: str) -> str:
+    """``"bpz"``, ``"bp"``, ``"safetensors"`` or ``"npz"``, by content first (:func:`sniff`), then
+    by name; ``"unknown"`` if neither says."""
+    return sniff(path) or SUFFIX_FORMATS.get(os.path.splitext(path)[1].lower(), "unknown")

@@ -11,22 +11,15 @@ import numpy as np
 
 from . import _bpz, dtypes
 from .errors import CheckpointNotFoundError, FormatError, NotAnArchiveError
+from .formats import MAGIC, SNIFF_BYTES, sniff
 from .pytree import no_gc, parse_json, quantity_from_node, restore_into, unflatten, wrap_key
 
 __all__ = ["load_pytree", "open", "Archive", "TensorInfo", "TensorSlice", "MAGIC", "is_bpz_file"]
 
-MAGIC = b"\x89BPZ\r\n\x1a\n"
-
 
 def is_bpz_file(path: str | os.PathLike[str]) -> bool:
     """Whether the file starts with the bpz magic."""
-    with builtins_open(path, "rb") as f:
-        return f.read(8) == MAGIC
-
-
-def _sniff(path: str) -> bytes:
-    with builtins_open(path, "rb") as f:
-        return f.read(8)
+    return sniff(path) == "bpz"
 
 
 import builtins as _builtins  # noqa: E402  (open is shadowed below)
@@ -365,12 +358,18 @@ def load_pytree(filename: str | os.PathLike[str], target: Any = None, parallel: 
     filename = os.fspath(filename)
     if not os.path.exists(filename):
         raise CheckpointNotFoundError(f"Checkpoint not found: {filename}")
-    head = _sniff(filename)
-    if head == MAGIC:
+    with builtins_open(filename, "rb") as f:
+        head = f.read(SNIFF_BYTES)
+    fmt = sniff(head)
+    if fmt == "bpz":
         with open(filename, parallel=parallel) as archive:
             loaded = archive.load()
+    elif fmt == "bp":
+        from ._legacy import bp_msgpack
+
+        loaded = bp_msgpack.read_bp(filename)
     else:
-        loaded = _load_legacy(filename, head)
+        _refuse(filename, head)
     if target is None:
         return loaded
     assignments: list[tuple[Any, Any]] = []
@@ -388,14 +387,9 @@ def load_pytree(filename: str | os.PathLike[str], target: Any = None, parallel: 
     return result
 
 
-def _load_legacy(filename: str, head: bytes) -> Any:
-    try:
-        from ._legacy import bp_msgpack
-    except ImportError:  # pragma: no cover - part of the package
-        bp_msgpack = None  # type: ignore[assignment]
-    if bp_msgpack is not None and bp_msgpack.is_bp_file(head):
-        return bp_msgpack.read_bp(filename)
+def _refuse(filename: str, head: bytes) -> None:
     if head[1:4] == b"BPZ":
         # A damaged bpz header (text-mode or 7-bit mangling): let the native reader say which.
         _bpz.Archive(filename)
+    head = head[:8]
     raise NotAnArchiveError(f"{filename}: neither a bpz archive nor a BrainPy .bp checkpoint (first bytes {head.hex(' ')})")

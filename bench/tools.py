@@ -181,17 +181,13 @@ def _bpz_save_nosync(compression: str | None) -> Callable[..., None]:
 def _bpz_save_filter(filt: str) -> Callable[..., None]:
     def save(tree: Any, leaves: Any, path: str) -> None:
         # compression="zstd" with the filter forced (where the dtype allows it): no per-tensor choice.
-        import json
-
         from bpz import _bpz
         from bpz.pytree import flatten
 
         t, lv = flatten(tree)
         w = _bpz.Writer(path, compression="zstd", filter=filt, sync=True)
-        for leaf in lv:
-            a = leaf.array
-            w.add_tensor(leaf.name, leaf.dtype, a.shape, a.__array_interface__["data"][0], a.nbytes, a)
-        w.set_tree_json(json.dumps(t, allow_nan=False))
+        w.add_tensors([(leaf.name, leaf.dtype, None, leaf.array) for leaf in lv])
+        w.set_tree(t)
         w.finish()
 
     return save

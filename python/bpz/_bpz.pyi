@@ -150,64 +150,7 @@ class Writer:
         *,
         progress: Callable[[int, int], object] | None = None,
     ) -> int: ...
-    @overload
-    def add_tensor(
-        self,
-        name: str,
-        dtype: str,
-        shape: tuple[int, ...] | list[int],
-        address: int,
-        nbytes: int,
-        owner: object,
-        *,
-        compression: Literal["auto", "zstd", "none"] | None = None,
-        filter: str | None = None,
-        level: int | None = None,
-        info: Literal[False] = False,
-    ) -> None: ...
-    @overload
-    def add_tensor(
-        self,
-        name: str,
-        dtype: str,
-        shape: tuple[int, ...] | list[int],
-        address: int,
-        nbytes: int,
-        owner: object,
-        *,
-        compression: Literal["auto", "zstd", "none"] | None = None,
-        filter: str | None = None,
-        level: int | None = None,
-        info: Literal[True],
-    ) -> _InfoDict: ...
-    @overload
-    def add_bytes(
-        self,
-        name: str,
-        dtype: str,
-        shape: tuple[int, ...] | list[int],
-        data: bytes,
-        *,
-        compression: Literal["auto", "zstd", "none"] | None = None,
-        filter: str | None = None,
-        level: int | None = None,
-        info: Literal[False] = False,
-    ) -> None: ...
-    @overload
-    def add_bytes(
-        self,
-        name: str,
-        dtype: str,
-        shape: tuple[int, ...] | list[int],
-        data: bytes,
-        *,
-        compression: Literal["auto", "zstd", "none"] | None = None,
-        filter: str | None = None,
-        level: int | None = None,
-        info: Literal[True],
-    ) -> _InfoDict: ...
     def set_tree(self, tree: object) -> None: ...
-    def set_tree_json(self, text: str) -> None: ...
     def set_metadata_json(self, text: str) -> None: ...
     def finish(self) -> dict[str, Any]: ...
     def abort(self) -> None: ...

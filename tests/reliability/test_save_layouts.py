@@ -64,9 +64,9 @@ def test_the_binding_refuses_a_buffer_that_is_not_c_contiguous(tmp_path):
     w = _bpz.Writer(str(tmp_path / "m.bpz"))
     f = np.asfortranarray(np.arange(12.0).reshape(3, 4))
     with pytest.raises(ValueError, match="C-contiguous"):
-        w.add_tensor("f", "F64", list(f.shape), f.__array_interface__["data"][0], f.nbytes, f)
+        w.add_tensors([("f", "F64", list(f.shape), f)])
     c = np.ascontiguousarray(f)
-    w.add_tensor("c", "F64", list(c.shape), c.__array_interface__["data"][0], c.nbytes, c)
+    w.add_tensors([("c", "F64", list(c.shape), c)])
     w.finish()
     with bpz.open(str(tmp_path / "m.bpz")) as a:
         assert a.keys() == ["c"] and np.array_equal(a["c"], c)

@@ -13,7 +13,6 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyList, PyString, PyTuple};
 use serde_json::Number;
 
-use crate::archive::info_dict;
 use crate::errors::{to_py, IntoPyResult};
 
 #[pyclass(module = "bpz._bpz")]
@@ -45,10 +44,6 @@ fn tensor_options(compression: Option<&str>, filter: Option<&str>, level: Option
         filter: parse_filter(filter)?,
         level,
     })
-}
-
-fn parse_dtype(name: &str) -> PyResult<DType> {
-    DType::from_name(name).ok_or_else(|| PyValueError::new_err(format!("unknown bpz dtype {name:?}")))
 }
 
 // ------------------------------------------------------------ held bytes
@@ -627,91 +622,15 @@ impl Writer {
         }
     }
 
-    /// Adds a tensor whose little-endian, C-order bytes are at `address`
-    /// (`nbytes` long) and stay alive and unchanged during the call: the
-    /// caller passes the object that owns them as `owner`. Returns the
-    /// tensor's info dict if `info` is true, else None.
-    #[pyo3(signature = (name, dtype, shape, address, nbytes, owner, *, compression = None, filter = None, level = None, info = false))]
-    #[allow(clippy::too_many_arguments)]
-    fn add_tensor<'py>(
-        &mut self,
-        py: Python<'py>,
-        name: &str,
-        dtype: &str,
-        shape: Vec<u64>,
-        address: usize,
-        nbytes: usize,
-        owner: Bound<'py, PyAny>,
-        compression: Option<&str>,
-        filter: Option<&str>,
-        level: Option<i32>,
-        info: bool,
-    ) -> PyResult<Option<Bound<'py, PyDict>>> {
-        let dtype = parse_dtype(dtype)?;
-        let topts = tensor_options(compression, filter, level)?;
-        if address == 0 && nbytes != 0 {
-            return Err(PyValueError::new_err("null address"));
-        }
-        // The bytes are read as the elements in C order: an array in any other layout
-        // (Fortran order, strided) would be saved scrambled, silently.
-        if nbytes != 0 {
-            if let Ok(flags) = owner.getattr(pyo3::intern!(py, "flags")) {
-                if let Ok(false) = flags.getattr(pyo3::intern!(py, "c_contiguous")).and_then(|v| v.extract::<bool>()) {
-                    return Err(not_contiguous(name));
-                }
-            }
-        }
-        let _keepalive = owner;
-        let data = Bytes { ptr: address as *const u8, len: nbytes };
-        let writer = self.inner()?;
-        let added = py
-            .detach(|| {
-                // SAFETY: the Python caller guarantees `address..address+nbytes` is a live
-                // buffer owned by `owner`, which this frame holds a reference to.
-                let data = unsafe { data.as_slice() };
-                writer.add_tensor_with(name, dtype, &shape, data, &topts).map(|t| info.then(|| t.clone()))
-            })
-            .py()?;
-        added.map(|t| info_dict(py, &t)).transpose()
-    }
-
-    /// Adds a tensor from a bytes-like object (copied; for small data).
-    /// Returns the tensor's info dict if `info` is true, else None.
-    #[pyo3(signature = (name, dtype, shape, data, *, compression = None, filter = None, level = None, info = false))]
-    #[allow(clippy::too_many_arguments)]
-    fn add_bytes<'py>(
-        &mut self,
-        py: Python<'py>,
-        name: &str,
-        dtype: &str,
-        shape: Vec<u64>,
-        data: Vec<u8>,
-        compression: Option<&str>,
-        filter: Option<&str>,
-        level: Option<i32>,
-        info: bool,
-    ) -> PyResult<Option<Bound<'py, PyDict>>> {
-        let dtype = parse_dtype(dtype)?;
-        let topts = tensor_options(compression, filter, level)?;
-        let writer = self.inner()?;
-        let added =
-            py.detach(|| writer.add_tensor_with(name, dtype, &shape, &data, &topts).map(|t| info.then(|| t.clone()))).py()?;
-        added.map(|t| info_dict(py, &t)).transpose()
-    }
-
     /// Sets the tree from Python objects: dicts with str keys, lists, tuples,
-    /// str, int, float, bool and None — the same value as
-    /// `set_tree_json(json.dumps(tree))`, without the JSON text.
+    /// str, int, float, bool and None — the value of `json.dumps(tree)` (integers
+    /// beyond 64 bits as floats), written as compact JSON with no text in between.
     fn set_tree(&mut self, py: Python<'_>, tree: &Bound<'_, PyAny>) -> PyResult<()> {
         let mut text = Vec::new();
         write_json(tree, 0, &mut text)?;
         let text = String::from_utf8(text).expect("built from str and ASCII");
         let writer = self.inner()?;
         py.detach(|| writer.set_tree_json_verbatim(text)).py()
-    }
-
-    fn set_tree_json(&mut self, text: &str) -> PyResult<()> {
-        self.inner()?.set_tree_json(text).py()
     }
 
     fn set_metadata_json(&mut self, text: &str) -> PyResult<()> {

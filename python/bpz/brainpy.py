@@ -84,6 +84,7 @@ from typing import Any, Callable
 import numpy as np
 
 from .errors import BpzError, CheckpointNotFoundError, FormatError, InvalidCheckpointPath, LimitExceededError
+from .pytree import is_jax_array
 
 __all__ = [
     "StateLoadResult",
@@ -145,11 +146,6 @@ def _is_brainpy(obj: Any) -> bool:
     return base is not None and isinstance(obj, base)
 
 
-def _is_jax_array(x: Any) -> bool:
-    jax = sys.modules.get("jax")
-    return jax is not None and isinstance(x, jax.Array)
-
-
 def _canonical(dtype: np.dtype) -> np.dtype:
     """The dtype a jax array made from ``dtype`` gets (float64 -> float32 with x64 off)."""
     import jax
@@ -162,7 +158,7 @@ def _canonical(dtype: np.dtype) -> np.dtype:
 
 def _value_of(x: Any) -> Any:
     """Unwraps Variables / States / ``bm.Array`` (anything with ``.value`` but not an array)."""
-    if isinstance(x, (np.ndarray, np.generic)) or _is_jax_array(x):
+    if isinstance(x, (np.ndarray, np.generic)) or is_jax_array(x):
         return x
     if hasattr(x, "value") and not isinstance(x, (str, bytes, Mapping)):
         return x.value
@@ -283,7 +279,7 @@ def _is_reference(x: Any) -> bool:
     """
     if isinstance(x, np.ndarray):
         return True
-    if isinstance(x, (np.generic, str, bytes, Mapping) + _PY_SCALARS) or _is_jax_array(x):
+    if isinstance(x, (np.generic, str, bytes, Mapping) + _PY_SCALARS) or is_jax_array(x):
         return False
     return hasattr(x, "value")
 
@@ -324,7 +320,7 @@ class _ItemSlot(_Slot):
             return True
         if isinstance(value, _PY_SCALARS):  # a Python number: any cast of the same kind
             return bool(np.can_cast(got[1], dtype, casting="same_kind"))
-        if _is_jax_array(_value_of(self.current())):
+        if is_jax_array(_value_of(self.current())):
             return _canonical(got[1]) == dtype
         return False
 
@@ -343,7 +339,7 @@ class _ItemSlot(_Slot):
             self._put(np.asarray(value, dtype=cur.dtype)[()])
         elif isinstance(cur, _PY_SCALARS):
             self._put(type(cur)(np.asarray(value).item()))
-        elif _is_jax_array(cur):
+        elif is_jax_array(cur):
             import jax.numpy as jnp
 
             self._put(jnp.asarray(value, dtype=cur.dtype))
@@ -362,7 +358,7 @@ class _ItemSlot(_Slot):
         if isinstance(obj, np.ndarray) and obj.flags.writeable:
             np.copyto(obj, inner)
             self._put(obj)
-        elif hasattr(obj, "value") and not isinstance(obj, (np.ndarray, np.generic)) and not _is_jax_array(obj):
+        elif hasattr(obj, "value") and not isinstance(obj, (np.ndarray, np.generic)) and not is_jax_array(obj):
             obj.value = inner
             self._put(obj)
         else:
@@ -1106,7 +1102,7 @@ def _brainpy_state_dict(x: Any, path: tuple[Any, ...] = ()) -> Any:
         unit = x.unit
         return {"mantissa": _brainpy_state_dict(x.mantissa, (*path, "mantissa")), "scale": unit.scale,
                 "base": unit.base, "dim": np.asarray(unit.dim._dims), "factor": unit.factor}
-    if _is_jax_array(x):
+    if is_jax_array(x):
         import jax
 
         prng = getattr(jax.dtypes, "prng_key", None)
@@ -1271,7 +1267,7 @@ def _relax(target: Any, loaded: Any, mode: str, path: tuple[Any, ...], notes: li
     if is_brainpy_variable(target):
         return target, loaded  # its setter takes no other shape: refused, before anything is assigned
     if hasattr(target, "value") and not isinstance(target, (Enum, str, bytes, np.ndarray, np.generic)) \
-            and not _is_jax_array(target):
+            and not is_jax_array(target):
         inner_t, inner_l = _relax(target.value, loaded, mode, path, notes)
         if inner_t is target.value and inner_l is loaded:
             return target, loaded

@@ -33,7 +33,7 @@ from .errors import FormatError, LimitExceededError
 
 __all__ = [
     "Leaf", "flatten", "unflatten", "restore_into", "accept_loaded", "canonical_dtype", "is_brainpy_variable",
-    "is_quantity", "is_typed_key", "format_path", "parse_json", "MAX_TREE_VALUES",
+    "is_quantity", "is_typed_key", "is_jax_array", "format_path", "parse_json", "MAX_TREE_VALUES",
 ]
 
 MAX_SAFE_INT = 2**53 - 1
@@ -131,7 +131,8 @@ def _jax_module() -> Any:
     return sys.modules.get("jax")
 
 
-def _is_jax_array(obj: Any) -> bool:
+def is_jax_array(obj: Any) -> bool:
+    """Whether ``obj`` is a ``jax.Array``, without importing jax (nothing is one if it isn't loaded)."""
     jax = _jax_module()
     return jax is not None and isinstance(obj, jax.Array)
 
@@ -575,7 +576,7 @@ class _Flattener:
             if isinstance(obj, complex):
                 self.values += 2
                 return {"complex": [_float_payload(obj.real), _float_payload(obj.imag)]}
-            if _is_jax_array(obj):
+            if is_jax_array(obj):
                 return self.jax_array(obj, path, name)
             if isinstance(obj, (Mapping, list, tuple)):
                 if isinstance(obj, Mapping) and _is_flatted_dict(obj):
@@ -633,7 +634,7 @@ class _Flattener:
         elif isinstance(mantissa, np.generic):
             hint["scalar"] = "numpy"
             arr = np.asarray(mantissa)
-        elif _is_jax_array(mantissa):
+        elif is_jax_array(mantissa):
             if is_typed_key(mantissa):
                 raise TypeError(f"bpz cannot save the Quantity at {where}: its mantissa is a PRNG key")
             arr = np.asarray(mantissa)
@@ -891,7 +892,7 @@ def _as_sequence(loaded: Any, n: int, fields: tuple[str, ...] | None, path: tupl
 
 
 def _is_array(x: Any) -> bool:
-    return isinstance(x, np.ndarray) or _is_jax_array(x)
+    return isinstance(x, np.ndarray) or is_jax_array(x)
 
 
 _PY_NUMBERS = (bool, int, float, complex)

@@ -256,7 +256,8 @@ def metadata_to_json(metadata: Any, shown_name: str | None = None) -> str | None
     where = f"{shown_name}: " if shown_name else ""
     _check_metadata_depth(metadata, where)
     try:
-        text = json.dumps(metadata, allow_nan=False, ensure_ascii=False)
+        # Compact, as the rest of the index: the core stores this text as it is.
+        text = json.dumps(metadata, allow_nan=False, ensure_ascii=False, separators=(",", ":"))
     except (TypeError, ValueError) as e:
         raise TypeError(f"{where}metadata must be JSON-serialisable (no NaN/Infinity): {e}") from e
     limit = pytree.MAX_TREE_VALUES

@@ -633,8 +633,11 @@ impl Writer {
         py.detach(|| writer.set_tree_json_verbatim(text)).py()
     }
 
-    fn set_metadata_json(&mut self, text: &str) -> PyResult<()> {
-        self.inner()?.set_metadata_json(text).py()
+    /// Sets the metadata from JSON text, stored as given once the core has checked it
+    /// (strict JSON, no repeated member name, the nesting limit): not parsed and written again.
+    fn set_metadata_json(&mut self, py: Python<'_>, text: String) -> PyResult<()> {
+        let writer = self.inner()?;
+        py.detach(|| writer.set_metadata_json_verbatim(text)).py()
     }
 
     /// Writes index and trailer, syncs, and renames over the destination.

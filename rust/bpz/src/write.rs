@@ -250,17 +250,29 @@ impl<W: Write> Writer<W> {
     /// check of its text. It is checked all the same (strict JSON, no repeated member
     /// name, the nesting limit), so the archive stays readable whatever it is given.
     pub fn set_tree_json_verbatim(&mut self, text: String) -> Result<()> {
-        // The scanner stops at the depth the tree may have; only then is the depth measured.
+        self.tree = JsonPart::Text(self.check_json_text("tree", text)?);
+        Ok(())
+    }
+
+    /// Sets the user metadata from JSON text stored as given, checked as
+    /// [`set_tree_json_verbatim`](Self::set_tree_json_verbatim) checks the tree.
+    pub fn set_metadata_json_verbatim(&mut self, text: String) -> Result<()> {
+        self.metadata = JsonPart::Text(self.check_json_text("metadata", text)?);
+        Ok(())
+    }
+
+    /// Strict JSON, no repeated member name, within the nesting limit: what every reader accepts.
+    fn check_json_text(&self, what: &str, text: String) -> Result<String> {
+        // The scanner stops at the depth the part may have; only then is the depth measured.
         let mut s = Scanner::new(text.as_bytes(), MAX_JSON_DEPTH - 1);
         s.skip_value().and_then(|()| s.end()).map_err(|e| match e {
             JsonError::Invalid { at, detail } => {
-                Error::InvalidArgument(format!("tree is not valid JSON: {detail} (at byte {at})"))
+                Error::InvalidArgument(format!("{what} is not valid JSON: {detail} (at byte {at})"))
             }
-            JsonError::TooDeep => check_nesting(&self.label, "tree", json_depth(text.as_bytes()))
+            JsonError::TooDeep => check_nesting(&self.label, what, json_depth(text.as_bytes()))
                 .expect_err("the scanner found it deeper than the limit"),
         })?;
-        self.tree = JsonPart::Text(text);
-        Ok(())
+        Ok(text)
     }
 
     /// Sets the user metadata from JSON text.

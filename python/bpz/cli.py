@@ -282,7 +282,6 @@ def cmd_info(args: argparse.Namespace) -> int:
         nbytes = sum(i.nbytes for i in infos)
         stored = sum(i.stored_bytes for i in infos)
         raw = sum(1 for i in infos if i.storage == "raw")
-        a._parse()
         summary = {
             "file": a.filename,
             "format_version": "%d.%d" % a.version,
@@ -295,9 +294,9 @@ def cmd_info(args: argparse.Namespace) -> int:
             "stored_bytes": stored,
             "compression_ratio": round(nbytes / stored, 3) if stored else 1.0,
             "metadata": a.metadata,
-            "tree": a._tree,
+            "tree": a.structure,
         }
-        problem = _tree_problem(a._tree, {i.name for i in infos})
+        problem = _tree_problem(a.structure, {i.name for i in infos})
     if problem:
         summary["tree_error"] = problem
     if args.json:
@@ -403,7 +402,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
                         a.verify(info.name)
                         done += info.stored_bytes
                         bar(done)
-                    a._native().verify_padding()  # the rest of the file was checked when it was opened
+                    a.verify_padding()  # the rest of the file was checked when it was opened
                     report = {"tensors": len(infos), "chunks": sum(i.chunks for i in infos),
                               "stored_bytes": done, "decoded_bytes": sum(i.nbytes for i in infos),
                               "decoded": False}

@@ -40,8 +40,7 @@ def load(filename: str | os.PathLike[str], device: Any = None) -> Any:
     """The whole saved pytree with ``jax.Array`` leaves (checksums verified)."""
     with open_archive(filename) as a:
         tree = a.load()
-        a._parse()
-        if a._tree is None:
+        if a.structure is None:
             return {k: _to_jax(v, device) for k, v in tree.items()}
     return jax.tree_util.tree_map(lambda x: _to_jax(x, device) if isinstance(x, np.ndarray) else x, tree)
 

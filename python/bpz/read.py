@@ -256,6 +256,13 @@ class Archive:
         """The archive's size in bytes."""
         return int(self._native().file_size)
 
+    @property
+    def structure(self) -> Any:
+        """The pytree's structure as stored in the index (JSON nodes that name their tensors), or
+        None when the archive holds only named tensors (then :meth:`tree` is a flat dict)."""
+        self._parse()
+        return self._tree
+
     def tree(self) -> Any:
         """The saved pytree, with lazily-mapped views (zero-copy where raw)."""
         self._parse()
@@ -302,6 +309,12 @@ class Archive:
             native.verify_tensor(name, decode, max_decoded_bytes)
             return {"tensors": 1, "chunks": chunks, "decoded": decode}
         return dict(native.verify(decode, max_decoded_bytes))
+
+    def verify_padding(self) -> None:
+        """Checks that the alignment padding between the tensors is zero: with ``verify(name)``
+        for every tensor this covers the whole file (the header and index are checked when
+        opened). A non-zero byte raises :class:`~bpz.errors.CorruptDataError` naming its offset."""
+        self._native().verify_padding()
 
     @property
     def default_decode_budget(self) -> int:

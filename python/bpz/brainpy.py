@@ -1349,12 +1349,11 @@ def _check_max_size(filename: str, max_size: int | None) -> None:
     its decoded tensors), refused before anything is decoded."""
     if max_size is None or not os.path.isfile(filename):
         return
-    from .read import MAGIC, open as open_archive
+    from .formats import sniff
+    from .read import open as open_archive
 
     size = os.path.getsize(filename)
-    with builtins.open(filename, "rb") as fh:
-        is_bpz = fh.read(len(MAGIC)) == MAGIC
-    if is_bpz and size <= max_size:
+    if size <= max_size and sniff(filename) == "bpz":
         with open_archive(filename) as archive:
             size = max(size, sum(info.nbytes for info in archive.infos()))
     if size > max_size:

@@ -52,7 +52,8 @@ def run_limited(code: str, address_space: int = 1024 * MiB, env: dict | None = N
         print(json.dumps(out))
     """).format(limit=address_space, here=str(HERE), body=textwrap.indent(textwrap.dedent(code), "    "))
     proc = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, **(env or {})})
+                          # the defaults unless the test sets them: nothing inherited from the caller
+                          env={**{k: v for k, v in os.environ.items() if not k.startswith("BPZ_LEGACY_")}, **(env or {})})
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
 

@@ -22,6 +22,12 @@ def read(path: str) -> bytes:
         return f.read()
 
 
+# A "tensor" member makes an object a tensor node (spec §8), which must name a stored tensor:
+# the reader refuses other values, so free-form trees here avoid that key. (The writer does not
+# yet refuse such a tree itself: noted for issue 13.)
+KEYS = st.text(max_size=6).filter(lambda k: k != "tensor")
+
+
 def write_tree(path: str, tree: object) -> str:
     """Stores ``tree`` with ``Writer.set_tree``; returns the stored JSON text."""
     w = _bpz.Writer(path, sync=False)
@@ -56,13 +62,13 @@ trees = st.recursive(
     scalars,
     lambda inner: st.lists(inner, max_size=4)
     | st.lists(inner, max_size=3).map(tuple)
-    | st.dictionaries(st.text(max_size=6), inner, max_size=4),
+    | st.dictionaries(KEYS, inner, max_size=4),
     max_leaves=30,
 )
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(tree=st.dictionaries(st.text(max_size=6), trees, max_size=4))
+@given(tree=st.dictionaries(KEYS, trees, max_size=4))
 def test_set_tree_stores_the_json_value_of_the_tree(tmp, tree):
     text = write_tree(os.path.join(tmp, "m.bpz"), tree)
     got = json.loads(text)

@@ -121,7 +121,7 @@ def test_pickle_memo_references_cannot_multiply_an_array():
     out = run_limited("load_pickle(bombs.pickle_memo_arrays(3000))", address_space=1536 * MiB)
     assert out["result"] == "LimitExceededError" and out["bpz"], out
     assert "budget" in out["msg"] and "at key path [" in out["msg"], out
-    assert out["maxrss_mib"] < 600, out
+    assert out["maxrss_mib"] < 1024, out  # the 256 MiB budget floor plus the interpreter; 3 GiB before the fix
 
 
 def test_pickle_memo_bomb_with_a_small_budget_stays_small():

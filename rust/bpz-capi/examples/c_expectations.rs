@@ -34,7 +34,9 @@ fn hex(s: &str) -> String {
 }
 
 fn token(v: &Value, what: &str) -> String {
-    let s = v.as_str().unwrap_or_else(|| panic!("{what}: not a string: {v}"));
+    let s = v
+        .as_str()
+        .unwrap_or_else(|| panic!("{what}: not a string: {v}"));
     assert!(
         !s.is_empty() && !s.contains(char::is_whitespace),
         "{what}: {s:?} is not a token"
@@ -43,7 +45,8 @@ fn token(v: &Value, what: &str) -> String {
 }
 
 fn number(v: &Value, what: &str) -> u64 {
-    v.as_u64().unwrap_or_else(|| panic!("{what}: not an integer: {v}"))
+    v.as_u64()
+        .unwrap_or_else(|| panic!("{what}: not an integer: {v}"))
 }
 
 fn load(path: &Path) -> Value {
@@ -55,7 +58,12 @@ fn load(path: &Path) -> Value {
 fn files(dir: &Path, ext: &str) -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(dir)
         .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-        .map(|e| e.unwrap().file_name().into_string().expect("UTF-8 file name"))
+        .map(|e| {
+            e.unwrap()
+                .file_name()
+                .into_string()
+                .expect("UTF-8 file name")
+        })
         .filter(|n| Path::new(n).extension().and_then(|e| e.to_str()) == Some(ext))
         .collect();
     names.sort();
@@ -121,21 +129,35 @@ fn main() {
     }
     let invalid_dir = dir.join("invalid");
     let expected = load(&invalid_dir.join("expected.json"));
-    let table = expected.as_object().expect("invalid/expected.json is an object");
+    let table = expected
+        .as_object()
+        .expect("invalid/expected.json is an object");
     let on_disk = files(&invalid_dir, "bpz");
     let listed: Vec<String> = {
         let mut v: Vec<String> = table.keys().cloned().collect();
         v.sort();
         v
     };
-    assert_eq!(on_disk, listed, "invalid/*.bpz and invalid/expected.json disagree");
+    assert_eq!(
+        on_disk, listed,
+        "invalid/*.bpz and invalid/expected.json disagree"
+    );
     for file in &listed {
         let want = &table[file];
         let stage = token(&want["stage"], file);
         assert!(stage == "open" || stage == "read", "{file}: stage {stage}");
-        writeln!(text, "invalid {file} {} {stage}", token(&want["error"], file)).unwrap();
+        writeln!(
+            text,
+            "invalid {file} {} {stage}",
+            token(&want["error"], file)
+        )
+        .unwrap();
     }
-    assert!(golden > 0 && !listed.is_empty(), "no vectors in {}", dir.display());
+    assert!(
+        golden > 0 && !listed.is_empty(),
+        "no vectors in {}",
+        dir.display()
+    );
     if let Some(parent) = Path::new(out).parent() {
         std::fs::create_dir_all(parent).unwrap();
     }

@@ -93,7 +93,10 @@ pub const KIND_NAMES: [(c_int, &str); 17] = [
 
 /// The name of a status code, NUL-terminated; `None` for a number that is none.
 pub fn kind_name(code: c_int) -> Option<&'static str> {
-    KIND_NAMES.iter().find(|(c, _)| *c == code).map(|(_, name)| *name)
+    KIND_NAMES
+        .iter()
+        .find(|(c, _)| *c == code)
+        .map(|(_, name)| *name)
 }
 
 /// The status code of a core error kind. A kind newer than this binding (the
@@ -133,7 +136,9 @@ pub fn dtype_code_name(dtype: DType) -> (c_int, &'static str) {
 }
 
 pub fn dtype_from_code(code: c_int) -> Option<DType> {
-    DType::ALL.into_iter().find(|&d| dtype_code_name(d).0 == code)
+    DType::ALL
+        .into_iter()
+        .find(|&d| dtype_code_name(d).0 == code)
 }
 
 /// A filter's name, NUL-terminated.
@@ -167,7 +172,12 @@ mod tests {
 
     #[test]
     fn filter_names_are_the_core_names() {
-        for f in [Filter::None, Filter::Shuffle, Filter::DeltaShuffle, Filter::BitPack] {
+        for f in [
+            Filter::None,
+            Filter::Shuffle,
+            Filter::DeltaShuffle,
+            Filter::BitPack,
+        ] {
             assert_eq!(filter_name(f).strip_suffix('\0'), Some(f.name()));
         }
     }
@@ -178,8 +188,15 @@ mod tests {
         for &(name, code) in STATUS_CODES {
             let kind = kind_name(code).unwrap();
             assert!(kind.ends_with('\0') && !kind[..kind.len() - 1].contains('\0'));
-            let suffix = name.strip_prefix("BPZ_ERR_").or(name.strip_prefix("BPZ_")).unwrap();
-            assert_eq!(kind.strip_suffix('\0').unwrap(), suffix.to_ascii_lowercase(), "{name}");
+            let suffix = name
+                .strip_prefix("BPZ_ERR_")
+                .or(name.strip_prefix("BPZ_"))
+                .unwrap();
+            assert_eq!(
+                kind.strip_suffix('\0').unwrap(),
+                suffix.to_ascii_lowercase(),
+                "{name}"
+            );
         }
         assert_eq!(code_of_kind("checksum_mismatch"), BPZ_ERR_CHECKSUM_MISMATCH);
         assert_eq!(code_of_kind("ok"), BPZ_ERR_UNKNOWN);

@@ -26,7 +26,10 @@ impl Failure {
     }
 
     pub fn null(func: &str, arg: &str) -> Self {
-        Failure::new(BPZ_ERR_NULL_ARGUMENT, format!("{func}: argument `{arg}` is NULL"))
+        Failure::new(
+            BPZ_ERR_NULL_ARGUMENT,
+            format!("{func}: argument `{arg}` is NULL"),
+        )
     }
 
     pub fn invalid(message: impl Into<String>) -> Self {
@@ -150,7 +153,11 @@ pub(crate) unsafe fn c_str<'a>(p: *const c_char, func: &str, arg: &str) -> Resul
 /// # Safety
 /// A non-NULL `p` must point to `len` writable bytes, not otherwise borrowed,
 /// for `'a`.
-pub(crate) unsafe fn out_buffer<'a>(p: *mut c_void, len: usize, func: &str) -> Result<&'a mut [u8]> {
+pub(crate) unsafe fn out_buffer<'a>(
+    p: *mut c_void,
+    len: usize,
+    func: &str,
+) -> Result<&'a mut [u8]> {
     if len == 0 {
         return Ok(&mut []);
     }
@@ -173,7 +180,10 @@ mod tests {
 
     fn last() -> String {
         // SAFETY: the pointer is to this thread's current message.
-        unsafe { CStr::from_ptr(last_error_ptr()) }.to_str().unwrap().to_owned()
+        unsafe { CStr::from_ptr(last_error_ptr()) }
+            .to_str()
+            .unwrap()
+            .to_owned()
     }
 
     #[test]
@@ -185,7 +195,10 @@ mod tests {
         assert_eq!(guard(7u8, || std::panic::panic_any(3.5f64)), 7);
         let opaque = last();
         std::panic::set_hook(quiet);
-        assert!(message.contains("panic") && message.contains("boom 42"), "{message}");
+        assert!(
+            message.contains("panic") && message.contains("boom 42"),
+            "{message}"
+        );
         assert!(opaque.contains("(no message)"), "{opaque}");
     }
 
@@ -205,12 +218,17 @@ mod tests {
     #[test]
     fn pointers_are_checked() {
         assert_eq!(
-            out_ptr(std::ptr::null_mut::<u64>(), "f", "p").unwrap_err().code,
+            out_ptr(std::ptr::null_mut::<u64>(), "f", "p")
+                .unwrap_err()
+                .code,
             BPZ_ERR_NULL_ARGUMENT
         );
         let mut words = [0u64; 2];
         let odd = (words.as_mut_ptr() as *mut u8).wrapping_add(1) as *mut u64;
-        assert_eq!(out_ptr(odd, "f", "p").unwrap_err().code, BPZ_ERR_INVALID_ARGUMENT);
+        assert_eq!(
+            out_ptr(odd, "f", "p").unwrap_err().code,
+            BPZ_ERR_INVALID_ARGUMENT
+        );
         assert!(out_ptr(words.as_mut_ptr(), "f", "p").is_ok());
         // SAFETY: NULL and empty, or a real buffer of the given length.
         unsafe {

@@ -120,8 +120,12 @@ unsafe fn in_array<'a, T>(p: *const T, n: usize, func: &str, arg: &str) -> Resul
     if p.is_null() {
         return Err(Failure::null(func, arg));
     }
-    if (p as usize) % std::mem::align_of::<T>() != 0 || n > isize::MAX as usize / std::mem::size_of::<T>().max(1) {
-        return Err(Failure::invalid(format!("{func}: argument `{arg}` ({p:p}, {n} elements) is misaligned or too long")));
+    if (p as usize) % std::mem::align_of::<T>() != 0
+        || n > isize::MAX as usize / std::mem::size_of::<T>().max(1)
+    {
+        return Err(Failure::invalid(format!(
+            "{func}: argument `{arg}` ({p:p}, {n} elements) is misaligned or too long"
+        )));
     }
     // SAFETY: non-NULL, aligned, length bounded; the caller guarantees the memory.
     Ok(unsafe { std::slice::from_raw_parts(p, n) })
@@ -169,7 +173,11 @@ pub extern "C" fn bpz_dtype_size(dtype: c_int) -> usize {
 /// # Safety
 /// `path` is NULL or a NUL-terminated string; `out` is NULL or writable.
 #[no_mangle]
-pub unsafe extern "C" fn bpz_open(path: *const c_char, backend: c_int, out: *mut *mut Archive) -> c_int {
+pub unsafe extern "C" fn bpz_open(
+    path: *const c_char,
+    backend: c_int,
+    out: *mut *mut Archive,
+) -> c_int {
     const F: &str = "bpz_open";
     status(|| {
         let out = out_ptr(out, F, "out")?;
@@ -255,7 +263,11 @@ pub unsafe extern "C" fn bpz_tensor_count(archive: *const Archive) -> usize {
 /// `archive` is NULL or an open archive; `name` is NULL or a NUL-terminated
 /// string; `index` is NULL or writable.
 #[no_mangle]
-pub unsafe extern "C" fn bpz_tensor_find(archive: *const Archive, name: *const c_char, index: *mut usize) -> c_int {
+pub unsafe extern "C" fn bpz_tensor_find(
+    archive: *const Archive,
+    name: *const c_char,
+    index: *mut usize,
+) -> c_int {
     const F: &str = "bpz_tensor_find";
     status(|| {
         // SAFETY: the caller's contract.
@@ -274,7 +286,8 @@ pub unsafe extern "C" fn bpz_tensor_find(archive: *const Archive, name: *const c
         // `Reader::tensor` returns an element of `Reader::tensors`: its
         // position follows from the addresses, in O(1).
         let tensors = a.reader.tensors();
-        let position = (found as usize - tensors.as_ptr() as usize) / std::mem::size_of::<TensorInfo>().max(1);
+        let position =
+            (found as usize - tensors.as_ptr() as usize) / std::mem::size_of::<TensorInfo>().max(1);
         assert!(
             std::ptr::eq(&tensors[position], found),
             "Reader::tensor returned a foreign element"
@@ -290,7 +303,11 @@ pub unsafe extern "C" fn bpz_tensor_find(archive: *const Archive, name: *const c
 /// # Safety
 /// `archive` is NULL or an open archive; `out` is NULL or writable.
 #[no_mangle]
-pub unsafe extern "C" fn bpz_tensor_info(archive: *const Archive, index: usize, out: *mut bpz_tensor_info) -> c_int {
+pub unsafe extern "C" fn bpz_tensor_info(
+    archive: *const Archive,
+    index: usize,
+    out: *mut bpz_tensor_info,
+) -> c_int {
     const F: &str = "bpz_tensor_info";
     status(|| {
         // SAFETY: the caller's contract.
@@ -303,7 +320,11 @@ pub unsafe extern "C" fn bpz_tensor_info(archive: *const Archive, index: usize, 
             dtype,
             dtype_name: static_c(dtype_name),
             rank: t.shape.len(),
-            shape: if t.shape.is_empty() { &NO_DIMS } else { t.shape.as_ptr() },
+            shape: if t.shape.is_empty() {
+                &NO_DIMS
+            } else {
+                t.shape.as_ptr()
+            },
             nbytes: t.nbytes(),
             stored_bytes: t.stored_bytes(),
             storage: match t.storage {
@@ -343,7 +364,9 @@ pub unsafe extern "C" fn bpz_tree_json(archive: *const Archive) -> *const c_char
     guard(std::ptr::null(), || {
         // SAFETY: the caller's contract.
         let a = unsafe { deref(archive, "bpz_tree_json", "archive") }?;
-        Ok(a.tree_json.get_or_init(|| json_c_string(&a.reader.tree_json())).as_ptr())
+        Ok(a.tree_json
+            .get_or_init(|| json_c_string(&a.reader.tree_json()))
+            .as_ptr())
     })
 }
 
@@ -392,7 +415,12 @@ pub unsafe extern "C" fn bpz_tensor_data(
 /// # Safety
 /// `archive` is NULL or an open archive; `buf` is NULL or `buf_len` writable bytes.
 #[no_mangle]
-pub unsafe extern "C" fn bpz_read(archive: *const Archive, index: usize, buf: *mut c_void, buf_len: usize) -> c_int {
+pub unsafe extern "C" fn bpz_read(
+    archive: *const Archive,
+    index: usize,
+    buf: *mut c_void,
+    buf_len: usize,
+) -> c_int {
     const F: &str = "bpz_read";
     status(|| {
         // SAFETY: the caller's contract.
@@ -424,7 +452,11 @@ pub unsafe extern "C" fn bpz_read_many(
         let a = unsafe { deref(archive, F, "archive") }?;
         // SAFETY: the caller's contract (n elements each).
         let (indices, bufs, buf_lens) = unsafe {
-            (in_array(indices, n, F, "indices")?, in_array(bufs, n, F, "bufs")?, in_array(buf_lens, n, F, "buf_lens")?)
+            (
+                in_array(indices, n, F, "indices")?,
+                in_array(bufs, n, F, "bufs")?,
+                in_array(buf_lens, n, F, "buf_lens")?,
+            )
         };
         let mut requests = Vec::with_capacity(n);
         for i in 0..n {
@@ -433,8 +465,11 @@ pub unsafe extern "C" fn bpz_read_many(
             requests.push((indices[i], unsafe { out_buffer(bufs[i], buf_lens[i], F) }?));
         }
         // Two requests writing the same bytes would be two live `&mut` to them.
-        let mut spans: Vec<(usize, usize)> =
-            requests.iter().filter(|(_, b)| !b.is_empty()).map(|(_, b)| (b.as_ptr() as usize, b.len())).collect();
+        let mut spans: Vec<(usize, usize)> = requests
+            .iter()
+            .filter(|(_, b)| !b.is_empty())
+            .map(|(_, b)| (b.as_ptr() as usize, b.len()))
+            .collect();
         spans.sort_unstable();
         if let Some(w) = spans.windows(2).find(|w| w[0].0 + w[0].1 > w[1].0) {
             return Err(Failure::invalid(format!(
@@ -491,7 +526,11 @@ pub unsafe extern "C" fn bpz_verify(archive: *const Archive) -> c_int {
 /// # Safety
 /// `archive` is NULL or an open archive.
 #[no_mangle]
-pub unsafe extern "C" fn bpz_verify_with(archive: *const Archive, decode: c_int, max_decoded_bytes: u64) -> c_int {
+pub unsafe extern "C" fn bpz_verify_with(
+    archive: *const Archive,
+    decode: c_int,
+    max_decoded_bytes: u64,
+) -> c_int {
     status(|| {
         // SAFETY: the caller's contract.
         let a = unsafe { deref(archive, "bpz_verify_with", "archive") }?;

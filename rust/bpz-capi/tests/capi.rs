@@ -59,7 +59,8 @@ fn try_open(path: &Path, backend: i32) -> Result<Open, i32> {
 }
 
 fn open(path: &Path, backend: i32) -> Open {
-    try_open(path, backend).unwrap_or_else(|code| panic!("{}: {} {}", path.display(), kind(code), message()))
+    try_open(path, backend)
+        .unwrap_or_else(|code| panic!("{}: {} {}", path.display(), kind(code), message()))
 }
 
 fn info(a: &Open, index: usize) -> bpz_tensor_info {
@@ -96,7 +97,9 @@ fn sample(dir: &Path) -> PathBuf {
         ..WriterOptions::default()
     };
     let mut w = Writer::create(&path, opts).unwrap();
-    let v: Vec<u8> = (0..70u32).flat_map(|i| (i as f32 * 0.5).to_le_bytes()).collect();
+    let v: Vec<u8> = (0..70u32)
+        .flat_map(|i| (i as f32 * 0.5).to_le_bytes())
+        .collect();
     w.add_tensor_with(
         "V",
         DType::F32,
@@ -110,7 +113,8 @@ fn sample(dir: &Path) -> PathBuf {
     .unwrap();
     let u: Vec<u8> = (0..8u16).flat_map(|i| (i * 1000).to_le_bytes()).collect();
     w.add_tensor("net/u", DType::U16, &[4, 2], &u).unwrap();
-    w.add_tensor("s", DType::F64, &[], &2.5f64.to_le_bytes()).unwrap();
+    w.add_tensor("s", DType::F64, &[], &2.5f64.to_le_bytes())
+        .unwrap();
     w.add_tensor("empty", DType::I32, &[0, 3], &[]).unwrap();
     w.set_metadata(serde_json::json!({"step": 3, "note": "a\u{0}b"}));
     w.finish().unwrap();
@@ -167,9 +171,18 @@ fn null_arguments_are_refused() {
             bpz_tensor_find(null(), cs("x").as_ptr(), &mut index),
             BPZ_ERR_NULL_ARGUMENT
         );
-        assert_eq!(bpz_tensor_info(null(), 0, i.as_mut_ptr()), BPZ_ERR_NULL_ARGUMENT);
-        assert_eq!(bpz_tensor_data(null(), 0, &mut data, &mut len), BPZ_ERR_NULL_ARGUMENT);
-        assert_eq!(bpz_read(null(), 0, buf.as_mut_ptr().cast(), 3), BPZ_ERR_NULL_ARGUMENT);
+        assert_eq!(
+            bpz_tensor_info(null(), 0, i.as_mut_ptr()),
+            BPZ_ERR_NULL_ARGUMENT
+        );
+        assert_eq!(
+            bpz_tensor_data(null(), 0, &mut data, &mut len),
+            BPZ_ERR_NULL_ARGUMENT
+        );
+        assert_eq!(
+            bpz_read(null(), 0, buf.as_mut_ptr().cast(), 3),
+            BPZ_ERR_NULL_ARGUMENT
+        );
         assert_eq!(
             bpz_read_rows(null(), 0, 0, 1, buf.as_mut_ptr().cast(), 1),
             BPZ_ERR_NULL_ARGUMENT
@@ -184,19 +197,31 @@ fn null_arguments_are_refused() {
 
     let a = open(&vectors().join("tiny.bpz"), BPZ_BACKEND_MMAP);
     unsafe {
-        assert_eq!(bpz_tensor_find(a.0, null(), &mut index), BPZ_ERR_NULL_ARGUMENT);
+        assert_eq!(
+            bpz_tensor_find(a.0, null(), &mut index),
+            BPZ_ERR_NULL_ARGUMENT
+        );
         assert_eq!(
             bpz_tensor_find(a.0, cs("x").as_ptr(), null_mut()),
             BPZ_ERR_NULL_ARGUMENT
         );
         assert_eq!(bpz_tensor_info(a.0, 0, null_mut()), BPZ_ERR_NULL_ARGUMENT);
-        assert_eq!(bpz_tensor_data(a.0, 0, null_mut(), &mut len), BPZ_ERR_NULL_ARGUMENT);
+        assert_eq!(
+            bpz_tensor_data(a.0, 0, null_mut(), &mut len),
+            BPZ_ERR_NULL_ARGUMENT
+        );
         data = 0x1 as *const c_void;
-        assert_eq!(bpz_tensor_data(a.0, 0, &mut data, null_mut()), BPZ_ERR_NULL_ARGUMENT);
+        assert_eq!(
+            bpz_tensor_data(a.0, 0, &mut data, null_mut()),
+            BPZ_ERR_NULL_ARGUMENT
+        );
         assert!(data.is_null(), "the usable out-pointer is reset");
         assert_eq!(bpz_read(a.0, 0, null_mut(), 3), BPZ_ERR_NULL_ARGUMENT);
         assert!(message().contains("`buf`"));
-        assert_eq!(bpz_read_rows(a.0, 0, 0, 3, null_mut(), 3), BPZ_ERR_NULL_ARGUMENT);
+        assert_eq!(
+            bpz_read_rows(a.0, 0, 0, 3, null_mut(), 3),
+            BPZ_ERR_NULL_ARGUMENT
+        );
     }
 }
 
@@ -218,7 +243,10 @@ fn bad_backends_indices_and_names() {
     let mut buf = [0u8; 3];
     for index in [1, usize::MAX] {
         unsafe {
-            assert_eq!(bpz_tensor_info(a.0, index, i.as_mut_ptr()), BPZ_ERR_INVALID_ARGUMENT);
+            assert_eq!(
+                bpz_tensor_info(a.0, index, i.as_mut_ptr()),
+                BPZ_ERR_INVALID_ARGUMENT
+            );
             assert!(
                 message().contains(&format!("index {index} is out of range")),
                 "{}",
@@ -256,7 +284,11 @@ fn bad_backends_indices_and_names() {
             message()
         );
         assert_eq!(
-            bpz_tensor_find(a.0, CString::new(vec![0xffu8, 0xfe]).unwrap().as_ptr(), &mut index),
+            bpz_tensor_find(
+                a.0,
+                CString::new(vec![0xffu8, 0xfe]).unwrap().as_ptr(),
+                &mut index
+            ),
             BPZ_ERR_TENSOR_NOT_FOUND
         );
         assert_eq!(index, 99, "unchanged on failure");
@@ -287,7 +319,11 @@ fn buffer_lengths_must_match_exactly() {
         let p = buf.as_mut_ptr().cast::<c_void>();
         unsafe {
             for wrong in [0, 279, 281, 300] {
-                assert_eq!(bpz_read(a.0, 0, p, wrong), BPZ_ERR_INVALID_ARGUMENT, "{wrong}");
+                assert_eq!(
+                    bpz_read(a.0, 0, p, wrong),
+                    BPZ_ERR_INVALID_ARGUMENT,
+                    "{wrong}"
+                );
                 assert!(
                     message().contains(&format!("buffer of {wrong} bytes for 280 bytes")),
                     "{}",
@@ -304,14 +340,28 @@ fn buffer_lengths_must_match_exactly() {
                 for stop in start..=10u64 {
                     let n = ((stop - start) * 28) as usize;
                     let mut rows = vec![0u8; n];
-                    assert_eq!(bpz_read_rows(a.0, 0, start, stop, rows.as_mut_ptr().cast(), n), BPZ_OK);
-                    assert_eq!(rows, reader.read_rows("V", start..stop).unwrap(), "{start}..{stop}");
+                    assert_eq!(
+                        bpz_read_rows(a.0, 0, start, stop, rows.as_mut_ptr().cast(), n),
+                        BPZ_OK
+                    );
+                    assert_eq!(
+                        rows,
+                        reader.read_rows("V", start..stop).unwrap(),
+                        "{start}..{stop}"
+                    );
                 }
             }
             assert_eq!(bpz_read_rows(a.0, 0, 2, 4, p, 55), BPZ_ERR_INVALID_ARGUMENT);
             assert_eq!(bpz_read_rows(a.0, 0, 4, 2, p, 0), BPZ_ERR_INVALID_ARGUMENT);
-            assert!(message().contains("rows 4..2 out of range"), "{}", message());
-            assert_eq!(bpz_read_rows(a.0, 0, 9, 11, p, 56), BPZ_ERR_INVALID_ARGUMENT);
+            assert!(
+                message().contains("rows 4..2 out of range"),
+                "{}",
+                message()
+            );
+            assert_eq!(
+                bpz_read_rows(a.0, 0, 9, 11, p, 56),
+                BPZ_ERR_INVALID_ARGUMENT
+            );
             assert_eq!(
                 bpz_read_rows(a.0, 0, u64::MAX - 1, u64::MAX, p, 28),
                 BPZ_ERR_INVALID_ARGUMENT
@@ -321,13 +371,19 @@ fn buffer_lengths_must_match_exactly() {
 
             // The empty tensor reads into NULL, 0; the 0-d one is one row.
             let e = info(&a, 3);
-            assert_eq!((e.rank, *e.shape, *e.shape.add(1), e.nbytes, e.chunks), (2, 0, 3, 0, 0));
+            assert_eq!(
+                (e.rank, *e.shape, *e.shape.add(1), e.nbytes, e.chunks),
+                (2, 0, 3, 0, 0)
+            );
             assert_eq!(bpz_read(a.0, 3, null_mut(), 0), BPZ_OK);
             assert_eq!(bpz_read(a.0, 3, null_mut(), 1), BPZ_ERR_NULL_ARGUMENT);
             let s = info(&a, 2);
             assert_eq!((s.rank, s.nbytes, *s.shape), (0, 8, 0));
             let mut x = [0u8; 8];
-            assert_eq!(bpz_read_rows(a.0, 2, 0, 1, x.as_mut_ptr().cast(), 8), BPZ_OK);
+            assert_eq!(
+                bpz_read_rows(a.0, 2, 0, 1, x.as_mut_ptr().cast(), 8),
+                BPZ_OK
+            );
             assert_eq!(f64::from_le_bytes(x), 2.5);
             assert_eq!(
                 bpz_read_rows(a.0, 2, 0, 2, x.as_mut_ptr().cast(), 16),
@@ -343,8 +399,14 @@ fn tensor_info_views_and_json() {
     let path = sample(dir.path());
     let a = open(&path, BPZ_BACKEND_MMAP);
     let v = info(&a, 0);
-    assert_eq!((v.dtype, text(v.dtype_name), v.rank), (BPZ_DTYPE_F32, "F32".into(), 2));
-    assert_eq!(unsafe { std::slice::from_raw_parts(v.shape, v.rank) }, [10, 7]);
+    assert_eq!(
+        (v.dtype, text(v.dtype_name), v.rank),
+        (BPZ_DTYPE_F32, "F32".into(), 2)
+    );
+    assert_eq!(
+        unsafe { std::slice::from_raw_parts(v.shape, v.rank) },
+        [10, 7]
+    );
     assert_eq!(
         (v.storage, text(v.filter), v.chunks),
         (BPZ_STORAGE_CHUNKED, "shuffle".into(), 4)
@@ -353,7 +415,12 @@ fn tensor_info_views_and_json() {
     let u = info(&a, 1);
     assert_eq!(
         (text(u.name), u.dtype, u.storage, text(u.filter)),
-        ("net/u".into(), BPZ_DTYPE_U16, BPZ_STORAGE_RAW, "none".into())
+        (
+            "net/u".into(),
+            BPZ_DTYPE_U16,
+            BPZ_STORAGE_RAW,
+            "none".into()
+        )
     );
     assert_eq!((u.nbytes, u.stored_bytes, u.chunks), (16, 16, 1));
 
@@ -362,10 +429,21 @@ fn tensor_info_views_and_json() {
         assert_eq!(bpz_tensor_data(a.0, 1, &mut data, &mut len), BPZ_OK);
         assert_eq!(len, 16);
         assert_eq!(data as usize % 64, 0, "raw data is aligned");
-        assert_eq!(std::slice::from_raw_parts(data.cast::<u8>(), len), &read(&a, 1)[..]);
-        assert_eq!(bpz_tensor_data(a.0, 3, &mut data, &mut len), BPZ_OK, "{}", message());
+        assert_eq!(
+            std::slice::from_raw_parts(data.cast::<u8>(), len),
+            &read(&a, 1)[..]
+        );
+        assert_eq!(
+            bpz_tensor_data(a.0, 3, &mut data, &mut len),
+            BPZ_OK,
+            "{}",
+            message()
+        );
         assert!(!data.is_null() && len == 0, "empty raw tensor: non-NULL, 0");
-        assert_eq!(bpz_tensor_data(a.0, 0, &mut data, &mut len), BPZ_ERR_NOT_ZERO_COPY);
+        assert_eq!(
+            bpz_tensor_data(a.0, 0, &mut data, &mut len),
+            BPZ_ERR_NOT_ZERO_COPY
+        );
         assert!(data.is_null() && len == 0);
         assert!(
             message().contains("\"V\"") && message().contains("compressed"),
@@ -375,7 +453,10 @@ fn tensor_info_views_and_json() {
     }
     let p = open(&path, BPZ_BACKEND_PREAD);
     unsafe {
-        assert_eq!(bpz_tensor_data(p.0, 1, &mut data, &mut len), BPZ_ERR_NOT_ZERO_COPY);
+        assert_eq!(
+            bpz_tensor_data(p.0, 1, &mut data, &mut len),
+            BPZ_ERR_NOT_ZERO_COPY
+        );
         assert!(message().contains("memory map"), "{}", message());
     }
 
@@ -386,9 +467,11 @@ fn tensor_info_views_and_json() {
     assert_eq!(meta, serde_json::json!({"step": 3, "note": "a\u{0}b"}));
     assert_eq!(text(unsafe { bpz_tree_json(a.0) }), "null");
     let nested = open(&vectors().join("nested_tree.bpz"), BPZ_BACKEND_MMAP);
-    let tree: serde_json::Value = serde_json::from_str(&text(unsafe { bpz_tree_json(nested.0) })).unwrap();
+    let tree: serde_json::Value =
+        serde_json::from_str(&text(unsafe { bpz_tree_json(nested.0) })).unwrap();
     let expected: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(vectors().join("nested_tree.json")).unwrap()).unwrap();
+        serde_json::from_slice(&std::fs::read(vectors().join("nested_tree.json")).unwrap())
+            .unwrap();
     assert_eq!(tree, expected["tree"]);
     assert_eq!(unsafe { bpz_verify(a.0) }, BPZ_OK);
 }
@@ -420,7 +503,11 @@ fn invalid_files_give_the_code_of_their_kind_at_their_stage() {
                     verified
                 }
                 (Ok(_), stage) => panic!("{file}: opened, but should fail at {stage}"),
-                (Err(code), stage) => panic!("{file}: {} at open, expected at {stage}: {}", kind(code), message()),
+                (Err(code), stage) => panic!(
+                    "{file}: {} at open, expected at {stage}: {}",
+                    kind(code),
+                    message()
+                ),
             };
             assert!(code < 0);
             assert_eq!(kind(code), want_kind, "{file}: {}", message());
@@ -441,7 +528,10 @@ fn io_errors() {
         .unwrap();
     assert_eq!(err, BPZ_ERR_IO);
     assert!(message().contains("missing.bpz"), "{}", message());
-    assert_eq!(try_open(dir.path(), BPZ_BACKEND_PREAD).err(), Some(BPZ_ERR_IO));
+    assert_eq!(
+        try_open(dir.path(), BPZ_BACKEND_PREAD).err(),
+        Some(BPZ_ERR_IO)
+    );
     let empty = CString::new("").unwrap();
     let mut out = null_mut();
     assert_eq!(
@@ -473,7 +563,10 @@ fn the_last_error_is_per_thread_and_survives_successes() {
     .join()
     .unwrap();
     assert_eq!(message(), mine);
-    assert_eq!(unsafe { bpz_tensor_find(a.0, cs("x").as_ptr(), &mut index) }, BPZ_OK);
+    assert_eq!(
+        unsafe { bpz_tensor_find(a.0, cs("x").as_ptr(), &mut index) },
+        BPZ_OK
+    );
     assert_eq!(message(), mine);
 }
 
@@ -492,7 +585,10 @@ fn golden_vectors_read_as_the_core_reads_them() {
                 let c = info(&a, i);
                 assert_eq!(text(c.name), t.name);
                 assert_eq!(text(c.dtype_name), t.dtype.name());
-                assert_eq!(unsafe { std::slice::from_raw_parts(c.shape, c.rank) }, &t.shape[..]);
+                assert_eq!(
+                    unsafe { std::slice::from_raw_parts(c.shape, c.rank) },
+                    &t.shape[..]
+                );
                 assert_eq!(
                     (c.nbytes, c.stored_bytes, c.chunks),
                     (t.nbytes(), t.stored_bytes(), t.chunks.len())
@@ -506,7 +602,10 @@ fn golden_vectors_read_as_the_core_reads_them() {
                 );
                 let mut index = usize::MAX;
                 let name = CString::new(t.name.as_str()).unwrap();
-                assert_eq!(unsafe { bpz_tensor_find(a.0, name.as_ptr(), &mut index) }, BPZ_OK);
+                assert_eq!(
+                    unsafe { bpz_tensor_find(a.0, name.as_ptr(), &mut index) },
+                    BPZ_OK
+                );
                 assert_eq!(index, i);
             }
             assert_eq!(unsafe { bpz_verify(a.0) }, BPZ_OK, "{}", message());
@@ -526,10 +625,21 @@ fn read_many_reads_what_read_reads() {
         assert!(count >= 4);
         let one_by_one: Vec<Vec<u8>> = (0..count).map(|i| read(&a, i)).collect();
         let read_many = |indices: &[usize]| -> Result<Vec<Vec<u8>>, i32> {
-            let mut bufs: Vec<Vec<u8>> = indices.iter().map(|&i| vec![0xAA; info(&a, i).nbytes as usize]).collect();
+            let mut bufs: Vec<Vec<u8>> = indices
+                .iter()
+                .map(|&i| vec![0xAA; info(&a, i).nbytes as usize])
+                .collect();
             let ptrs: Vec<*mut c_void> = bufs.iter_mut().map(|b| b.as_mut_ptr().cast()).collect();
             let lens: Vec<usize> = bufs.iter().map(Vec::len).collect();
-            match unsafe { bpz_read_many(a.0, indices.as_ptr(), indices.len(), ptrs.as_ptr(), lens.as_ptr()) } {
+            match unsafe {
+                bpz_read_many(
+                    a.0,
+                    indices.as_ptr(),
+                    indices.len(),
+                    ptrs.as_ptr(),
+                    lens.as_ptr(),
+                )
+            } {
                 BPZ_OK => Ok(bufs),
                 code => Err(code),
             }
@@ -541,27 +651,61 @@ fn read_many_reads_what_read_reads() {
         assert_eq!(read_many(&some).unwrap(), expect);
         assert_eq!(read_many(&[]).unwrap(), Vec::<Vec<u8>>::new());
         // n = 0 with NULL arrays.
-        assert_eq!(unsafe { bpz_read_many(a.0, null(), 0, null(), null()) }, BPZ_OK);
+        assert_eq!(
+            unsafe { bpz_read_many(a.0, null(), 0, null(), null()) },
+            BPZ_OK
+        );
 
         // A bad index, NULL arrays, a wrong length: refused, naming the function.
         let mut buf = vec![0u8; 64];
         let p: *mut c_void = buf.as_mut_ptr().cast();
-        let code = unsafe { bpz_read_many(a.0, [count].as_ptr(), 1, [p].as_ptr(), [0usize].as_ptr()) };
+        let code =
+            unsafe { bpz_read_many(a.0, [count].as_ptr(), 1, [p].as_ptr(), [0usize].as_ptr()) };
         assert_eq!(code, BPZ_ERR_INVALID_ARGUMENT);
-        assert!(message().contains("bpz_read_many") && message().contains("out of range"), "{}", message());
-        assert_eq!(unsafe { bpz_read_many(a.0, null(), 1, [p].as_ptr(), [1usize].as_ptr()) }, BPZ_ERR_NULL_ARGUMENT);
-        assert_eq!(unsafe { bpz_read_many(null(), [0usize].as_ptr(), 1, [p].as_ptr(), [1usize].as_ptr()) }, BPZ_ERR_NULL_ARGUMENT);
+        assert!(
+            message().contains("bpz_read_many") && message().contains("out of range"),
+            "{}",
+            message()
+        );
+        assert_eq!(
+            unsafe { bpz_read_many(a.0, null(), 1, [p].as_ptr(), [1usize].as_ptr()) },
+            BPZ_ERR_NULL_ARGUMENT
+        );
+        assert_eq!(
+            unsafe {
+                bpz_read_many(
+                    null(),
+                    [0usize].as_ptr(),
+                    1,
+                    [p].as_ptr(),
+                    [1usize].as_ptr(),
+                )
+            },
+            BPZ_ERR_NULL_ARGUMENT
+        );
         let n0 = one_by_one[0].len();
-        let code = unsafe { bpz_read_many(a.0, [0usize].as_ptr(), 1, [p].as_ptr(), [n0 + 1].as_ptr()) };
+        let code =
+            unsafe { bpz_read_many(a.0, [0usize].as_ptr(), 1, [p].as_ptr(), [n0 + 1].as_ptr()) };
         assert_eq!(code, BPZ_ERR_INVALID_ARGUMENT, "{}", message());
 
         // Overlapping buffers: refused before anything is written.
         let mut big = vec![0x55u8; 2 * n0];
         let q: *mut c_void = big.as_mut_ptr().cast();
         let half: *mut c_void = unsafe { big.as_mut_ptr().add(n0 / 2) }.cast();
-        let code = unsafe { bpz_read_many(a.0, [0usize, 0].as_ptr(), 2, [q, half].as_ptr(), [n0, n0].as_ptr()) };
+        let code = unsafe {
+            bpz_read_many(
+                a.0,
+                [0usize, 0].as_ptr(),
+                2,
+                [q, half].as_ptr(),
+                [n0, n0].as_ptr(),
+            )
+        };
         assert_eq!(code, BPZ_ERR_INVALID_ARGUMENT);
         assert!(message().contains("overlap"), "{}", message());
-        assert!(big.iter().all(|&b| b == 0x55), "nothing is written when refused");
+        assert!(
+            big.iter().all(|&b| b == 0x55),
+            "nothing is written when refused"
+        );
     }
 }

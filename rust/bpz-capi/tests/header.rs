@@ -57,8 +57,13 @@ fn header_constants(h: &str) -> BTreeMap<String, i32> {
         };
         let (name, value) = (name.trim(), value.trim());
         if name.starts_with("BPZ_") && name.chars().all(is_ident) {
-            let value: i32 = value.parse().unwrap_or_else(|_| panic!("{name} = {value:?}"));
-            assert!(found.insert(name.to_owned(), value).is_none(), "{name} defined twice");
+            let value: i32 = value
+                .parse()
+                .unwrap_or_else(|_| panic!("{name} = {value:?}"));
+            assert!(
+                found.insert(name.to_owned(), value).is_none(),
+                "{name} defined twice"
+            );
         }
     }
     found
@@ -67,17 +72,21 @@ fn header_constants(h: &str) -> BTreeMap<String, i32> {
 #[test]
 fn header_constants_match_the_rust_constants() {
     let h = header_constants(&header());
-    let rust: BTreeMap<String, i32> = [bpz::STATUS_CODES, bpz::BACKENDS, bpz::STORAGES, bpz::DTYPES]
-        .concat()
-        .into_iter()
-        .map(|(n, v)| (n.to_owned(), v))
-        .collect();
+    let rust: BTreeMap<String, i32> =
+        [bpz::STATUS_CODES, bpz::BACKENDS, bpz::STORAGES, bpz::DTYPES]
+            .concat()
+            .into_iter()
+            .map(|(n, v)| (n.to_owned(), v))
+            .collect();
     assert_eq!(h, rust);
 }
 
 /// Whitespace-normalised C type: `const char*` and `const char *` alike.
 fn c_type(t: &str) -> String {
-    t.replace('*', " * ").split_whitespace().collect::<Vec<_>>().join(" ")
+    t.replace('*', " * ")
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 #[test]
@@ -85,13 +94,19 @@ fn header_struct_matches_the_rust_struct() {
     let h = header();
     let open = "struct bpz_tensor_info {";
     let start = h.find(open).expect("struct bpz_tensor_info") + open.len();
-    let end = start + h[start..].find("};").expect("end of struct bpz_tensor_info");
+    let end = start
+        + h[start..]
+            .find("};")
+            .expect("end of struct bpz_tensor_info");
     let fields: Vec<(String, String)> = h[start..end]
         .split(';')
         .map(str::trim)
         .filter(|d| !d.is_empty())
         .map(|decl| {
-            let name_at = decl.rfind(|c: char| !is_ident(c)).expect("a type and a name") + 1;
+            let name_at = decl
+                .rfind(|c: char| !is_ident(c))
+                .expect("a type and a name")
+                + 1;
             (c_type(&decl[..name_at]), decl[name_at..].to_owned())
         })
         .collect();
@@ -111,7 +126,9 @@ fn header_functions(h: &str) -> BTreeSet<String> {
         let name = &before[start..];
         // A declaration starts with its return type, not inside an argument list.
         let prev = before[..start].trim_end();
-        if name.starts_with("bpz_") && (prev.ends_with(|c: char| is_ident(c)) || prev.ends_with('*')) {
+        if name.starts_with("bpz_")
+            && (prev.ends_with(|c: char| is_ident(c)) || prev.ends_with('*'))
+        {
             names.insert(name.to_owned());
         }
     }

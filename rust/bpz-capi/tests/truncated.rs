@@ -16,14 +16,27 @@ const CHILD: &str = "child_truncates_then_reads";
 fn write(path: &Path, compressed: bool, chunk_bytes: usize, sizes: &[usize]) {
     let opts = WriterOptions {
         chunk_bytes,
-        compression: if compressed { Compression::Zstd } else { Compression::None },
+        compression: if compressed {
+            Compression::Zstd
+        } else {
+            Compression::None
+        },
         sync: false,
         ..WriterOptions::default()
     };
     let mut w = Writer::create(path, opts).unwrap();
     for (i, &n) in sizes.iter().enumerate() {
-        let data: Vec<u8> = (0..n).map(|k| if compressed { (k / 300 % 7) as u8 } else { (k * 131 + i) as u8 }).collect();
-        w.add_tensor(&format!("t{i}"), DType::U8, &[(n / 64) as u64, 64], &data).unwrap();
+        let data: Vec<u8> = (0..n)
+            .map(|k| {
+                if compressed {
+                    (k / 300 % 7) as u8
+                } else {
+                    (k * 131 + i) as u8
+                }
+            })
+            .collect();
+        w.add_tensor(&format!("t{i}"), DType::U8, &[(n / 64) as u64, 64], &data)
+            .unwrap();
     }
     w.finish().unwrap();
 }
@@ -45,13 +58,26 @@ fn truncating_an_open_archive_gives_error_codes_not_signals() {
         let r = Reader::open(&original).unwrap();
         let (len, t) = (r.file_len(), *r.trailer());
         let first = r.tensors()[0].chunks[0];
-        let mut cuts = vec![4096, first.offset + first.stored_len, len / 2, t.index_offset + 1, len - 1];
+        let mut cuts = vec![
+            4096,
+            first.offset + first.stored_len,
+            len / 2,
+            t.index_offset + 1,
+            len - 1,
+        ];
         cuts.retain(|&c| c < len);
         for cut in cuts {
             let path = dir.path().join(format!("{name}.{cut}.bpz"));
             std::fs::copy(&original, &path).unwrap();
             let mut child = Command::new(&exe)
-                .args(["--exact", CHILD, "--ignored", "--nocapture", "--test-threads", "1"])
+                .args([
+                    "--exact",
+                    CHILD,
+                    "--ignored",
+                    "--nocapture",
+                    "--test-threads",
+                    "1",
+                ])
                 .env("BPZ_TRUNCATE_PATH", &path)
                 .env("BPZ_TRUNCATE_AT", cut.to_string())
                 .stdout(Stdio::piped())
@@ -67,8 +93,16 @@ fn truncating_an_open_archive_gives_error_codes_not_signals() {
                 std::thread::sleep(Duration::from_millis(10));
             }
             let out = child.wait_with_output().unwrap();
-            let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-            assert!(out.status.success() && text.contains("1 passed"), "{name} cut at {cut}: child {:?}\n{text}", out.status);
+            let text = format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert!(
+                out.status.success() && text.contains("1 passed"),
+                "{name} cut at {cut}: child {:?}\n{text}",
+                out.status
+            );
             ran += 1;
         }
     }
@@ -84,13 +118,29 @@ fn child_truncates_then_reads() {
     let c_path = CString::new(path.clone()).unwrap();
     let archives = [BPZ_BACKEND_MMAP, BPZ_BACKEND_PREAD].map(|backend| {
         let mut a: *mut Archive = std::ptr::null_mut();
-        assert_eq!(unsafe { bpz_open(c_path.as_ptr(), backend, &mut a) }, BPZ_OK);
+        assert_eq!(
+            unsafe { bpz_open(c_path.as_ptr(), backend, &mut a) },
+            BPZ_OK
+        );
         a
     });
-    let wants: Vec<Vec<u8>> = truth.tensors().iter().map(|t| truth.read(&t.name).unwrap()).collect();
+    let wants: Vec<Vec<u8>> = truth
+        .tensors()
+        .iter()
+        .map(|t| truth.read(&t.name).unwrap())
+        .collect();
     // Cut in place: the same inode, so the archives' maps now reach past the end.
-    std::fs::OpenOptions::new().write(true).open(&path).unwrap().set_len(cut).unwrap();
-    let message = || unsafe { std::ffi::CStr::from_ptr(bpz_last_error_message()) }.to_string_lossy().into_owned();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_len(cut)
+        .unwrap();
+    let message = || {
+        unsafe { std::ffi::CStr::from_ptr(bpz_last_error_message()) }
+            .to_string_lossy()
+            .into_owned()
+    };
     for a in archives {
         for (i, t) in truth.tensors().iter().enumerate() {
             let intact = t.chunks.iter().all(|c| c.offset + c.stored_len <= cut);
@@ -102,7 +152,11 @@ fn child_truncates_then_reads() {
                 } else {
                     assert!(!intact, "{op} {}: {}", t.name, message());
                     assert_eq!(code, BPZ_ERR_TRUNCATED, "{op} {}: {}", t.name, message());
-                    assert!(message().contains(&path), "{op}: the message names the file: {}", message());
+                    assert!(
+                        message().contains(&path),
+                        "{op}: the message names the file: {}",
+                        message()
+                    );
                 }
             };
             let code = unsafe { bpz_read(a, i, buf.as_mut_ptr().cast(), buf.len()) };
@@ -110,12 +164,18 @@ fn child_truncates_then_reads() {
             let rows = t.rows();
             let row = want.len() / rows as usize;
             let mut part = vec![0u8; row];
-            let code = unsafe { bpz_read_rows(a, i, rows - 1, rows, part.as_mut_ptr().cast(), row) };
+            let code =
+                unsafe { bpz_read_rows(a, i, rows - 1, rows, part.as_mut_ptr().cast(), row) };
             expect(code, &part, &want[want.len() - row..], "bpz_read_rows");
         }
         // The file is shorter than when it was opened: verify says so wherever the cut is.
         assert_eq!(unsafe { bpz_verify(a) }, BPZ_ERR_TRUNCATED, "{}", message());
-        assert_eq!(unsafe { bpz_verify_with(a, 1, 0) }, BPZ_ERR_TRUNCATED, "{}", message());
+        assert_eq!(
+            unsafe { bpz_verify_with(a, 1, 0) },
+            BPZ_ERR_TRUNCATED,
+            "{}",
+            message()
+        );
         unsafe { bpz_close(a) };
     }
 }

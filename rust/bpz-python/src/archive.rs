@@ -26,7 +26,10 @@ pub fn info_dict<'py>(py: Python<'py>, t: &TensorInfo) -> PyResult<Bound<'py, Py
     d.set_item("codec", if t.is_raw() { "none" } else { "zstd" })?;
     d.set_item("chunk_elems", t.chunk_elems)?;
     d.set_item("chunks", t.chunks.len())?;
-    d.set_item("encoded_chunks", t.chunks.iter().filter(|c| c.encoded).count())?;
+    d.set_item(
+        "encoded_chunks",
+        t.chunks.iter().filter(|c| c.encoded).count(),
+    )?;
     d.set_item("nbytes", t.nbytes())?;
     d.set_item("stored_bytes", t.stored_bytes())?;
     d.set_item("offset", t.raw_range().map(|r| r.start))?;
@@ -47,11 +50,17 @@ impl Archive {
         let backend = match backend {
             "mmap" => Backend::Mmap,
             "pread" => Backend::Pread,
-            other => return Err(PyValueError::new_err(format!("backend must be \"mmap\" or \"pread\", not {other:?}"))),
+            other => {
+                return Err(PyValueError::new_err(format!(
+                    "backend must be \"mmap\" or \"pread\", not {other:?}"
+                )))
+            }
         };
         let mut reader = py.detach(|| Reader::open_with(&path, backend)).py()?;
         reader.set_parallel(parallel);
-        Ok(Archive { reader: Arc::new(reader) })
+        Ok(Archive {
+            reader: Arc::new(reader),
+        })
     }
 
     #[getter]
@@ -95,7 +104,11 @@ impl Archive {
     }
 
     fn names(&self) -> Vec<String> {
-        self.reader.tensors().iter().map(|t| t.name.clone()).collect()
+        self.reader
+            .tensors()
+            .iter()
+            .map(|t| t.name.clone())
+            .collect()
     }
 
     fn __len__(&self) -> usize {
@@ -111,7 +124,11 @@ impl Archive {
     }
 
     fn infos<'py>(&self, py: Python<'py>) -> PyResult<Vec<Bound<'py, PyDict>>> {
-        self.reader.tensors().iter().map(|t| info_dict(py, t)).collect()
+        self.reader
+            .tensors()
+            .iter()
+            .map(|t| info_dict(py, t))
+            .collect()
     }
 
     /// The tree as JSON text (`null` if none).
@@ -126,7 +143,11 @@ impl Archive {
 
     /// `(bytes, dtype, shape)` of a tensor: a zero-copy view of a raw tensor in a mapped
     /// archive, else a checksummed copy. One call, so `archive[name]` costs one lookup.
-    fn get<'py>(&self, py: Python<'py>, name: &str) -> PyResult<(Buffer, &'static str, Bound<'py, PyTuple>)> {
+    fn get<'py>(
+        &self,
+        py: Python<'py>,
+        name: &str,
+    ) -> PyResult<(Buffer, &'static str, Bound<'py, PyTuple>)> {
         let reader = &self.reader;
         let index = reader.position(name).py()?;
         let t = &reader.tensors()[index];
@@ -139,7 +160,10 @@ impl Archive {
     }
 
     /// `(name, dtype, shape)` of every tensor, in index order.
-    fn layouts<'py>(&self, py: Python<'py>) -> PyResult<Vec<(&str, &'static str, Bound<'py, PyTuple>)>> {
+    fn layouts<'py>(
+        &self,
+        py: Python<'py>,
+    ) -> PyResult<Vec<(&str, &'static str, Bound<'py, PyTuple>)>> {
         self.reader
             .tensors()
             .iter()
@@ -167,13 +191,18 @@ impl Archive {
     /// Decoded bytes of rows `start..stop` of the leading axis.
     fn read_rows(&self, py: Python<'_>, name: &str, start: u64, stop: u64) -> PyResult<Buffer> {
         let reader = &self.reader;
-        py.detach(|| reader.read_rows(name, start..stop).map(Buffer::owned)).py()
+        py.detach(|| reader.read_rows(name, start..stop).map(Buffer::owned))
+            .py()
     }
 
     /// Reads many tensors, in parallel across tensors (and chunks).
     fn read_many(&self, py: Python<'_>, names: Vec<String>) -> PyResult<Vec<Buffer>> {
         let reader = &self.reader;
-        let indices = names.iter().map(|n| reader.position(n)).collect::<bpz::Result<Vec<_>>>().py()?;
+        let indices = names
+            .iter()
+            .map(|n| reader.position(n))
+            .collect::<bpz::Result<Vec<_>>>()
+            .py()?;
         let buffers = py.detach(|| reader.read_many_zeroed_at(&indices)).py()?;
         Ok(buffers.into_iter().map(Buffer::zeroed).collect())
     }
@@ -181,9 +210,18 @@ impl Archive {
     /// Checks every checksum of one tensor; with `decode`, also decodes its compressed
     /// chunks (refused past `max_decoded_bytes`, default `default_decode_budget`).
     #[pyo3(signature = (name, decode = false, max_decoded_bytes = None))]
-    fn verify_tensor(&self, py: Python<'_>, name: &str, decode: bool, max_decoded_bytes: Option<u64>) -> PyResult<()> {
+    fn verify_tensor(
+        &self,
+        py: Python<'_>,
+        name: &str,
+        decode: bool,
+        max_decoded_bytes: Option<u64>,
+    ) -> PyResult<()> {
         let reader = &self.reader;
-        let opts = VerifyOptions { decode, max_decoded_bytes };
+        let opts = VerifyOptions {
+            decode,
+            max_decoded_bytes,
+        };
         py.detach(|| reader.verify_tensor_with(name, &opts)).py()
     }
 
@@ -202,9 +240,17 @@ impl Archive {
     /// Checks every stored byte of the file against its checksum (and, with `decode`,
     /// decodes every compressed chunk within the budget); returns counts of what was checked.
     #[pyo3(signature = (decode = false, max_decoded_bytes = None))]
-    fn verify<'py>(&self, py: Python<'py>, decode: bool, max_decoded_bytes: Option<u64>) -> PyResult<Bound<'py, PyDict>> {
+    fn verify<'py>(
+        &self,
+        py: Python<'py>,
+        decode: bool,
+        max_decoded_bytes: Option<u64>,
+    ) -> PyResult<Bound<'py, PyDict>> {
         let reader = &self.reader;
-        let opts = VerifyOptions { decode, max_decoded_bytes };
+        let opts = VerifyOptions {
+            decode,
+            max_decoded_bytes,
+        };
         let report = py.detach(|| reader.verify_with(&opts)).py()?;
         let d = PyDict::new(py);
         d.set_item("tensors", report.tensors)?;
@@ -216,6 +262,10 @@ impl Archive {
     }
 
     fn __repr__(&self) -> String {
-        format!("<bpz._bpz.Archive {:?}: {} tensors>", self.reader.path(), self.reader.tensors().len())
+        format!(
+            "<bpz._bpz.Archive {:?}: {} tensors>",
+            self.reader.path(),
+            self.reader.tensors().len()
+        )
     }
 }

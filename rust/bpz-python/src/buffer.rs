@@ -27,18 +27,33 @@ pub struct Buffer {
 impl Buffer {
     pub fn owned(v: Vec<u8>) -> Self {
         let (ptr, len) = (v.as_ptr() as usize, v.len());
-        Buffer { _owner: Owner::Owned(v), ptr, len, readonly: false }
+        Buffer {
+            _owner: Owner::Owned(v),
+            ptr,
+            len,
+            readonly: false,
+        }
     }
 
     pub fn zeroed(z: bpz::Zeroed) -> Self {
         let (ptr, len) = (z.as_ptr() as usize, z.len());
-        Buffer { _owner: Owner::Zeroed(z), ptr, len, readonly: false }
+        Buffer {
+            _owner: Owner::Zeroed(z),
+            ptr,
+            len,
+            readonly: false,
+        }
     }
 
     /// A read-only view of the file's map; the view keeps the map alive as long as `self`.
     pub fn view(v: bpz::View) -> Self {
         let (ptr, len) = (v.as_ptr() as usize, v.len());
-        Buffer { _owner: Owner::Mapped(v), ptr, len, readonly: true }
+        Buffer {
+            _owner: Owner::Mapped(v),
+            ptr,
+            len,
+            readonly: true,
+        }
     }
 }
 
@@ -78,6 +93,10 @@ impl Buffer {
     }
 
     fn __repr__(&self) -> String {
-        format!("<bpz Buffer of {} bytes{}>", self.len, if self.readonly { ", read-only map" } else { "" })
+        format!(
+            "<bpz Buffer of {} bytes{}>",
+            self.len,
+            if self.readonly { ", read-only map" } else { "" }
+        )
     }
 }

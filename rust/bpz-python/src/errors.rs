@@ -6,7 +6,9 @@
 //! `create_exception!` cannot declare (one base only): they are made by calling
 //! `type(name, bases, namespace)`. `bpz.errors` re-exports them.
 
-use pyo3::exceptions::{PyBaseException, PyException, PyKeyError, PyMemoryError, PyOSError, PyValueError};
+use pyo3::exceptions::{
+    PyBaseException, PyException, PyKeyError, PyMemoryError, PyOSError, PyValueError,
+};
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyDict, PyTuple, PyType};
@@ -141,7 +143,10 @@ fn make(py: Python<'_>) -> PyResult<Made> {
     for class in CLASSES {
         let mut bases = Vec::new();
         if let Some(parent) = class.parent {
-            let (_, made) = all.iter().find(|(name, _)| *name == parent).expect("parents come first in CLASSES");
+            let (_, made) = all
+                .iter()
+                .find(|(name, _)| *name == parent)
+                .expect("parents come first in CLASSES");
             bases.push(made.bind(py).clone());
         }
         if let Some(builtin) = class.also {
@@ -160,9 +165,14 @@ fn make(py: Python<'_>) -> PyResult<Made> {
         }
         if matches!(class.also, Some(Builtin::KeyError)) {
             // KeyError's str() is the repr() of the message: show the message itself.
-            namespace.set_item("__str__", py.get_type::<PyBaseException>().getattr("__str__")?)?;
+            namespace.set_item(
+                "__str__",
+                py.get_type::<PyBaseException>().getattr("__str__")?,
+            )?;
         }
-        let made = py.get_type::<PyType>().call1((class.name, PyTuple::new(py, bases)?, namespace))?;
+        let made =
+            py.get_type::<PyType>()
+                .call1((class.name, PyTuple::new(py, bases)?, namespace))?;
         all.push((class.name, made.cast_into::<PyType>()?.unbind()));
     }
     let by_kind = bpz::Error::KINDS
@@ -171,9 +181,14 @@ fn make(py: Python<'_>) -> PyResult<Made> {
             if kind == "io" {
                 return Ok(py.get_type::<PyOSError>().unbind());
             }
-            let class = CLASSES.iter().position(|c| c.kind == Some(kind)).ok_or_else(|| {
-                pyo3::exceptions::PyRuntimeError::new_err(format!("bpz error kind {kind:?} has no exception class"))
-            })?;
+            let class = CLASSES
+                .iter()
+                .position(|c| c.kind == Some(kind))
+                .ok_or_else(|| {
+                    pyo3::exceptions::PyRuntimeError::new_err(format!(
+                        "bpz error kind {kind:?} has no exception class"
+                    ))
+                })?;
             Ok(all[class].1.clone_ref(py))
         })
         .collect::<PyResult<_>>()?;
@@ -204,16 +219,24 @@ pub fn to_py(err: bpz::Error) -> PyErr {
         // PermissionError, IsADirectoryError... from the errno.
         // The OS error may sit under a message that says which step failed.
         let chain = std::iter::successors(Some(source as &dyn std::error::Error), |e| e.source());
-        let errno = chain.filter_map(|e| e.downcast_ref::<std::io::Error>()?.raw_os_error()).next().unwrap_or(0);
+        let errno = chain
+            .filter_map(|e| e.downcast_ref::<std::io::Error>()?.raw_os_error())
+            .next()
+            .unwrap_or(0);
         if errno != 0 {
             return PyOSError::new_err((errno, source.to_string(), path.clone()));
         }
         return PyOSError::new_err(message);
     }
     let kind = err.kind();
-    let at = bpz::Error::KINDS.iter().position(|k| *k == kind).expect("kind() is one of KINDS");
+    let at = bpz::Error::KINDS
+        .iter()
+        .position(|k| *k == kind)
+        .expect("kind() is one of KINDS");
     Python::attach(|py| {
-        let made = MADE.get(py).expect("the classes are made when bpz._bpz is imported");
+        let made = MADE
+            .get(py)
+            .expect("the classes are made when bpz._bpz is imported");
         PyErr::from_type(made.by_kind[at].bind(py).clone(), (message,))
     })
 }

@@ -17,8 +17,14 @@ fn _bpz(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<writer::Writer>()?;
     m.add_class::<persist::TempFile>()?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
-    m.add("FORMAT_VERSION", (bpz::FORMAT_VERSION.major, bpz::FORMAT_VERSION.minor))?;
-    m.add("DTYPES", bpz::DType::ALL.iter().map(|d| d.name()).collect::<Vec<_>>())?;
+    m.add(
+        "FORMAT_VERSION",
+        (bpz::FORMAT_VERSION.major, bpz::FORMAT_VERSION.minor),
+    )?;
+    m.add(
+        "DTYPES",
+        bpz::DType::ALL.iter().map(|d| d.name()).collect::<Vec<_>>(),
+    )?;
     errors::register(m)?;
     Ok(())
 }

@@ -21,7 +21,10 @@ pub struct TempFile {
 impl TempFile {
     fn open(&self) -> PyResult<&bpz::persist::TempFile> {
         self.inner.as_ref().ok_or_else(|| {
-            PyValueError::new_err(format!("{}: the save was already committed or aborted", self.dest.display()))
+            PyValueError::new_err(format!(
+                "{}: the save was already committed or aborted",
+                self.dest.display()
+            ))
         })
     }
 }
@@ -31,9 +34,19 @@ impl TempFile {
     #[new]
     #[pyo3(signature = (path, overwrite = true))]
     fn new(py: Python<'_>, path: PathBuf, overwrite: bool) -> PyResult<Self> {
-        let inner = py.detach(|| bpz::persist::TempFile::create(&path, true, overwrite)).py()?;
-        let (name, target) = (inner.temp_path().to_path_buf(), inner.target().to_path_buf());
-        Ok(TempFile { inner: Some(inner), name, target, dest: path })
+        let inner = py
+            .detach(|| bpz::persist::TempFile::create(&path, true, overwrite))
+            .py()?;
+        let (name, target) = (
+            inner.temp_path().to_path_buf(),
+            inner.target().to_path_buf(),
+        );
+        Ok(TempFile {
+            inner: Some(inner),
+            name,
+            target,
+            dest: path,
+        })
     }
 
     /// The temporary file's name: open it for writing (truncating), never replace it.
@@ -103,7 +116,15 @@ impl TempFile {
     }
 
     fn __repr__(&self) -> String {
-        let state = if self.inner.is_some() { "open" } else { "closed" };
-        format!("<bpz._bpz.TempFile {} for {} ({state})>", self.name.display(), self.dest.display())
+        let state = if self.inner.is_some() {
+            "open"
+        } else {
+            "closed"
+        };
+        format!(
+            "<bpz._bpz.TempFile {} for {} ({state})>",
+            self.name.display(),
+            self.dest.display()
+        )
     }
 }

@@ -38,9 +38,15 @@ fn parse_filter(f: Option<&str>) -> PyResult<Option<Filter>> {
 }
 
 /// Per-tensor overrides; `None` keeps the archive's setting.
-fn tensor_options(compression: Option<&str>, filter: Option<&str>, level: Option<i32>) -> PyResult<TensorOptions> {
+fn tensor_options(
+    compression: Option<&str>,
+    filter: Option<&str>,
+    level: Option<i32>,
+) -> PyResult<TensorOptions> {
     Ok(TensorOptions {
-        compression: compression.map(|c| parse_compression(Some(c))).transpose()?,
+        compression: compression
+            .map(|c| parse_compression(Some(c)))
+            .transpose()?,
         filter: parse_filter(filter)?,
         level,
     })
@@ -136,7 +142,11 @@ struct Found {
 /// The bytes of `data`: its C-contiguous buffer, or else the memory its
 /// `__array_interface__` (version 3, C order) describes. Its shape, as the
 /// object describes it, is appended to `shape`.
-fn hold_bytes(name: &str, data: &Bound<'_, PyAny>, shape: &mut Vec<u64>) -> PyResult<(Found, Held)> {
+fn hold_bytes(
+    name: &str,
+    data: &Bound<'_, PyAny>,
+    shape: &mut Vec<u64>,
+) -> PyResult<(Found, Held)> {
     let mut view = Box::new(RawBuffer {
         buf: std::ptr::null_mut(),
         obj: std::ptr::null_mut(),
@@ -153,7 +163,10 @@ fn hold_bytes(name: &str, data: &Bound<'_, PyAny>, shape: &mut Vec<u64>) -> PyRe
     // SAFETY: `data` is a live object and the GIL is held; on success the view is
     // released by `Held`'s drop, on failure there is nothing to release.
     if unsafe { PyObject_GetBuffer(data.as_ptr(), &mut *view, PYBUF_ND) } == 0 {
-        let bytes = Bytes { ptr: view.buf as *const u8, len: view.len.max(0) as usize };
+        let bytes = Bytes {
+            ptr: view.buf as *const u8,
+            len: view.len.max(0) as usize,
+        };
         let ndim = view.ndim.max(0) as usize;
         if ndim == 0 {
             // a scalar
@@ -161,7 +174,11 @@ fn hold_bytes(name: &str, data: &Bound<'_, PyAny>, shape: &mut Vec<u64>) -> PyRe
             shape.push(bytes.len as u64 / (view.itemsize.max(1) as u64));
         } else {
             // SAFETY: PyBUF_ND makes the exporter fill `shape` with `ndim` extents.
-            shape.extend(unsafe { std::slice::from_raw_parts(view.shape, ndim) }.iter().map(|&d| d.max(0) as u64));
+            shape.extend(
+                unsafe { std::slice::from_raw_parts(view.shape, ndim) }
+                    .iter()
+                    .map(|&d| d.max(0) as u64),
+            );
         }
         let itemsize = view.itemsize.max(0) as u64;
         return Ok((Found { bytes, itemsize }, Held::Buffer(view)));
@@ -178,7 +195,11 @@ fn hold_bytes(name: &str, data: &Bound<'_, PyAny>, shape: &mut Vec<u64>) -> PyRe
             return Err(PyTypeError::new_err(msg));
         }
     };
-    let bad = |what: &str| PyTypeError::new_err(format!("tensor {name:?}: invalid __array_interface__: {what}"));
+    let bad = |what: &str| {
+        PyTypeError::new_err(format!(
+            "tensor {name:?}: invalid __array_interface__: {what}"
+        ))
+    };
     let iface = iface.cast_into::<PyDict>().map_err(|_| bad("not a dict"))?;
     if let Some(strides) = iface.get_item("strides")? {
         if !strides.is_none() {
@@ -186,12 +207,25 @@ fn hold_bytes(name: &str, data: &Bound<'_, PyAny>, shape: &mut Vec<u64>) -> PyRe
             return Err(not_contiguous(name));
         }
     }
-    let own_shape: Vec<u64> = iface.get_item("shape")?.ok_or_else(|| bad("no shape"))?.extract().map_err(|_| bad("shape"))?;
-    let typestr: String =
-        iface.get_item("typestr")?.ok_or_else(|| bad("no typestr"))?.extract().map_err(|_| bad("typestr"))?;
-    let itemsize: u64 = typestr.get(2..).and_then(|s| s.parse().ok()).ok_or_else(|| bad("typestr"))?;
-    let (address, _readonly): (usize, bool) =
-        iface.get_item("data")?.ok_or_else(|| bad("no data"))?.extract().map_err(|_| bad("data is not (address, readonly)"))?;
+    let own_shape: Vec<u64> = iface
+        .get_item("shape")?
+        .ok_or_else(|| bad("no shape"))?
+        .extract()
+        .map_err(|_| bad("shape"))?;
+    let typestr: String = iface
+        .get_item("typestr")?
+        .ok_or_else(|| bad("no typestr"))?
+        .extract()
+        .map_err(|_| bad("typestr"))?;
+    let itemsize: u64 = typestr
+        .get(2..)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| bad("typestr"))?;
+    let (address, _readonly): (usize, bool) = iface
+        .get_item("data")?
+        .ok_or_else(|| bad("no data"))?
+        .extract()
+        .map_err(|_| bad("data is not (address, readonly)"))?;
     let len = own_shape
         .iter()
         .try_fold(itemsize, |acc, &d| acc.checked_mul(d))
@@ -200,21 +234,29 @@ fn hold_bytes(name: &str, data: &Bound<'_, PyAny>, shape: &mut Vec<u64>) -> PyRe
     if address == 0 && len != 0 {
         return Err(bad("null data address"));
     }
-    let bytes = Bytes { ptr: address as *const u8, len };
+    let bytes = Bytes {
+        ptr: address as *const u8,
+        len,
+    };
     shape.extend_from_slice(&own_shape);
-    Ok((Found { bytes, itemsize }, Held::Object(data.clone().unbind())))
+    Ok((
+        Found { bytes, itemsize },
+        Held::Object(data.clone().unbind()),
+    ))
 }
 
 /// `tensor "name": ...` for an error from adding a tensor of a batch, keeping its type.
 fn tensor_error(err: bpz::Error, name: &str) -> PyErr {
     let quoted = format!("{name:?}");
     match err {
-        bpz::Error::InvalidArgument(msg) if !msg.contains(&quoted) => {
-            to_py(bpz::Error::InvalidArgument(format!("tensor {quoted}: {msg}")))
-        }
+        bpz::Error::InvalidArgument(msg) if !msg.contains(&quoted) => to_py(
+            bpz::Error::InvalidArgument(format!("tensor {quoted}: {msg}")),
+        ),
         bpz::Error::Io { path, source } => match source.raw_os_error() {
             // OSError(errno, strerror, filename) keeps FileNotFoundError, ENOSPC, ...
-            Some(errno) if errno != 0 => PyOSError::new_err((errno, format!("{source} (writing tensor {quoted})"), path)),
+            Some(errno) if errno != 0 => {
+                PyOSError::new_err((errno, format!("{source} (writing tensor {quoted})"), path))
+            }
             _ => PyOSError::new_err(format!("{path}: {source} (writing tensor {quoted})")),
         },
         other => to_py(other),
@@ -250,7 +292,11 @@ impl Batch {
 
 /// Appends the extents of a shape given as a sequence to `out`.
 fn extract_shape(name: &str, shape: &Bound<'_, PyAny>, out: &mut Vec<u64>) -> PyResult<()> {
-    let bad = || PyTypeError::new_err(format!("tensor {name:?}: shape must be a sequence of non-negative ints"));
+    let bad = || {
+        PyTypeError::new_err(format!(
+            "tensor {name:?}: shape must be a sequence of non-negative ints"
+        ))
+    };
     if let Ok(t) = shape.cast::<PyTuple>() {
         for d in t.iter_borrowed() {
             out.push(d.extract::<u64>().map_err(|_| bad())?);
@@ -268,15 +314,21 @@ fn extract_options(name: &str, opts: &Bound<'_, PyAny>) -> PyResult<Option<Tenso
     if opts.is_none() {
         return Ok(None);
     }
-    let d = opts
-        .cast::<PyDict>()
-        .map_err(|_| PyTypeError::new_err(format!("tensor {name:?}: options must be a dict or None")))?;
+    let d = opts.cast::<PyDict>().map_err(|_| {
+        PyTypeError::new_err(format!("tensor {name:?}: options must be a dict or None"))
+    })?;
     let (mut compression, mut filter, mut level) = (None::<String>, None::<String>, None::<i32>);
     for (k, v) in d.iter() {
         let key: String = k.extract()?;
         let wrap = |e: PyErr| PyTypeError::new_err(format!("tensor {name:?}: option {key:?}: {e}"));
         match key.as_str() {
-            "compression" => compression = if v.is_none() { Some("none".into()) } else { Some(v.extract().map_err(wrap)?) },
+            "compression" => {
+                compression = if v.is_none() {
+                    Some("none".into())
+                } else {
+                    Some(v.extract().map_err(wrap)?)
+                }
+            }
             "filter" => filter = v.extract().map_err(wrap)?,
             "level" => level = v.extract().map_err(wrap)?,
             _ => {
@@ -304,24 +356,29 @@ fn extract_item(index: usize, item: &Bound<'_, PyAny>, batch: &mut Batch) -> PyR
         ))
     })?;
     let name_obj = t.get_borrowed_item(0)?;
-    let name_str = name_obj
-        .cast::<PyString>()
-        .map_err(|_| PyTypeError::new_err(format!("add_tensors: item {index}: the name must be a str")))?;
+    let name_str = name_obj.cast::<PyString>().map_err(|_| {
+        PyTypeError::new_err(format!("add_tensors: item {index}: the name must be a str"))
+    })?;
     let name = name_str.to_str()?;
     let dtype_obj = t.get_borrowed_item(1)?;
     let dtype_name = dtype_obj
         .cast::<PyString>()
         .map_err(|_| PyTypeError::new_err(format!("tensor {name:?}: the dtype must be a str")))?;
     let dtype_name = dtype_name.to_str()?;
-    let dtype = DType::from_name(dtype_name)
-        .ok_or_else(|| PyValueError::new_err(format!("tensor {name:?}: unknown bpz dtype {dtype_name:?}")))?;
+    let dtype = DType::from_name(dtype_name).ok_or_else(|| {
+        PyValueError::new_err(format!("tensor {name:?}: unknown bpz dtype {dtype_name:?}"))
+    })?;
     let shape_start = batch.shapes.len();
     let shape_obj = t.get_borrowed_item(2)?;
     let given_shape = !shape_obj.is_none();
     if given_shape {
         extract_shape(name, &shape_obj, &mut batch.shapes)?;
     }
-    let options = if t.len() == 5 { extract_options(name, &*t.get_borrowed_item(4)?)? } else { None };
+    let options = if t.len() == 5 {
+        extract_options(name, &*t.get_borrowed_item(4)?)?
+    } else {
+        None
+    };
     let shape_end = batch.shapes.len();
     let (found, held) = hold_bytes(name, &*t.get_borrowed_item(3)?, &mut batch.shapes)?;
     if given_shape {
@@ -366,7 +423,13 @@ fn write_json(obj: &Bound<'_, PyAny>, depth: usize, out: &mut Vec<u8>) -> PyResu
         out.push(b'{');
         for (i, (k, v)) in d.iter().enumerate() {
             let key = k.cast::<PyString>().map_err(|_| {
-                PyTypeError::new_err(format!("tree keys must be str, not {}", k.get_type().name().map(|n| n.to_string()).unwrap_or_default()))
+                PyTypeError::new_err(format!(
+                    "tree keys must be str, not {}",
+                    k.get_type()
+                        .name()
+                        .map(|n| n.to_string())
+                        .unwrap_or_default()
+                ))
             })?;
             if i > 0 {
                 out.push(b',');
@@ -396,7 +459,9 @@ fn write_json(obj: &Bound<'_, PyAny>, depth: usize, out: &mut Vec<u8>) -> PyResu
         out.extend_from_slice(if b.is_true() { b"true" } else { b"false" });
         return Ok(());
     }
-    let number = |out: &mut Vec<u8>, n: Number| serde_json::to_writer(out, &n).expect("writing to a Vec cannot fail");
+    let number = |out: &mut Vec<u8>, n: Number| {
+        serde_json::to_writer(out, &n).expect("writing to a Vec cannot fail")
+    };
     if obj.is_instance_of::<PyInt>() {
         if let Ok(i) = obj.extract::<i64>() {
             number(out, Number::from(i));
@@ -409,18 +474,28 @@ fn write_json(obj: &Bound<'_, PyAny>, depth: usize, out: &mut Vec<u8>) -> PyResu
     }
     if obj.is_instance_of::<PyFloat>() || obj.is_instance_of::<PyInt>() {
         let f: f64 = obj.extract()?;
-        let n = Number::from_f64(f)
-            .ok_or_else(|| PyValueError::new_err(format!("out of range float values are not JSON compliant: {f}")))?;
+        let n = Number::from_f64(f).ok_or_else(|| {
+            PyValueError::new_err(format!(
+                "out of range float values are not JSON compliant: {f}"
+            ))
+        })?;
         number(out, n);
         return Ok(());
     }
     Err(PyTypeError::new_err(format!(
         "tree values must be dict, list, tuple, str, int, float, bool or None, not {}",
-        obj.get_type().name().map(|n| n.to_string()).unwrap_or_default()
+        obj.get_type()
+            .name()
+            .map(|n| n.to_string())
+            .unwrap_or_default()
     )))
 }
 
-fn write_json_items<'py>(items: impl Iterator<Item = Bound<'py, PyAny>>, depth: usize, out: &mut Vec<u8>) -> PyResult<()> {
+fn write_json_items<'py>(
+    items: impl Iterator<Item = Bound<'py, PyAny>>,
+    depth: usize,
+    out: &mut Vec<u8>,
+) -> PyResult<()> {
     out.push(b'[');
     for (i, v) in items.enumerate() {
         if i > 0 {
@@ -464,7 +539,9 @@ fn options(
     let chunk_bytes = match chunk_bytes {
         None => d.chunk_bytes,
         Some(n) => usize::try_from(n).map_err(|_| {
-            to_py(bpz::Error::InvalidArgument(format!("chunk_bytes (chunk_size in Python) must be positive, not {n}")))
+            to_py(bpz::Error::InvalidArgument(format!(
+                "chunk_bytes (chunk_size in Python) must be positive, not {n}"
+            )))
         })?,
     };
     Ok(WriterOptions {
@@ -484,7 +561,11 @@ fn extract_level(level: &Bound<'_, PyAny>) -> PyResult<i32> {
     if level.is_instance_of::<PyBool>() || !level.is_instance_of::<PyInt>() {
         return Err(PyTypeError::new_err(format!(
             "level must be an int, not {}",
-            level.get_type().name().map(|n| n.to_string()).unwrap_or_default()
+            level
+                .get_type()
+                .name()
+                .map(|n| n.to_string())
+                .unwrap_or_default()
         )));
     }
     level.extract()
@@ -497,9 +578,12 @@ enum Failure {
 
 impl Writer {
     fn inner(&mut self) -> PyResult<&mut bpz::Writer> {
-        self.inner
-            .as_mut()
-            .ok_or_else(|| PyRuntimeError::new_err(format!("writer for {} is already finished", self.path.display())))
+        self.inner.as_mut().ok_or_else(|| {
+            PyRuntimeError::new_err(format!(
+                "writer for {} is already finished",
+                self.path.display()
+            ))
+        })
     }
 }
 
@@ -530,7 +614,9 @@ impl Writer {
         compression: Option<&str>,
         level: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<()> {
-        options(alignment, chunk_bytes, compression, level, None, None, None)?.check().py()
+        options(alignment, chunk_bytes, compression, level, None, None, None)?
+            .check()
+            .py()
     }
 
     /// Options left None take the core's defaults ([`Writer::DEFAULTS`]); `compression=None`
@@ -551,10 +637,24 @@ impl Writer {
         writer_name: &str,
         writer_version: &str,
     ) -> PyResult<Self> {
-        let mut opts = options(alignment, chunk_bytes, compression, level, filter, sync, overwrite)?;
-        opts.writer = WriterInfo { name: writer_name.into(), version: writer_version.into() };
+        let mut opts = options(
+            alignment,
+            chunk_bytes,
+            compression,
+            level,
+            filter,
+            sync,
+            overwrite,
+        )?;
+        opts.writer = WriterInfo {
+            name: writer_name.into(),
+            version: writer_version.into(),
+        };
         let inner = py.detach(|| bpz::Writer::create(&path, opts)).py()?;
-        Ok(Writer { inner: Some(inner), path })
+        Ok(Writer {
+            inner: Some(inner),
+            path,
+        })
     }
 
     /// Adds many tensors in one call: `items` is an iterable of tuples
@@ -571,9 +671,17 @@ impl Writer {
     /// the tensor: an item that can't be read adds nothing; a tensor the writer
     /// refuses stops the batch there, the tensors before it added.
     #[pyo3(signature = (items, *, progress = None))]
-    fn add_tensors(&mut self, py: Python<'_>, items: &Bound<'_, PyAny>, progress: Option<Py<PyAny>>) -> PyResult<usize> {
+    fn add_tensors(
+        &mut self,
+        py: Python<'_>,
+        items: &Bound<'_, PyAny>,
+        progress: Option<Py<PyAny>>,
+    ) -> PyResult<usize> {
         let n = items.len().unwrap_or(0);
-        let mut batch = Batch { items: Vec::with_capacity(n), ..Batch::default() };
+        let mut batch = Batch {
+            items: Vec::with_capacity(n),
+            ..Batch::default()
+        };
         let mut held: Vec<Held> = Vec::with_capacity(n);
         for (index, item) in items.try_iter()?.enumerate() {
             held.push(extract_item(index, &item?, &mut batch)?);
@@ -598,9 +706,13 @@ impl Writer {
             for (index, item) in batch.items.iter().enumerate() {
                 // SAFETY: `held` keeps every item's memory alive until after this section.
                 let data = unsafe { item.data.as_slice() };
-                let opts = item.options.map_or(&default_options, |i| &batch.options[i as usize]);
+                let opts = item
+                    .options
+                    .map_or(&default_options, |i| &batch.options[i as usize]);
                 let shape = &batch.shapes[item.shape.clone()];
-                writer.add_tensor_with(batch.name(item), item.dtype, shape, data, opts).map_err(|e| Failure::Tensor(index, e))?;
+                writer
+                    .add_tensor_with(batch.name(item), item.dtype, shape, data, opts)
+                    .map_err(|e| Failure::Tensor(index, e))?;
                 done += data.len();
                 since += data.len();
                 if since >= REPORT_BYTES || last.elapsed() >= REPORT_INTERVAL {
@@ -642,7 +754,10 @@ impl Writer {
 
     /// Writes index and trailer, syncs, and renames over the destination.
     fn finish<'py>(&mut self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let writer = self.inner.take().ok_or_else(|| PyRuntimeError::new_err("writer is already finished"))?;
+        let writer = self
+            .inner
+            .take()
+            .ok_or_else(|| PyRuntimeError::new_err("writer is already finished"))?;
         let (summary, _) = py.detach(|| writer.finish()).py()?;
         let d = PyDict::new(py);
         d.set_item("path", summary.path)?;

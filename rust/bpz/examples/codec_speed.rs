@@ -25,18 +25,28 @@ fn main() {
     let mut x = 1u64;
     let floats: Vec<u8> = (0..n)
         .flat_map(|_| {
-            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             ((x >> 40) as f32 / 1e4 - 800.0).to_le_bytes()
         })
         .collect();
     let len = floats.len();
     let mut out = vec![0u8; len];
-    for (label, w) in [("shuffle w=4", 4usize), ("shuffle w=2", 2), ("shuffle w=8", 8)] {
+    for (label, w) in [
+        ("shuffle w=4", 4usize),
+        ("shuffle w=2", 2),
+        ("shuffle w=8", 8),
+    ] {
         let t = time(|| codec::shuffle(&floats, w, &mut out));
         let mut back = vec![0u8; len];
         let u = time(|| codec::unshuffle(&out, w, &mut back));
         assert_eq!(back, floats);
-        println!("{label}: shuffle {} unshuffle {}", gbps(len, t), gbps(len, u));
+        println!(
+            "{label}: shuffle {} unshuffle {}",
+            gbps(len, t),
+            gbps(len, u)
+        );
     }
     // One 2 MiB chunk, as the writer and reader see it (in cache).
     let small = &floats[..2 << 20];
@@ -45,21 +55,31 @@ fn main() {
         let mut back = vec![0u8; small.len()];
         let t = time(|| codec::shuffle(small, w, &mut s));
         let u = time(|| codec::unshuffle(&s, w, &mut back));
-        println!("2 MiB shuffle w={w}: shuffle {} unshuffle {}", gbps(small.len(), t), gbps(small.len(), u));
+        println!(
+            "2 MiB shuffle w={w}: shuffle {} unshuffle {}",
+            gbps(small.len(), t),
+            gbps(small.len(), u)
+        );
     }
     let mut d = floats.clone();
     let t = time(|| codec::delta_encode(&mut d, 4));
     let u = time(|| codec::delta_decode(&mut d, 4));
     println!("delta w=4: encode {} decode {}", gbps(len, t), gbps(len, u));
     // Sorted indices: delta + shuffle fused, as the writer runs it.
-    let sorted: Vec<u8> = (0..(2u32 << 20) / 4).flat_map(|i| (i * 33 + i % 7).to_le_bytes()).collect();
+    let sorted: Vec<u8> = (0..(2u32 << 20) / 4)
+        .flat_map(|i| (i * 33 + i % 7).to_le_bytes())
+        .collect();
     for w in [4usize, 8] {
         let mut s = vec![0u8; sorted.len()];
         let mut back = vec![0u8; sorted.len()];
         let t = time(|| codec::delta_shuffle(&sorted, w, &mut s));
         let u = time(|| codec::unshuffle_delta(&s, w, &mut back));
         assert_eq!(back, sorted);
-        println!("2 MiB delta_shuffle w={w}: encode {} decode {}", gbps(sorted.len(), t), gbps(sorted.len(), u));
+        println!(
+            "2 MiB delta_shuffle w={w}: encode {} decode {}",
+            gbps(sorted.len(), t),
+            gbps(sorted.len(), u)
+        );
     }
     let bools: Vec<u8> = floats[..2 << 20].iter().map(|b| (*b < 5) as u8).collect();
     let mut packed = vec![0u8; bools.len() / 8];
@@ -67,7 +87,11 @@ fn main() {
     let t = time(|| assert!(codec::bitpack_into(&bools, &mut packed)));
     let u = time(|| codec::bitunpack(&packed, &mut back));
     assert_eq!(back, bools);
-    println!("2 MiB bitpack: pack {} unpack {}", gbps(bools.len(), t), gbps(bools.len(), u));
+    println!(
+        "2 MiB bitpack: pack {} unpack {}",
+        gbps(bools.len(), t),
+        gbps(bools.len(), u)
+    );
     let chunk = &floats[..2 << 20];
     for filter in [Filter::None, Filter::Shuffle] {
         let mut enc = (Vec::new(), false);
@@ -85,11 +109,16 @@ fn main() {
     // Whole archive, all cores.
     let big: Vec<u8> = floats.iter().cycle().take(256 << 20).copied().collect();
     for compression in [Compression::None, Compression::Zstd] {
-        let opts = WriterOptions { compression, ..Default::default() };
+        let opts = WriterOptions {
+            compression,
+            ..Default::default()
+        };
         let mut bytes = Vec::new();
         let t = time(|| {
-            let mut w = Writer::new(Vec::with_capacity(big.len() + (1 << 20)), opts.clone()).unwrap();
-            w.add_tensor("x", DType::F32, &[(big.len() / 4) as u64], &big).unwrap();
+            let mut w =
+                Writer::new(Vec::with_capacity(big.len() + (1 << 20)), opts.clone()).unwrap();
+            w.add_tensor("x", DType::F32, &[(big.len() / 4) as u64], &big)
+                .unwrap();
             bytes = w.finish().unwrap().1.unwrap();
         });
         let r = Reader::from_bytes(bytes.clone()).unwrap();

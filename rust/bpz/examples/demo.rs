@@ -15,13 +15,23 @@ fn main() -> bpz::Result<()> {
         seed ^= seed << 17;
         seed
     };
-    let v: Vec<u8> = (0..n).flat_map(|_| (-70.0 + (rand() % 2000) as f32 / 100.0).to_le_bytes()).collect();
+    let v: Vec<u8> = (0..n)
+        .flat_map(|_| (-70.0 + (rand() % 2000) as f32 / 100.0).to_le_bytes())
+        .collect();
     let spike: Vec<u8> = (0..n).map(|_| (rand() % 50 == 0) as u8).collect();
     let t_last: Vec<u8> = (0..n).flat_map(|_| (-1e7f32).to_le_bytes()).collect();
-    let w: Vec<u8> = (0..n).flat_map(|_| ((rand() % 1000) as f32 / 1e3).to_le_bytes()).collect();
+    let w: Vec<u8> = (0..n)
+        .flat_map(|_| ((rand() % 1000) as f32 / 1e3).to_le_bytes())
+        .collect();
 
     let t0 = Instant::now();
-    let mut writer = Writer::create(&path, WriterOptions { compression: Compression::AUTO, ..Default::default() })?;
+    let mut writer = Writer::create(
+        &path,
+        WriterOptions {
+            compression: Compression::AUTO,
+            ..Default::default()
+        },
+    )?;
     writer.add_tensor("E/V", DType::F32, &[n as u64], &v)?;
     writer.add_tensor("E/spike", DType::Bool, &[n as u64], &spike)?;
     writer.add_tensor("E/t_last_spike", DType::F32, &[n as u64], &t_last)?;
@@ -39,22 +49,39 @@ fn main() -> bpz::Result<()> {
     let t0 = Instant::now();
     let reader = Reader::open(&path)?;
     let view = reader.view("E2E/weight")?;
-    println!("opened and mapped E2E/weight ({} bytes, zero copy) in {:.2?}", view.len(), t0.elapsed());
+    println!(
+        "opened and mapped E2E/weight ({} bytes, zero copy) in {:.2?}",
+        view.len(),
+        t0.elapsed()
+    );
     for t in reader.tensors() {
         println!(
             "  {:<16} {:<5} {:>12?} {:<8} {:<14} {:>10} -> {:>10} bytes",
-            t.name, t.dtype.name(), t.shape, t.storage.name(), t.filter.name(), t.nbytes(), t.stored_bytes()
+            t.name,
+            t.dtype.name(),
+            t.shape,
+            t.storage.name(),
+            t.filter.name(),
+            t.nbytes(),
+            t.stored_bytes()
         );
     }
     let t0 = Instant::now();
     let rows = reader.read_rows("E2E/weight", 500..510)?;
-    println!("read rows 500..510 of E2E/weight ({} bytes) in {:.2?}", rows.len(), t0.elapsed());
+    println!(
+        "read rows 500..510 of E2E/weight ({} bytes) in {:.2?}",
+        rows.len(),
+        t0.elapsed()
+    );
     assert_eq!(rows, w[500 * 4000..510 * 4000]);
     let t0 = Instant::now();
     assert_eq!(reader.read("E/spike")?, spike);
     assert_eq!(reader.read("E/V")?, v);
     println!("read and checked E/spike and E/V in {:.2?}", t0.elapsed());
     let report = reader.verify()?;
-    println!("verified {} chunks of {} tensors", report.chunks, report.tensors);
+    println!(
+        "verified {} chunks of {} tensors",
+        report.chunks, report.tensors
+    );
     Ok(())
 }

@@ -8,7 +8,9 @@ use std::fs;
 use std::path::Path;
 
 fn main() -> std::io::Result<()> {
-    let root = std::env::args().nth(1).unwrap_or_else(|| "spec/vectors".into());
+    let root = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "spec/vectors".into());
     let root = Path::new(&root);
     let invalid_dir = root.join("invalid");
     fs::create_dir_all(&invalid_dir)?;
@@ -28,6 +30,11 @@ fn main() -> std::io::Result<()> {
     }
     let text = serde_json::to_string_pretty(&serde_json::Value::Object(table)).unwrap();
     fs::write(invalid_dir.join("expected.json"), text + "\n")?;
-    println!("wrote {} golden and {} invalid vectors to {}", golden.len(), vectors::invalid(&golden).len(), root.display());
+    println!(
+        "wrote {} golden and {} invalid vectors to {}",
+        golden.len(),
+        vectors::invalid(&golden).len(),
+        root.display()
+    );
     Ok(())
 }

@@ -4,7 +4,10 @@ use std::time::Instant;
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let path = args.get(1).expect("usage: open_speed FILE [NAME]");
-    let rounds: usize = std::env::var("ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(2000);
+    let rounds: usize = std::env::var("ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2000);
     let mut best = f64::MAX;
     let mut total = 0.0;
     // FLUSH=1: touch (and free) 128 MiB of fresh memory before each open, as a program
@@ -27,5 +30,10 @@ fn main() {
         best = best.min(dt);
         total += dt;
     }
-    println!("open{}: best {:.1} us, mean {:.1} us", if args.len() > 2 { " + view" } else { "" }, best * 1e6, total / rounds as f64 * 1e6);
+    println!(
+        "open{}: best {:.1} us, mean {:.1} us",
+        if args.len() > 2 { " + view" } else { "" },
+        best * 1e6,
+        total / rounds as f64 * 1e6
+    );
 }

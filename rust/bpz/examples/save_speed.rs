@@ -71,7 +71,11 @@ fn w1(mib: usize) -> Vec<Tensor> {
     let rows = (mib << 20) / 32 / 4 / 4096;
     (0..32)
         .map(|i| Tensor {
-            name: format!("params/block_{:02}/attn/w{}", i / 4, ["q", "k", "v", "o"][i % 4]),
+            name: format!(
+                "params/block_{:02}/attn/w{}",
+                i / 4,
+                ["q", "k", "v", "o"][i % 4]
+            ),
             dtype: DType::F32,
             shape: vec![rows as u64, 4096],
             data: f32_bytes(gen(rows * 4096, 100 + i as u64, |s| normal(s) * 0.02)),
@@ -83,20 +87,49 @@ fn w2(mib: usize) -> Vec<Tensor> {
     // 512 MiB at 1e6 neurons per population, as W2-snn.
     let n = (1_000_000usize * mib / 512).max(100);
     let mut out = Vec::new();
-    let f32t =
-        |name: String, v: Vec<f32>| Tensor { name, dtype: DType::F32, shape: vec![v.len() as u64], data: f32_bytes(v) };
-    let boolt = |name: String, v: Vec<u8>| Tensor { name, dtype: DType::Bool, shape: vec![v.len() as u64], data: v };
+    let f32t = |name: String, v: Vec<f32>| Tensor {
+        name,
+        dtype: DType::F32,
+        shape: vec![v.len() as u64],
+        data: f32_bytes(v),
+    };
+    let boolt = |name: String, v: Vec<u8>| Tensor {
+        name,
+        dtype: DType::Bool,
+        shape: vec![v.len() as u64],
+        data: v,
+    };
     for (p, pop) in ["E", "I"].into_iter().enumerate() {
         let seed = 1000 * (p as u64 + 1);
-        out.push(f32t(format!("neurons/{pop}/V"), gen(n, seed, |s| normal(s) * 4.0 - 60.0)));
-        out.push(boolt(format!("neurons/{pop}/spike"), gen(n, seed + 1, |s| (unit(s) < 0.02) as u8)));
-        out.push(boolt(format!("neurons/{pop}/refractory"), gen(n, seed + 2, |s| (unit(s) < 0.03) as u8)));
-        let t_last =
-            gen(n, seed + 3, |s| if unit(s) < 0.03 { 900.0 + (unit(s) * 1000.0).round() as f32 / 10.0 } else { -1e7 });
+        out.push(f32t(
+            format!("neurons/{pop}/V"),
+            gen(n, seed, |s| normal(s) * 4.0 - 60.0),
+        ));
+        out.push(boolt(
+            format!("neurons/{pop}/spike"),
+            gen(n, seed + 1, |s| (unit(s) < 0.02) as u8),
+        ));
+        out.push(boolt(
+            format!("neurons/{pop}/refractory"),
+            gen(n, seed + 2, |s| (unit(s) < 0.03) as u8),
+        ));
+        let t_last = gen(n, seed + 3, |s| {
+            if unit(s) < 0.03 {
+                900.0 + (unit(s) * 1000.0).round() as f32 / 10.0
+            } else {
+                -1e7
+            }
+        });
         out.push(f32t(format!("neurons/{pop}/t_last_spike"), t_last));
         out.push(f32t(format!("neurons/{pop}/input"), vec![0.0; n]));
-        out.push(f32t(format!("neurons/{pop}/g_E"), gen(n, seed + 4, |s| -(unit(s).ln() as f32) * 0.3)));
-        out.push(f32t(format!("neurons/{pop}/g_I"), gen(n, seed + 5, |s| -(unit(s).ln() as f32) * 0.6)));
+        out.push(f32t(
+            format!("neurons/{pop}/g_E"),
+            gen(n, seed + 4, |s| -(unit(s).ln() as f32) * 0.3),
+        ));
+        out.push(f32t(
+            format!("neurons/{pop}/g_I"),
+            gen(n, seed + 5, |s| -(unit(s).ln() as f32) * 0.6),
+        ));
     }
     let state: usize = out.iter().map(|t| t.data.len()).sum();
     let k = ((mib << 20).saturating_sub(state) / 4 / 4 / n).max(1);
@@ -112,10 +145,21 @@ fn w2(mib: usize) -> Vec<Tensor> {
         for r in &rows {
             indptr.push(indptr.last().unwrap() + r.len() as i32);
         }
-        let indices: Vec<u8> = rows.into_iter().flatten().flat_map(i32::to_le_bytes).collect();
-        let i32t =
-            |name: String, data: Vec<u8>| Tensor { name, dtype: DType::I32, shape: vec![data.len() as u64 / 4], data };
-        out.push(i32t(format!("synapses/{proj}/conn/indptr"), indptr.into_iter().flat_map(i32::to_le_bytes).collect()));
+        let indices: Vec<u8> = rows
+            .into_iter()
+            .flatten()
+            .flat_map(i32::to_le_bytes)
+            .collect();
+        let i32t = |name: String, data: Vec<u8>| Tensor {
+            name,
+            dtype: DType::I32,
+            shape: vec![data.len() as u64 / 4],
+            data,
+        };
+        out.push(i32t(
+            format!("synapses/{proj}/conn/indptr"),
+            indptr.into_iter().flat_map(i32::to_le_bytes).collect(),
+        ));
         out.push(i32t(format!("synapses/{proj}/conn/indices"), indices));
     }
     out
@@ -144,18 +188,31 @@ fn w3() -> Vec<Tensor> {
             let n: u64 = shape.iter().product();
             let data: Vec<u8> = match dtype {
                 DType::Bool => (0..n).map(|_| (unit(&mut s) < 0.3) as u8).collect(),
-                DType::F32 | DType::C64 => {
-                    (0..n as usize * dtype.size() / 4).flat_map(|_| normal(&mut s).to_le_bytes()).collect()
-                }
-                DType::F64 => (0..n).flat_map(|_| (normal(&mut s) as f64).to_le_bytes()).collect(),
-                DType::F16 | DType::BF16 => {
-                    (0..n).flat_map(|_| ((normal(&mut s).to_bits() >> 16) as u16).to_le_bytes()).collect()
-                }
+                DType::F32 | DType::C64 => (0..n as usize * dtype.size() / 4)
+                    .flat_map(|_| normal(&mut s).to_le_bytes())
+                    .collect(),
+                DType::F64 => (0..n)
+                    .flat_map(|_| (normal(&mut s) as f64).to_le_bytes())
+                    .collect(),
+                DType::F16 | DType::BF16 => (0..n)
+                    .flat_map(|_| ((normal(&mut s).to_bits() >> 16) as u16).to_le_bytes())
+                    .collect(),
                 _ => (0..n as usize * dtype.size())
-                    .map(|j| if j % dtype.size() == 0 { splitmix(&mut s) as u8 } else { 0 })
+                    .map(|j| {
+                        if j % dtype.size() == 0 {
+                            splitmix(&mut s) as u8
+                        } else {
+                            0
+                        }
+                    })
                     .collect(),
             };
-            Tensor { name: format!("state/group_{:03}/v{:03}", i / 200, i % 200), dtype, shape, data }
+            Tensor {
+                name: format!("state/group_{:03}/v{:03}", i / 200, i % 200),
+                dtype,
+                shape,
+                data,
+            }
         })
         .collect()
 }
@@ -168,7 +225,9 @@ thread_local! {
 
 /// The 2 MiB chunks of every tensor, each with its element width.
 fn pieces(ts: &[Tensor]) -> Vec<(&[u8], usize)> {
-    ts.iter().flat_map(|t| t.data.chunks(CHUNK).map(move |c| (c, t.dtype.size()))).collect()
+    ts.iter()
+        .flat_map(|t| t.data.chunks(CHUNK).map(move |c| (c, t.dtype.size())))
+        .collect()
 }
 
 /// Bare codec: shuffle + zstd-1 per chunk on all cores; returns the compressed size.
@@ -181,7 +240,11 @@ fn codec_compress(ps: &[(&[u8], usize)]) -> usize {
                 codec::shuffle(piece, w, scratch);
                 out.clear();
                 out.reserve(zstd::zstd_safe::compress_bound(piece.len()));
-                CCTX.with(|c| c.borrow_mut().compress_to_buffer(&scratch[..], out).unwrap())
+                CCTX.with(|c| {
+                    c.borrow_mut()
+                        .compress_to_buffer(&scratch[..], out)
+                        .unwrap()
+                })
             })
         })
         .sum()
@@ -199,15 +262,22 @@ fn codec_frames(ps: &[(&[u8], usize)]) -> Vec<Vec<u8>> {
 
 /// Bare decode: decompress + unshuffle of every frame into `outs` (reused).
 fn codec_decompress(frames: &[Vec<u8>], ps: &[(&[u8], usize)], outs: &mut [Vec<u8>]) {
-    outs.par_iter_mut().zip(frames).zip(ps).for_each(|((out, frame), &(piece, w))| {
-        BUFS.with(|b| {
-            let (scratch, _) = &mut *b.borrow_mut();
-            scratch.resize(piece.len(), 0);
-            let n = DCTX.with(|d| d.borrow_mut().decompress_to_buffer(frame, &mut scratch[..]).unwrap());
-            assert_eq!(n, piece.len());
-            codec::unshuffle(scratch, w, out);
-        })
-    });
+    outs.par_iter_mut()
+        .zip(frames)
+        .zip(ps)
+        .for_each(|((out, frame), &(piece, w))| {
+            BUFS.with(|b| {
+                let (scratch, _) = &mut *b.borrow_mut();
+                scratch.resize(piece.len(), 0);
+                let n = DCTX.with(|d| {
+                    d.borrow_mut()
+                        .decompress_to_buffer(frame, &mut scratch[..])
+                        .unwrap()
+                });
+                assert_eq!(n, piece.len());
+                codec::unshuffle(scratch, w, out);
+            })
+        });
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -224,7 +294,12 @@ fn cpu_seconds() -> f64 {
     };
     // Fields after the parenthesised command name: utime and stime are the 12th and 13th.
     let rest = &stat[stat.rfind(')').map_or(0, |i| i + 2)..];
-    let f: Vec<f64> = rest.split(' ').skip(11).take(2).filter_map(|x| x.parse().ok()).collect();
+    let f: Vec<f64> = rest
+        .split(' ')
+        .skip(11)
+        .take(2)
+        .filter_map(|x| x.parse().ok())
+        .collect();
     f.iter().sum::<f64>() / 100.0
 }
 
@@ -249,14 +324,22 @@ fn show(label: &str, bytes: usize, v: &[(f64, f64)]) -> String {
     )
 }
 
-fn run(label: &str, ts_data: &[Tensor], compression: Compression, filter: Option<Filter>, repeats: usize) {
+fn run(
+    label: &str,
+    ts_data: &[Tensor],
+    compression: Compression,
+    filter: Option<Filter>,
+    repeats: usize,
+) {
     let bytes: usize = ts_data.iter().map(|t| t.data.len()).sum();
     let ps = pieces(ts_data);
-    let path = std::env::temp_dir().join(format!("bpz-save-speed-{}-{label}.bpz", std::process::id()));
+    let path =
+        std::env::temp_dir().join(format!("bpz-save-speed-{}-{label}.bpz", std::process::id()));
     let frames = codec_frames(&ps);
     let mut outs: Vec<Vec<u8>> = ps.iter().map(|p| vec![0u8; p.0.len()]).collect();
     let mut reads: Vec<Vec<u8>> = ts_data.iter().map(|t| vec![0u8; t.data.len()]).collect();
-    let (mut tc, mut ts, mut tl, mut tli, mut td, mut tsink) = (vec![], vec![], vec![], vec![], vec![], vec![]);
+    let (mut tc, mut ts, mut tl, mut tli, mut td, mut tsink) =
+        (vec![], vec![], vec![], vec![], vec![], vec![]);
     let mut stored = 0u64;
     let mut codec_size = 0;
     // SAVE_SPEED_ONLY=codec|save|sink|load|read_into|decode runs just that step
@@ -271,7 +354,12 @@ fn run(label: &str, ts_data: &[Tensor], compression: Compression, filter: Option
         let _ = std::process::Command::new("sync").status();
     };
     let save = |path: &std::path::Path| {
-        let opts = WriterOptions { compression, filter, sync: false, ..Default::default() };
+        let opts = WriterOptions {
+            compression,
+            filter,
+            sync: false,
+            ..Default::default()
+        };
         let mut w = Writer::create(path, opts).unwrap();
         for x in ts_data {
             w.add_tensor(&x.name, x.dtype, &x.shape, &x.data).unwrap();
@@ -298,7 +386,11 @@ fn run(label: &str, ts_data: &[Tensor], compression: Compression, filter: Option
 
         if want("sink") {
             let ((), t) = timed(|| {
-                let opts = WriterOptions { compression, filter, ..Default::default() };
+                let opts = WriterOptions {
+                    compression,
+                    filter,
+                    ..Default::default()
+                };
                 let mut w = Writer::new(std::io::sink(), opts).unwrap();
                 for x in ts_data {
                     w.add_tensor(&x.name, x.dtype, &x.shape, &x.data).unwrap();
@@ -342,7 +434,9 @@ fn run(label: &str, ts_data: &[Tensor], compression: Compression, filter: Option
     }
     let _ = std::fs::remove_file(&path);
     let ratio = |a: &[(f64, f64)], b: &[(f64, f64)]| {
-        let m = |v: &[(f64, f64)], i: usize| median(v.iter().map(|x| if i == 0 { x.0 } else { x.1 }).collect());
+        let m = |v: &[(f64, f64)], i: usize| {
+            median(v.iter().map(|x| if i == 0 { x.0 } else { x.1 }).collect())
+        };
         format!("{:.2} (cpu {:.2})", m(a, 0) / m(b, 0), m(a, 1) / m(b, 1))
     };
     println!(
@@ -372,14 +466,23 @@ fn main() {
     let mib: usize = args.get(1).map_or(512, |s| s.parse().unwrap());
     let repeats: usize = args.get(2).map_or(5, |s| s.parse().unwrap());
     let cases = args.get(3).map_or("w1,w2,w3", |s| s.as_str()).to_string();
-    println!("{} threads, {mib} MiB, {repeats} repeats (medians)", rayon::current_num_threads());
+    println!(
+        "{} threads, {mib} MiB, {repeats} repeats (medians)",
+        rayon::current_num_threads()
+    );
     for case in cases.split(',') {
         match case {
             "w1" => run("w1", &w1(mib), Compression::Zstd, None, repeats),
             "w1auto" => run("w1auto", &w1(mib), Compression::AUTO, None, repeats),
             "w2" => run("w2", &w2(mib), Compression::AUTO, None, repeats),
             // The codec's own transform (shuffle) everywhere: the overhead around it alone.
-            "w2shuffle" => run("w2shuffle", &w2(mib), Compression::Zstd, Some(Filter::Shuffle), repeats),
+            "w2shuffle" => run(
+                "w2shuffle",
+                &w2(mib),
+                Compression::Zstd,
+                Some(Filter::Shuffle),
+                repeats,
+            ),
             "w2zstd" => run("w2zstd", &w2(mib), Compression::Zstd, None, repeats),
             "w3" => run("w3", &w3(), Compression::AUTO, None, repeats),
             other => panic!("unknown case {other}"),

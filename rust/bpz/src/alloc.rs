@@ -9,7 +9,9 @@ use crate::error::{Error, Result};
 /// error. Small requests are not checked (reading the limits costs a few system calls).
 /// `BPZ_MEMORY_CHECK=0` turns the check off (for a system whose limits bpz misreads).
 pub fn ensure_memory(label: &str, bytes: u64, what: &str) -> Result<()> {
-    if bytes < MEMORY_CHECK_MIN || !memory_check_enabled(std::env::var_os(MEMORY_CHECK_VAR).as_deref()) {
+    if bytes < MEMORY_CHECK_MIN
+        || !memory_check_enabled(std::env::var_os(MEMORY_CHECK_VAR).as_deref())
+    {
         return Ok(());
     }
     check_memory(label, bytes, what, memory_available())
@@ -146,7 +148,11 @@ mod memory {
         text.lines().find_map(|line| {
             let rest = line.strip_prefix(key)?;
             let rest = rest.strip_prefix(':').unwrap_or(rest);
-            rest.split_whitespace().next()?.parse::<u64>().ok().map(|v| v.saturating_mul(scale))
+            rest.split_whitespace()
+                .next()?
+                .parse::<u64>()
+                .ok()
+                .map(|v| v.saturating_mul(scale))
         })
     }
 
@@ -167,8 +173,14 @@ mod memory {
         if let Some(path) = own.lines().find_map(|l| l.strip_prefix("0::")) {
             let mut dir = format!("/sys/fs/cgroup{}", path.trim_end_matches('/'));
             loop {
-                if let (Some(max), Some(current)) = (number(&format!("{dir}/memory.max")), number(&format!("{dir}/memory.current"))) {
-                    let cache = fs::read_to_string(format!("{dir}/memory.stat")).ok().and_then(|s| field(&s, "file ", 1)).unwrap_or(0);
+                if let (Some(max), Some(current)) = (
+                    number(&format!("{dir}/memory.max")),
+                    number(&format!("{dir}/memory.current")),
+                ) {
+                    let cache = fs::read_to_string(format!("{dir}/memory.stat"))
+                        .ok()
+                        .and_then(|s| field(&s, "file ", 1))
+                        .unwrap_or(0);
                     let left = max.saturating_sub(current.saturating_sub(cache));
                     least = Some(least.map_or(left, |l| l.min(left)));
                 }
@@ -182,24 +194,40 @@ mod memory {
         let base = "/sys/fs/cgroup/memory";
         let max = number(&format!("{base}/memory.limit_in_bytes"))?;
         let usage = number(&format!("{base}/memory.usage_in_bytes"))?;
-        let cache = fs::read_to_string(format!("{base}/memory.stat")).ok().and_then(|s| field(&s, "cache ", 1)).unwrap_or(0);
+        let cache = fs::read_to_string(format!("{base}/memory.stat"))
+            .ok()
+            .and_then(|s| field(&s, "cache ", 1))
+            .unwrap_or(0);
         Some(max.saturating_sub(usage.saturating_sub(cache)))
     }
 
     fn address_space() -> Option<u64> {
-        let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
         // SAFETY: getrlimit writes the struct it is given.
-        if unsafe { libc::getrlimit(libc::RLIMIT_AS, &mut lim) } != 0 || lim.rlim_cur == libc::RLIM_INFINITY {
+        if unsafe { libc::getrlimit(libc::RLIMIT_AS, &mut lim) } != 0
+            || lim.rlim_cur == libc::RLIM_INFINITY
+        {
             return None;
         }
-        let pages: u64 = fs::read_to_string("/proc/self/statm").ok()?.split_whitespace().next()?.parse().ok()?;
+        let pages: u64 = fs::read_to_string("/proc/self/statm")
+            .ok()?
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()?;
         // SAFETY: sysconf has no preconditions.
         let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as u64;
         Some(lim.rlim_cur.saturating_sub(pages.saturating_mul(page)))
     }
 
     pub fn available() -> Option<u64> {
-        [system(), cgroup(), address_space()].into_iter().flatten().min()
+        [system(), cgroup(), address_space()]
+            .into_iter()
+            .flatten()
+            .min()
     }
 }
 
@@ -212,7 +240,8 @@ mod memory {
 
 /// Calls of [`memory_available`] (each reads /proc and /sys files).
 #[cfg(test)]
-pub(crate) static MEMORY_QUERIES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+pub(crate) static MEMORY_QUERIES: std::sync::atomic::AtomicUsize =
+    std::sync::atomic::AtomicUsize::new(0);
 
 #[cfg(test)]
 mod tests {
@@ -226,7 +255,11 @@ mod tests {
         assert!(!on("0") && !on(" 0 ") && !on("false") && !on("OFF") && !on("no"));
         let e = check_memory("<memory>", 100 << 20, "x", Some(10 << 20)).unwrap_err();
         assert_eq!(e.kind(), "limit_exceeded");
-        assert!(e.to_string().contains("set BPZ_MEMORY_CHECK=0 to skip this check"), "{e}");
+        assert!(
+            e.to_string()
+                .contains("set BPZ_MEMORY_CHECK=0 to skip this check"),
+            "{e}"
+        );
         check_memory("<memory>", 100 << 20, "x", Some(200 << 20)).unwrap();
         check_memory("<memory>", 100 << 20, "x", None).unwrap();
     }

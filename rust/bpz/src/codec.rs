@@ -20,7 +20,11 @@ pub const MAX_ENCODED_SHARE: f64 = 0.95;
 /// `n = src.len() / width`. Trailing bytes of a partial element (never part of
 /// a chunk) are copied unchanged.
 pub fn shuffle(src: &[u8], width: usize, dst: &mut [u8]) {
-    assert_eq!(src.len(), dst.len(), "shuffle: source and destination differ in length");
+    assert_eq!(
+        src.len(),
+        dst.len(),
+        "shuffle: source and destination differ in length"
+    );
     match width {
         2 => shuffle_w::<2, false>(src, dst),
         4 => shuffle_w::<4, false>(src, dst),
@@ -32,7 +36,11 @@ pub fn shuffle(src: &[u8], width: usize, dst: &mut [u8]) {
 
 /// Inverse of [`shuffle`].
 pub fn unshuffle(src: &[u8], width: usize, dst: &mut [u8]) {
-    assert_eq!(src.len(), dst.len(), "unshuffle: source and destination differ in length");
+    assert_eq!(
+        src.len(),
+        dst.len(),
+        "unshuffle: source and destination differ in length"
+    );
     match width {
         2 => unshuffle_w::<2, false>(src, dst),
         4 => unshuffle_w::<4, false>(src, dst),
@@ -44,7 +52,11 @@ pub fn unshuffle(src: &[u8], width: usize, dst: &mut [u8]) {
 
 /// [`delta_encode`] then [`shuffle`] in one pass from `src` into `dst`.
 pub fn delta_shuffle(src: &[u8], width: usize, dst: &mut [u8]) {
-    assert_eq!(src.len(), dst.len(), "delta_shuffle: source and destination differ in length");
+    assert_eq!(
+        src.len(),
+        dst.len(),
+        "delta_shuffle: source and destination differ in length"
+    );
     match width {
         1 => delta1_encode(src, dst),
         2 => shuffle_w::<2, true>(src, dst),
@@ -56,7 +68,11 @@ pub fn delta_shuffle(src: &[u8], width: usize, dst: &mut [u8]) {
 
 /// Inverse of [`delta_shuffle`]: [`unshuffle`] then [`delta_decode`] in one pass.
 pub fn unshuffle_delta(src: &[u8], width: usize, dst: &mut [u8]) {
-    assert_eq!(src.len(), dst.len(), "unshuffle_delta: source and destination differ in length");
+    assert_eq!(
+        src.len(),
+        dst.len(),
+        "unshuffle_delta: source and destination differ in length"
+    );
     match width {
         1 => {
             dst.copy_from_slice(src);
@@ -121,7 +137,11 @@ fn delta_elem<const W: usize, const DELTA: bool>(elem: &[u8], prev: &mut u64) ->
 fn undelta_elem<const W: usize, const DELTA: bool>(b: &mut [u8; W], prev: &mut u64) {
     if DELTA {
         let v = uint_le::<W>(&b[..]).wrapping_add(*prev);
-        let mask = if W >= 8 { u64::MAX } else { (1u64 << (8 * W)) - 1 };
+        let mask = if W >= 8 {
+            u64::MAX
+        } else {
+            (1u64 << (8 * W)) - 1
+        };
         *prev = v & mask;
         for (j, byte) in b.iter_mut().take(8).enumerate() {
             *byte = (v >> (8 * j)) as u8;
@@ -135,7 +155,11 @@ fn shuffle_scalar<const W: usize, const DELTA: bool>(src: &[u8], dst: &mut [u8],
     if from >= n {
         return;
     }
-    let mut prev = if DELTA && from > 0 { uint_le::<W>(&src[(from - 1) * W..]) } else { 0 };
+    let mut prev = if DELTA && from > 0 {
+        uint_le::<W>(&src[(from - 1) * W..])
+    } else {
+        0
+    };
     let streams: [&mut [u8]; W] = split_streams(dst, n);
     let mut blocks = src[from * W..n * W].chunks_exact(BLOCK * W);
     let mut at = from;
@@ -167,7 +191,11 @@ fn unshuffle_scalar<const W: usize, const DELTA: bool>(src: &[u8], dst: &mut [u8
     if from >= n {
         return;
     }
-    let mut prev = if DELTA && from > 0 { uint_le::<W>(&dst[(from - 1) * W..]) } else { 0 };
+    let mut prev = if DELTA && from > 0 {
+        uint_le::<W>(&dst[(from - 1) * W..])
+    } else {
+        0
+    };
     let streams: [&[u8]; W] = std::array::from_fn(|j| &src[j * n..(j + 1) * n]);
     let mut blocks = dst[from * W..n * W].chunks_exact_mut(BLOCK * W);
     let mut at = from;
@@ -202,7 +230,9 @@ fn split_streams<const W: usize>(dst: &mut [u8], n: usize) -> [&mut [u8]; W] {
 /// Delta of single bytes (`dst[i] = src[i] - src[i - 1]`): independent
 /// differences, which the compiler vectorises.
 fn delta1_encode(src: &[u8], dst: &mut [u8]) {
-    let (Some(&first), Some(d0)) = (src.first(), dst.first_mut()) else { return };
+    let (Some(&first), Some(d0)) = (src.first(), dst.first_mut()) else {
+        return;
+    };
     *d0 = first;
     for (d, pair) in dst[1..].iter_mut().zip(src.windows(2)) {
         *d = pair[1].wrapping_sub(pair[0]);
@@ -359,7 +389,10 @@ mod simd {
 
     /// Unshuffles (with `DELTA`: then prefix-sums) whole blocks of 16
     /// elements; returns the number of elements done.
-    pub(super) fn unshuffle<const W: usize, const DELTA: bool>(src: &[u8], dst: &mut [u8]) -> usize {
+    pub(super) fn unshuffle<const W: usize, const DELTA: bool>(
+        src: &[u8],
+        dst: &mut [u8],
+    ) -> usize {
         let n = src.len() / W;
         // SAFETY: SSE2 only.
         let mut carry = unsafe { _mm_setzero_si128() };
@@ -401,7 +434,11 @@ macro_rules! delta_impl {
         let mut prev: $t = 0;
         for elem in $buf.chunks_exact_mut(std::mem::size_of::<$t>()) {
             let v = <$t>::from_le_bytes(elem.try_into().unwrap());
-            let out = if $encode { v.wrapping_sub(prev) } else { v.wrapping_add(prev) };
+            let out = if $encode {
+                v.wrapping_sub(prev)
+            } else {
+                v.wrapping_add(prev)
+            };
             prev = if $encode { v } else { out };
             elem.copy_from_slice(&out.to_le_bytes());
         }
@@ -442,7 +479,11 @@ pub fn bitpack(src: &[u8]) -> Option<Vec<u8>> {
 /// [`bitpack`] into `dst` of `src.len().div_ceil(8)` bytes; `false` if a byte
 /// is neither 0 nor 1 (then `dst` holds garbage).
 pub fn bitpack_into(src: &[u8], dst: &mut [u8]) -> bool {
-    assert_eq!(dst.len(), src.len().div_ceil(8), "bitpack: wrong destination length");
+    assert_eq!(
+        dst.len(),
+        src.len().div_ceil(8),
+        "bitpack: wrong destination length"
+    );
     let mut groups = src.chunks_exact(8);
     let mut seen = 0u64;
     for (o, group) in dst.iter_mut().zip(&mut groups) {
@@ -565,7 +606,11 @@ thread_local! {
 /// so that a chunk costs no allocation, page faults or zeroing. Its contents
 /// are unspecified: `f` must not read what it has not written. `None` if the
 /// buffer cannot be allocated (sizes may come from files).
-pub(crate) fn with_scratch<R>(which: Scratch, n: usize, f: impl FnOnce(&mut [u8]) -> R) -> Option<R> {
+pub(crate) fn with_scratch<R>(
+    which: Scratch,
+    n: usize,
+    f: impl FnOnce(&mut [u8]) -> R,
+) -> Option<R> {
     let key: &'static LocalKey<RefCell<Vec<u8>>> = match which {
         Scratch::Filtered => &FILTERED,
         Scratch::Chunk => &CHUNK,
@@ -592,7 +637,12 @@ pub(crate) fn with_scratch<R>(which: Scratch, n: usize, f: impl FnOnce(&mut [u8]
 
 /// Runs `f` on `data` after `filter` (in [`Scratch::Filtered`]); `None` if the
 /// data does not suit the filter or the scratch cannot be allocated.
-pub(crate) fn with_filtered<R>(filter: Filter, dtype: DType, data: &[u8], f: impl FnOnce(&[u8]) -> R) -> Option<R> {
+pub(crate) fn with_filtered<R>(
+    filter: Filter,
+    dtype: DType,
+    data: &[u8],
+    f: impl FnOnce(&[u8]) -> R,
+) -> Option<R> {
     if filter == Filter::None {
         return Some(f(data));
     }
@@ -617,8 +667,17 @@ pub fn encode_chunk(filter: Filter, dtype: DType, level: i32, data: &[u8]) -> (V
 /// [`encode_chunk`] into `out` (cleared first, grown as needed, so that a caller
 /// can reuse it): `true` if `out` holds the encoded chunk, `false` if the chunk
 /// is stored plain — then its bytes are `data` itself and `out` is empty.
-pub fn encode_chunk_into(filter: Filter, dtype: DType, level: i32, data: &[u8], out: &mut Vec<u8>) -> bool {
-    let ok = with_filtered(filter, dtype, data, |filtered| compress_into(filtered, level, out)).unwrap_or(false);
+pub fn encode_chunk_into(
+    filter: Filter,
+    dtype: DType,
+    level: i32,
+    data: &[u8],
+    out: &mut Vec<u8>,
+) -> bool {
+    let ok = with_filtered(filter, dtype, data, |filtered| {
+        compress_into(filtered, level, out)
+    })
+    .unwrap_or(false);
     if ok && (out.len() as f64) < data.len() as f64 * MAX_ENCODED_SHARE {
         true
     } else {
@@ -644,7 +703,10 @@ thread_local! {
 /// buffer can change how zstd encodes literals).
 pub(crate) fn compress_into(src: &[u8], level: i32, out: &mut Vec<u8>) -> bool {
     out.clear();
-    if out.try_reserve(zstd::zstd_safe::compress_bound(src.len())).is_err() {
+    if out
+        .try_reserve(zstd::zstd_safe::compress_bound(src.len()))
+        .is_err()
+    {
         return false;
     }
     COMPRESSOR.with(|c| {
@@ -655,7 +717,9 @@ pub(crate) fn compress_into(src: &[u8], level: i32, out: &mut Vec<u8>) -> bool {
                 Err(_) => return false,
             }
         }
-        let Some((_, z)) = slot.as_mut() else { return false };
+        let Some((_, z)) = slot.as_mut() else {
+            return false;
+        };
         z.compress_to_buffer(src, out).is_ok()
     })
 }
@@ -667,13 +731,24 @@ pub struct DecodeError(pub String);
 /// Decodes an encoded chunk into `out`, whose length is the chunk's decoded
 /// length. zstd writes into a buffer of exactly the expected size, so a frame
 /// that claims or produces more is an error, never an allocation.
-pub fn decode_chunk(filter: Filter, dtype: DType, stored: &[u8], out: &mut [u8]) -> Result<(), DecodeError> {
+pub fn decode_chunk(
+    filter: Filter,
+    dtype: DType,
+    stored: &[u8],
+    out: &mut [u8],
+) -> Result<(), DecodeError> {
     if filter == Filter::None {
         return decode_chunk_into(filter, dtype, stored, out, &mut []);
     }
     let n = filtered_len(filter, out.len());
-    with_scratch(Scratch::Filtered, n, |scratch| decode_chunk_into(filter, dtype, stored, out, scratch))
-        .unwrap_or_else(|| Err(DecodeError(format!("cannot allocate {n} bytes to decode the chunk"))))
+    with_scratch(Scratch::Filtered, n, |scratch| {
+        decode_chunk_into(filter, dtype, stored, out, scratch)
+    })
+    .unwrap_or_else(|| {
+        Err(DecodeError(format!(
+            "cannot allocate {n} bytes to decode the chunk"
+        )))
+    })
 }
 
 /// [`decode_chunk`] with the caller's scratch buffer of [`filtered_len`] bytes (unused, and
@@ -690,12 +765,24 @@ pub fn decode_chunk_into(
     // readers disagree about the bytes.
     match zstd::zstd_safe::find_frame_compressed_size(stored) {
         Ok(n) if n == stored.len() => {}
-        Ok(n) => return Err(DecodeError(format!("{} bytes follow the zstd frame", stored.len() - n))),
-        Err(code) => return Err(DecodeError(format!("zstd: {}", zstd::zstd_safe::get_error_name(code)))),
+        Ok(n) => {
+            return Err(DecodeError(format!(
+                "{} bytes follow the zstd frame",
+                stored.len() - n
+            )))
+        }
+        Err(code) => {
+            return Err(DecodeError(format!(
+                "zstd: {}",
+                zstd::zstd_safe::get_error_name(code)
+            )))
+        }
     }
     if let Ok(Some(size)) = zstd::zstd_safe::get_frame_content_size(stored) {
         if size != expect as u64 {
-            return Err(DecodeError(format!("the zstd frame declares {size} bytes, expected {expect}")));
+            return Err(DecodeError(format!(
+                "the zstd frame declares {size} bytes, expected {expect}"
+            )));
         }
     }
     let produce = |dst: &mut [u8]| -> Result<(), DecodeError> {
@@ -711,7 +798,10 @@ pub fn decode_chunk_into(
         return produce(out);
     }
     if scratch.len() != expect {
-        return Err(DecodeError(format!("scratch buffer of {} bytes, expected {expect}", scratch.len())));
+        return Err(DecodeError(format!(
+            "scratch buffer of {} bytes, expected {expect}",
+            scratch.len()
+        )));
     }
     produce(scratch)?;
     undo_filter(filter, dtype, scratch, out);
@@ -753,7 +843,10 @@ pub(crate) mod tests {
     fn lengths(width: usize) -> Vec<usize> {
         let mut elems: Vec<usize> = (0..40).collect();
         elems.extend([63, 64, 65, 127, 128, 129, 1000, 4097]);
-        elems.into_iter().flat_map(|e| [e * width, e * width + width / 2]).collect()
+        elems
+            .into_iter()
+            .flat_map(|e| [e * width, e * width + width / 2])
+            .collect()
     }
 
     #[test]
@@ -763,7 +856,11 @@ pub(crate) mod tests {
                 let src = noise(len, (width * 7919 + len) as u64);
                 let mut s = vec![0xAA; len];
                 shuffle(&src, width, &mut s);
-                let expect = if [2, 4, 8, 16].contains(&width) { shuffle_reference(&src, width) } else { src.clone() };
+                let expect = if [2, 4, 8, 16].contains(&width) {
+                    shuffle_reference(&src, width)
+                } else {
+                    src.clone()
+                };
                 assert_eq!(s, expect, "width {width} len {len}");
                 let mut back = vec![0x55; len];
                 unshuffle(&s, width, &mut back);
@@ -859,14 +956,22 @@ pub(crate) mod tests {
     fn encoded_chunks_are_zstd_frames_of_the_filtered_bytes() {
         // The stored bytes are a contract: whatever buffer or context encodes a
         // chunk, the frame is that of a one-shot zstd of the filtered bytes.
-        let floats: Vec<u8> = (0..200_000u32).flat_map(|i| ((i % 1000) as f32 * 0.01).to_le_bytes()).collect();
+        let floats: Vec<u8> = (0..200_000u32)
+            .flat_map(|i| ((i % 1000) as f32 * 0.01).to_le_bytes())
+            .collect();
         let mut out = vec![7u8; 3];
-        let cases = [(Filter::Shuffle, DType::F32), (Filter::None, DType::F32), (Filter::DeltaShuffle, DType::U32)];
+        let cases = [
+            (Filter::Shuffle, DType::F32),
+            (Filter::None, DType::F32),
+            (Filter::DeltaShuffle, DType::U32),
+        ];
         for (filter, dtype) in cases {
             for level in [1, 3] {
                 for len in [4, 64, 4096, 100_000, floats.len()] {
                     let data = &floats[..len];
-                    let expect = zstd::bulk::compress(&apply_filter(filter, dtype, data).unwrap(), level).unwrap();
+                    let expect =
+                        zstd::bulk::compress(&apply_filter(filter, dtype, data).unwrap(), level)
+                            .unwrap();
                     let encoded = encode_chunk_into(filter, dtype, level, data, &mut out);
                     if (expect.len() as f64) < len as f64 * MAX_ENCODED_SHARE {
                         assert!(encoded);
@@ -889,7 +994,10 @@ pub(crate) mod tests {
             })
         });
         assert_eq!(r, Some(Some(10)));
-        assert_eq!(with_scratch(Scratch::Chunk, KEEP_SCRATCH + 1, |b| b.len()), Some(KEEP_SCRATCH + 1));
+        assert_eq!(
+            with_scratch(Scratch::Chunk, KEEP_SCRATCH + 1, |b| b.len()),
+            Some(KEEP_SCRATCH + 1)
+        );
         CHUNK.with(|c| assert_eq!(c.borrow().capacity(), 0));
     }
 

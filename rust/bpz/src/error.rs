@@ -131,7 +131,8 @@ impl Error {
         if source.kind() == io::ErrorKind::UnexpectedEof {
             return Error::Truncated {
                 path: path.to_owned(),
-                detail: "the file ended early while reading (was it truncated after opening?)".into(),
+                detail: "the file ended early while reading (was it truncated after opening?)"
+                    .into(),
             };
         }
         Error::Io {
@@ -177,37 +178,72 @@ mod tests {
         let path = String::from("f");
         let samples = [
             Error::io(&path, io::Error::from(io::ErrorKind::NotFound)),
-            Error::BadMagic { path: path.clone(), detail: String::new() },
-            Error::Truncated { path: path.clone(), detail: String::new() },
+            Error::BadMagic {
+                path: path.clone(),
+                detail: String::new(),
+            },
+            Error::Truncated {
+                path: path.clone(),
+                detail: String::new(),
+            },
             Error::UnsupportedVersion {
                 path: path.clone(),
                 found: Version { major: 2, minor: 0 },
                 supported: Version { major: 1, minor: 0 },
             },
-            Error::UnsupportedFeature { path: path.clone(), detail: String::new() },
-            Error::ChecksumMismatch { path: path.clone(), part: String::new(), expected: 0, actual: 1 },
+            Error::UnsupportedFeature {
+                path: path.clone(),
+                detail: String::new(),
+            },
+            Error::ChecksumMismatch {
+                path: path.clone(),
+                part: String::new(),
+                expected: 0,
+                actual: 1,
+            },
             Error::invalid_index(&path, ""),
             Error::limit(&path, "x", 2, 1),
-            Error::CorruptData { path: path.clone(), part: String::new(), detail: String::new() },
-            Error::TensorNotFound { path: path.clone(), name: String::new() },
-            Error::NotZeroCopy { path: path.clone(), name: String::new(), reason: String::new() },
+            Error::CorruptData {
+                path: path.clone(),
+                part: String::new(),
+                detail: String::new(),
+            },
+            Error::TensorNotFound {
+                path: path.clone(),
+                name: String::new(),
+            },
+            Error::NotZeroCopy {
+                path: path.clone(),
+                name: String::new(),
+                reason: String::new(),
+            },
             Error::InvalidArgument(String::new()),
             Error::out_of_memory(&path, 1 << 40, "for tensor \"w\""),
         ];
         let kinds: Vec<&str> = samples.iter().map(Error::kind).collect();
-        assert_eq!(kinds, Error::KINDS, "one sample per variant, in the order of KINDS");
+        assert_eq!(
+            kinds,
+            Error::KINDS,
+            "one sample per variant, in the order of KINDS"
+        );
         let mut unique = kinds.clone();
         unique.sort_unstable();
         unique.dedup();
         assert_eq!(unique.len(), kinds.len(), "kinds are distinct");
         for kind in kinds {
-            assert!(kind.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'), "{kind}");
+            assert!(
+                kind.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'),
+                "{kind}"
+            );
         }
     }
 
     #[test]
     fn out_of_memory_names_the_file_and_the_size() {
         let e = Error::out_of_memory("a.bpz", 1 << 40, "for tensor \"w\"");
-        assert_eq!(e.to_string(), "a.bpz: cannot allocate 1099511627776 bytes for tensor \"w\"");
+        assert_eq!(
+            e.to_string(),
+            "a.bpz: cannot allocate 1099511627776 bytes for tensor \"w\""
+        );
     }
 }

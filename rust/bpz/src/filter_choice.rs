@@ -38,7 +38,13 @@ fn probe(filter: Filter, dtype: DType, s: &[u8], level: i32) -> Option<Vec<u8>> 
 /// Picks a filter for `data` of `dtype` (see [`choose_filter`]), or takes
 /// `forced`, keeping what was compressed to decide.
 pub(crate) fn choose(dtype: DType, data: &[u8], level: i32, forced: Option<Filter>) -> Choice<'_> {
-    let choice = |filter, probe| Choice { filter, dtype, data, level, probe };
+    let choice = |filter, probe| Choice {
+        filter,
+        dtype,
+        data,
+        level,
+        probe,
+    };
     let pick = |filter| choice(filter, Probe::Pending);
     if let Some(filter) = forced {
         return pick(filter);
@@ -58,9 +64,15 @@ pub(crate) fn choose(dtype: DType, data: &[u8], level: i32, forced: Option<Filte
     // The two probes of a large sample run in parallel: the writer's pool
     // would otherwise idle while the calling thread compresses them.
     let (shuffled, plain) = if s.len() >= PARALLEL_PROBE_BYTES {
-        rayon::join(|| probe(Filter::Shuffle, dtype, s, level), || probe(Filter::None, dtype, s, level))
+        rayon::join(
+            || probe(Filter::Shuffle, dtype, s, level),
+            || probe(Filter::None, dtype, s, level),
+        )
     } else {
-        (probe(Filter::Shuffle, dtype, s, level), probe(Filter::None, dtype, s, level))
+        (
+            probe(Filter::Shuffle, dtype, s, level),
+            probe(Filter::None, dtype, s, level),
+        )
     };
     let size = |z: &Option<Vec<u8>>| z.as_ref().map_or(usize::MAX, Vec::len);
     if size(&shuffled) <= size(&plain) {
@@ -146,7 +158,11 @@ fn mostly_increasing(s: &[u8], width: usize) -> bool {
     /// no call to `memcpy` per element.
     fn rising<const W: usize>(s: &[u8]) -> usize {
         let elems = s.chunks_exact(W);
-        elems.clone().zip(elems.skip(1)).filter(|(a, b)| uint_le::<W>(b) >= uint_le::<W>(a)).count()
+        elems
+            .clone()
+            .zip(elems.skip(1))
+            .filter(|(a, b)| uint_le::<W>(b) >= uint_le::<W>(a))
+            .count()
     }
     let count = s.len() / width;
     if count < 16 {
@@ -172,7 +188,11 @@ mod tests {
     /// (separate probes, fresh buffers): the reusing versions must agree.
     fn choose_reference(dtype: DType, data: &[u8], level: i32) -> Filter {
         if dtype == DType::Bool {
-            return if bitpack(sample(data, 1)).is_some() { Filter::BitPack } else { Filter::None };
+            return if bitpack(sample(data, 1)).is_some() {
+                Filter::BitPack
+            } else {
+                Filter::None
+            };
         }
         let width = dtype.size();
         let s = sample(data, width);
@@ -183,7 +203,9 @@ mod tests {
             return Filter::None;
         }
         let size = |f: Filter| {
-            apply_filter(f, dtype, s).and_then(|v| zstd::bulk::compress(&v, level).ok()).map_or(usize::MAX, |z| z.len())
+            apply_filter(f, dtype, s)
+                .and_then(|v| zstd::bulk::compress(&v, level).ok())
+                .map_or(usize::MAX, |z| z.len())
         };
         if size(Filter::Shuffle) <= size(Filter::None) {
             Filter::Shuffle
@@ -195,19 +217,53 @@ mod tests {
     #[test]
     fn choice_reuses_probes_without_changing_the_result() {
         let mut cases: Vec<(DType, Vec<u8>)> = vec![
-            (DType::F32, (0..3000u32).flat_map(|i| (i as f32 * 0.5).to_le_bytes()).collect()),
+            (
+                DType::F32,
+                (0..3000u32)
+                    .flat_map(|i| (i as f32 * 0.5).to_le_bytes())
+                    .collect(),
+            ),
             (DType::F32, noise(4096, 1)),
             (DType::F32, Vec::new()),
-            (DType::F64, (0..100_000u64).flat_map(|i| ((i % 13) as f64).to_le_bytes()).collect()),
-            (DType::I32, (0..5000i32).flat_map(|i| (i * 3 - 7).to_le_bytes()).collect()),
+            (
+                DType::F64,
+                (0..100_000u64)
+                    .flat_map(|i| ((i % 13) as f64).to_le_bytes())
+                    .collect(),
+            ),
+            (
+                DType::I32,
+                (0..5000i32)
+                    .flat_map(|i| (i * 3 - 7).to_le_bytes())
+                    .collect(),
+            ),
             (DType::I32, noise(40_000, 2)),
             (DType::U8, noise(10_000, 3)),
-            (DType::Bool, noise(10_000, 4).iter().map(|b| (b < &5) as u8).collect()),
+            (
+                DType::Bool,
+                noise(10_000, 4).iter().map(|b| (b < &5) as u8).collect(),
+            ),
             (DType::Bool, vec![0, 1, 2]),
-            (DType::C64, (0..2000u32).flat_map(|i| (i as f32).to_le_bytes()).collect()),
-            (DType::BF16, (0..1000u16).flat_map(|i| (0x3c00 + i % 4).to_le_bytes()).collect()),
+            (
+                DType::C64,
+                (0..2000u32)
+                    .flat_map(|i| (i as f32).to_le_bytes())
+                    .collect(),
+            ),
+            (
+                DType::BF16,
+                (0..1000u16)
+                    .flat_map(|i| (0x3c00 + i % 4).to_le_bytes())
+                    .collect(),
+            ),
         ];
-        cases.push((DType::F32, std::iter::repeat((-65.0f32).to_le_bytes()).take(300_000).flatten().collect()));
+        cases.push((
+            DType::F32,
+            std::iter::repeat((-65.0f32).to_le_bytes())
+                .take(300_000)
+                .flatten()
+                .collect(),
+        ));
         for (dtype, data) in &cases {
             for level in [1, 3] {
                 let filter = choose_reference(*dtype, data, level);
@@ -240,7 +296,10 @@ mod tests {
 
     #[test]
     fn sorted_indices_choose_delta() {
-        let data: Vec<u8> = (0..10_000u32).map(|i| i * 3).flat_map(|v| v.to_le_bytes()).collect();
+        let data: Vec<u8> = (0..10_000u32)
+            .map(|i| i * 3)
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
         assert_eq!(choose_filter(DType::I32, &data, 1), Filter::DeltaShuffle);
         assert_eq!(choose_filter(DType::Bool, &[0, 1, 0], 1), Filter::BitPack);
     }

@@ -406,8 +406,11 @@ fn check_magic(path: &str, b: &[u8], file_len: u64) -> Result<()> {
         "its first bytes had \\n turned into \\r\\n: it was copied in text mode".to_string()
     } else if b.len() >= 4 && b[1..4] == *b"BPZ" {
         "its first byte was altered: it was copied through a 7-bit channel".to_string()
-    } else if b.first().is_some_and(|&c| c == 0x80 || c == 0x81 || (0x82..=0x8f).contains(&c))
-        || b.first().is_some_and(|&c| c & 0xf0 == 0x80 || c & 0xf0 == 0x90 || c == 0xde || c == 0xdf)
+    } else if b
+        .first()
+        .is_some_and(|&c| c == 0x80 || c == 0x81 || (0x82..=0x8f).contains(&c))
+        || b.first()
+            .is_some_and(|&c| c & 0xf0 == 0x80 || c & 0xf0 == 0x90 || c == 0xde || c == 0xdf)
     {
         "the first bytes look like msgpack: a BrainPy/flax .bp checkpoint?".to_string()
     } else if b.starts_with(b"PK\x03\x04") {
@@ -474,7 +477,12 @@ impl Trailer {
             index_crc32c: u32_at(b, 16),
         };
         if t.index_len > MAX_INDEX_BYTES {
-            return Err(Error::limit(path, "the index length", t.index_len, MAX_INDEX_BYTES));
+            return Err(Error::limit(
+                path,
+                "the index length",
+                t.index_len,
+                MAX_INDEX_BYTES,
+            ));
         }
         let expected_end = t
             .index_offset

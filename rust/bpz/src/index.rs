@@ -83,7 +83,10 @@ const SPILL_BYTES: usize = 1 << 20;
 
 impl<F: FnMut(&[u8]) -> Result<()>> IndexEmitter<F> {
     pub(crate) fn new(spill: F) -> Self {
-        IndexEmitter { buf: Vec::with_capacity(SPILL_BYTES + 64 * 1024), spill }
+        IndexEmitter {
+            buf: Vec::with_capacity(SPILL_BYTES + 64 * 1024),
+            spill,
+        }
     }
 
     pub(crate) fn emit(
@@ -164,9 +167,8 @@ impl<F: FnMut(&[u8]) -> Result<()>> IndexEmitter<F> {
 
     fn part(&mut self, part: &JsonPart) -> Result<()> {
         match part {
-            JsonPart::Value(v) => {
-                serde_json::to_writer(&mut self.buf, v).map_err(|e| Error::InvalidArgument(format!("index: {e}")))?
-            }
+            JsonPart::Value(v) => serde_json::to_writer(&mut self.buf, v)
+                .map_err(|e| Error::InvalidArgument(format!("index: {e}")))?,
             JsonPart::Text(text) => {
                 self.spill()?;
                 (self.spill)(text.as_bytes())?;
@@ -243,15 +245,24 @@ struct TensorFields<'a> {
 /// `SUPERBLOCK_LEN..data_end`. Every rule of the spec's "Validation" section is
 /// checked here, so later reads can index without further checks. One pass over
 /// the text: typed fields are read as they are met, the rest is checked and skipped.
-pub(crate) fn parse_index(path: &str, bytes: &[u8], alignment: u32, data_end: u64) -> Result<Index> {
+pub(crate) fn parse_index(
+    path: &str,
+    bytes: &[u8],
+    alignment: u32,
+    data_end: u64,
+) -> Result<Index> {
     let mut s = Scanner::new(bytes, MAX_JSON_DEPTH);
     let fail = |e: JsonError| match e {
-        JsonError::TooDeep => {
-            Error::limit(path, "the index nesting depth", json_depth(bytes) as u64, MAX_JSON_DEPTH as u64)
-        }
-        JsonError::Invalid { at, detail } => {
-            Error::invalid_index(path, format!("not a valid index JSON object: {detail} (at byte {at})"))
-        }
+        JsonError::TooDeep => Error::limit(
+            path,
+            "the index nesting depth",
+            json_depth(bytes) as u64,
+            MAX_JSON_DEPTH as u64,
+        ),
+        JsonError::Invalid { at, detail } => Error::invalid_index(
+            path,
+            format!("not a valid index JSON object: {detail} (at byte {at})"),
+        ),
     };
     let mut tensors: Option<Vec<TensorInfo>> = None;
     let mut by_name = foldhash::HashMap::default();
@@ -259,21 +270,34 @@ pub(crate) fn parse_index(path: &str, bytes: &[u8], alignment: u32, data_end: u6
     let mut metadata: Option<Range<usize>> = None;
     let mut writer: Option<Option<WriterInfo>> = None;
     if s.peek() != Some(b'{') {
-        return Err(fail(JsonError::Invalid { at: s.pos(), detail: "the index is not a JSON object".into() }));
+        return Err(fail(JsonError::Invalid {
+            at: s.pos(),
+            detail: "the index is not a JSON object".into(),
+        }));
     }
     s.begin_object().map_err(fail)?;
     let (mut first, mut keys) = (true, Keys::default());
     while let Some(key) = s.next_key(&mut first, &mut keys).map_err(fail)? {
         match &*key {
             "tensors" => {
-                tensors = Some(parse_tensors(&mut s, path, alignment, data_end, &mut by_name, &fail)?);
+                tensors = Some(parse_tensors(
+                    &mut s,
+                    path,
+                    alignment,
+                    data_end,
+                    &mut by_name,
+                    &fail,
+                )?);
             }
             "tree" => {
                 let mut refs = Vec::new();
                 let start = position_of_value(&mut s);
                 if !matches!(s.peek(), Some(b'{' | b'n')) {
                     s.skip_value().map_err(fail)?;
-                    return Err(Error::invalid_index(path, "the tree is neither an object nor null"));
+                    return Err(Error::invalid_index(
+                        path,
+                        "the tree is neither an object nor null",
+                    ));
                 }
                 tree_value(&mut s, &mut refs).map_err(fail)?;
                 tree = Some((start..s.pos(), refs));
@@ -289,14 +313,24 @@ pub(crate) fn parse_index(path: &str, bytes: &[u8], alignment: u32, data_end: u6
     }
     s.end().map_err(fail)?;
     let Some(tensors) = tensors else {
-        return Err(Error::invalid_index(path, "not a valid index JSON object: missing member \"tensors\""));
+        return Err(Error::invalid_index(
+            path,
+            "not a valid index JSON object: missing member \"tensors\"",
+        ));
     };
     check_overlaps(path, &tensors)?;
-    let text = |r: Range<usize>| std::str::from_utf8(&bytes[r]).expect("checked by the scanner").to_owned();
+    let text = |r: Range<usize>| {
+        std::str::from_utf8(&bytes[r])
+            .expect("checked by the scanner")
+            .to_owned()
+    };
     let tree_json = match tree {
         Some((range, refs)) => {
             if let Some((_, missing)) = refs.iter().find(|(_, n)| !by_name.contains_key(&**n)) {
-                return Err(Error::invalid_index(path, format!("the tree refers to a missing tensor {missing:?}")));
+                return Err(Error::invalid_index(
+                    path,
+                    format!("the tree refers to a missing tensor {missing:?}"),
+                ));
             }
             text(range)
         }
@@ -328,20 +362,33 @@ fn parse_tensors(
     fail: &impl Fn(JsonError) -> Error,
 ) -> Result<Vec<TensorInfo>> {
     if s.peek() != Some(b'[') {
-        return Err(fail(JsonError::Invalid { at: s.pos(), detail: "\"tensors\" is not an array".into() }));
+        return Err(fail(JsonError::Invalid {
+            at: s.pos(),
+            detail: "\"tensors\" is not an array".into(),
+        }));
     }
     s.begin_array().map_err(fail)?;
     let mut tensors = Vec::new();
     let mut first = true;
     while s.next_item(&mut first).map_err(fail)? {
         if tensors.len() == MAX_TENSORS {
-            return Err(Error::limit(path, "the tensor count", MAX_TENSORS as u64 + 1, MAX_TENSORS as u64));
+            return Err(Error::limit(
+                path,
+                "the tensor count",
+                MAX_TENSORS as u64 + 1,
+                MAX_TENSORS as u64,
+            ));
         }
         let ti = tensors.len();
-        let fields = parse_tensor_fields(s, ti).map_err(fail)?.complete(path, ti)?;
+        let fields = parse_tensor_fields(s, ti)
+            .map_err(fail)?
+            .complete(path, ti)?;
         let t = validate_tensor(path, fields, alignment, data_end)?;
         if by_name.insert(t.name.clone(), ti).is_some() {
-            return Err(Error::invalid_index(path, format!("tensor name {:?} appears twice", t.name)));
+            return Err(Error::invalid_index(
+                path,
+                format!("tensor name {:?} appears twice", t.name),
+            ));
         }
         tensors.push(t);
     }
@@ -365,7 +412,9 @@ fn parse_tensor_fields<'a>(s: &mut Scanner<'a>, ti: usize) -> JResult<TensorFiel
             "dtype" => f.dtype = Some(string(s, "dtype")?),
             "storage" => f.storage = Some(string(s, "storage")?),
             "filter" => f.filter = Some(string(s, "filter")?),
-            "chunk_elems" => f.chunk_elems = Some(s.u64(&|| format!("member \"chunk_elems\" of tensor {ti}"))?),
+            "chunk_elems" => {
+                f.chunk_elems = Some(s.u64(&|| format!("member \"chunk_elems\" of tensor {ti}"))?)
+            }
             "shape" => {
                 let what = || format!("the shape of tensor {ti}");
                 let mut shape = Vec::new();
@@ -457,7 +506,11 @@ fn tree_value<'a>(s: &mut Scanner<'a>, refs: &mut Vec<TreeRef<'a>>) -> JResult<(
             while let Some(key) = s.next_key(&mut first, &mut keys)? {
                 if key == "tensor" {
                     let at = position_of_value(s);
-                    own = Some(if s.peek() == Some(b'"') { (at, Some(s.string()?)) } else { (at, None) });
+                    own = Some(if s.peek() == Some(b'"') {
+                        (at, Some(s.string()?))
+                    } else {
+                        (at, None)
+                    });
                     if own.as_ref().is_some_and(|o| o.1.is_none()) {
                         s.skip_value()?;
                     }
@@ -499,7 +552,11 @@ fn check_overlaps(path: &str, tensors: &[TensorInfo]) -> Result<()> {
             // Raw chunks were checked to be contiguous: one extent covers them all.
             extents.push((range.start, last.offset + last.stored_len, ti));
         } else {
-            extents.extend(t.chunks.iter().map(|c| (c.offset, c.offset + c.stored_len, ti)));
+            extents.extend(
+                t.chunks
+                    .iter()
+                    .map(|c| (c.offset, c.offset + c.stored_len, ti)),
+            );
         }
     }
     extents.sort_unstable();
@@ -508,7 +565,10 @@ fn check_overlaps(path: &str, tensors: &[TensorInfo]) -> Result<()> {
             let (a, b) = (&tensors[w[0].2].name, &tensors[w[1].2].name);
             return Err(Error::invalid_index(
                 path,
-                format!("stored bytes of tensors {a:?} and {b:?} overlap at offset {}", w[1].0),
+                format!(
+                    "stored bytes of tensors {a:?} and {b:?} overlap at offset {}",
+                    w[1].0
+                ),
             ));
         }
     }
@@ -534,7 +594,11 @@ impl<'a> TensorFields<'a> {
             Error::invalid_index(path, format!("{which} lacks the member {member:?}"))
         };
         Ok(RawTensorRef {
-            name: self.name.clone().ok_or_else(|| missing("name"))?.into_owned(),
+            name: self
+                .name
+                .clone()
+                .ok_or_else(|| missing("name"))?
+                .into_owned(),
             dtype: self.dtype.ok_or_else(|| missing("dtype"))?,
             shape: self.shape.ok_or_else(|| missing("shape"))?,
             storage: self.storage.ok_or_else(|| missing("storage"))?,
@@ -545,11 +609,24 @@ impl<'a> TensorFields<'a> {
     }
 }
 
-fn validate_tensor(path: &str, rt: RawTensorRef<'_>, alignment: u32, data_end: u64) -> Result<TensorInfo> {
+fn validate_tensor(
+    path: &str,
+    rt: RawTensorRef<'_>,
+    alignment: u32,
+    data_end: u64,
+) -> Result<TensorInfo> {
     let name = rt.name;
     let bad = |detail: String| Error::invalid_index(path, format!("tensor {name:?}: {detail}"));
     if name.len() > MAX_NAME_BYTES {
-        return Err(Error::limit(path, format!("the length of tensor name {:?}…", &name[..name.floor_char_boundary_compat(40)]), name.len() as u64, MAX_NAME_BYTES as u64));
+        return Err(Error::limit(
+            path,
+            format!(
+                "the length of tensor name {:?}…",
+                &name[..name.floor_char_boundary_compat(40)]
+            ),
+            name.len() as u64,
+            MAX_NAME_BYTES as u64,
+        ));
     }
     if name.contains('\0') {
         return Err(bad("the name contains a NUL character".into()));
@@ -559,19 +636,38 @@ fn validate_tensor(path: &str, rt: RawTensorRef<'_>, alignment: u32, data_end: u
         detail: format!("tensor {name:?} has dtype {:?}", rt.dtype),
     })?;
     if rt.shape.len() > MAX_RANK {
-        return Err(Error::limit(path, format!("the rank of tensor {name:?}"), rt.shape.len() as u64, MAX_RANK as u64));
+        return Err(Error::limit(
+            path,
+            format!("the rank of tensor {name:?}"),
+            rt.shape.len() as u64,
+            MAX_RANK as u64,
+        ));
     }
     let nelems = rt
         .shape
         .iter()
         .try_fold(1u64, |acc, &d| acc.checked_mul(d))
         .filter(|&n| n <= MAX_SAFE_INTEGER);
-    let nbytes = nelems.and_then(|n| n.checked_mul(dtype.size() as u64)).filter(|&n| n <= MAX_SAFE_INTEGER);
+    let nbytes = nelems
+        .and_then(|n| n.checked_mul(dtype.size() as u64))
+        .filter(|&n| n <= MAX_SAFE_INTEGER);
     let (Some(nelems), Some(nbytes)) = (nelems, nbytes) else {
         // The scanner saturates numbers too large for 64 bits: say so rather than print u64::MAX.
-        let dims: Vec<String> =
-            rt.shape.iter().map(|&d| if d == u64::MAX { "2^64 or more".into() } else { d.to_string() }).collect();
-        let what = format!("the byte size of tensor {name:?} (shape [{}])", dims.join(", "));
+        let dims: Vec<String> = rt
+            .shape
+            .iter()
+            .map(|&d| {
+                if d == u64::MAX {
+                    "2^64 or more".into()
+                } else {
+                    d.to_string()
+                }
+            })
+            .collect();
+        let what = format!(
+            "the byte size of tensor {name:?} (shape [{}])",
+            dims.join(", ")
+        );
         return Err(Error::limit(path, what, u64::MAX, MAX_SAFE_INTEGER));
     };
     let storage = match &*rt.storage {
@@ -589,14 +685,22 @@ fn validate_tensor(path: &str, rt: RawTensorRef<'_>, alignment: u32, data_end: u
         detail: format!("tensor {name:?} has filter {:?}", rt.filter),
     })?;
     if !filter.applies_to(dtype) {
-        return Err(bad(format!("filter {} is not defined for dtype {dtype}", filter.name())));
+        return Err(bad(format!(
+            "filter {} is not defined for dtype {dtype}",
+            filter.name()
+        )));
     }
     if storage == Storage::Raw && filter != Filter::None {
         return Err(bad("a raw tensor must have filter \"none\"".into()));
     }
     let chunk_elems = rt.chunk_elems;
     if chunk_elems > MAX_SAFE_INTEGER {
-        return Err(Error::limit(path, format!("chunk_elems of tensor {name:?}"), chunk_elems, MAX_SAFE_INTEGER));
+        return Err(Error::limit(
+            path,
+            format!("chunk_elems of tensor {name:?}"),
+            chunk_elems,
+            MAX_SAFE_INTEGER,
+        ));
     }
     if chunk_elems == 0 {
         return Err(bad("chunk_elems is 0".into()));
@@ -604,11 +708,25 @@ fn validate_tensor(path: &str, rt: RawTensorRef<'_>, alignment: u32, data_end: u
     let chunk_bytes = chunk_elems.saturating_mul(dtype.size() as u64);
     let largest_chunk = chunk_elems.min(nelems) * dtype.size() as u64;
     if largest_chunk > MAX_CHUNK_BYTES {
-        return Err(Error::limit(path, format!("the chunk size of tensor {name:?} in bytes"), largest_chunk, MAX_CHUNK_BYTES));
+        return Err(Error::limit(
+            path,
+            format!("the chunk size of tensor {name:?} in bytes"),
+            largest_chunk,
+            MAX_CHUNK_BYTES,
+        ));
     }
-    let expected_chunks = if nbytes == 0 { 0 } else { nelems.div_ceil(chunk_elems) };
+    let expected_chunks = if nbytes == 0 {
+        0
+    } else {
+        nelems.div_ceil(chunk_elems)
+    };
     if expected_chunks > MAX_CHUNKS_PER_TENSOR as u64 {
-        return Err(Error::limit(path, format!("the chunk count of tensor {name:?}"), expected_chunks, MAX_CHUNKS_PER_TENSOR as u64));
+        return Err(Error::limit(
+            path,
+            format!("the chunk count of tensor {name:?}"),
+            expected_chunks,
+            MAX_CHUNKS_PER_TENSOR as u64,
+        ));
     }
     if rt.chunks.len() as u64 != expected_chunks {
         return Err(bad(format!(
@@ -635,7 +753,9 @@ fn validate_tensor(path: &str, rt: RawTensorRef<'_>, alignment: u32, data_end: u
             )));
         }
         if crc > u32::MAX as u64 {
-            return Err(bad(format!("chunk {i} has checksum {crc}, wider than 32 bits")));
+            return Err(bad(format!(
+                "chunk {i} has checksum {crc}, wider than 32 bits"
+            )));
         }
         let encoded = match encoded {
             0 => false,
@@ -646,21 +766,35 @@ fn validate_tensor(path: &str, rt: RawTensorRef<'_>, alignment: u32, data_end: u
             return Err(bad(format!("chunk {i} has stored length 0")));
         }
         if !encoded && stored_len != decoded {
-            return Err(bad(format!("plain chunk {i} stores {stored_len} bytes, but holds {decoded}")));
+            return Err(bad(format!(
+                "plain chunk {i} stores {stored_len} bytes, but holds {decoded}"
+            )));
         }
         if storage == Storage::Raw {
             if encoded {
                 return Err(bad(format!("chunk {i} of a raw tensor is encoded")));
             }
-            let expected_offset = info.chunks.first().map_or(offset, |c0: &ChunkInfo| c0.offset + i as u64 * chunk_bytes);
+            let expected_offset = info
+                .chunks
+                .first()
+                .map_or(offset, |c0: &ChunkInfo| c0.offset + i as u64 * chunk_bytes);
             if offset != expected_offset {
-                return Err(bad(format!("chunk {i} of a raw tensor is not contiguous with chunk 0")));
+                return Err(bad(format!(
+                    "chunk {i} of a raw tensor is not contiguous with chunk 0"
+                )));
             }
             if i == 0 && offset % alignment as u64 != 0 {
-                return Err(bad(format!("raw data at offset {offset} is not aligned to {alignment} bytes")));
+                return Err(bad(format!(
+                    "raw data at offset {offset} is not aligned to {alignment} bytes"
+                )));
             }
         }
-        info.chunks.push(ChunkInfo { offset, stored_len, crc32c: crc as u32, encoded });
+        info.chunks.push(ChunkInfo {
+            offset,
+            stored_len,
+            crc32c: crc as u32,
+            encoded,
+        });
     }
     info.name = name;
     Ok(info)
@@ -685,7 +819,12 @@ mod emitter_tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn emitted(tensors: &[TensorInfo], tree: &JsonPart, metadata: &JsonPart, writer: Option<&WriterInfo>) -> Vec<u8> {
+    fn emitted(
+        tensors: &[TensorInfo],
+        tree: &JsonPart,
+        metadata: &JsonPart,
+        writer: Option<&WriterInfo>,
+    ) -> Vec<u8> {
         let mut out = Vec::new();
         IndexEmitter::new(|piece: &[u8]| {
             out.extend_from_slice(piece);
@@ -696,7 +835,12 @@ mod emitter_tests {
         out
     }
 
-    fn reference(tensors: &[TensorInfo], tree: &Value, metadata: &Value, writer: Option<&WriterInfo>) -> Vec<u8> {
+    fn reference(
+        tensors: &[TensorInfo],
+        tree: &Value,
+        metadata: &Value,
+        writer: Option<&WriterInfo>,
+    ) -> Vec<u8> {
         let index = RawIndex {
             tensors: tensors.iter().map(RawTensor::from).collect(),
             tree: tree.clone(),
@@ -710,29 +854,62 @@ mod emitter_tests {
         let name = prop_oneof![
             "[a-z0-9_/.~]{0,12}",
             any::<String>(),
-            proptest::collection::vec(prop_oneof![Just('"'), Just('\\'), Just('\u{0}'), Just('\u{1f}'), Just('\u{7f}'), Just('é'), Just('\n'), any::<char>()], 0..8)
-                .prop_map(|cs| cs.into_iter().collect::<String>()),
+            proptest::collection::vec(
+                prop_oneof![
+                    Just('"'),
+                    Just('\\'),
+                    Just('\u{0}'),
+                    Just('\u{1f}'),
+                    Just('\u{7f}'),
+                    Just('é'),
+                    Just('\n'),
+                    any::<char>()
+                ],
+                0..8
+            )
+            .prop_map(|cs| cs.into_iter().collect::<String>()),
         ];
-        let number = prop_oneof![Just(0u64), Just(9), Just(10), Just(MAX_SAFE_INTEGER), Just(u64::MAX), any::<u64>(), 0u64..1000];
-        let chunk = (number.clone(), number.clone(), any::<u32>(), any::<bool>())
-            .prop_map(|(offset, stored_len, crc32c, encoded)| ChunkInfo { offset, stored_len, crc32c, encoded });
+        let number = prop_oneof![
+            Just(0u64),
+            Just(9),
+            Just(10),
+            Just(MAX_SAFE_INTEGER),
+            Just(u64::MAX),
+            any::<u64>(),
+            0u64..1000
+        ];
+        let chunk = (number.clone(), number.clone(), any::<u32>(), any::<bool>()).prop_map(
+            |(offset, stored_len, crc32c, encoded)| ChunkInfo {
+                offset,
+                stored_len,
+                crc32c,
+                encoded,
+            },
+        );
         (
             name,
             proptest::sample::select(DType::ALL.to_vec()),
             proptest::collection::vec(number.clone(), 0..4),
             any::<bool>(),
-            proptest::sample::select(vec![Filter::None, Filter::Shuffle, Filter::DeltaShuffle, Filter::BitPack]),
+            proptest::sample::select(vec![
+                Filter::None,
+                Filter::Shuffle,
+                Filter::DeltaShuffle,
+                Filter::BitPack,
+            ]),
             number,
             proptest::collection::vec(chunk, 0..4),
         )
-            .prop_map(|(name, dtype, shape, raw, filter, chunk_elems, chunks)| TensorInfo {
-                name,
-                dtype,
-                shape,
-                storage: if raw { Storage::Raw } else { Storage::Chunked },
-                filter,
-                chunk_elems,
-                chunks,
+            .prop_map(|(name, dtype, shape, raw, filter, chunk_elems, chunks)| {
+                TensorInfo {
+                    name,
+                    dtype,
+                    shape,
+                    storage: if raw { Storage::Raw } else { Storage::Chunked },
+                    filter,
+                    chunk_elems,
+                    chunks,
+                }
             })
     }
 
@@ -757,8 +934,14 @@ mod emitter_tests {
     /// out whole and in order.
     #[test]
     fn large_tables_are_spilled_in_pieces_and_match() {
-        let chunks: Vec<ChunkInfo> =
-            (0..200_000u64).map(|i| ChunkInfo { offset: 64 + i * 4096, stored_len: 4096, crc32c: i as u32 * 7919, encoded: i % 3 == 0 }).collect();
+        let chunks: Vec<ChunkInfo> = (0..200_000u64)
+            .map(|i| ChunkInfo {
+                offset: 64 + i * 4096,
+                stored_len: 4096,
+                crc32c: i as u32 * 7919,
+                encoded: i % 3 == 0,
+            })
+            .collect();
         let mut tensors = vec![TensorInfo {
             name: "big".into(),
             dtype: DType::U8,
@@ -775,7 +958,12 @@ mod emitter_tests {
             storage: Storage::Raw,
             filter: Filter::None,
             chunk_elems: 1,
-            chunks: vec![ChunkInfo { offset: i * 64, stored_len: 4, crc32c: i as u32, encoded: false }],
+            chunks: vec![ChunkInfo {
+                offset: i * 64,
+                stored_len: 4,
+                crc32c: i as u32,
+                encoded: false,
+            }],
         }));
         let mut pieces = Vec::new();
         IndexEmitter::new(|piece: &[u8]| {
@@ -784,9 +972,15 @@ mod emitter_tests {
         })
         .emit(&tensors, &JsonPart::default(), &JsonPart::default(), None)
         .unwrap();
-        assert!(pieces.len() > 4 && pieces.iter().all(|&n| n <= SPILL_BYTES + 4096), "{pieces:?}");
+        assert!(
+            pieces.len() > 4 && pieces.iter().all(|&n| n <= SPILL_BYTES + 4096),
+            "{pieces:?}"
+        );
         let expected = reference(&tensors, &Value::Null, &Value::Null, None);
         assert_eq!(pieces.iter().sum::<usize>(), expected.len());
-        assert_eq!(emitted(&tensors, &JsonPart::default(), &JsonPart::default(), None), expected);
+        assert_eq!(
+            emitted(&tensors, &JsonPart::default(), &JsonPart::default(), None),
+            expected
+        );
     }
 }

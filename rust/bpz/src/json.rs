@@ -29,7 +29,12 @@ pub(crate) struct Scanner<'a> {
 
 impl<'a> Scanner<'a> {
     pub(crate) fn new(text: &'a [u8], max_depth: usize) -> Self {
-        Scanner { text, pos: 0, depth: 0, max_depth }
+        Scanner {
+            text,
+            pos: 0,
+            depth: 0,
+            max_depth,
+        }
     }
 
     pub(crate) fn pos(&self) -> usize {
@@ -42,7 +47,10 @@ impl<'a> Scanner<'a> {
     }
 
     pub(crate) fn invalid<T>(&self, detail: impl Into<String>) -> JResult<T> {
-        Err(JsonError::Invalid { at: self.pos, detail: detail.into() })
+        Err(JsonError::Invalid {
+            at: self.pos,
+            detail: detail.into(),
+        })
     }
 
     fn ws(&mut self) {
@@ -72,7 +80,9 @@ impl<'a> Scanner<'a> {
     fn unexpected<T>(&mut self, wanted: &str) -> JResult<T> {
         match self.peek() {
             None => self.invalid(format!("the text ends where {wanted} was expected")),
-            Some(c) if c.is_ascii_graphic() => self.invalid(format!("found '{}' where {wanted} was expected", c as char)),
+            Some(c) if c.is_ascii_graphic() => {
+                self.invalid(format!("found '{}' where {wanted} was expected", c as char))
+            }
             Some(c) => self.invalid(format!("found byte {c:#04x} where {wanted} was expected")),
         }
     }
@@ -103,7 +113,11 @@ impl<'a> Scanner<'a> {
 
     /// The next member's key (its `:` consumed), or `None` after the closing `}`.
     /// `first` tracks whether a comma is due; `keys` rejects a repeated name.
-    pub(crate) fn next_key(&mut self, first: &mut bool, keys: &mut Keys<'a>) -> JResult<Option<Cow<'a, str>>> {
+    pub(crate) fn next_key(
+        &mut self,
+        first: &mut bool,
+        keys: &mut Keys<'a>,
+    ) -> JResult<Option<Cow<'a, str>>> {
         match self.peek() {
             Some(b'}') => {
                 self.pos += 1;
@@ -121,7 +135,10 @@ impl<'a> Scanner<'a> {
         let at = self.pos;
         let key = self.string()?;
         if !keys.insert(key.clone()) {
-            return Err(JsonError::Invalid { at, detail: format!("an object has two members named {key:?}") });
+            return Err(JsonError::Invalid {
+                at,
+                detail: format!("an object has two members named {key:?}"),
+            });
         }
         self.eat(b':')?;
         Ok(Some(key))
@@ -231,11 +248,14 @@ impl<'a> Scanner<'a> {
                         self.pos += 2;
                         let lo = self.hex4()?;
                         if !(0xdc00..=0xdfff).contains(&lo) {
-                            return self.invalid("a leading surrogate not followed by a trailing one");
+                            return self
+                                .invalid("a leading surrogate not followed by a trailing one");
                         }
                         0x10000 + ((hi - 0xd800) << 10) + (lo - 0xdc00)
                     }
-                    0xdc00..=0xdfff => return self.invalid("a lone trailing surrogate in a \\u escape"),
+                    0xdc00..=0xdfff => {
+                        return self.invalid("a lone trailing surrogate in a \\u escape")
+                    }
                     v => v,
                 };
                 char::from_u32(code).expect("surrogates were excluded above")
@@ -331,12 +351,20 @@ impl<'a> Scanner<'a> {
         let start = self.pos;
         let mut i = start;
         let mut v = 0u64;
-        while let Some(d) = text.get(i).map(|c| c.wrapping_sub(b'0')).filter(|&d| d <= 9) {
+        while let Some(d) = text
+            .get(i)
+            .map(|c| c.wrapping_sub(b'0'))
+            .filter(|&d| d <= 9)
+        {
             v = v.saturating_mul(10).saturating_add(d as u64);
             i += 1;
         }
         let leading_zero = text.get(start) == Some(&b'0') && i - start > 1;
-        if i > start && i - start <= 20 && !leading_zero && !matches!(text.get(i), Some(b'.' | b'e' | b'E')) {
+        if i > start
+            && i - start <= 20
+            && !leading_zero
+            && !matches!(text.get(i), Some(b'.' | b'e' | b'E'))
+        {
             self.pos = i;
             return Ok(v);
         }
@@ -355,11 +383,16 @@ impl<'a> Scanner<'a> {
             }
             digits = rest;
         }
-        Ok(digits.iter().fold(0u64, |v, &d| v.saturating_mul(10).saturating_add((d - b'0') as u64)))
+        Ok(digits.iter().fold(0u64, |v, &d| {
+            v.saturating_mul(10).saturating_add((d - b'0') as u64)
+        }))
     }
 
     /// An array of exactly `N` integers.
-    pub(crate) fn u64_array<const N: usize>(&mut self, what: &dyn Fn() -> String) -> JResult<[u64; N]> {
+    pub(crate) fn u64_array<const N: usize>(
+        &mut self,
+        what: &dyn Fn() -> String,
+    ) -> JResult<[u64; N]> {
         if self.peek() != Some(b'[') {
             return self.invalid(format!("{} is not an array", what()));
         }
@@ -416,7 +449,11 @@ impl<'a> Scanner<'a> {
             i += 1;
             let start = i;
             let mut v = 0u64;
-            while let Some(d) = text.get(i).map(|c| c.wrapping_sub(b'0')).filter(|&d| d <= 9) {
+            while let Some(d) = text
+                .get(i)
+                .map(|c| c.wrapping_sub(b'0'))
+                .filter(|&d| d <= 9)
+            {
                 v = v.wrapping_mul(10).wrapping_add(d as u64);
                 i += 1;
             }
@@ -497,11 +534,15 @@ impl<'a> Keys<'a> {
         if let Some(set) = &mut self.many {
             return set.insert(key);
         }
-        if self.few[..self.n].iter().any(|k| k.as_deref() == Some(&*key)) {
+        if self.few[..self.n]
+            .iter()
+            .any(|k| k.as_deref() == Some(&*key))
+        {
             return false;
         }
         if self.n == self.few.len() {
-            let mut set: foldhash::HashSet<_> = self.few.iter_mut().filter_map(Option::take).collect();
+            let mut set: foldhash::HashSet<_> =
+                self.few.iter_mut().filter_map(Option::take).collect();
             set.insert(key);
             self.many = Some(set);
         } else {
@@ -525,7 +566,11 @@ pub(crate) fn value_depth(value: &serde_json::Value) -> usize {
             _ => continue,
         };
         max = max.max(depth + 1);
-        stack.extend(children.filter(|c| c.is_array() || c.is_object()).map(|c| (c, depth + 1)));
+        stack.extend(
+            children
+                .filter(|c| c.is_array() || c.is_object())
+                .map(|c| (c, depth + 1)),
+        );
     }
     max
 }
@@ -559,11 +604,37 @@ mod tests {
     #[test]
     fn refuses_what_is_not_strict_json() {
         for bad in [
-            "", "{", "[1,]", "[,1]", "{\"a\":1,}", "{\"a\" 1}", "{a:1}", "01", "1.", ".5", "1e", "-", "+1",
-            "NaN", "Infinity", "1e400", "nul", "\"abc", "\"\\x\"", "\"\\ud800\"", "\"\\udc00\"",
-            "\"\\ud800\\u0041\"", "\"a\u{1}\"", "[1] 2", "{\"a\":1,\"a\":2}", "{\"a\":1,\"\\u0061\":2}",
+            "",
+            "{",
+            "[1,]",
+            "[,1]",
+            "{\"a\":1,}",
+            "{\"a\" 1}",
+            "{a:1}",
+            "01",
+            "1.",
+            ".5",
+            "1e",
+            "-",
+            "+1",
+            "NaN",
+            "Infinity",
+            "1e400",
+            "nul",
+            "\"abc",
+            "\"\\x\"",
+            "\"\\ud800\"",
+            "\"\\udc00\"",
+            "\"\\ud800\\u0041\"",
+            "\"a\u{1}\"",
+            "[1] 2",
+            "{\"a\":1,\"a\":2}",
+            "{\"a\":1,\"\\u0061\":2}",
         ] {
-            assert!(matches!(check(bad), Err(JsonError::Invalid { .. })), "{bad:?} was accepted");
+            assert!(
+                matches!(check(bad), Err(JsonError::Invalid { .. })),
+                "{bad:?} was accepted"
+            );
         }
         let mut s = Scanner::new(b"\"\xff\"", 128);
         assert!(s.string().is_err());
@@ -578,7 +649,8 @@ mod tests {
 
     #[test]
     fn value_depth_counts_containers() {
-        let v: serde_json::Value = serde_json::from_str(r#"[1, {"a": [[]], "b": {}}, "[[[["]"#).unwrap();
+        let v: serde_json::Value =
+            serde_json::from_str(r#"[1, {"a": [[]], "b": {}}, "[[[["]"#).unwrap();
         assert_eq!(value_depth(&v), 4);
         assert_eq!(value_depth(&serde_json::json!(3)), 0);
         let mut deep = serde_json::Value::Null;
@@ -600,7 +672,10 @@ mod tests {
 
     #[test]
     fn integers() {
-        let mut s = Scanner::new(b"[0, -0, 18446744073709551615, 18446744073709551616, 1.0, -1]", 128);
+        let mut s = Scanner::new(
+            b"[0, -0, 18446744073709551615, 18446744073709551616, 1.0, -1]",
+            128,
+        );
         s.begin_array().unwrap();
         let mut first = true;
         let mut got = Vec::new();
@@ -613,7 +688,10 @@ mod tests {
                 }
             }
         }
-        assert_eq!(got, vec![Ok(0), Ok(0), Ok(u64::MAX), Ok(u64::MAX), Err(()), Err(())]);
+        assert_eq!(
+            got,
+            vec![Ok(0), Ok(0), Ok(u64::MAX), Ok(u64::MAX), Err(()), Err(())]
+        );
     }
 
     /// The scanner agrees with serde_json on damaged JSON (serde_json lets a repeated
@@ -626,7 +704,10 @@ mod tests {
             r#"[1, -0.5, 2E10, "\ud83d\ude00", {"k": [[], {}]}, false]"#,
         ];
         let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig::with_cases(4000));
-        let edit = (0usize..2, proptest::collection::vec((any::<prop::sample::Index>(), 0u8..4, any::<u8>()), 1..4));
+        let edit = (
+            0usize..2,
+            proptest::collection::vec((any::<prop::sample::Index>(), 0u8..4, any::<u8>()), 1..4),
+        );
         runner
             .run(&edit, |(which, edits)| {
                 let mut text = samples[which].as_bytes().to_vec();
@@ -646,7 +727,8 @@ mod tests {
                 };
                 let theirs = serde_json::from_slice::<serde_json::Value>(&text);
                 match (&ours, &theirs) {
-                    (Err(JsonError::Invalid { detail, .. }), Ok(_)) if detail.contains("two members") => {}
+                    (Err(JsonError::Invalid { detail, .. }), Ok(_))
+                        if detail.contains("two members") => {}
                     _ => prop_assert_eq!(
                         ours.is_ok(),
                         theirs.is_ok(),

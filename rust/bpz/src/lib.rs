@@ -32,8 +32,10 @@ pub mod persist;
 pub mod read;
 pub mod write;
 
-pub use error::{Error, Result, Version};
-pub use format::{ChunkInfo, DType, Filter, Storage, Superblock, TensorInfo, Trailer, WriterInfo, FORMAT_VERSION};
 pub use alloc::Zeroed;
+pub use error::{Error, Result, Version};
+pub use format::{
+    ChunkInfo, DType, Filter, Storage, Superblock, TensorInfo, Trailer, WriterInfo, FORMAT_VERSION,
+};
 pub use read::{Backend, FileSource, Reader, Source, VerifyOptions, VerifyReport, View};
 pub use write::{Compression, Summary, TensorOptions, Writer, WriterOptions};

@@ -94,12 +94,27 @@ impl TempFile {
         } else {
             (dest.to_path_buf(), None)
         };
-        let (file, tmp) = create_temp(&target, existing.is_some()).map_err(|e| Error::io(&label, e))?;
-        let mut save = PendingSave { tmp, label, target, dest: dest.to_path_buf(), inherited: None, sync, overwrite, committed: false };
+        let (file, tmp) =
+            create_temp(&target, existing.is_some()).map_err(|e| Error::io(&label, e))?;
+        let mut save = PendingSave {
+            tmp,
+            label,
+            target,
+            dest: dest.to_path_buf(),
+            inherited: None,
+            sync,
+            overwrite,
+            committed: false,
+        };
         if let Some(meta) = existing {
-            save.inherited = Some(inherit(&file, &meta).map_err(|e| save.fail("setting the permissions of", e))?);
+            save.inherited = Some(
+                inherit(&file, &meta).map_err(|e| save.fail("setting the permissions of", e))?,
+            );
         }
-        Ok(TempFile { out: BufWriter::with_capacity(1 << 20, file), save })
+        Ok(TempFile {
+            out: BufWriter::with_capacity(1 << 20, file),
+            save,
+        })
     }
 
     /// Flushes, fsyncs and puts the file in place; then removes stale temporaries of the
@@ -107,7 +122,9 @@ impl TempFile {
     /// whatever it was. Returns the destination as given.
     pub fn commit(self) -> Result<PathBuf> {
         let TempFile { out, mut save } = self;
-        let file = out.into_inner().map_err(|e| save.fail("writing", e.into_error()))?;
+        let file = out
+            .into_inner()
+            .map_err(|e| save.fail("writing", e.into_error()))?;
         // The permissions and the fsync apply to the open file: its name must still be it
         // (a writer given the name could have replaced the file instead of writing into it).
         same_file(&file, &save.tmp).map_err(|e| save.fail("checking", e))?;
@@ -116,10 +133,18 @@ impl TempFile {
             match fs::symlink_metadata(&save.target) {
                 Ok(meta) if meta.is_file() => {
                     if !matches!(&save.inherited, Some(i) if i.matches(&meta)) {
-                        save.inherited = Some(inherit(&file, &meta).map_err(|e| save.fail("setting the permissions of", e))?);
+                        save.inherited = Some(
+                            inherit(&file, &meta)
+                                .map_err(|e| save.fail("setting the permissions of", e))?,
+                        );
                     }
                 }
-                Ok(meta) => return Err(Error::io(&save.label, refusal(&save.dest, &save.target, &meta, true))),
+                Ok(meta) => {
+                    return Err(Error::io(
+                        &save.label,
+                        refusal(&save.dest, &save.target, &meta, true),
+                    ))
+                }
                 Err(_) => {}
             }
         }
@@ -179,12 +204,22 @@ impl TempFile {
 /// Persists the directory entries of `dir` (a rename). Not every platform or filesystem
 /// can open or fsync a directory; only a real failure (EIO, ENOSPC...) is an error.
 fn sync_dir(dir: &Path) -> io::Result<()> {
-    let Ok(d) = File::open(dir) else { return Ok(()) };
+    let Ok(d) = File::open(dir) else {
+        return Ok(());
+    };
     match d.sync_all() {
         // EINVAL, ENOTSUP, EACCES, EPERM; EBADF and EISDIR (9 and 21 on Linux, macOS, BSDs).
         #[cfg(unix)]
-        Err(e) if matches!(e.kind(), io::ErrorKind::InvalidInput | io::ErrorKind::Unsupported | io::ErrorKind::PermissionDenied)
-            || matches!(e.raw_os_error(), Some(9 | 21)) => Ok(()),
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::InvalidInput
+                    | io::ErrorKind::Unsupported
+                    | io::ErrorKind::PermissionDenied
+            ) || matches!(e.raw_os_error(), Some(9 | 21)) =>
+        {
+            Ok(())
+        }
         #[cfg(not(unix))]
         Err(_) => Ok(()),
         r => r,
@@ -197,7 +232,9 @@ fn same_file(file: &File, path: &Path) -> io::Result<()> {
     use std::os::unix::fs::MetadataExt;
     let (open, named) = (file.metadata()?, fs::symlink_metadata(path)?);
     if (open.dev(), open.ino()) != (named.dev(), named.ino()) {
-        return Err(io::Error::other("it was replaced by another file while saving (write into it, do not replace it)"));
+        return Err(io::Error::other(
+            "it was replaced by another file while saving (write into it, do not replace it)",
+        ));
     }
     Ok(())
 }
@@ -209,7 +246,13 @@ fn same_file(_file: &File, path: &Path) -> io::Result<()> {
 
 impl PendingSave {
     fn fail(&self, step: &str, e: io::Error) -> Error {
-        Error::io(&self.label, context(format!("{step} the temporary file {}", self.tmp.display()), e))
+        Error::io(
+            &self.label,
+            context(
+                format!("{step} the temporary file {}", self.tmp.display()),
+                e,
+            ),
+        )
     }
 }
 
@@ -251,7 +294,9 @@ fn resolve(dest: &Path) -> io::Result<(PathBuf, Option<Metadata>)> {
     for _ in 0..=MAX_SYMLINK_HOPS {
         match fs::symlink_metadata(&path) {
             Ok(meta) if meta.file_type().is_symlink() => {
-                let link = fs::read_link(&path).map_err(|e| context(format!("reading the symbolic link {}", path.display()), e))?;
+                let link = fs::read_link(&path).map_err(|e| {
+                    context(format!("reading the symbolic link {}", path.display()), e)
+                })?;
                 path = parent_dir(&path).join(link);
             }
             Ok(meta) if meta.is_file() => return Ok((path, Some(meta))),
@@ -263,10 +308,18 @@ fn resolve(dest: &Path) -> io::Result<(PathBuf, Option<Metadata>)> {
                     Ok(m) if m.is_dir() => Ok((path, None)),
                     Ok(_) => Err(io::Error::new(
                         io::ErrorKind::InvalidInput,
-                        format!("is a symbolic link to {}, but {} is not a directory", path.display(), dir.display()),
+                        format!(
+                            "is a symbolic link to {}, but {} is not a directory",
+                            path.display(),
+                            dir.display()
+                        ),
                     )),
                     Err(e) => Err(context(
-                        format!("is a symbolic link to {}, whose directory {} cannot be used", path.display(), dir.display()),
+                        format!(
+                            "is a symbolic link to {}, whose directory {} cannot be used",
+                            path.display(),
+                            dir.display()
+                        ),
                         e,
                     )),
                 };
@@ -286,7 +339,11 @@ fn resolve(dest: &Path) -> io::Result<(PathBuf, Option<Metadata>)> {
 /// (EISDIR: Python's `IsADirectoryError`), as a rename over it would fail with.
 fn refusal(dest: &Path, found: &Path, meta: &Metadata, meanwhile: bool) -> io::Error {
     let what = file_kind(meta);
-    let when = if meanwhile { " (it appeared while saving)" } else { "" };
+    let when = if meanwhile {
+        " (it appeared while saving)"
+    } else {
+        ""
+    };
     let msg = if found == dest {
         format!("the destination is {what}, not a regular file{when}; refusing to replace it")
     } else {
@@ -341,12 +398,24 @@ impl Inherited {
     #[cfg(unix)]
     fn of(meta: &Metadata) -> Inherited {
         use std::os::unix::fs::MetadataExt;
-        Inherited { mode: meta.mode() & 0o777, uid: meta.uid(), gid: meta.gid() }
+        Inherited {
+            mode: meta.mode() & 0o777,
+            uid: meta.uid(),
+            gid: meta.gid(),
+        }
     }
 
     #[cfg(not(unix))]
     fn of(meta: &Metadata) -> Inherited {
-        Inherited { mode: if meta.permissions().readonly() { 0o444 } else { 0o666 }, uid: 0, gid: 0 }
+        Inherited {
+            mode: if meta.permissions().readonly() {
+                0o444
+            } else {
+                0o666
+            },
+            uid: 0,
+            gid: 0,
+        }
     }
 
     fn matches(&self, meta: &Metadata) -> bool {
@@ -379,7 +448,11 @@ fn inherit(file: &File, old: &Metadata) -> io::Result<Inherited> {
     match file.set_permissions(fs::Permissions::from_mode(mode)) {
         // A filesystem without Unix permissions (vfat, some FUSE): the temporary stays
         // 0600, never more open than intended.
-        Err(e) if matches!(e.kind(), io::ErrorKind::PermissionDenied | io::ErrorKind::Unsupported) => {}
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::PermissionDenied | io::ErrorKind::Unsupported
+            ) => {}
         r => r?,
     }
     Ok(want)
@@ -415,7 +488,9 @@ fn temp_base(name: &OsStr) -> Vec<u8> {
 /// A stable hash (the same in every process and version: cleanup matches names made by
 /// other processes).
 fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3))
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3)
+    })
 }
 
 #[cfg(unix)]
@@ -451,7 +526,9 @@ fn create_temp(target: &Path, replacing: bool) -> io::Result<(File, PathBuf)> {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let dir = parent_dir(target);
     let base = temp_base(target.file_name().expect("checked by the caller"));
-    let nanos = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+    let nanos = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
     let mut options = fs::OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]
@@ -465,12 +542,19 @@ fn create_temp(target: &Path, replacing: bool) -> io::Result<(File, PathBuf)> {
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         let mut name = vec![b'.'];
         name.extend_from_slice(&base);
-        name.extend_from_slice(format!(".{}-{nanos:x}-{n}{TEMP_SUFFIX}", std::process::id()).as_bytes());
+        name.extend_from_slice(
+            format!(".{}-{nanos:x}-{n}{TEMP_SUFFIX}", std::process::id()).as_bytes(),
+        );
         let tmp = dir.join(os_string(name));
         match options.open(&tmp) {
             Ok(f) => return Ok((f, tmp)),
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
-            Err(e) => return Err(context(format!("creating the temporary file {}", tmp.display()), e)),
+            Err(e) => {
+                return Err(context(
+                    format!("creating the temporary file {}", tmp.display()),
+                    e,
+                ))
+            }
         }
     }
 }
@@ -479,11 +563,15 @@ fn create_temp(target: &Path, replacing: bool) -> io::Result<(File, PathBuf)> {
 /// [`create_temp`] gives saves of `target` — last modified at least [`STALE_TEMP_AGE`]
 /// before `now`. Best effort: errors are ignored.
 fn remove_stale_temps(target: &Path, now: SystemTime) {
-    let Some(name) = target.file_name() else { return };
+    let Some(name) = target.file_name() else {
+        return;
+    };
     let mut prefix = vec![b'.'];
     prefix.extend_from_slice(&temp_base(name));
     prefix.push(b'.');
-    let Ok(entries) = fs::read_dir(parent_dir(target)) else { return };
+    let Ok(entries) = fs::read_dir(parent_dir(target)) else {
+        return;
+    };
     for entry in entries.flatten() {
         let name = entry.file_name();
         let stamp = name_bytes(&name)
@@ -494,8 +582,14 @@ fn remove_stale_temps(target: &Path, now: SystemTime) {
             continue;
         }
         let path = entry.path();
-        let Ok(meta) = fs::symlink_metadata(&path) else { continue };
-        let stale = meta.modified().ok().and_then(|m| now.duration_since(m).ok()).is_some_and(|age| age >= STALE_TEMP_AGE);
+        let Ok(meta) = fs::symlink_metadata(&path) else {
+            continue;
+        };
+        let stale = meta
+            .modified()
+            .ok()
+            .and_then(|m| now.duration_since(m).ok())
+            .is_some_and(|age| age >= STALE_TEMP_AGE);
         if meta.file_type().is_file() && stale {
             let _ = fs::remove_file(&path);
         }
@@ -505,7 +599,16 @@ fn remove_stale_temps(target: &Path, now: SystemTime) {
 /// `{pid}-{nanos:x}-{n}`, the middle of a temporary file's name.
 fn is_temp_stamp(s: &[u8]) -> bool {
     let parts: Vec<&[u8]> = s.split(|&b| b == b'-').collect();
-    let digits = |p: &[u8], hex: bool| !p.is_empty() && p.iter().all(|b| if hex { b.is_ascii_hexdigit() } else { b.is_ascii_digit() });
+    let digits = |p: &[u8], hex: bool| {
+        !p.is_empty()
+            && p.iter().all(|b| {
+                if hex {
+                    b.is_ascii_hexdigit()
+                } else {
+                    b.is_ascii_digit()
+                }
+            })
+    };
     parts.len() == 3 && digits(parts[0], false) && digits(parts[1], true) && digits(parts[2], false)
 }
 
@@ -518,7 +621,16 @@ fn is_temp_stamp(s: &[u8]) -> bool {
 /// rename: ~0.2 s per 512 MiB, even for a save that asked not to sync. Where nothing is,
 /// the rename refuses to replace what may appear meanwhile.
 fn replace(tmp: &Path, target: &Path, dest: &Path) -> io::Result<()> {
-    let step = |e: io::Error| context(format!("renaming the temporary file {} to {}", tmp.display(), target.display()), e);
+    let step = |e: io::Error| {
+        context(
+            format!(
+                "renaming the temporary file {} to {}",
+                tmp.display(),
+                target.display()
+            ),
+            e,
+        )
+    };
     // Each retry means the destination changed between our look and the rename.
     for _ in 0..3 {
         match fs::symlink_metadata(target) {
@@ -540,7 +652,12 @@ fn replace(tmp: &Path, target: &Path, dest: &Path) -> io::Result<()> {
                 }
                 Err(e) if e.raw_os_error() == Some(libc::ENOENT) => continue,
                 // A filesystem without exchange: rename as usual.
-                Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::ENOSYS | libc::EPERM)) => {
+                Err(e)
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(libc::EINVAL | libc::ENOSYS | libc::EPERM)
+                    ) =>
+                {
                     return fs::rename(tmp, target).map_err(step)
                 }
                 Err(e) => return Err(step(e)),
@@ -558,7 +675,9 @@ fn replace(tmp: &Path, target: &Path, dest: &Path) -> io::Result<()> {
             _ => return fs::rename(tmp, target).map_err(step),
         }
     }
-    Err(step(io::Error::other("the destination kept changing during the rename")))
+    Err(step(io::Error::other(
+        "the destination kept changing during the rename",
+    )))
 }
 
 #[cfg(target_os = "linux")]
@@ -579,11 +698,23 @@ mod linux {
     }
 
     fn renameat2(a: &Path, b: &Path, flags: libc::c_uint) -> io::Result<()> {
-        let c = |p: &Path| CString::new(p.as_os_str().as_bytes()).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput));
+        let c = |p: &Path| {
+            CString::new(p.as_os_str().as_bytes())
+                .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))
+        };
         let (a, b) = (c(a)?, c(b)?);
         // SAFETY: both paths are NUL-terminated strings that outlive the call; the
         // syscall only reads them.
-        let rc = unsafe { libc::syscall(libc::SYS_renameat2, libc::AT_FDCWD, a.as_ptr(), libc::AT_FDCWD, b.as_ptr(), flags) };
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_renameat2,
+                libc::AT_FDCWD,
+                a.as_ptr(),
+                libc::AT_FDCWD,
+                b.as_ptr(),
+                flags,
+            )
+        };
         if rc == 0 {
             Ok(())
         } else {
@@ -601,13 +732,26 @@ mod tests {
         assert_eq!(temp_base(OsStr::new("m.bpz")), b"m.bpz");
         let fits = "a".repeat(MAX_TEMP_BASE);
         assert_eq!(temp_base(OsStr::new(&fits)), fits.as_bytes());
-        for name in ["a".repeat(MAX_TEMP_BASE + 1), "b".repeat(255), "é".repeat(127)] {
+        for name in [
+            "a".repeat(MAX_TEMP_BASE + 1),
+            "b".repeat(255),
+            "é".repeat(127),
+        ] {
             let base = temp_base(OsStr::new(&name));
             assert!(base.len() <= MAX_TEMP_BASE, "{}", base.len());
             assert!(std::str::from_utf8(&base).is_ok(), "cut inside a character");
-            let longest = format!(".{}.{}-{:x}-{}{TEMP_SUFFIX}", String::from_utf8(base).unwrap(), u32::MAX, 999_999_999u32, u64::MAX);
+            let longest = format!(
+                ".{}.{}-{:x}-{}{TEMP_SUFFIX}",
+                String::from_utf8(base).unwrap(),
+                u32::MAX,
+                999_999_999u32,
+                u64::MAX
+            );
             assert!(longest.len() <= NAME_MAX, "{}", longest.len());
         }
-        assert_ne!(temp_base(OsStr::new(&("x".repeat(250) + "a"))), temp_base(OsStr::new(&("x".repeat(250) + "b"))));
+        assert_ne!(
+            temp_base(OsStr::new(&("x".repeat(250) + "a"))),
+            temp_base(OsStr::new(&("x".repeat(250) + "b")))
+        );
     }
 }

@@ -11,8 +11,10 @@ use memmap2::Mmap;
 use rayon::prelude::*;
 use serde_json::Value;
 
-pub use crate::alloc::{memory_available, try_zeroed_vec, Zeroed, MEMORY_CHECK_MIN, MEMORY_CHECK_VAR};
 use crate::alloc;
+pub use crate::alloc::{
+    memory_available, try_zeroed_vec, Zeroed, MEMORY_CHECK_MIN, MEMORY_CHECK_VAR,
+};
 use crate::codec;
 use crate::error::{Error, Result, Version};
 use crate::format::*;
@@ -99,15 +101,26 @@ impl Source for FileSource {
         let mut iov: Vec<libc::iovec> = bufs
             .iter_mut()
             .filter(|b| !b.is_empty())
-            .map(|b| libc::iovec { iov_base: b.as_mut_ptr().cast(), iov_len: b.len() })
+            .map(|b| libc::iovec {
+                iov_base: b.as_mut_ptr().cast(),
+                iov_len: b.len(),
+            })
             .collect();
         let mut first = 0;
         while first < iov.len() {
             let batch = &iov[first..iov.len().min(first + IOV_MAX)];
-            let at = libc::off_t::try_from(offset).map_err(|_| io::Error::from(io::ErrorKind::UnexpectedEof))?;
+            let at = libc::off_t::try_from(offset)
+                .map_err(|_| io::Error::from(io::ErrorKind::UnexpectedEof))?;
             // SAFETY: each iovec describes (the unfilled rest of) one of `bufs`, which this
             // call borrows mutably; the kernel writes only within them.
-            let got = unsafe { libc::preadv(self.file.as_raw_fd(), batch.as_ptr(), batch.len() as libc::c_int, at) };
+            let got = unsafe {
+                libc::preadv(
+                    self.file.as_raw_fd(),
+                    batch.as_ptr(),
+                    batch.len() as libc::c_int,
+                    at,
+                )
+            };
             if got < 0 {
                 let e = io::Error::last_os_error();
                 if e.kind() == io::ErrorKind::Interrupted {
@@ -208,7 +221,9 @@ impl std::ops::Deref for View {
     fn deref(&self) -> &[u8] {
         let all: &[u8] = match &self.owner {
             ViewOwner::Map(map) => map,
-            ViewOwner::Memory(source) => source.as_slice().expect("a view is only made of a source in memory"),
+            ViewOwner::Memory(source) => source
+                .as_slice()
+                .expect("a view is only made of a source in memory"),
         };
         &all[self.range.clone()]
     }
@@ -222,7 +237,10 @@ impl AsRef<[u8]> for View {
 
 impl std::fmt::Debug for View {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("View").field("range", &self.range).field("mapped", &self.map().is_some()).finish()
+        f.debug_struct("View")
+            .field("range", &self.range)
+            .field("mapped", &self.map().is_some())
+            .finish()
     }
 }
 
@@ -254,7 +272,10 @@ pub struct Reader {
 
 impl std::fmt::Debug for Reader {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Reader").field("path", &self.path).field("tensors", &self.tensors.len()).finish()
+        f.debug_struct("Reader")
+            .field("path", &self.path)
+            .field("tensors", &self.tensors.len())
+            .finish()
     }
 }
 
@@ -276,20 +297,28 @@ impl Reader {
                 // The structure is read with positioned reads, not through the map: touching
                 // the map would fault its pages in, and every open would pay for that again
                 // when the map is torn down.
-                let src = FileSource { file, len: meta.len() };
+                let src = FileSource {
+                    file,
+                    len: meta.len(),
+                };
                 let (superblock, trailer, index) = read_structure(&src, &label)?;
-                let len = usize::try_from(meta.len()).map_err(|_| Error::io(&label, io::ErrorKind::OutOfMemory.into()))?;
+                let len = usize::try_from(meta.len())
+                    .map_err(|_| Error::io(&label, io::ErrorKind::OutOfMemory.into()))?;
                 // SAFETY: the map is read-only and only zero-copy views read it. bpz writers
                 // never modify a file in place (they rename a new file over it), so its bytes
                 // are stable; a third party truncating it makes a view fault (documented).
                 // The length is known: saves memmap2 another stat.
-                let map = unsafe { memmap2::MmapOptions::new().len(len).map(&src.file) }.map_err(|e| Error::io(&label, e))?;
+                let map = unsafe { memmap2::MmapOptions::new().len(len).map(&src.file) }
+                    .map_err(|e| Error::io(&label, e))?;
                 let mut r = Reader::assemble(Arc::new(src), label, superblock, trailer, index);
                 r.map = Some(Arc::new(map));
                 Ok(r)
             }
             Backend::Pread => {
-                let src = FileSource { file, len: meta.len() };
+                let src = FileSource {
+                    file,
+                    len: meta.len(),
+                };
                 Reader::from_source_labeled(Arc::new(src), label)
             }
         }
@@ -306,8 +335,20 @@ impl Reader {
         Ok(Reader::assemble(source, label, superblock, trailer, index))
     }
 
-    fn assemble(source: Arc<dyn Source>, path: String, superblock: Superblock, trailer: Trailer, index: Index) -> Reader {
-        let Index { tensors, by_name, tree_json, metadata_json, writer } = index;
+    fn assemble(
+        source: Arc<dyn Source>,
+        path: String,
+        superblock: Superblock,
+        trailer: Trailer,
+        index: Index,
+    ) -> Reader {
+        let Index {
+            tensors,
+            by_name,
+            tree_json,
+            metadata_json,
+            writer,
+        } = index;
         Reader {
             source,
             map: None,
@@ -370,7 +411,8 @@ impl Reader {
         // The text passed the index checks on open; this can only fail for want of memory.
         let mut de = serde_json::Deserializer::from_str(text);
         de.disable_recursion_limit();
-        serde::Deserialize::deserialize(&mut de).map_err(|e| Error::invalid_index(&self.path, e.to_string()))
+        serde::Deserialize::deserialize(&mut de)
+            .map_err(|e| Error::invalid_index(&self.path, e.to_string()))
     }
     pub fn writer(&self) -> Option<&WriterInfo> {
         self.writer.as_ref()
@@ -387,16 +429,23 @@ impl Reader {
     /// The position of tensor `name` in [`tensors`](Self::tensors): one lookup, after which
     /// the `*_at` methods take the position.
     pub fn position(&self, name: &str) -> Result<usize> {
-        self.by_name.get(name).copied().ok_or_else(|| Error::TensorNotFound {
-            path: self.path.clone(),
-            name: name.into(),
-        })
+        self.by_name
+            .get(name)
+            .copied()
+            .ok_or_else(|| Error::TensorNotFound {
+                path: self.path.clone(),
+                name: name.into(),
+            })
     }
 
     /// The tensor at `index` of [`tensors`](Self::tensors), or an error naming the count.
     pub fn tensor_at(&self, index: usize) -> Result<&TensorInfo> {
         self.tensors.get(index).ok_or_else(|| {
-            Error::InvalidArgument(format!("{}: no tensor {index} (the archive has {})", self.path, self.tensors.len()))
+            Error::InvalidArgument(format!(
+                "{}: no tensor {index} (the archive has {})",
+                self.path,
+                self.tensors.len()
+            ))
         })
     }
 
@@ -414,7 +463,9 @@ impl Reader {
             name: t.name.clone(),
             reason: reason.into(),
         };
-        let range = t.raw_range().ok_or_else(|| not("it is stored compressed"))?;
+        let range = t
+            .raw_range()
+            .ok_or_else(|| not("it is stored compressed"))?;
         // Validated on open: the range lies inside the file, whose length fits in memory.
         let range = range.start as usize..range.end as usize;
         let owner = match &self.map {
@@ -442,26 +493,40 @@ impl Reader {
 
     /// Reads every tensor, in index order (see [`read_many`](Self::read_many)).
     pub fn read_all(&self) -> Result<Vec<Vec<u8>>> {
-        self.read_infos(self.tensors.iter().collect(), &format!("its {} tensors", self.tensors.len()), try_zeroed_vec)
+        self.read_infos(
+            self.tensors.iter().collect(),
+            &format!("its {} tensors", self.tensors.len()),
+            try_zeroed_vec,
+        )
     }
 
     /// Reads the named tensors whole, checking every checksum. Their total size is checked
     /// once against the memory left (each alone may fit where all do not), and neighbouring
     /// small chunks are read from the file together (see [`read_many_into`](Self::read_many_into)).
     pub fn read_many<S: AsRef<str>>(&self, names: &[S]) -> Result<Vec<Vec<u8>>> {
-        let tensors = names.iter().map(|n| self.tensor(n.as_ref())).collect::<Result<Vec<_>>>()?;
+        let tensors = names
+            .iter()
+            .map(|n| self.tensor(n.as_ref()))
+            .collect::<Result<Vec<_>>>()?;
         self.read_infos(tensors, &format!("{} tensors", names.len()), try_zeroed_vec)
     }
 
     /// [`read_all`](Self::read_all) into [`Zeroed`] buffers: what a binding hands out
     /// without a copy (large ones are huge-page maps, see [`Zeroed::new`]).
     pub fn read_all_zeroed(&self) -> Result<Vec<Zeroed>> {
-        self.read_infos(self.tensors.iter().collect(), &format!("its {} tensors", self.tensors.len()), Zeroed::new)
+        self.read_infos(
+            self.tensors.iter().collect(),
+            &format!("its {} tensors", self.tensors.len()),
+            Zeroed::new,
+        )
     }
 
     /// [`read_many`](Self::read_many) of the tensors at `indices`, into [`Zeroed`] buffers.
     pub fn read_many_zeroed_at(&self, indices: &[usize]) -> Result<Vec<Zeroed>> {
-        let tensors = indices.iter().map(|&i| self.tensor_at(i)).collect::<Result<Vec<_>>>()?;
+        let tensors = indices
+            .iter()
+            .map(|&i| self.tensor_at(i))
+            .collect::<Result<Vec<_>>>()?;
         let what = match tensors[..] {
             [t] => format!("tensor {:?}", t.name),
             _ => format!("{} tensors", tensors.len()),
@@ -476,13 +541,18 @@ impl Reader {
         B: AsMut<[u8]> + Send,
         A: Fn(usize) -> Option<B> + Sync,
     {
-        let total = tensors.iter().map(|t| t.nbytes()).fold(0u64, u64::saturating_add);
+        let total = tensors
+            .iter()
+            .map(|t| t.nbytes())
+            .fold(0u64, u64::saturating_add);
         self.ensure_memory(total, what)?;
         let one = |t: &&TensorInfo| {
             usize::try_from(t.nbytes())
                 .ok()
                 .and_then(&alloc)
-                .ok_or_else(|| Error::out_of_memory(&self.path, t.nbytes(), format!("for tensor {:?}", t.name)))
+                .ok_or_else(|| {
+                    Error::out_of_memory(&self.path, t.nbytes(), format!("for tensor {:?}", t.name))
+                })
         };
         // Many small buffers: zeroing them is worth spreading over the cores, as the reads are.
         let mut outs = if self.parallel && tensors.len() > 1 {
@@ -490,7 +560,12 @@ impl Reader {
         } else {
             tensors.iter().map(one).collect::<Result<Vec<_>>>()?
         };
-        self.read_tensors_into(tensors.into_iter().zip(outs.iter_mut().map(AsMut::as_mut)).collect())?;
+        self.read_tensors_into(
+            tensors
+                .into_iter()
+                .zip(outs.iter_mut().map(AsMut::as_mut))
+                .collect(),
+        )?;
         Ok(outs)
     }
 
@@ -538,7 +613,10 @@ impl Reader {
     }
 
     /// [`read_many_into`](Self::read_many_into) of tensors of this reader, lengths checked.
-    fn read_tensors_into<'a>(&'a self, requests: Vec<(&'a TensorInfo, &'a mut [u8])>) -> Result<()> {
+    fn read_tensors_into<'a>(
+        &'a self,
+        requests: Vec<(&'a TensorInfo, &'a mut [u8])>,
+    ) -> Result<()> {
         // In memory there is nothing to gain: every chunk is read in place.
         let coalesce = self.source.as_slice().is_none();
         let mut jobs: Vec<ReadJob<'a>> = Vec::new();
@@ -547,7 +625,8 @@ impl Reader {
         for (t, out) in requests {
             let mut rest = out;
             for (i, c) in t.chunks.iter().enumerate() {
-                let (piece, tail) = std::mem::take(&mut rest).split_at_mut(t.chunk_decoded_len(i) as usize);
+                let (piece, tail) =
+                    std::mem::take(&mut rest).split_at_mut(t.chunk_decoded_len(i) as usize);
                 rest = tail;
                 let dest = ChunkDest { t, i, out: piece };
                 if coalesce && c.stored_len < COALESCE_CHUNK_MAX {
@@ -559,7 +638,11 @@ impl Reader {
             }
         }
         for read in plan_ranges(&extents, COALESCE_GAP_MAX, COALESCE_READ_MAX) {
-            let dests = read.members.iter().map(|&k| small[k].take().expect("a chunk is in one read")).collect();
+            let dests = read
+                .members
+                .iter()
+                .map(|&k| small[k].take().expect("a chunk is in one read"))
+                .collect();
             jobs.push(ReadJob::Together(read.bytes, dests));
         }
         let run = |job: ReadJob<'a>| match job {
@@ -584,7 +667,9 @@ impl Reader {
         };
         // Only the same tensor asked for twice (read_many) makes chunks overlap: then all
         // bytes go to the buffer and are copied out.
-        let scattered = dests.windows(2).all(|w| stored_range(&w[0]).end <= stored_range(&w[1]).start);
+        let scattered = dests
+            .windows(2)
+            .all(|w| stored_range(&w[0]).end <= stored_range(&w[1]).start);
         codec::with_scratch(codec::Scratch::Coalesced, n, |buf| {
             if scattered {
                 let mut parts: Vec<&mut [u8]> = Vec::with_capacity(2 * dests.len());
@@ -598,9 +683,15 @@ impl Reader {
                     if !gap.is_empty() {
                         parts.push(gap);
                     }
-                    parts.push(if d.t.chunks[d.i].encoded { stored } else { &mut *d.out });
+                    parts.push(if d.t.chunks[d.i].encoded {
+                        stored
+                    } else {
+                        &mut *d.out
+                    });
                 }
-                self.source.read_exact_vectored_at(bytes.start, &mut parts).map_err(|e| Error::io(&self.path, e))?;
+                self.source
+                    .read_exact_vectored_at(bytes.start, &mut parts)
+                    .map_err(|e| Error::io(&self.path, e))?;
             } else {
                 self.read_at(bytes.start, buf)?;
             }
@@ -678,16 +769,20 @@ impl Reader {
 
     /// [`alloc`](Self::alloc) for a caller that checked the memory for all its buffers at once.
     fn alloc_unchecked(&self, t: &TensorInfo, n: u64) -> Result<Vec<u8>> {
-        usize::try_from(n).ok().and_then(try_zeroed_vec).ok_or_else(|| {
-            Error::out_of_memory(&self.path, n, format!("for tensor {:?}", t.name))
-        })
+        usize::try_from(n)
+            .ok()
+            .and_then(try_zeroed_vec)
+            .ok_or_else(|| Error::out_of_memory(&self.path, n, format!("for tensor {:?}", t.name)))
     }
 
     /// A working buffer whose size comes from the file: refused with an error, never an abort.
     fn alloc_chunk(&self, t: &TensorInfo, i: usize, n: u64) -> Result<Vec<u8>> {
-        usize::try_from(n).ok().and_then(try_zeroed_vec).ok_or_else(|| {
-            Error::out_of_memory(&self.path, n, format!("to read {}", Self::part(t, i)))
-        })
+        usize::try_from(n)
+            .ok()
+            .and_then(try_zeroed_vec)
+            .ok_or_else(|| {
+                Error::out_of_memory(&self.path, n, format!("to read {}", Self::part(t, i)))
+            })
     }
 
     fn part(t: &TensorInfo, i: usize) -> String {
@@ -714,7 +809,9 @@ impl Reader {
             rest = tail;
             jobs.push((i, (lo - c_start)..(hi - c_start), piece));
         }
-        let run = |(i, within, piece): (usize, Range<u64>, &mut [u8])| self.decode_chunk_part(t, i, within, piece);
+        let run = |(i, within, piece): (usize, Range<u64>, &mut [u8])| {
+            self.decode_chunk_part(t, i, within, piece)
+        };
         if self.parallel && jobs.len() > 1 {
             jobs.into_par_iter().try_for_each(run)
         } else {
@@ -723,7 +820,13 @@ impl Reader {
     }
 
     /// Decodes bytes `within` of chunk `i` into `out`, checking the chunk's crc.
-    fn decode_chunk_part(&self, t: &TensorInfo, i: usize, within: Range<u64>, out: &mut [u8]) -> Result<()> {
+    fn decode_chunk_part(
+        &self,
+        t: &TensorInfo,
+        i: usize,
+        within: Range<u64>,
+        out: &mut [u8],
+    ) -> Result<()> {
         let c = &t.chunks[i];
         let decoded_len = t.chunk_decoded_len(i);
         let whole = within.start == 0 && within.end == decoded_len;
@@ -743,20 +846,34 @@ impl Reader {
     }
 
     /// Decodes the checked `stored` bytes of encoded chunk `i`, of which bytes `within` go to `out`.
-    fn decode_stored(&self, t: &TensorInfo, i: usize, stored: &[u8], within: Range<u64>, out: &mut [u8]) -> Result<()> {
+    fn decode_stored(
+        &self,
+        t: &TensorInfo,
+        i: usize,
+        stored: &[u8],
+        within: Range<u64>,
+        out: &mut [u8],
+    ) -> Result<()> {
         let decoded_len = t.chunk_decoded_len(i);
         let fail = |e: codec::DecodeError| Error::CorruptData {
             path: self.path.clone(),
             part: Self::part(t, i),
             detail: e.0,
         };
-        let no_memory = |n: usize| Error::out_of_memory(&self.path, n as u64, format!("to read {}", Self::part(t, i)));
+        let no_memory = |n: usize| {
+            Error::out_of_memory(
+                &self.path,
+                n as u64,
+                format!("to read {}", Self::part(t, i)),
+            )
+        };
         // The filter's and a partial read's working buffers are per-thread and
         // reused: fresh ones per chunk cost page faults and zeroing every time.
         let filtered = codec::filtered_len(t.filter, decoded_len as usize);
         let decode = |dst: &mut [u8]| -> Result<()> {
             if t.filter == Filter::None {
-                return codec::decode_chunk_into(t.filter, t.dtype, stored, dst, &mut []).map_err(fail);
+                return codec::decode_chunk_into(t.filter, t.dtype, stored, dst, &mut [])
+                    .map_err(fail);
             }
             codec::with_scratch(codec::Scratch::Filtered, filtered, |scratch| {
                 codec::decode_chunk_into(t.filter, t.dtype, stored, dst, scratch).map_err(fail)
@@ -776,7 +893,12 @@ impl Reader {
 
     /// Runs `f` on the stored bytes of chunk `i`: in place for an archive in memory, else
     /// read into this thread's reusable buffer (never through the file's map).
-    fn with_stored<R>(&self, t: &TensorInfo, i: usize, f: impl FnOnce(&[u8]) -> Result<R>) -> Result<R> {
+    fn with_stored<R>(
+        &self,
+        t: &TensorInfo,
+        i: usize,
+        f: impl FnOnce(&[u8]) -> Result<R>,
+    ) -> Result<R> {
         let c = &t.chunks[i];
         if let Some(memory) = self.source.as_slice() {
             return f(&memory[c.offset as usize..(c.offset + c.stored_len) as usize]);
@@ -786,14 +908,20 @@ impl Reader {
             f(buf)
         })
         .unwrap_or_else(|| {
-            Err(Error::out_of_memory(&self.path, c.stored_len, format!("to read {}", Self::part(t, i))))
+            Err(Error::out_of_memory(
+                &self.path,
+                c.stored_len,
+                format!("to read {}", Self::part(t, i)),
+            ))
         })
     }
 
     /// Exactly `buf.len()` bytes at `offset`; a file cut short since it was opened gives
     /// [`Error::Truncated`].
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
-        self.source.read_exact_at(offset, buf).map_err(|e| Error::io(&self.path, e))
+        self.source
+            .read_exact_at(offset, buf)
+            .map_err(|e| Error::io(&self.path, e))
     }
 
     fn check_crc(&self, t: &TensorInfo, i: usize, stored: &[u8]) -> Result<()> {
@@ -820,7 +948,11 @@ impl Reader {
     pub fn verify_tensor_with(&self, name: &str, opts: &VerifyOptions) -> Result<()> {
         let t = self.tensor(name)?;
         if opts.decode {
-            self.check_decode_budget(opts, encoded_decoded_bytes(t), &format!("tensor {:?}", t.name))?;
+            self.check_decode_budget(
+                opts,
+                encoded_decoded_bytes(t),
+                &format!("tensor {:?}", t.name),
+            )?;
         }
         self.verify_info(t, opts.decode)
     }
@@ -885,11 +1017,15 @@ impl Reader {
     /// `max_decoded_bytes` is not given: [`DECODE_BUDGET_RATIO`] times the file size,
     /// and at least [`DECODE_BUDGET_MIN`].
     pub fn default_decode_budget(&self) -> u64 {
-        self.file_len().saturating_mul(DECODE_BUDGET_RATIO).max(DECODE_BUDGET_MIN)
+        self.file_len()
+            .saturating_mul(DECODE_BUDGET_RATIO)
+            .max(DECODE_BUDGET_MIN)
     }
 
     fn check_decode_budget(&self, opts: &VerifyOptions, bytes: u64, what: &str) -> Result<()> {
-        let limit = opts.max_decoded_bytes.unwrap_or_else(|| self.default_decode_budget());
+        let limit = opts
+            .max_decoded_bytes
+            .unwrap_or_else(|| self.default_decode_budget());
         if bytes > limit {
             return Err(Error::limit(
                 &self.path,
@@ -927,7 +1063,11 @@ impl Reader {
         // The index was validated (and its size bounded) on open; read it in blocks.
         const BLOCK: u64 = 1 << 20;
         let mut buf = vec![0u8; self.trailer.index_len.min(BLOCK) as usize];
-        let (mut at, end, mut crc) = (self.trailer.index_offset, self.trailer.index_offset + self.trailer.index_len, 0);
+        let (mut at, end, mut crc) = (
+            self.trailer.index_offset,
+            self.trailer.index_offset + self.trailer.index_len,
+            0,
+        );
         while at < end {
             let n = (end - at).min(BLOCK) as usize;
             self.read_at(at, &mut buf[..n])?;
@@ -948,7 +1088,10 @@ impl Reader {
             if now < self.file_len() {
                 return Err(Error::Truncated {
                     path: self.path.clone(),
-                    detail: format!("{now} bytes now, {} when it was opened: it was cut short since", self.file_len()),
+                    detail: format!(
+                        "{now} bytes now, {} when it was opened: it was cut short since",
+                        self.file_len()
+                    ),
                 });
             }
         }
@@ -1012,13 +1155,18 @@ pub fn plan_ranges(extents: &[Range<u64>], max_gap: u64, max_len: u64) -> Vec<Co
         let (start, end) = (extents[k].start, extents[k].end.max(extents[k].start));
         if let Some(last) = reads.last_mut() {
             let joined_end = last.bytes.end.max(end);
-            if start <= last.bytes.end.saturating_add(max_gap) && joined_end - last.bytes.start <= max_len {
+            if start <= last.bytes.end.saturating_add(max_gap)
+                && joined_end - last.bytes.start <= max_len
+            {
                 last.bytes.end = joined_end;
                 last.members.push(k);
                 continue;
             }
         }
-        reads.push(CoalescedRead { bytes: start..end, members: vec![k] });
+        reads.push(CoalescedRead {
+            bytes: start..end,
+            members: vec![k],
+        });
     }
     reads
 }
@@ -1030,7 +1178,10 @@ pub const DECODE_BUDGET_MIN: u64 = 4 << 30;
 
 /// Decoded bytes of the encoded chunks of `t` (what decoding it costs).
 fn encoded_decoded_bytes(t: &TensorInfo) -> u64 {
-    (0..t.chunks.len()).filter(|&i| t.chunks[i].encoded).map(|i| t.chunk_decoded_len(i)).sum()
+    (0..t.chunks.len())
+        .filter(|&i| t.chunks[i].encoded)
+        .map(|i| t.chunk_decoded_len(i))
+        .sum()
 }
 
 /// What [`Reader::verify_with`] does beyond checking every checksum.
@@ -1049,35 +1200,48 @@ fn read_structure(source: &dyn Source, path: &str) -> Result<(Superblock, Traile
     let len = source.len();
     let head_len = len.min(SUPERBLOCK_LEN as u64) as usize;
     let mut head = vec![0u8; head_len];
-    source.read_exact_at(0, &mut head).map_err(|e| Error::io(path, e))?;
+    source
+        .read_exact_at(0, &mut head)
+        .map_err(|e| Error::io(path, e))?;
     let superblock = Superblock::decode(path, &head, len)?;
     let min_len = (SUPERBLOCK_LEN + TRAILER_LEN) as u64;
     if len < min_len {
         return Err(Error::Truncated {
             path: path.into(),
-            detail: format!("{len} bytes, shorter than the {min_len} bytes of superblock and trailer"),
+            detail: format!(
+                "{len} bytes, shorter than the {min_len} bytes of superblock and trailer"
+            ),
         });
     }
     // One read for the trailer and, usually, the index before it: on a cold cache every
     // read is a disk round trip.
     let tail_len = len.min(TAIL_READ_BYTES);
     let mut tail = vec![0u8; tail_len as usize];
-    source.read_exact_at(len - tail_len, &mut tail).map_err(|e| Error::io(path, e))?;
-    let trailer_bytes: &[u8; TRAILER_LEN] = tail[tail.len() - TRAILER_LEN..].try_into().expect("TRAILER_LEN bytes");
+    source
+        .read_exact_at(len - tail_len, &mut tail)
+        .map_err(|e| Error::io(path, e))?;
+    let trailer_bytes: &[u8; TRAILER_LEN] = tail[tail.len() - TRAILER_LEN..]
+        .try_into()
+        .expect("TRAILER_LEN bytes");
     let trailer = Trailer::decode(path, trailer_bytes, len)?;
     let owned_index;
     let index: &[u8] = match source.as_slice() {
         // A map's index is parsed in place.
-        Some(map) => &map[trailer.index_offset as usize..(trailer.index_offset + trailer.index_len) as usize],
+        Some(map) => {
+            &map[trailer.index_offset as usize..(trailer.index_offset + trailer.index_len) as usize]
+        }
         // The trailer check placed the index right before the trailer.
         None if trailer.index_len + TRAILER_LEN as u64 <= tail_len => {
             &tail[tail.len() - TRAILER_LEN - trailer.index_len as usize..tail.len() - TRAILER_LEN]
         }
         None => {
-            let mut buf = usize::try_from(trailer.index_len).ok().and_then(try_zeroed_vec).ok_or_else(|| {
-                Error::out_of_memory(path, trailer.index_len, "for the index")
-            })?;
-            source.read_exact_at(trailer.index_offset, &mut buf).map_err(|e| Error::io(path, e))?;
+            let mut buf = usize::try_from(trailer.index_len)
+                .ok()
+                .and_then(try_zeroed_vec)
+                .ok_or_else(|| Error::out_of_memory(path, trailer.index_len, "for the index"))?;
+            source
+                .read_exact_at(trailer.index_offset, &mut buf)
+                .map_err(|e| Error::io(path, e))?;
             owned_index = buf;
             &owned_index
         }
@@ -1109,7 +1273,10 @@ impl Reader {
         // A gap can be as long as the file (a hostile, sparse one): check it in blocks.
         const BLOCK: u64 = 1 << 20;
         let mut buf = Vec::new();
-        for (start, end) in extents.into_iter().chain([(self.trailer.index_offset, self.trailer.index_offset)]) {
+        for (start, end) in extents
+            .into_iter()
+            .chain([(self.trailer.index_offset, self.trailer.index_offset)])
+        {
             let mut at = pos;
             while at < start {
                 let n = (start - at).min(BLOCK);
@@ -1160,14 +1327,31 @@ mod tests {
         for (j, r) in reads.iter().enumerate() {
             assert!(!r.members.is_empty());
             let span = r.bytes.end - r.bytes.start;
-            let widest = r.members.iter().map(|&k| extents[k].end - extents[k].start).max().unwrap();
-            assert!(span <= max_len || (r.members.len() == 1 && span == widest), "{r:?} over {max_len}");
+            let widest = r
+                .members
+                .iter()
+                .map(|&k| extents[k].end - extents[k].start)
+                .max()
+                .unwrap();
+            assert!(
+                span <= max_len || (r.members.len() == 1 && span == widest),
+                "{r:?} over {max_len}"
+            );
             for &k in &r.members {
                 seen[k] += 1;
-                assert!(r.bytes.start <= extents[k].start && extents[k].end <= r.bytes.end, "{k} outside {r:?}");
+                assert!(
+                    r.bytes.start <= extents[k].start && extents[k].end <= r.bytes.end,
+                    "{k} outside {r:?}"
+                );
             }
-            assert_eq!(r.bytes.start, r.members.iter().map(|&k| extents[k].start).min().unwrap());
-            assert_eq!(r.bytes.end, r.members.iter().map(|&k| extents[k].end).max().unwrap());
+            assert_eq!(
+                r.bytes.start,
+                r.members.iter().map(|&k| extents[k].start).min().unwrap()
+            );
+            assert_eq!(
+                r.bytes.end,
+                r.members.iter().map(|&k| extents[k].end).max().unwrap()
+            );
             if j > 0 {
                 assert!(reads[j - 1].bytes.start <= r.bytes.start, "unsorted");
             }
@@ -1175,19 +1359,38 @@ mod tests {
                 assert!(extents[w[0]].start <= extents[w[1]].start);
             }
         }
-        assert!(seen.iter().all(|&n| n == 1), "each extent in exactly one read: {seen:?}");
+        assert!(
+            seen.iter().all(|&n| n == 1),
+            "each extent in exactly one read: {seen:?}"
+        );
     }
 
     #[test]
     fn plan_ranges_joins_neighbours_within_the_gap_and_length() {
         let e = [120..200, 0..50, 60..90, 5000..5010, 205..2000, 2000..2000];
         let reads = plan_ranges(&e, 10, 1 << 20);
-        let spans: Vec<_> = reads.iter().map(|r| (r.bytes.clone(), r.members.clone())).collect();
-        assert_eq!(spans, vec![(0..90, vec![1, 2]), (120..2000, vec![0, 4, 5]), (5000..5010, vec![3])]);
+        let spans: Vec<_> = reads
+            .iter()
+            .map(|r| (r.bytes.clone(), r.members.clone()))
+            .collect();
+        assert_eq!(
+            spans,
+            vec![
+                (0..90, vec![1, 2]),
+                (120..2000, vec![0, 4, 5]),
+                (5000..5010, vec![3])
+            ]
+        );
         // Bounded length: an extent longer than max_len is read alone.
         let reads = plan_ranges(&[0..10, 10..20, 20..100, 100..105], 0, 20);
-        let spans: Vec<_> = reads.iter().map(|r| (r.bytes.clone(), r.members.clone())).collect();
-        assert_eq!(spans, vec![(0..20, vec![0, 1]), (20..100, vec![2]), (100..105, vec![3])]);
+        let spans: Vec<_> = reads
+            .iter()
+            .map(|r| (r.bytes.clone(), r.members.clone()))
+            .collect();
+        assert_eq!(
+            spans,
+            vec![(0..20, vec![0, 1]), (20..100, vec![2]), (100..105, vec![3])]
+        );
         assert!(plan_ranges(&[], 10, 10).is_empty());
         for (gap, len) in [(0, 0), (0, 1), (4096, 1 << 20), (u64::MAX, u64::MAX)] {
             check_plan(&e, gap, len);
@@ -1260,11 +1463,16 @@ mod tests {
         let before = MEMORY_QUERIES.load(Ordering::Relaxed);
         let all = r.read_all().unwrap();
         assert_eq!(all.len(), 3);
-        assert!(all.iter().all(|t| t.len() == MEMORY_CHECK_MIN as usize && t.iter().all(|&b| b == 0)));
+        assert!(all
+            .iter()
+            .all(|t| t.len() == MEMORY_CHECK_MIN as usize && t.iter().all(|&b| b == 0)));
         drop(all);
         let many = r.read_many(&["t2", "t0"]).unwrap();
         assert_eq!(many.len(), 2);
         drop(many);
-        assert_eq!(MEMORY_QUERIES.load(Ordering::Relaxed) - before, if enabled { 2 } else { 0 });
+        assert_eq!(
+            MEMORY_QUERIES.load(Ordering::Relaxed) - before,
+            if enabled { 2 } else { 0 }
+        );
     }
 }

@@ -10,8 +10,8 @@ use rayon::prelude::*;
 use serde_json::Value;
 
 use crate::codec;
-use crate::filter_choice;
 use crate::error::{Error, Result};
+use crate::filter_choice;
 use crate::format::*;
 use crate::index::{IndexEmitter, JsonPart};
 use crate::json::{self, JsonError, Scanner};
@@ -285,7 +285,8 @@ impl<W: Write> Writer<W> {
     /// (the parser would stop at its recursion limit and call the text invalid).
     fn parse_json(&self, what: &str, text: &str) -> Result<Value> {
         check_nesting(&self.label, what, json_depth(text.as_bytes()))?;
-        serde_json::from_str(text).map_err(|e| Error::InvalidArgument(format!("{what} is not valid JSON: {e}")))
+        serde_json::from_str(text)
+            .map_err(|e| Error::InvalidArgument(format!("{what} is not valid JSON: {e}")))
     }
 
     /// Makes room for `additional` more tensors (a caller that knows how many are coming
@@ -302,7 +303,13 @@ impl<W: Write> Writer<W> {
     }
 
     /// Adds a tensor with the archive's default options.
-    pub fn add_tensor(&mut self, name: &str, dtype: DType, shape: &[u64], data: &[u8]) -> Result<&TensorInfo> {
+    pub fn add_tensor(
+        &mut self,
+        name: &str,
+        dtype: DType,
+        shape: &[u64],
+        data: &[u8],
+    ) -> Result<&TensorInfo> {
         self.add_tensor_with(name, dtype, shape, data, &TensorOptions::default())
     }
 
@@ -331,13 +338,18 @@ impl<W: Write> Writer<W> {
         let chunk_elems = self.chunk_elems(dtype, shape);
         let compression = topts.compression.unwrap_or(self.opts.compression);
         // The archive-wide filter is a preference, used where it is defined.
-        let forced_filter = topts.filter.or(self.opts.filter.filter(|f| f.applies_to(dtype)));
+        let forced_filter = topts
+            .filter
+            .or(self.opts.filter.filter(|f| f.applies_to(dtype)));
         // The choice keeps its probe compression: the share estimate reuses it,
         // and so does the only chunk of a tensor no larger than the sample.
         let choice = match compression {
             Compression::None => None,
             Compression::Zstd => Some(filter_choice::choose(dtype, data, level, forced_filter)),
-            Compression::Auto { max_share, min_bytes } => {
+            Compression::Auto {
+                max_share,
+                min_bytes,
+            } => {
                 if data.len() < min_bytes.max(1) {
                     None
                 } else {
@@ -350,16 +362,32 @@ impl<W: Write> Writer<W> {
             None => self.write_raw(name, dtype, shape, data, chunk_elems)?,
             Some(mut c) => {
                 let whole = c.take_whole_chunk();
-                self.write_chunked(name, dtype, shape, data, chunk_elems, c.filter, level, whole)?
+                self.write_chunked(
+                    name,
+                    dtype,
+                    shape,
+                    data,
+                    chunk_elems,
+                    c.filter,
+                    level,
+                    whole,
+                )?
             }
         };
-        self.names.insert(vacancy, &info.name, self.tensors.len(), &self.tensors);
+        self.names
+            .insert(vacancy, &info.name, self.tensors.len(), &self.tensors);
         self.tensors.push(info);
         Ok(self.tensors.last().unwrap())
     }
 
     /// Where the name goes in the table of names, if the tensor may be added.
-    fn check_new_tensor(&self, name: &str, dtype: DType, shape: &[u64], data: &[u8]) -> Result<Vacancy> {
+    fn check_new_tensor(
+        &self,
+        name: &str,
+        dtype: DType,
+        shape: &[u64],
+        data: &[u8],
+    ) -> Result<Vacancy> {
         if name.len() > MAX_NAME_BYTES {
             return Err(Error::InvalidArgument(format!(
                 "tensor name of {} bytes is over the limit of {MAX_NAME_BYTES}",
@@ -367,13 +395,19 @@ impl<W: Write> Writer<W> {
             )));
         }
         if name.contains('\0') {
-            return Err(Error::InvalidArgument(format!("tensor name {name:?} contains a NUL character")));
+            return Err(Error::InvalidArgument(format!(
+                "tensor name {name:?} contains a NUL character"
+            )));
         }
         let Some(vacancy) = self.names.vacancy(name, &self.tensors) else {
-            return Err(Error::InvalidArgument(format!("tensor {name:?} was already added")));
+            return Err(Error::InvalidArgument(format!(
+                "tensor {name:?} was already added"
+            )));
         };
         if self.tensors.len() >= MAX_TENSORS {
-            return Err(Error::InvalidArgument(format!("more than {MAX_TENSORS} tensors")));
+            return Err(Error::InvalidArgument(format!(
+                "more than {MAX_TENSORS} tensors"
+            )));
         }
         if shape.len() > MAX_RANK {
             return Err(Error::InvalidArgument(format!(
@@ -417,17 +451,32 @@ impl<W: Write> Writer<W> {
             target_elems
         };
         let min_for_count = nelems.div_ceil(MAX_CHUNKS_PER_TENSOR as u64);
-        elems.max(min_for_count).min(nelems).clamp(1, MAX_CHUNK_BYTES / dtype.size() as u64)
+        elems
+            .max(min_for_count)
+            .min(nelems)
+            .clamp(1, MAX_CHUNK_BYTES / dtype.size() as u64)
     }
 
-    fn write_raw(&mut self, name: &str, dtype: DType, shape: &[u64], data: &[u8], chunk_elems: u64) -> Result<TensorInfo> {
+    fn write_raw(
+        &mut self,
+        name: &str,
+        dtype: DType,
+        shape: &[u64],
+        data: &[u8],
+        chunk_elems: u64,
+    ) -> Result<TensorInfo> {
         self.pad_to(self.opts.alignment as u64)?;
         let start = self.pos;
         let chunk_bytes = (chunk_elems as usize) * dtype.size();
         let chunk = |i: usize, crc: u32| {
             let offset = start + (i * chunk_bytes) as u64;
             let len = chunk_bytes.min(data.len() - i * chunk_bytes) as u64;
-            ChunkInfo { offset, stored_len: len, crc32c: crc, encoded: false }
+            ChunkInfo {
+                offset,
+                stored_len: len,
+                crc32c: crc,
+                encoded: false,
+            }
         };
         let chunks: Vec<ChunkInfo> = if data.is_empty() {
             Vec::new()
@@ -436,7 +485,10 @@ impl<W: Write> Writer<W> {
             vec![chunk(0, crc32c::crc32c(data))]
         } else {
             let crcs: Vec<u32> = data.par_chunks(chunk_bytes).map(crc32c::crc32c).collect();
-            crcs.into_iter().enumerate().map(|(i, crc)| chunk(i, crc)).collect()
+            crcs.into_iter()
+                .enumerate()
+                .map(|(i, crc)| chunk(i, crc))
+                .collect()
         };
         self.write(data)?;
         Ok(TensorInfo {
@@ -465,9 +517,14 @@ impl<W: Write> Writer<W> {
         whole: Option<(Vec<u8>, bool)>,
     ) -> Result<TensorInfo> {
         let chunk_bytes = (chunk_elems as usize) * dtype.size();
-        let pieces: Vec<&[u8]> = if data.is_empty() { Vec::new() } else { data.chunks(chunk_bytes).collect() };
+        let pieces: Vec<&[u8]> = if data.is_empty() {
+            Vec::new()
+        } else {
+            data.chunks(chunk_bytes).collect()
+        };
         let mut chunks = Vec::with_capacity(pieces.len());
-        let encode = move |piece: &[u8], buf: Vec<u8>| Encoded::new(filter, dtype, level, piece, buf);
+        let encode =
+            move |piece: &[u8], buf: Vec<u8>| Encoded::new(filter, dtype, level, piece, buf);
         match (pieces.as_slice(), whole) {
             ([piece], Some((buf, encoded))) => {
                 let e = Encoded::from_parts(piece, buf, encoded);
@@ -498,7 +555,12 @@ impl<W: Write> Writer<W> {
     /// at most a window of chunks in flight (bounded memory). The chunks still
     /// unwritten when the last one is encoded are deferred (see `pending`):
     /// the pool would idle while they are written.
-    fn encode_and_write<'d, F>(&mut self, pieces: &[&'d [u8]], encode: F, chunks: &mut Vec<ChunkInfo>) -> Result<()>
+    fn encode_and_write<'d, F>(
+        &mut self,
+        pieces: &[&'d [u8]],
+        encode: F,
+        chunks: &mut Vec<ChunkInfo>,
+    ) -> Result<()>
     where
         F: Fn(&'d [u8], Vec<u8>) -> Encoded + Copy + Send + Sync,
     {
@@ -510,7 +572,11 @@ impl<W: Write> Writer<W> {
             // could starve the jobs it waits for, so encode a window at a time.
             for group in pieces.chunks(window) {
                 let bufs: Vec<Vec<u8>> = group.iter().map(|_| self.take_buf()).collect();
-                let encoded: Vec<Encoded> = group.par_iter().zip(bufs).map(|(p, b)| encode(p, b)).collect();
+                let encoded: Vec<Encoded> = group
+                    .par_iter()
+                    .zip(bufs)
+                    .map(|(p, b)| encode(p, b))
+                    .collect();
                 for (piece, e) in group.iter().zip(encoded) {
                     self.put_chunk(chunks, piece, e)?;
                 }
@@ -527,7 +593,9 @@ impl<W: Write> Writer<W> {
                     let (k, piece, buf, tx) = (next, pieces[next], self.take_buf(), tx.clone());
                     scope.spawn(move |_| {
                         // Every job sends, even one that panics, so the loop never waits forever.
-                        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| encode(piece, buf)));
+                        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                            encode(piece, buf)
+                        }));
                         let _ = tx.send((k, r));
                     });
                     ready.push_back(None);
@@ -537,7 +605,8 @@ impl<W: Write> Writer<W> {
                 self.flush_pending()?;
                 let (k, r) = rx.recv().expect("this thread holds a sender");
                 received += 1;
-                ready[k - written] = Some(r.unwrap_or_else(|panic| std::panic::resume_unwind(panic)));
+                ready[k - written] =
+                    Some(r.unwrap_or_else(|panic| std::panic::resume_unwind(panic)));
                 while let Some(Some(_)) = ready.front() {
                     let e = ready.pop_front().flatten().expect("checked above");
                     if received == pieces.len() {
@@ -560,7 +629,12 @@ impl<W: Write> Writer<W> {
             buf.clear();
             buf.extend_from_slice(piece);
         }
-        chunks.push(ChunkInfo { offset: self.pos, stored_len: buf.len() as u64, crc32c: e.crc, encoded: e.encoded });
+        chunks.push(ChunkInfo {
+            offset: self.pos,
+            stored_len: buf.len() as u64,
+            crc32c: e.crc,
+            encoded: e.encoded,
+        });
         self.pos += buf.len() as u64;
         self.pending.push_back(buf);
     }
@@ -570,7 +644,12 @@ impl<W: Write> Writer<W> {
         let stored = if e.encoded { &e.buf[..] } else { piece };
         let offset = self.pos;
         self.write(stored)?;
-        chunks.push(ChunkInfo { offset, stored_len: stored.len() as u64, crc32c: e.crc, encoded: e.encoded });
+        chunks.push(ChunkInfo {
+            offset,
+            stored_len: stored.len() as u64,
+            crc32c: e.crc,
+            encoded: e.encoded,
+        });
         self.recycle(e.buf);
         Ok(())
     }
@@ -581,7 +660,9 @@ impl<W: Write> Writer<W> {
 
     fn recycle(&mut self, buf: Vec<u8>) {
         // Keep a window's worth of buffers, but not those of unusually large chunks.
-        if buf.capacity() <= MAX_KEPT_BUFFER && self.bufs.len() < rayon::current_num_threads() * 2 + 2 {
+        if buf.capacity() <= MAX_KEPT_BUFFER
+            && self.bufs.len() < rayon::current_num_threads() * 2 + 2
+        {
             self.bufs.push(buf);
         }
     }
@@ -596,8 +677,11 @@ impl<W: Write> Writer<W> {
             }
         }
         let index_offset = self.pos;
-        let (tensors, tree, metadata) =
-            (std::mem::take(&mut self.tensors), std::mem::take(&mut self.tree), std::mem::take(&mut self.metadata));
+        let (tensors, tree, metadata) = (
+            std::mem::take(&mut self.tensors),
+            std::mem::take(&mut self.tree),
+            std::mem::take(&mut self.metadata),
+        );
         let writer_info = self.opts.writer.clone();
         // The index goes out as it is made (in MiB pieces, its checksum computed on the
         // way). Past the size limit nothing more is written, but the rest is still
@@ -618,9 +702,18 @@ impl<W: Write> Writer<W> {
             )));
         }
         let data_bytes = index_offset - SUPERBLOCK_LEN as u64;
-        let trailer = Trailer { index_offset, index_len, index_crc32c: index_crc };
+        let trailer = Trailer {
+            index_offset,
+            index_len,
+            index_crc32c: index_crc,
+        };
         self.write(&trailer.encode())?;
-        let summary = Summary { path: None, tensors: tensors.len(), file_bytes: self.pos, data_bytes };
+        let summary = Summary {
+            path: None,
+            tensors: tensors.len(),
+            file_bytes: self.pos,
+            data_bytes,
+        };
         match self.sink.take().unwrap() {
             Sink::Stream(mut out) => {
                 out.flush().map_err(|e| Error::io(&self.label, e))?;
@@ -628,7 +721,13 @@ impl<W: Write> Writer<W> {
             }
             Sink::File(file) => {
                 let path = file.commit()?;
-                Ok((Summary { path: Some(path), ..summary }, None))
+                Ok((
+                    Summary {
+                        path: Some(path),
+                        ..summary
+                    },
+                    None,
+                ))
             }
         }
     }
@@ -681,7 +780,9 @@ impl NameTable {
         }
         self.slots = vec![(0, 0); wanted];
         for (i, t) in tensors.iter().enumerate() {
-            let v = self.probe(&t.name, tensors).expect("names in the list are distinct");
+            let v = self
+                .probe(&t.name, tensors)
+                .expect("names in the list are distinct");
             self.slots[v.slot] = (v.tag, (i + 1) as u32);
         }
     }
@@ -762,6 +863,10 @@ fn check_level(level: i32) -> Result<()> {
 
 impl<W: Write> std::fmt::Debug for Writer<W> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Writer").field("path", &self.label).field("tensors", &self.tensors.len()).field("bytes", &self.pos).finish()
+        f.debug_struct("Writer")
+            .field("path", &self.label)
+            .field("tensors", &self.tensors.len())
+            .field("bytes", &self.pos)
+            .finish()
     }
 }

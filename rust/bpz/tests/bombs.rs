@@ -35,7 +35,11 @@ fn bomb(one_tensor: bool) -> Vec<u8> {
     let tensors: Vec<String> = if one_tensor {
         vec![entry("zeros", CHUNKS, &chunks)]
     } else {
-        chunks.iter().enumerate().map(|(i, c)| entry(&format!("t{i}"), 1, std::slice::from_ref(c))).collect()
+        chunks
+            .iter()
+            .enumerate()
+            .map(|(i, c)| entry(&format!("t{i}"), 1, std::slice::from_ref(c)))
+            .collect()
     };
     let index = format!(r#"{{"tensors":[{}]}}"#, tensors.join(","));
     let trailer = Trailer {
@@ -63,7 +67,9 @@ fn a_decode_bomb_is_verified_by_checksum_and_refused_for_decoding() {
         std::fs::write(&path, bomb(one_tensor)).unwrap();
         let label = path.display().to_string();
         for backend in [Backend::Mmap, Backend::Pread] {
-            let r = within(Duration::from_secs(5), "open", || Reader::open_with(&path, backend).unwrap());
+            let r = within(Duration::from_secs(5), "open", || {
+                Reader::open_with(&path, backend).unwrap()
+            });
             let declared: u64 = r.tensors().iter().map(|t| t.nbytes()).sum();
             assert_eq!(declared, CHUNKS * CHUNK);
             assert!(r.file_len() < 10 << 20, "{} bytes", r.file_len());
@@ -72,22 +78,48 @@ fn a_decode_bomb_is_verified_by_checksum_and_refused_for_decoding() {
             assert!(!report.decoded);
             assert_eq!(report.decoded_bytes, declared);
             let e = within(Duration::from_secs(5), "verify(decode)", || {
-                r.verify_with(&VerifyOptions { decode: true, max_decoded_bytes: None }).unwrap_err()
+                r.verify_with(&VerifyOptions {
+                    decode: true,
+                    max_decoded_bytes: None,
+                })
+                .unwrap_err()
             });
             assert_eq!(e.kind(), "limit_exceeded", "{e}");
             let text = e.to_string();
-            assert!(text.contains(&label) && text.contains("max_decoded_bytes"), "{text}");
-            assert!(text.contains(&declared.to_string()) && text.contains(&r.default_decode_budget().to_string()), "{text}");
-            assert_eq!(r.default_decode_budget(), 4 << 30, "the floor, for an 8 MiB file");
+            assert!(
+                text.contains(&label) && text.contains("max_decoded_bytes"),
+                "{text}"
+            );
+            assert!(
+                text.contains(&declared.to_string())
+                    && text.contains(&r.default_decode_budget().to_string()),
+                "{text}"
+            );
+            assert_eq!(
+                r.default_decode_budget(),
+                4 << 30,
+                "the floor, for an 8 MiB file"
+            );
             // One tensor alone is within the budget when it is small enough, and decodes.
             if !one_tensor {
-                let opts = VerifyOptions { decode: true, max_decoded_bytes: None };
-                within(Duration::from_secs(20), "verify one tensor", || r.verify_tensor_with("t7", &opts).unwrap());
+                let opts = VerifyOptions {
+                    decode: true,
+                    max_decoded_bytes: None,
+                };
+                within(Duration::from_secs(20), "verify one tensor", || {
+                    r.verify_tensor_with("t7", &opts).unwrap()
+                });
             }
             // A budget asked for explicitly.
-            let small = VerifyOptions { decode: true, max_decoded_bytes: Some(CHUNK - 1) };
+            let small = VerifyOptions {
+                decode: true,
+                max_decoded_bytes: Some(CHUNK - 1),
+            };
             let name = &r.tensors()[0].name;
-            assert_eq!(r.verify_tensor_with(name, &small).unwrap_err().kind(), "limit_exceeded");
+            assert_eq!(
+                r.verify_tensor_with(name, &small).unwrap_err().kind(),
+                "limit_exceeded"
+            );
         }
     }
 }
@@ -100,9 +132,23 @@ fn loading_a_decode_bomb_is_refused_before_allocating() {
     std::fs::write(dir.path().join("bomb.bpz"), bomb(true)).unwrap();
     let exe = std::env::current_exe().unwrap();
     let script = "ulimit -v 4194304 && exec \"$0\" --exact child_loads_the_bomb --ignored --nocapture --test-threads 1";
-    let out = std::process::Command::new("sh").arg("-c").arg(script).arg(exe).env("BPZ_BOMB_DIR", dir.path()).output().unwrap();
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success() && text.contains("1 passed"), "child failed ({:?}):\n{text}", out.status);
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(script)
+        .arg(exe)
+        .env("BPZ_BOMB_DIR", dir.path())
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && text.contains("1 passed"),
+        "child failed ({:?}):\n{text}",
+        out.status
+    );
 }
 
 #[test]
@@ -110,10 +156,15 @@ fn loading_a_decode_bomb_is_refused_before_allocating() {
 fn child_loads_the_bomb() {
     let path = Path::new(&std::env::var("BPZ_BOMB_DIR").unwrap()).join("bomb.bpz");
     let r = Reader::open(&path).unwrap();
-    let e = within(Duration::from_secs(5), "read", || r.read("zeros").unwrap_err());
+    let e = within(Duration::from_secs(5), "read", || {
+        r.read("zeros").unwrap_err()
+    });
     assert_eq!(e.kind(), "limit_exceeded", "{e}");
     assert!(e.to_string().contains(&path.display().to_string()), "{e}");
     // 1 GiB of rows is within the limit here; 8 GiB is not.
     assert_eq!(r.read_rows("zeros", 0..(1 << 30)).unwrap().len(), 1 << 30);
-    assert_eq!(r.read_rows("zeros", 0..(8 << 30)).unwrap_err().kind(), "limit_exceeded");
+    assert_eq!(
+        r.read_rows("zeros", 0..(8 << 30)).unwrap_err().kind(),
+        "limit_exceeded"
+    );
 }

@@ -26,10 +26,37 @@ fn data(n: usize, seed: u64, compressible: bool) -> Vec<u8> {
 }
 
 /// Tensors of many sizes (0-d to past the coalescing bounds), raw or zstd, small chunks.
-fn write(path: &Path, compression: Compression, alignment: u32, chunk_bytes: usize) -> Vec<(String, Vec<u8>)> {
-    let opts = WriterOptions { compression, alignment, chunk_bytes, sync: false, ..WriterOptions::default() };
+fn write(
+    path: &Path,
+    compression: Compression,
+    alignment: u32,
+    chunk_bytes: usize,
+) -> Vec<(String, Vec<u8>)> {
+    let opts = WriterOptions {
+        compression,
+        alignment,
+        chunk_bytes,
+        sync: false,
+        ..WriterOptions::default()
+    };
     let mut w = Writer::create(path, opts).unwrap();
-    let sizes = [1usize, 4, 64, 100, 4096, 4096, 5000, 65_536, 70_000, 300_000, 0, 4096, 2 << 20, 8, 4096];
+    let sizes = [
+        1usize,
+        4,
+        64,
+        100,
+        4096,
+        4096,
+        5000,
+        65_536,
+        70_000,
+        300_000,
+        0,
+        4096,
+        2 << 20,
+        8,
+        4096,
+    ];
     let mut all = Vec::new();
     for rep in 0..40 {
         for (k, &n) in sizes.iter().enumerate() {
@@ -50,15 +77,16 @@ fn write(path: &Path, compression: Compression, alignment: u32, chunk_bytes: usi
 #[test]
 fn loads_of_many_tensors_match_reads_one_by_one() {
     let dir = tempfile::tempdir().unwrap();
-    let mut n = 0;
-    for (compression, alignment, chunk_bytes) in [
+    for (n, (compression, alignment, chunk_bytes)) in [
         (Compression::None, 64, 1 << 20),
         (Compression::None, 4096, 16 << 10),
         (Compression::Zstd, 64, 8 << 10),
         (Compression::Zstd, 64, 1 << 20),
-    ] {
+    ]
+    .into_iter()
+    .enumerate()
+    {
         let path = dir.path().join(format!("a{n}.bpz"));
-        n += 1;
         let truth = write(&path, compression, alignment, chunk_bytes);
         let bytes = std::fs::read(&path).unwrap();
         let readers = [
@@ -75,13 +103,32 @@ fn loads_of_many_tensors_match_reads_one_by_one() {
                     assert!(got == want, "{name}");
                 }
                 // A subset, out of order, with a tensor asked for twice (overlapping chunks).
-                let names: Vec<&str> = truth.iter().rev().step_by(3).map(|(n, _)| n.as_str()).chain(["r0/t4"]).collect();
+                let names: Vec<&str> = truth
+                    .iter()
+                    .rev()
+                    .step_by(3)
+                    .map(|(n, _)| n.as_str())
+                    .chain(["r0/t4"])
+                    .collect();
                 let many = r.read_many(&names).unwrap();
                 for (name, got) in names.iter().zip(&many) {
-                    assert!(*got == truth.iter().find(|(n, _)| n == name).unwrap().1, "{name}");
+                    assert!(
+                        *got == truth.iter().find(|(n, _)| n == name).unwrap().1,
+                        "{name}"
+                    );
                 }
-                let mut bufs: Vec<Vec<u8>> = names.iter().map(|n| vec![0xAA; r.tensor(n).unwrap().nbytes() as usize]).collect();
-                r.read_many_into(names.iter().copied().zip(bufs.iter_mut().map(|b| &mut b[..])).collect()).unwrap();
+                let mut bufs: Vec<Vec<u8>> = names
+                    .iter()
+                    .map(|n| vec![0xAA; r.tensor(n).unwrap().nbytes() as usize])
+                    .collect();
+                r.read_many_into(
+                    names
+                        .iter()
+                        .copied()
+                        .zip(bufs.iter_mut().map(|b| &mut b[..]))
+                        .collect(),
+                )
+                .unwrap();
                 assert_eq!(bufs, many);
             }
         }
@@ -94,11 +141,21 @@ fn wrong_buffers_are_refused() {
     let path = dir.path().join("a.bpz");
     write(&path, Compression::None, 64, 1 << 20);
     let r = Reader::open(&path).unwrap();
-    let mut small = vec![0u8; 3];
-    let e = r.read_many_into(vec![("r0/t4", &mut small[..])]).unwrap_err();
+    let mut small = [0u8; 3];
+    let e = r
+        .read_many_into(vec![("r0/t4", &mut small[..])])
+        .unwrap_err();
     assert_eq!(e.kind(), "invalid_argument", "{e}");
-    assert_eq!(r.read_many_into(vec![("nope", &mut small[..])]).unwrap_err().kind(), "tensor_not_found");
-    assert_eq!(r.read_all_into(vec![&mut small[..]]).unwrap_err().kind(), "invalid_argument");
+    assert_eq!(
+        r.read_many_into(vec![("nope", &mut small[..])])
+            .unwrap_err()
+            .kind(),
+        "tensor_not_found"
+    );
+    assert_eq!(
+        r.read_all_into(vec![&mut small[..]]).unwrap_err().kind(),
+        "invalid_argument"
+    );
 }
 
 /// Every chunk of a joint read is checked on its own: a flipped byte in any small chunk
@@ -114,7 +171,11 @@ fn a_damaged_chunk_inside_a_joint_read_is_named() {
         let small: Vec<_> = r
             .tensors()
             .iter()
-            .filter(|t| t.chunks.len() == 1 && t.chunks[0].stored_len > 16 && t.chunks[0].stored_len < COALESCE_CHUNK_MAX)
+            .filter(|t| {
+                t.chunks.len() == 1
+                    && t.chunks[0].stored_len > 16
+                    && t.chunks[0].stored_len < COALESCE_CHUNK_MAX
+            })
             .map(|t| (t.name.clone(), t.chunks[0]))
             .collect();
         assert!(small.len() > 50);
@@ -126,10 +187,12 @@ fn a_damaged_chunk_inside_a_joint_read_is_named() {
                 let r = Reader::open_with(&path, backend).unwrap();
                 let e = r.read_all().unwrap_err();
                 assert_eq!(e.kind(), "checksum_mismatch", "{e}");
-                assert!(e.to_string().contains(&format!("tensor {name:?} chunk 0")), "{name}: {e}");
+                assert!(
+                    e.to_string().contains(&format!("tensor {name:?} chunk 0")),
+                    "{name}: {e}"
+                );
             }
         }
-        assert!(COALESCE_READ_MAX >= COALESCE_CHUNK_MAX);
     }
 }
 
@@ -139,14 +202,20 @@ fn huge(path: &Path) {
     let (chunks, chunk): (u64, u64) = (4096, 256 << 20);
     let mut out = Superblock::new(64).encode().to_vec();
     let crc = crc32c::crc32c(&[0u8]);
-    let list: Vec<String> = (0..chunks).map(|i| format!("[{},1,{crc},1]", 64 + i)).collect();
+    let list: Vec<String> = (0..chunks)
+        .map(|i| format!("[{},1,{crc},1]", 64 + i))
+        .collect();
     let index = format!(
         r#"{{"tensors":[{{"name":"huge","dtype":"U8","shape":[{}],"storage":"chunked","filter":"none","chunk_elems":{chunk},"chunks":[{}]}}]}}"#,
         chunks * chunk,
         list.join(",")
     );
     out.resize(out.len() + chunks as usize, 0);
-    let trailer = Trailer { index_offset: out.len() as u64, index_len: index.len() as u64, index_crc32c: crc32c::crc32c(index.as_bytes()) };
+    let trailer = Trailer {
+        index_offset: out.len() as u64,
+        index_len: index.len() as u64,
+        index_crc32c: crc32c::crc32c(index.as_bytes()),
+    };
     out.extend_from_slice(index.as_bytes());
     out.extend_from_slice(&trailer.encode());
     std::fs::write(path, out).unwrap();
@@ -158,14 +227,25 @@ fn run_child(dir: &Path, setting: Option<&str>, kind: &str) {
     let exe = std::env::current_exe().unwrap();
     let script = "ulimit -v 2097152 && exec \"$0\" --exact child_loads_huge --ignored --nocapture --test-threads 1";
     let mut cmd = std::process::Command::new("timeout");
-    cmd.args(["60", "sh", "-c", script]).arg(exe).env("BPZ_TEST_DIR", dir).env("BPZ_EXPECT_KIND", kind);
+    cmd.args(["60", "sh", "-c", script])
+        .arg(exe)
+        .env("BPZ_TEST_DIR", dir)
+        .env("BPZ_EXPECT_KIND", kind);
     match setting {
         Some(v) => cmd.env("BPZ_MEMORY_CHECK", v),
         None => cmd.env_remove("BPZ_MEMORY_CHECK"),
     };
     let out = cmd.output().unwrap();
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success() && text.contains("1 passed"), "BPZ_MEMORY_CHECK={setting:?}: child {:?}\n{text}", out.status);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && text.contains("1 passed"),
+        "BPZ_MEMORY_CHECK={setting:?}: child {:?}\n{text}",
+        out.status
+    );
 }
 
 #[test]
@@ -185,10 +265,21 @@ fn child_loads_huge() {
     let dir = std::env::var("BPZ_TEST_DIR").unwrap();
     let kind = std::env::var("BPZ_EXPECT_KIND").unwrap();
     let r = Reader::open(Path::new(&dir).join("huge.bpz")).unwrap();
-    for e in [r.read("huge").unwrap_err(), r.read_all().unwrap_err(), r.read_many(&["huge"]).unwrap_err()] {
+    for e in [
+        r.read("huge").unwrap_err(),
+        r.read_all().unwrap_err(),
+        r.read_many(&["huge"]).unwrap_err(),
+    ] {
         assert_eq!(e.kind(), kind, "{e}");
         if kind == "limit_exceeded" {
-            assert!(e.to_string().contains("set BPZ_MEMORY_CHECK=0 to skip this check"), "{e}");
+            assert!(
+                e.to_string()
+                    .contains("set BPZ_MEMORY_CHECK=0 to skip this check"),
+                "{e}"
+            );
         }
     }
 }
+
+// A coalesced read must be able to hold at least one whole chunk.
+const _: () = assert!(COALESCE_READ_MAX >= COALESCE_CHUNK_MAX);

@@ -34,7 +34,11 @@ fn temporaries(dir: &Path) -> Vec<String> {
 fn mkfifo(path: &Path) {
     let c = CString::new(path.as_os_str().as_bytes()).unwrap();
     // SAFETY: a NUL-terminated path that outlives the call.
-    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0, "mkfifo {path:?}");
+    assert_eq!(
+        unsafe { libc::mkfifo(c.as_ptr(), 0o644) },
+        0,
+        "mkfifo {path:?}"
+    );
 }
 
 fn mode(path: &Path) -> u32 {
@@ -45,7 +49,10 @@ fn mode(path: &Path) -> u32 {
 /// the other tests' file creations).
 fn umask() -> u32 {
     let status = fs::read_to_string("/proc/self/status").unwrap();
-    let line = status.lines().find(|l| l.starts_with("Umask:")).expect("Linux 4.7+");
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("Umask:"))
+        .expect("Linux 4.7+");
     u32::from_str_radix(line[6..].trim(), 8).unwrap()
 }
 
@@ -58,7 +65,10 @@ fn a_fifo_is_refused_before_any_data_is_written() {
     let err = Writer::create(&p, WriterOptions::default()).unwrap_err();
     let msg = err.to_string();
     assert_eq!(err.kind(), "io", "{msg}");
-    assert!(msg.contains(&*p.to_string_lossy()) && msg.contains("FIFO") && msg.contains("refus"), "{msg}");
+    assert!(
+        msg.contains(&*p.to_string_lossy()) && msg.contains("FIFO") && msg.contains("refus"),
+        "{msg}"
+    );
     assert!(fs::symlink_metadata(&p).unwrap().file_type().is_fifo());
     assert_eq!(temporaries(d.path()), Vec::<String>::new());
 }
@@ -75,7 +85,10 @@ fn a_device_node_is_refused_and_stays() {
     }
     let err = save(&p, 1).unwrap_err();
     assert!(err.to_string().contains("character device"), "{err}");
-    assert!(fs::symlink_metadata(&p).unwrap().file_type().is_char_device());
+    assert!(fs::symlink_metadata(&p)
+        .unwrap()
+        .file_type()
+        .is_char_device());
     assert_eq!(temporaries(d.path()), Vec::<String>::new());
 }
 
@@ -161,7 +174,13 @@ fn a_symlink_to_a_file_is_saved_through() {
     let link = d.path().join("latest.bpz");
     std::os::unix::fs::symlink("real/target.bpz", &link).unwrap();
     save(&link, 2).unwrap();
-    assert!(fs::symlink_metadata(&link).unwrap().file_type().is_symlink(), "the link is kept");
+    assert!(
+        fs::symlink_metadata(&link)
+            .unwrap()
+            .file_type()
+            .is_symlink(),
+        "the link is kept"
+    );
     assert_eq!(fs::read_link(&link).unwrap(), Path::new("real/target.bpz"));
     assert_eq!(value_at(&target), 2);
     assert_eq!(mode(&target), 0o600);
@@ -194,8 +213,14 @@ fn a_symlink_to_a_directory_is_refused() {
     std::os::unix::fs::symlink(&dir, &link).unwrap();
     let err = save(&link, 1).unwrap_err();
     let msg = err.to_string();
-    assert!(msg.contains("symbolic link") && msg.contains("directory"), "{msg}");
-    assert!(fs::symlink_metadata(&link).unwrap().file_type().is_symlink());
+    assert!(
+        msg.contains("symbolic link") && msg.contains("directory"),
+        "{msg}"
+    );
+    assert!(fs::symlink_metadata(&link)
+        .unwrap()
+        .file_type()
+        .is_symlink());
     assert_eq!(fs::read(dir.join("inside")).unwrap(), b"keep");
     assert_eq!(fs::read_dir(&dir).unwrap().count(), 1);
 }
@@ -206,7 +231,10 @@ fn a_dangling_symlink_creates_its_target() {
     let link = d.path().join("m.bpz");
     std::os::unix::fs::symlink("new.bpz", &link).unwrap();
     save(&link, 4).unwrap();
-    assert!(fs::symlink_metadata(&link).unwrap().file_type().is_symlink());
+    assert!(fs::symlink_metadata(&link)
+        .unwrap()
+        .file_type()
+        .is_symlink());
     assert_eq!(value_at(&d.path().join("new.bpz")), 4);
 }
 
@@ -217,8 +245,14 @@ fn a_symlink_into_a_missing_directory_is_an_error_naming_both() {
     std::os::unix::fs::symlink("gone/new.bpz", &link).unwrap();
     let err = save(&link, 4).unwrap_err();
     let msg = err.to_string();
-    assert!(msg.contains(&*link.to_string_lossy()) && msg.contains("gone"), "{msg}");
-    assert!(matches!(&err, Error::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound), "{err:?}");
+    assert!(
+        msg.contains(&*link.to_string_lossy()) && msg.contains("gone"),
+        "{msg}"
+    );
+    assert!(
+        matches!(&err, Error::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound),
+        "{err:?}"
+    );
 }
 
 #[test]
@@ -227,7 +261,10 @@ fn a_missing_directory_is_an_error_that_says_what_failed() {
     let p = d.path().join("missing").join("m.bpz");
     let err = save(&p, 1).unwrap_err();
     let msg = err.to_string();
-    assert!(msg.starts_with(&*p.to_string_lossy()) && msg.contains("temporary file"), "{msg}");
+    assert!(
+        msg.starts_with(&*p.to_string_lossy()) && msg.contains("temporary file"),
+        "{msg}"
+    );
     match &err {
         Error::Io { source, .. } => assert_eq!(source.kind(), std::io::ErrorKind::NotFound),
         other => panic!("{other:?}"),
@@ -241,7 +278,7 @@ fn names_of_254_and_255_bytes_are_saved_and_their_stale_temporaries_cleaned() {
     for name in [
         "a".repeat(250) + ".bpz",
         "b".repeat(251) + ".bpz",
-        "é".repeat(125) + ".bpz",  // two-byte characters: a shortened name must not split one
+        "é".repeat(125) + ".bpz", // two-byte characters: a shortened name must not split one
         "é".repeat(125) + "z.bpz",
     ] {
         assert!(name.len() >= 254, "{}", name.len());
@@ -256,8 +293,12 @@ fn names_of_254_and_255_bytes_are_saved_and_their_stale_temporaries_cleaned() {
         let left = temporaries(d.path());
         assert_eq!(left.len(), 1, "{left:?}");
         assert!(left[0].len() <= 255);
-        let f = fs::OpenOptions::new().write(true).open(d.path().join(&left[0])).unwrap();
-        f.set_modified(SystemTime::now() - Duration::from_secs(3600)).unwrap();
+        let f = fs::OpenOptions::new()
+            .write(true)
+            .open(d.path().join(&left[0]))
+            .unwrap();
+        f.set_modified(SystemTime::now() - Duration::from_secs(3600))
+            .unwrap();
         // ...is cleaned up by the next successful save of the same name.
         save(&p, 3).unwrap();
         assert_eq!(temporaries(d.path()), Vec::<String>::new(), "{name}");
@@ -270,15 +311,26 @@ fn names_of_254_and_255_bytes_are_saved_and_their_stale_temporaries_cleaned() {
 #[test]
 fn long_names_sharing_a_prefix_keep_separate_temporaries() {
     let d = tempfile::tempdir().unwrap();
-    let (a, b) = (d.path().join("p".repeat(240) + "-a.bpz"), d.path().join("p".repeat(240) + "-b.bpz"));
+    let (a, b) = (
+        d.path().join("p".repeat(240) + "-a.bpz"),
+        d.path().join("p".repeat(240) + "-b.bpz"),
+    );
     let mut w = Writer::create(&a, WriterOptions::default()).unwrap();
     w.add_tensor("x", DType::U8, &[1], &[0]).unwrap();
     std::mem::forget(w);
     let left = temporaries(d.path());
-    let f = fs::OpenOptions::new().write(true).open(d.path().join(&left[0])).unwrap();
-    f.set_modified(SystemTime::now() - Duration::from_secs(3600)).unwrap();
+    let f = fs::OpenOptions::new()
+        .write(true)
+        .open(d.path().join(&left[0]))
+        .unwrap();
+    f.set_modified(SystemTime::now() - Duration::from_secs(3600))
+        .unwrap();
     save(&b, 1).unwrap();
-    assert_eq!(temporaries(d.path()), left, "b's save must not remove a's temporary");
+    assert_eq!(
+        temporaries(d.path()),
+        left,
+        "b's save must not remove a's temporary"
+    );
     save(&a, 1).unwrap();
     assert_eq!(temporaries(d.path()), Vec::<String>::new());
 }

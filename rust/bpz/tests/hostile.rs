@@ -41,7 +41,10 @@ fn an_index_nested_exactly_128_deep_is_written_and_read() {
         w.set_metadata(meta.clone());
         match w.finish() {
             Ok((_, bytes)) => {
-                assert!(ok, "the writer must refuse an index deeper than {MAX_JSON_DEPTH}");
+                assert!(
+                    ok,
+                    "the writer must refuse an index deeper than {MAX_JSON_DEPTH}"
+                );
                 let bytes = bytes.unwrap();
                 let r = Reader::from_bytes(bytes).expect("depth 128 is within the limit");
                 assert_eq!(r.metadata().unwrap(), meta);
@@ -49,10 +52,18 @@ fn an_index_nested_exactly_128_deep_is_written_and_read() {
             Err(e) => assert!(!ok, "depth {} refused by the writer: {e}", inner + 1),
         }
     }
-    let text = format!("{{\"tensors\":[],\"metadata\":{}{}}}", "[".repeat(127), "]".repeat(127));
+    let text = format!(
+        "{{\"tensors\":[],\"metadata\":{}{}}}",
+        "[".repeat(127),
+        "]".repeat(127)
+    );
     assert_eq!(json_depth(text.as_bytes()), 128);
     Reader::from_bytes(archive(&[], &text)).expect("index depth 128");
-    let text = format!("{{\"tensors\":[],\"metadata\":{}{}}}", "[".repeat(128), "]".repeat(128));
+    let text = format!(
+        "{{\"tensors\":[],\"metadata\":{}{}}}",
+        "[".repeat(128),
+        "]".repeat(128)
+    );
     assert_eq!(open_err(archive(&[], &text)).kind(), "limit_exceeded");
 }
 
@@ -77,7 +88,11 @@ fn invalid_json_inside_ignored_members_is_refused() {
         let mut bytes = archive(&[], &index);
         if raw != index.as_bytes() {
             let mut out = Superblock::new(64).encode().to_vec();
-            let t = Trailer { index_offset: 64, index_len: raw.len() as u64, index_crc32c: crc32c::crc32c(raw) };
+            let t = Trailer {
+                index_offset: 64,
+                index_len: raw.len() as u64,
+                index_crc32c: crc32c::crc32c(raw),
+            };
             out.extend_from_slice(raw);
             out.extend_from_slice(&t.encode());
             bytes = out;
@@ -94,7 +109,10 @@ fn invalid_json_inside_ignored_members_is_refused() {
 /// limited to `limit_mib` MiB (`ulimit -v`), and returns its output.
 fn run_limited(name: &str, limit_mib: u64, dir: &Path) -> std::process::Output {
     let exe = std::env::current_exe().unwrap();
-    let script = format!("ulimit -v {} && exec \"$0\" --exact {name} --ignored --nocapture --test-threads 1", limit_mib * 1024);
+    let script = format!(
+        "ulimit -v {} && exec \"$0\" --exact {name} --ignored --nocapture --test-threads 1",
+        limit_mib * 1024
+    );
     std::process::Command::new("sh")
         .arg("-c")
         .arg(script)
@@ -105,8 +123,16 @@ fn run_limited(name: &str, limit_mib: u64, dir: &Path) -> std::process::Output {
 }
 
 fn assert_child_passed(out: std::process::Output) {
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success() && text.contains("1 passed"), "child failed ({:?}):\n{text}", out.status);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && text.contains("1 passed"),
+        "child failed ({:?}):\n{text}",
+        out.status
+    );
 }
 
 /// Defect: the scratch buffer of a filtered chunk (and verify's and partial reads' buffers)
@@ -132,7 +158,11 @@ fn decoding_under_a_memory_limit_fails_with_an_error_not_an_abort() {
     }
     let index = format!(r#"{{"tensors":[{}]}}"#, tensors.join(","));
     std::fs::write(dir.path().join("bombs.bpz"), archive(&data, &index)).unwrap();
-    assert_child_passed(run_limited("child_reads_bombs_under_limit", 512, dir.path()));
+    assert_child_passed(run_limited(
+        "child_reads_bombs_under_limit",
+        512,
+        dir.path(),
+    ));
 }
 
 #[test]
@@ -178,8 +208,12 @@ fn a_huge_sparse_gap_is_verified_in_bounded_memory() {
     let mut tail = Vec::new();
     tail.extend_from_slice(index.as_bytes());
     tail.extend_from_slice(
-        &Trailer { index_offset: 64 + gap, index_len: index.len() as u64, index_crc32c: crc32c::crc32c(index.as_bytes()) }
-            .encode(),
+        &Trailer {
+            index_offset: 64 + gap,
+            index_len: index.len() as u64,
+            index_crc32c: crc32c::crc32c(index.as_bytes()),
+        }
+        .encode(),
     );
     std::io::Seek::seek(&mut f, std::io::SeekFrom::End(0)).unwrap();
     f.write_all(&tail).unwrap();
@@ -209,13 +243,13 @@ fn a_successful_save_removes_stale_temporaries_of_its_destination_only() {
     let d = dir.path();
     let names = [
         (".m.bpz.4242-1a2b3c-0.bpz-tmp", 3600, false), // stale: removed
-        (".m.bpz.17-ff-12.bpz-tmp", 16 * 60, false),    // stale: removed
-        (".m.bpz.4243-1a2b3c-0.bpz-tmp", 60, true),     // recent: a live writer's, kept
-        (".m.bpz.x.bpz-tmp", 3600, true),               // not our pattern
-        (".m.bpz.1-2.bpz-tmp", 3600, true),             // not our pattern
-        (".m.bpz.v2.99-ab-0.bpz-tmp", 3600, true),      // the temporary of "m.bpz.v2"
-        (".other.bpz.99-ab-0.bpz-tmp", 3600, true),     // another destination's
-        ("m.bpz.99-ab-0.bpz-tmp", 3600, true),          // not hidden: not ours
+        (".m.bpz.17-ff-12.bpz-tmp", 16 * 60, false),   // stale: removed
+        (".m.bpz.4243-1a2b3c-0.bpz-tmp", 60, true),    // recent: a live writer's, kept
+        (".m.bpz.x.bpz-tmp", 3600, true),              // not our pattern
+        (".m.bpz.1-2.bpz-tmp", 3600, true),            // not our pattern
+        (".m.bpz.v2.99-ab-0.bpz-tmp", 3600, true),     // the temporary of "m.bpz.v2"
+        (".other.bpz.99-ab-0.bpz-tmp", 3600, true),    // another destination's
+        ("m.bpz.99-ab-0.bpz-tmp", 3600, true),         // not hidden: not ours
     ];
     for (name, age, _) in names {
         std::fs::write(d.join(name), b"partial").unwrap();
@@ -229,7 +263,10 @@ fn a_successful_save_removes_stale_temporaries_of_its_destination_only() {
         assert_eq!(d.join(name).exists(), kept, "{name}");
     }
     assert!(d.join(".m.bpz.5-a-0.bpz-tmp").is_dir());
-    assert_eq!(Reader::open(d.join("m.bpz")).unwrap().read("x").unwrap(), [1, 2, 3]);
+    assert_eq!(
+        Reader::open(d.join("m.bpz")).unwrap().read("x").unwrap(),
+        [1, 2, 3]
+    );
     assert!(bpz::write::STALE_TEMP_AGE >= Duration::from_secs(15 * 60));
 }
 
@@ -254,7 +291,11 @@ fn a_tensor_declaring_2_50_bytes_fails_cleanly_under_a_memory_limit() {
         index.push_str(&format!("[{},1,{crc},1]", 64 + i));
     }
     index.push_str("]}]}");
-    std::fs::write(dir.path().join("huge.bpz"), archive(&vec![0u8; n_chunks as usize], &index)).unwrap();
+    std::fs::write(
+        dir.path().join("huge.bpz"),
+        archive(&vec![0u8; n_chunks as usize], &index),
+    )
+    .unwrap();
     assert_child_passed(run_limited("child_reads_2_50", 2048, dir.path()));
 }
 
@@ -266,14 +307,26 @@ fn child_reads_2_50() {
     assert_eq!(r.tensor("huge").unwrap().nbytes(), 1 << 50);
     let e = r.read("huge").unwrap_err();
     assert_eq!(e.kind(), "limit_exceeded", "{e}");
-    assert!(e.to_string().contains("is 1125899906842624, over the limit"), "{e}");
+    assert!(
+        e.to_string()
+            .contains("is 1125899906842624, over the limit"),
+        "{e}"
+    );
     // Every stored byte matches its checksum: only decoding finds the lying frames, and
     // decoding 2^50 bytes is over the default budget unless asked for.
     r.verify().unwrap();
-    let decode = |max_decoded_bytes| r.verify_with(&bpz::VerifyOptions { decode: true, max_decoded_bytes });
+    let decode = |max_decoded_bytes| {
+        r.verify_with(&bpz::VerifyOptions {
+            decode: true,
+            max_decoded_bytes,
+        })
+    };
     assert_eq!(decode(None).unwrap_err().kind(), "limit_exceeded");
     let e = decode(Some(u64::MAX)).unwrap_err();
     assert_eq!(e.kind(), "corrupt_data", "{e}");
     // A row range decodes only its chunk, and finds it corrupt.
-    assert_eq!(r.read_rows("huge", 5..6).unwrap_err().kind(), "corrupt_data");
+    assert_eq!(
+        r.read_rows("huge", 5..6).unwrap_err().kind(),
+        "corrupt_data"
+    );
 }

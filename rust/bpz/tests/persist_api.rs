@@ -16,7 +16,10 @@ fn mode(path: &Path) -> u32 {
 }
 
 fn names(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> = fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    let mut v: Vec<String> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
     v.sort();
     v
 }
@@ -31,7 +34,10 @@ fn bytes_written_through_the_file_replace_a_private_file_keeping_its_mode() {
     assert_eq!(mode(tmp.temp_path()), 0o600);
     tmp.file().write_all(b"new").unwrap();
     tmp.commit().unwrap();
-    assert_eq!((fs::read(&dest).unwrap(), mode(&dest)), (b"new".to_vec(), 0o600));
+    assert_eq!(
+        (fs::read(&dest).unwrap(), mode(&dest)),
+        (b"new".to_vec(), 0o600)
+    );
     assert_eq!(names(d.path()), ["private.npz"]);
 }
 
@@ -47,8 +53,14 @@ fn a_writer_opening_the_temporary_by_name_saves_through_a_symlink() {
     assert_eq!(tmp.target(), real.as_path());
     fs::write(tmp.temp_path(), b"new").unwrap(); // open(O_TRUNC): the same file
     tmp.commit().unwrap();
-    assert!(fs::symlink_metadata(&link).unwrap().file_type().is_symlink());
-    assert_eq!((fs::read(&real).unwrap(), mode(&real)), (b"new".to_vec(), 0o640));
+    assert!(fs::symlink_metadata(&link)
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    assert_eq!(
+        (fs::read(&real).unwrap(), mode(&real)),
+        (b"new".to_vec(), 0o640)
+    );
 }
 
 #[test]
@@ -89,7 +101,10 @@ fn a_fifo_destination_is_refused_before_a_temporary_exists() {
     let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
     // SAFETY: a NUL-terminated path that outlives the call.
     assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
-    let err = TempFile::create(&fifo, true, true).err().expect("refused").to_string();
+    let err = TempFile::create(&fifo, true, true)
+        .err()
+        .expect("refused")
+        .to_string();
     assert!(err.contains("pipe.npz") && err.contains("FIFO"), "{err}");
     assert_eq!(names(d.path()), ["pipe.npz"]);
 }

@@ -27,28 +27,75 @@ type Case = (String, DType, Vec<u64>, Vec<u8>, Option<Filter>);
 fn tensors() -> Vec<Case> {
     let rows = 300usize;
     let mixed: Vec<u8> = (0..rows)
-        .flat_map(|r| if r % 3 == 0 { noise(64, r as u64) } else { vec![(r % 7) as u8; 64] })
+        .flat_map(|r| {
+            if r % 3 == 0 {
+                noise(64, r as u64)
+            } else {
+                vec![(r % 7) as u8; 64]
+            }
+        })
         .collect();
-    let floats: Vec<u8> =
-        (0..rows * 16).flat_map(|i| ((i % 50) as f32 * 0.25 - (i / 977) as f32).to_le_bytes()).collect();
-    let sorted: Vec<u8> = (0..rows * 16).flat_map(|i| ((i * 7 + i % 3) as u32).to_le_bytes()).collect();
+    let floats: Vec<u8> = (0..rows * 16)
+        .flat_map(|i| ((i % 50) as f32 * 0.25 - (i / 977) as f32).to_le_bytes())
+        .collect();
+    let sorted: Vec<u8> = (0..rows * 16)
+        .flat_map(|i| ((i * 7 + i % 3) as u32).to_le_bytes())
+        .collect();
     let bools: Vec<u8> = noise(rows * 64, 9).iter().map(|b| (*b < 6) as u8).collect();
     vec![
-        ("mixed/none".into(), DType::U8, vec![rows as u64, 64], mixed.clone(), Some(Filter::None)),
-        ("mixed/shuffle".into(), DType::U32, vec![rows as u64, 16], mixed, Some(Filter::Shuffle)),
-        ("floats/auto".into(), DType::F32, vec![rows as u64, 16], floats, None),
-        ("sorted/delta".into(), DType::U32, vec![rows as u64, 16], sorted, Some(Filter::DeltaShuffle)),
-        ("bools/bitpack".into(), DType::Bool, vec![rows as u64, 64], bools, Some(Filter::BitPack)),
+        (
+            "mixed/none".into(),
+            DType::U8,
+            vec![rows as u64, 64],
+            mixed.clone(),
+            Some(Filter::None),
+        ),
+        (
+            "mixed/shuffle".into(),
+            DType::U32,
+            vec![rows as u64, 16],
+            mixed,
+            Some(Filter::Shuffle),
+        ),
+        (
+            "floats/auto".into(),
+            DType::F32,
+            vec![rows as u64, 16],
+            floats,
+            None,
+        ),
+        (
+            "sorted/delta".into(),
+            DType::U32,
+            vec![rows as u64, 16],
+            sorted,
+            Some(Filter::DeltaShuffle),
+        ),
+        (
+            "bools/bitpack".into(),
+            DType::Bool,
+            vec![rows as u64, 64],
+            bools,
+            Some(Filter::BitPack),
+        ),
         ("small/auto".into(), DType::F32, vec![3], vec![0; 12], None),
     ]
 }
 
 fn write(compression: Compression, chunk_bytes: usize) -> Vec<u8> {
-    let opts = WriterOptions { compression, chunk_bytes, ..Default::default() };
+    let opts = WriterOptions {
+        compression,
+        chunk_bytes,
+        ..Default::default()
+    };
     let mut w = Writer::new(Vec::new(), opts).unwrap();
     for (name, dtype, shape, data, filter) in tensors() {
-        let topts = TensorOptions { filter, ..Default::default() };
-        w.add_tensor_with(&name, dtype, &shape, &data, &topts).unwrap();
+        let topts = TensorOptions {
+            filter,
+            ..Default::default()
+        };
+        w.add_tensor_with(&name, dtype, &shape, &data, &topts)
+            .unwrap();
     }
     w.finish().unwrap().1.unwrap()
 }
@@ -61,9 +108,15 @@ fn stored_bytes_do_not_depend_on_the_calling_thread_or_pool() {
             // from inside pools of one and three threads (windowed fallback).
             let outside = write(compression, chunk_bytes);
             for threads in [1, 3] {
-                let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()
+                    .unwrap();
                 let inside = pool.install(|| write(compression, chunk_bytes));
-                assert!(inside == outside, "{compression:?} chunk_bytes {chunk_bytes}: {threads} threads differ");
+                assert!(
+                    inside == outside,
+                    "{compression:?} chunk_bytes {chunk_bytes}: {threads} threads differ"
+                );
             }
             // Every chunk is exactly what the codec makes of it, in order.
             let r = Reader::from_bytes(outside.clone()).unwrap();
@@ -81,7 +134,11 @@ fn stored_bytes_do_not_depend_on_the_calling_thread_or_pool() {
                     let at = c.offset as usize;
                     assert!(c.offset as usize >= end, "{name}: chunks out of order");
                     assert_eq!(c.encoded, encoded, "{name}");
-                    assert_eq!(&outside[at..at + c.stored_len as usize], &stored[..], "{name}");
+                    assert_eq!(
+                        &outside[at..at + c.stored_len as usize],
+                        &stored[..],
+                        "{name}"
+                    );
                     assert_eq!(c.crc32c, crc32c::crc32c(&stored), "{name}");
                     end = at + stored.len();
                 }
@@ -117,7 +174,11 @@ fn a_write_error_is_returned_not_lost_or_hung() {
     for left in [100, 5_000, 9_000, 12_800] {
         for threads in [None, Some(1), Some(2)] {
             let run = || {
-                let opts = WriterOptions { compression: Compression::Zstd, chunk_bytes: 64, ..Default::default() };
+                let opts = WriterOptions {
+                    compression: Compression::Zstd,
+                    chunk_bytes: 64,
+                    ..Default::default()
+                };
                 let mut w = Writer::new(FailAfter { left }, opts).unwrap();
                 w.add_tensor("x", DType::U8, &[200, 64], &data)?;
                 w.add_tensor("y", DType::U8, &[4], &[1, 2, 3, 4])?;
@@ -125,7 +186,11 @@ fn a_write_error_is_returned_not_lost_or_hung() {
             };
             let result = match threads {
                 None => run(),
-                Some(n) => rayon::ThreadPoolBuilder::new().num_threads(n).build().unwrap().install(run),
+                Some(n) => rayon::ThreadPoolBuilder::new()
+                    .num_threads(n)
+                    .build()
+                    .unwrap()
+                    .install(run),
             };
             let err = result.expect_err("the sink fails");
             assert!(err.to_string().contains("disk full"), "{err}");

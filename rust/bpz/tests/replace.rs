@@ -7,7 +7,10 @@ use std::path::Path;
 use bpz::*;
 
 fn save(path: &Path, value: u8) -> Result<()> {
-    let opts = WriterOptions { compression: Compression::None, ..Default::default() };
+    let opts = WriterOptions {
+        compression: Compression::None,
+        ..Default::default()
+    };
     let mut w = Writer::create(path, opts)?;
     w.add_tensor("x", DType::U8, &[3 << 20], &vec![value; 3 << 20])?;
     w.finish().map(drop)
@@ -44,7 +47,11 @@ fn a_directory_at_the_destination_is_an_error_and_stays_where_it_is() {
     fs::write(p.join("inside"), b"keep").unwrap();
     let err = save(&p, 1).unwrap_err();
     assert_eq!(err.kind(), "io", "{err}");
-    assert!(err.to_string().contains("is a directory, not a regular file; refusing"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("is a directory, not a regular file; refusing"),
+        "{err}"
+    );
     assert_eq!(fs::read(p.join("inside")).unwrap(), b"keep");
     assert_eq!(leftovers(d.path()), Vec::<String>::new());
 }

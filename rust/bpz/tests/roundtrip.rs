@@ -40,7 +40,11 @@ fn dtype_strategy() -> impl Strategy<Value = DType> {
 }
 
 fn compression_strategy() -> impl Strategy<Value = Compression> {
-    prop_oneof![Just(Compression::None), Just(Compression::Zstd), Just(Compression::AUTO)]
+    prop_oneof![
+        Just(Compression::None),
+        Just(Compression::Zstd),
+        Just(Compression::AUTO)
+    ]
 }
 
 proptest! {
@@ -97,11 +101,23 @@ fn every_dtype_and_edge_shape() {
         for shape in [vec![], vec![0], vec![4, 0, 2], vec![5, 3]] {
             let n: u64 = shape.iter().product();
             let name = format!("{}/{:?}", dtype.name(), shape);
-            tensors.push((name, dtype, shape, gen_data(dtype, n as usize, i as u64 + 1, 1)));
+            tensors.push((
+                name,
+                dtype,
+                shape,
+                gen_data(dtype, n as usize, i as u64 + 1, 1),
+            ));
         }
     }
     for compression in [Compression::None, Compression::Zstd] {
-        let bytes = write_to_vec(WriterOptions { compression, chunk_bytes: 16, ..Default::default() }, &tensors);
+        let bytes = write_to_vec(
+            WriterOptions {
+                compression,
+                chunk_bytes: 16,
+                ..Default::default()
+            },
+            &tensors,
+        );
         let r = Reader::from_bytes(bytes).unwrap();
         for (name, dtype, shape, data) in &tensors {
             let t = r.tensor(name).unwrap();
@@ -115,8 +131,17 @@ fn every_dtype_and_edge_shape() {
 fn mmap_views_are_zero_copy_and_aligned() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("a.bpz");
-    let data: Vec<u8> = (0..4096u32).flat_map(|v| (v as f32).to_le_bytes()).collect();
-    let mut w = Writer::create(&path, WriterOptions { compression: Compression::None, ..Default::default() }).unwrap();
+    let data: Vec<u8> = (0..4096u32)
+        .flat_map(|v| (v as f32).to_le_bytes())
+        .collect();
+    let mut w = Writer::create(
+        &path,
+        WriterOptions {
+            compression: Compression::None,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     w.add_tensor("odd", DType::U8, &[3], &[1, 2, 3]).unwrap();
     w.add_tensor("w", DType::F32, &[64, 64], &data).unwrap();
     let (summary, _) = w.finish().unwrap();
@@ -125,7 +150,10 @@ fn mmap_views_are_zero_copy_and_aligned() {
     let view = r.view("w").unwrap();
     let map = r.mapping().unwrap();
     let map_range = map.as_ptr() as usize..map.as_ptr() as usize + map[..].len();
-    assert!(map_range.contains(&(view.as_ptr() as usize)), "view must point into the map");
+    assert!(
+        map_range.contains(&(view.as_ptr() as usize)),
+        "view must point into the map"
+    );
     assert_eq!(view.as_ptr() as usize % 64, 0);
     assert_eq!(view, &data[..]);
     r.verify_tensor("w").unwrap();
@@ -157,29 +185,49 @@ impl Source for Counting {
 #[test]
 fn partial_reads_touch_only_their_chunks() {
     let rows = 1000u64;
-    let data: Vec<u8> = (0..rows * 256).map(|i| ((i / 256) as u32 * 7 + (i % 5) as u32) as u8).collect();
+    let data: Vec<u8> = (0..rows * 256)
+        .map(|i| ((i / 256) as u32 * 7 + (i % 5) as u32) as u8)
+        .collect();
     // Incompressible, so that the file is much larger than what open reads.
     let mut x = 1u64;
     let other: Vec<u8> = (0..300_000)
         .map(|_| {
-            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             (x >> 56) as u8
         })
         .collect();
-    let opts = WriterOptions { compression: Compression::Zstd, chunk_bytes: 256 * 10, ..Default::default() };
-    let bytes = write_to_vec(opts, &[
-        ("big".into(), DType::U8, vec![rows, 256], data.clone()),
-        ("other".into(), DType::U8, vec![300_000], other),
-    ]);
-    let src = Arc::new(Counting { data: bytes, read: AtomicU64::new(0) });
+    let opts = WriterOptions {
+        compression: Compression::Zstd,
+        chunk_bytes: 256 * 10,
+        ..Default::default()
+    };
+    let bytes = write_to_vec(
+        opts,
+        &[
+            ("big".into(), DType::U8, vec![rows, 256], data.clone()),
+            ("other".into(), DType::U8, vec![300_000], other),
+        ],
+    );
+    let src = Arc::new(Counting {
+        data: bytes,
+        read: AtomicU64::new(0),
+    });
     let r = Reader::from_source_labeled(src.clone(), "counted".into()).unwrap();
     let opened = src.read.swap(0, Ordering::Relaxed);
     let (index_len, file_len) = (r.trailer().index_len, r.file_len());
     // The superblock, then one read of the file's end (up to 64 KiB) for trailer and index.
     let tail = file_len.min(64 << 10);
     let expected = 64 + tail + if index_len + 32 > tail { index_len } else { 0 };
-    assert_eq!(opened, expected, "open reads superblock, trailer and index only");
-    assert!(file_len > 2 * tail, "the file is large enough for this to mean something");
+    assert_eq!(
+        opened, expected,
+        "open reads superblock, trailer and index only"
+    );
+    assert!(
+        file_len > 2 * tail,
+        "the file is large enough for this to mean something"
+    );
 
     let t = r.tensor("big").unwrap().clone();
     assert_eq!(t.chunks.len(), 100);
@@ -203,7 +251,9 @@ fn filters_pay_off_on_the_data_they_target() {
     let mut col = 0u32;
     let idx: Vec<u8> = (0..n as u32)
         .map(|i| {
-            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             col = if i % 100 == 0 { 0 } else { col } + 1 + (x >> 33) as u32 % 390;
             col
         })
@@ -212,21 +262,41 @@ fn filters_pay_off_on_the_data_they_target() {
     // Spike mask, ~2% true.
     let spikes: Vec<u8> = (0..n)
         .map(|_| {
-            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             ((x >> 33) % 50 == 0) as u8
         })
         .collect();
     let stored = |dtype, data: &[u8], filter| {
-        let opts = WriterOptions { compression: Compression::Zstd, filter, ..Default::default() };
-        let bytes = write_to_vec(opts, &[("x".into(), dtype, vec![data.len() as u64 / dtype.size() as u64], data.to_vec())]);
+        let opts = WriterOptions {
+            compression: Compression::Zstd,
+            filter,
+            ..Default::default()
+        };
+        let bytes = write_to_vec(
+            opts,
+            &[(
+                "x".into(),
+                dtype,
+                vec![data.len() as u64 / dtype.size() as u64],
+                data.to_vec(),
+            )],
+        );
         let r = Reader::from_bytes(bytes).unwrap();
         assert_eq!(r.read("x").unwrap(), data);
-        (r.tensor("x").unwrap().stored_bytes(), r.tensor("x").unwrap().filter)
+        (
+            r.tensor("x").unwrap().stored_bytes(),
+            r.tensor("x").unwrap().filter,
+        )
     };
     let (delta, f) = stored(DType::I32, &idx, None);
     assert_eq!(f, Filter::DeltaShuffle);
     let (shuf, _) = stored(DType::I32, &idx, Some(Filter::Shuffle));
-    assert!(delta < shuf, "delta+shuffle {delta} should beat shuffle {shuf}");
+    assert!(
+        delta < shuf,
+        "delta+shuffle {delta} should beat shuffle {shuf}"
+    );
     let (packed, f) = stored(DType::Bool, &spikes, None);
     assert_eq!(f, Filter::BitPack);
     let (plain, _) = stored(DType::Bool, &spikes, Some(Filter::None));
@@ -238,15 +308,23 @@ fn auto_keeps_dense_floats_raw_and_compresses_constant_state() {
     let mut x = 1u64;
     let noise: Vec<u8> = (0..1 << 16)
         .flat_map(|_| {
-            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             ((x >> 40) as f32 / 1e6).to_le_bytes()
         })
         .collect();
-    let constant: Vec<u8> = std::iter::repeat(( -65.0f32).to_le_bytes()).take(1 << 16).flatten().collect();
-    let bytes = write_to_vec(WriterOptions::default(), &[
-        ("w".into(), DType::F32, vec![1 << 16], noise),
-        ("v".into(), DType::F32, vec![1 << 16], constant),
-    ]);
+    let constant: Vec<u8> = std::iter::repeat((-65.0f32).to_le_bytes())
+        .take(1 << 16)
+        .flatten()
+        .collect();
+    let bytes = write_to_vec(
+        WriterOptions::default(),
+        &[
+            ("w".into(), DType::F32, vec![1 << 16], noise),
+            ("v".into(), DType::F32, vec![1 << 16], constant),
+        ],
+    );
     let r = Reader::from_bytes(bytes).unwrap();
     assert_eq!(r.tensor("w").unwrap().storage, Storage::Raw);
     assert_eq!(r.tensor("v").unwrap().storage, Storage::Chunked);
@@ -261,14 +339,37 @@ fn writer_rejects_bad_arguments_clearly() {
     let e = w.add_tensor("a", DType::U8, &[1], &[0]).unwrap_err();
     assert!(e.to_string().contains("already added"), "{e}");
     let e = w
-        .add_tensor_with("b", DType::F32, &[1], &[0; 4], &TensorOptions { filter: Some(Filter::BitPack), ..Default::default() })
+        .add_tensor_with(
+            "b",
+            DType::F32,
+            &[1],
+            &[0; 4],
+            &TensorOptions {
+                filter: Some(Filter::BitPack),
+                ..Default::default()
+            },
+        )
         .unwrap_err();
     assert!(e.to_string().contains("bitpack"), "{e}");
     for alignment in [0, 8, 48, 8192] {
-        let e = Writer::new(Vec::new(), WriterOptions { alignment, ..Default::default() }).unwrap_err();
+        let e = Writer::new(
+            Vec::new(),
+            WriterOptions {
+                alignment,
+                ..Default::default()
+            },
+        )
+        .unwrap_err();
         assert_eq!(e.kind(), "invalid_argument");
     }
-    let e = Writer::new(Vec::new(), WriterOptions { level: 99, ..Default::default() }).unwrap_err();
+    let e = Writer::new(
+        Vec::new(),
+        WriterOptions {
+            level: 99,
+            ..Default::default()
+        },
+    )
+    .unwrap_err();
     assert!(e.to_string().contains("zstd level 99"), "{e}");
 }
 
@@ -286,7 +387,10 @@ fn failed_or_abandoned_save_keeps_the_old_file() {
         // dropped without finish
     }
     assert_eq!(std::fs::read(&path).unwrap(), before);
-    let leftovers: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
     assert_eq!(leftovers.len(), 1, "temporary files left: {leftovers:?}");
 }
 
@@ -314,9 +418,15 @@ fn tree_and_metadata_round_trip_and_refs_are_checked() {
 
 #[test]
 fn many_threads_read_one_archive() {
-    let data: Vec<u8> = (0..1u32 << 18).flat_map(|v| (v % 1000).to_le_bytes()).collect();
+    let data: Vec<u8> = (0..1u32 << 18)
+        .flat_map(|v| (v % 1000).to_le_bytes())
+        .collect();
     let bytes = write_to_vec(
-        WriterOptions { compression: Compression::Zstd, chunk_bytes: 1 << 14, ..Default::default() },
+        WriterOptions {
+            compression: Compression::Zstd,
+            chunk_bytes: 1 << 14,
+            ..Default::default()
+        },
         &[("x".into(), DType::U32, vec![1 << 10, 1 << 8], data.clone())],
     );
     let r = Reader::from_bytes(bytes).unwrap();
@@ -339,10 +449,21 @@ fn no_overwrite_refuses_an_existing_destination_atomically() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("x.bpz");
     std::fs::write(&path, b"precious").unwrap();
-    let mut w = Writer::create(&path, WriterOptions { overwrite: false, ..Default::default() }).unwrap();
+    let mut w = Writer::create(
+        &path,
+        WriterOptions {
+            overwrite: false,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     w.add_tensor("a", DType::U8, &[1], &[1]).unwrap();
     let e = w.finish().unwrap_err();
     assert_eq!(e.kind(), "io");
     assert_eq!(std::fs::read(&path).unwrap(), b"precious");
-    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "temporary file left behind");
+    assert_eq!(
+        std::fs::read_dir(dir.path()).unwrap().count(),
+        1,
+        "temporary file left behind"
+    );
 }

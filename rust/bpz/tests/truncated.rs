@@ -34,7 +34,12 @@ fn data(n: usize, seed: u64, compressible: bool) -> Vec<u8> {
 /// 256 KiB, where copies used to come from the map), raw and zstd, one and many chunks.
 const LAYOUTS: [(&str, bool, usize, &[usize]); 6] = [
     ("raw_one_small_chunk", false, 2 << 20, &[48 << 10, 16 << 10]),
-    ("raw_many_small_chunks", false, 16 << 10, &[1 << 20, 20 << 10]),
+    (
+        "raw_many_small_chunks",
+        false,
+        16 << 10,
+        &[1 << 20, 20 << 10],
+    ),
     ("raw_one_large_chunk", false, 2 << 20, &[1 << 20]),
     ("zstd_one_chunk", true, 2 << 20, &[256 << 10, 4 << 10]),
     ("zstd_many_chunks", true, 32 << 10, &[2 << 20]),
@@ -44,13 +49,23 @@ const LAYOUTS: [(&str, bool, usize, &[usize]); 6] = [
 fn write(path: &Path, compressed: bool, chunk_bytes: usize, sizes: &[usize]) {
     let opts = WriterOptions {
         chunk_bytes,
-        compression: if compressed { Compression::Zstd } else { Compression::None },
+        compression: if compressed {
+            Compression::Zstd
+        } else {
+            Compression::None
+        },
         sync: false,
         ..WriterOptions::default()
     };
     let mut w = Writer::create(path, opts).unwrap();
     for (i, &n) in sizes.iter().enumerate() {
-        w.add_tensor(&format!("t{i}"), DType::U8, &[(n / 64) as u64, 64], &data(n, i as u64 + 1, compressed)).unwrap();
+        w.add_tensor(
+            &format!("t{i}"),
+            DType::U8,
+            &[(n / 64) as u64, 64],
+            &data(n, i as u64 + 1, compressed),
+        )
+        .unwrap();
     }
     w.finish().unwrap();
 }
@@ -62,7 +77,11 @@ fn cuts(path: &Path) -> Vec<u64> {
     let len = r.file_len();
     let t = r.trailer();
     let mut out = vec![4096, len / 2, t.index_offset + t.index_len / 2, len - 1];
-    let chunks: Vec<_> = r.tensors().iter().flat_map(|t| t.chunks.iter().copied()).collect();
+    let chunks: Vec<_> = r
+        .tensors()
+        .iter()
+        .flat_map(|t| t.chunks.iter().copied())
+        .collect();
     if let Some(c) = chunks.get(1).or(chunks.first()) {
         out.push(c.offset);
         out.push(c.offset + c.stored_len / 2);
@@ -85,7 +104,14 @@ fn truncating_an_open_archive_gives_errors_not_signals() {
             let path = dir.path().join(format!("{name}.{cut}.bpz"));
             std::fs::copy(&original, &path).unwrap();
             let mut child = Command::new(&exe)
-                .args(["--exact", CHILD, "--ignored", "--nocapture", "--test-threads", "1"])
+                .args([
+                    "--exact",
+                    CHILD,
+                    "--ignored",
+                    "--nocapture",
+                    "--test-threads",
+                    "1",
+                ])
                 .env("BPZ_TRUNCATE_PATH", &path)
                 .env("BPZ_TRUNCATE_ORIGINAL", &original)
                 .env("BPZ_TRUNCATE_AT", cut.to_string())
@@ -105,8 +131,15 @@ fn truncating_an_open_archive_gives_errors_not_signals() {
                 std::thread::sleep(Duration::from_millis(10));
             };
             let out = child.wait_with_output().unwrap();
-            let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-            assert!(status.success() && text.contains("1 passed"), "{name} cut at {cut}: child {status:?}\n{text}");
+            let text = format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert!(
+                status.success() && text.contains("1 passed"),
+                "{name} cut at {cut}: child {status:?}\n{text}"
+            );
             ran += 1;
         }
     }
@@ -120,34 +153,72 @@ fn child_truncates_then_reads() {
     let path = var("BPZ_TRUNCATE_PATH");
     let cut: u64 = var("BPZ_TRUNCATE_AT").parse().unwrap();
     let truth = Reader::open(var("BPZ_TRUNCATE_ORIGINAL")).unwrap();
-    let readers = [Backend::Mmap, Backend::Pread].map(|b| (b, Reader::open_with(&path, b).unwrap()));
+    let readers =
+        [Backend::Mmap, Backend::Pread].map(|b| (b, Reader::open_with(&path, b).unwrap()));
     // Cut in place: the same inode, so the maps above now reach past the end of the file.
-    std::fs::OpenOptions::new().write(true).open(&path).unwrap().set_len(cut).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_len(cut)
+        .unwrap();
     for (backend, r) in &readers {
         let ctx = |op: &str| format!("{path} cut at {cut}, {backend:?}, {op}");
         // What must still read: tensors whose chunks all end before the cut.
-        let intact = |name: &str| r.tensor(name).unwrap().chunks.iter().all(|c| c.offset + c.stored_len <= cut);
+        let intact = |name: &str| {
+            r.tensor(name)
+                .unwrap()
+                .chunks
+                .iter()
+                .all(|c| c.offset + c.stored_len <= cut)
+        };
         let check = |op: &str, name: &str, got: bpz::Result<Vec<u8>>, want: Vec<u8>| match got {
             Ok(bytes) => assert_eq!(bytes, want, "{}", ctx(op)),
             Err(e) => {
                 assert!(!intact(name), "{}: {e}", ctx(op));
                 assert_eq!(e.kind(), "truncated", "{}: {e}", ctx(op));
-                assert!(e.to_string().contains(&path), "{}: the error names the file: {e}", ctx(op));
+                assert!(
+                    e.to_string().contains(&path),
+                    "{}: the error names the file: {e}",
+                    ctx(op)
+                );
             }
         };
         for t in r.tensors() {
             let want = truth.read(&t.name).unwrap();
             check("read", &t.name, r.read(&t.name), want.clone());
             let mut out = vec![0u8; want.len()];
-            check("read_into", &t.name, r.read_into(&t.name, &mut out).map(|()| out.clone()), want.clone());
+            check(
+                "read_into",
+                &t.name,
+                r.read_into(&t.name, &mut out).map(|()| out.clone()),
+                want.clone(),
+            );
             let rows = t.rows();
             let row = want.len() / rows as usize;
-            check("read_rows", &t.name, r.read_rows(&t.name, rows - 2..rows), want[want.len() - 2 * row..].to_vec());
-            check("read_rows", &t.name, r.read_rows(&t.name, 0..1), want[..row].to_vec());
+            check(
+                "read_rows",
+                &t.name,
+                r.read_rows(&t.name, rows - 2..rows),
+                want[want.len() - 2 * row..].to_vec(),
+            );
+            check(
+                "read_rows",
+                &t.name,
+                r.read_rows(&t.name, 0..1),
+                want[..row].to_vec(),
+            );
             for decode in [false, true] {
-                let opts = VerifyOptions { decode, max_decoded_bytes: None };
+                let opts = VerifyOptions {
+                    decode,
+                    max_decoded_bytes: None,
+                };
                 if let Err(e) = r.verify_tensor_with(&t.name, &opts) {
-                    assert!(!intact(&t.name) && e.kind() == "truncated", "{}: {e}", ctx("verify_tensor"));
+                    assert!(
+                        !intact(&t.name) && e.kind() == "truncated",
+                        "{}: {e}",
+                        ctx("verify_tensor")
+                    );
                 }
             }
         }
@@ -159,17 +230,28 @@ fn child_truncates_then_reads() {
             Err(e) => {
                 assert!(!names.iter().all(|n| intact(n)), "{}: {e}", ctx("read_all"));
                 assert_eq!(e.kind(), "truncated", "{}: {e}", ctx("read_all"));
-                assert!(e.to_string().contains(&path), "{}: the error names the file: {e}", ctx("read_all"));
+                assert!(
+                    e.to_string().contains(&path),
+                    "{}: the error names the file: {e}",
+                    ctx("read_all")
+                );
             }
         }
         let whole: Vec<&str> = names.iter().copied().filter(|n| intact(n)).collect();
-        let got = r.read_many(&whole).unwrap_or_else(|e| panic!("{}: {e}", ctx("read_many of intact tensors")));
+        let got = r
+            .read_many(&whole)
+            .unwrap_or_else(|e| panic!("{}: {e}", ctx("read_many of intact tensors")));
         for (n, bytes) in whole.iter().zip(got) {
             assert!(bytes == truth.read(n).unwrap(), "{}", ctx("read_many"));
         }
         // The file is shorter than when it was opened: verify says so, whatever was cut.
         for decode in [false, true] {
-            let e = r.verify_with(&VerifyOptions { decode, max_decoded_bytes: None }).unwrap_err();
+            let e = r
+                .verify_with(&VerifyOptions {
+                    decode,
+                    max_decoded_bytes: None,
+                })
+                .unwrap_err();
             assert_eq!(e.kind(), "truncated", "{}: {e}", ctx("verify"));
         }
         if let Err(e) = r.verify_padding() {

@@ -19,13 +19,21 @@ fn writer_output_has_not_drifted_from_the_committed_vectors() {
     let golden = vectors::golden();
     for g in &golden {
         let committed = std::fs::read(dir.join(format!("{}.bpz", g.name))).unwrap();
-        assert!(committed == g.bytes, "{}.bpz differs from the writer's output: the format changed? \
-            Update spec/FORMAT.md and the version rules, then run `make vectors`", g.name);
+        assert!(
+            committed == g.bytes,
+            "{}.bpz differs from the writer's output: the format changed? \
+            Update spec/FORMAT.md and the version rules, then run `make vectors`",
+            g.name
+        );
     }
     let invalid = vectors::invalid(&golden);
     for v in &invalid {
         let committed = std::fs::read(dir.join("invalid").join(format!("{}.bpz", v.name))).unwrap();
-        assert!(committed == v.bytes, "invalid/{}.bpz is stale: run `make vectors`", v.name);
+        assert!(
+            committed == v.bytes,
+            "invalid/{}.bpz is stale: run `make vectors`",
+            v.name
+        );
     }
     // No leftovers: the folders hold exactly what the generator writes.
     let listed = |d: PathBuf| -> Vec<String> {
@@ -39,10 +47,18 @@ fn writer_output_has_not_drifted_from_the_committed_vectors() {
     };
     let mut want: Vec<String> = golden.iter().map(|g| format!("{}.bpz", g.name)).collect();
     want.sort();
-    assert_eq!(listed(dir.clone()), want, "spec/vectors has files the generator does not write");
+    assert_eq!(
+        listed(dir.clone()),
+        want,
+        "spec/vectors has files the generator does not write"
+    );
     let mut want: Vec<String> = invalid.iter().map(|v| format!("{}.bpz", v.name)).collect();
     want.sort();
-    assert_eq!(listed(dir.join("invalid")), want, "spec/vectors/invalid has files the generator does not write");
+    assert_eq!(
+        listed(dir.join("invalid")),
+        want,
+        "spec/vectors/invalid has files the generator does not write"
+    );
 }
 
 #[test]
@@ -57,11 +73,19 @@ fn golden_vectors_read_back_as_expected() {
         let expected: serde_json::Value =
             serde_json::from_slice(&std::fs::read(path.with_extension("json")).unwrap()).unwrap();
         // Recompute from the committed file through both backends.
-        assert_eq!(vectors::expected(&std::fs::read(&path).unwrap()), expected, "{}", path.display());
+        assert_eq!(
+            vectors::expected(&std::fs::read(&path).unwrap()),
+            expected,
+            "{}",
+            path.display()
+        );
         for backend in [bpz::Backend::Mmap, bpz::Backend::Pread] {
             let r = Reader::open_with(&path, backend).unwrap();
             r.verify().unwrap();
-            assert_eq!(r.tensors().len(), expected["tensors"].as_array().unwrap().len());
+            assert_eq!(
+                r.tensors().len(),
+                expected["tensors"].as_array().unwrap().len()
+            );
         }
         count += 1;
     }
@@ -90,7 +114,10 @@ fn invalid_vectors_give_their_documented_errors() {
         assert_eq!(err.kind(), want["error"], "{file}: {err}");
         assert_eq!(stage, want["stage"], "{file}: {err}");
         let msg = err.to_string();
-        assert!(msg.starts_with("<memory>"), "{file}: message must name the file: {msg}");
+        assert!(
+            msg.starts_with("<memory>"),
+            "{file}: message must name the file: {msg}"
+        );
     }
 }
 

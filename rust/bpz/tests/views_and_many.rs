@@ -6,19 +6,40 @@ use bpz::{Backend, Compression, DType, Reader, TensorOptions, Writer, WriterOpti
 
 fn archive(dir: &std::path::Path) -> (std::path::PathBuf, Vec<Vec<u8>>) {
     let path = dir.join("a.bpz");
-    let opts = WriterOptions { sync: false, compression: Compression::None, ..WriterOptions::default() };
+    let opts = WriterOptions {
+        sync: false,
+        compression: Compression::None,
+        ..WriterOptions::default()
+    };
     let mut w = Writer::create(&path, opts).unwrap();
     let mut data = Vec::new();
     for i in 0..5u32 {
-        let bytes: Vec<u8> = (0..1000 * i).flat_map(|v| (v as f32).to_le_bytes()).collect();
-        let zstd = TensorOptions { compression: Some(Compression::Zstd), ..Default::default() };
-        let opts = if i % 2 == 1 { zstd } else { TensorOptions::default() };
-        w.add_tensor_with(&format!("t{i}"), DType::F32, &[u64::from(1000 * i)], &bytes, &opts).unwrap();
+        let bytes: Vec<u8> = (0..1000 * i)
+            .flat_map(|v| (v as f32).to_le_bytes())
+            .collect();
+        let zstd = TensorOptions {
+            compression: Some(Compression::Zstd),
+            ..Default::default()
+        };
+        let opts = if i % 2 == 1 {
+            zstd
+        } else {
+            TensorOptions::default()
+        };
+        w.add_tensor_with(
+            &format!("t{i}"),
+            DType::F32,
+            &[u64::from(1000 * i)],
+            &bytes,
+            &opts,
+        )
+        .unwrap();
         data.push(bytes);
     }
     // Larger than the huge-page threshold of `Zeroed`, so both kinds of buffer are read into.
     let big: Vec<u8> = (0..(5u32 << 20)).map(|v| (v % 251) as u8).collect();
-    w.add_tensor("big", DType::U8, &[big.len() as u64], &big).unwrap();
+    w.add_tensor("big", DType::U8, &[big.len() as u64], &big)
+        .unwrap();
     data.push(big);
     w.finish().unwrap();
     (path, data)
@@ -32,9 +53,15 @@ fn a_view_shares_the_map_and_outlives_the_reader() {
     let i = r.position("t2").unwrap();
     assert_eq!(r.tensors()[i].name, "t2");
     let view = r.view_at(i).unwrap();
-    let map = view.map().expect("a mapped archive's view is in its map").clone();
+    let map = view
+        .map()
+        .expect("a mapped archive's view is in its map")
+        .clone();
     assert!(std::sync::Arc::ptr_eq(&map, r.mapping().unwrap()));
-    assert_eq!(view.range().start as u64, r.tensors()[i].raw_range().unwrap().start);
+    assert_eq!(
+        view.range().start as u64,
+        r.tensors()[i].raw_range().unwrap().start
+    );
     assert_eq!(&map[view.range()], &data[2][..]);
     drop(r);
     assert_eq!(&view[..], &data[2][..], "the view keeps the map alive");
@@ -70,16 +97,33 @@ fn many_reads_into_the_cores_buffers_match_read() {
             assert_eq!(all.iter().map(|b| b.to_vec()).collect::<Vec<_>>(), data);
             assert_eq!(r.read_all().unwrap(), data);
             let some = r.read_many_zeroed_at(&[5, 0, 3, 3]).unwrap();
-            assert_eq!(some.iter().map(|b| b.to_vec()).collect::<Vec<_>>(), [data[5].clone(), data[0].clone(), data[3].clone(), data[3].clone()]);
+            assert_eq!(
+                some.iter().map(|b| b.to_vec()).collect::<Vec<_>>(),
+                [
+                    data[5].clone(),
+                    data[0].clone(),
+                    data[3].clone(),
+                    data[3].clone()
+                ]
+            );
             assert!(r.read_many_zeroed_at(&[]).unwrap().is_empty());
-            assert_eq!(r.read_many_zeroed_at(&[0, 6]).unwrap_err().kind(), "invalid_argument");
+            assert_eq!(
+                r.read_many_zeroed_at(&[0, 6]).unwrap_err().kind(),
+                "invalid_argument"
+            );
 
             let mut a = vec![0u8; data[3].len()];
             let mut b = vec![0u8; data[4].len()];
-            r.read_many_into_at(vec![(3, &mut a[..]), (4, &mut b[..])]).unwrap();
+            r.read_many_into_at(vec![(3, &mut a[..]), (4, &mut b[..])])
+                .unwrap();
             assert_eq!((&a, &b), (&data[3], &data[4]));
             let mut short = vec![0u8; data[3].len() - 1];
-            assert_eq!(r.read_many_into_at(vec![(3, &mut short[..])]).unwrap_err().kind(), "invalid_argument");
+            assert_eq!(
+                r.read_many_into_at(vec![(3, &mut short[..])])
+                    .unwrap_err()
+                    .kind(),
+                "invalid_argument"
+            );
         }
     }
 }

@@ -43,7 +43,8 @@ fn allocations<T>(f: impl FnOnce() -> T) -> (T, usize) {
 fn scalars(n: usize) -> Writer<Vec<u8>> {
     let mut w = Writer::new(Vec::with_capacity(n * 64 + 4096), WriterOptions::default()).unwrap();
     for i in 0..n {
-        w.add_tensor(&format!("k{i}"), DType::F32, &[], &(i as f32).to_le_bytes()).unwrap();
+        w.add_tensor(&format!("k{i}"), DType::F32, &[], &(i as f32).to_le_bytes())
+            .unwrap();
     }
     w
 }
@@ -71,7 +72,8 @@ fn adding_a_scalar_allocates_its_name_and_chunk_table_only() {
     w.reserve(n);
     let (_, count) = allocations(|| {
         for (i, name) in names.iter().enumerate() {
-            w.add_tensor(name, DType::F32, &[], &(i as f32).to_le_bytes()).unwrap();
+            w.add_tensor(name, DType::F32, &[], &(i as f32).to_le_bytes())
+                .unwrap();
         }
     });
     assert!(count <= 2 * n + 16, "{count} allocations for {n} tensors");
@@ -92,7 +94,10 @@ fn repeated_names_are_refused_as_the_table_grows() {
         // Every earlier name, at every size the table passes through, now and then.
         if i % 499 == 0 {
             for j in 0..=i {
-                assert!(w.add_tensor(&name(j), DType::U8, &[1], &[1]).is_err(), "{j} accepted twice");
+                assert!(
+                    w.add_tensor(&name(j), DType::U8, &[1], &[1]).is_err(),
+                    "{j} accepted twice"
+                );
             }
         }
     }
@@ -109,11 +114,16 @@ fn tree_of(n: usize) -> Value {
 fn archive(tree: impl FnOnce(&mut Writer<Vec<u8>>)) -> Vec<u8> {
     let mut w = Writer::new(Vec::new(), WriterOptions::default()).unwrap();
     for i in 0..300 {
-        w.add_tensor(&format!("k{i}"), DType::F32, &[], &(i as f32).to_le_bytes()).unwrap();
+        w.add_tensor(&format!("k{i}"), DType::F32, &[], &(i as f32).to_le_bytes())
+            .unwrap();
     }
     let zeros = vec![0u8; 3 << 20];
-    let chunked = TensorOptions { compression: Some(Compression::Zstd), ..Default::default() };
-    w.add_tensor_with("zeros \"/~\n", DType::I16, &[3, 1 << 19], &zeros, &chunked).unwrap();
+    let chunked = TensorOptions {
+        compression: Some(Compression::Zstd),
+        ..Default::default()
+    };
+    w.add_tensor_with("zeros \"/~\n", DType::I16, &[3, 1 << 19], &zeros, &chunked)
+        .unwrap();
     w.set_metadata(serde_json::json!({"lr": 1.5e-3}));
     tree(&mut w);
     w.finish().unwrap().1.unwrap()
@@ -139,10 +149,23 @@ fn a_verbatim_tree_writes_the_bytes_of_a_parsed_one() {
 #[test]
 fn a_verbatim_tree_is_checked() {
     let mut w = Writer::new(Vec::new(), WriterOptions::default()).unwrap();
-    for bad in ["", "{", "{\"a\":1,}", "[1] [2]", "{\"a\":1,\"a\":2}", "NaN", "1e400", "\"\u{1}\"", "{\"tensor\": 'x'}"] {
+    for bad in [
+        "",
+        "{",
+        "{\"a\":1,}",
+        "[1] [2]",
+        "{\"a\":1,\"a\":2}",
+        "NaN",
+        "1e400",
+        "\"\u{1}\"",
+        "{\"tensor\": 'x'}",
+    ] {
         let err = w.set_tree_json_verbatim(bad.into()).unwrap_err();
         assert_eq!(err.kind(), "invalid_argument", "{bad:?}: {err}");
-        assert!(err.to_string().contains("tree is not valid JSON"), "{bad:?}: {err}");
+        assert!(
+            err.to_string().contains("tree is not valid JSON"),
+            "{bad:?}: {err}"
+        );
     }
     let nest = |n: usize| "[".repeat(n) + &"]".repeat(n);
     // (A reader wants an object: the last one set below is one.)
@@ -152,7 +175,13 @@ fn a_verbatim_tree_is_checked() {
         let err = w.set_tree_json_verbatim(nest(depth)).unwrap_err();
         let msg = err.to_string();
         assert_eq!(err.kind(), "limit_exceeded", "{msg}");
-        assert!(msg.contains(&format!("is {depth}, over the limit of {}", MAX_JSON_DEPTH - 1)), "{msg}");
+        assert!(
+            msg.contains(&format!(
+                "is {depth}, over the limit of {}",
+                MAX_JSON_DEPTH - 1
+            )),
+            "{msg}"
+        );
     }
     // A refused tree leaves the one set before.
     w.set_tree_json_verbatim(deepest.clone()).unwrap();
@@ -170,7 +199,10 @@ fn an_index_over_the_limit_is_refused_with_its_size() {
     let dest = dir.path().join("a.bpz");
     std::fs::write(&dest, b"previous").unwrap();
     let text = format!("\"{}\"", "a".repeat(MAX_INDEX_BYTES as usize));
-    let opts = WriterOptions { sync: false, ..WriterOptions::default() };
+    let opts = WriterOptions {
+        sync: false,
+        ..WriterOptions::default()
+    };
     let mut w = Writer::create(&dest, opts.clone()).unwrap();
     w.add_tensor("x", DType::U8, &[1], &[1]).unwrap();
     w.set_tree_json_verbatim(text.clone()).unwrap();
@@ -179,11 +211,19 @@ fn an_index_over_the_limit_is_refused_with_its_size() {
     let mut reference = Writer::new(Vec::new(), opts).unwrap();
     reference.add_tensor("x", DType::U8, &[1], &[1]).unwrap();
     let bytes = reference.finish().unwrap().1.unwrap();
-    let start = bytes.windows(11).position(|w| w == b"{\"tensors\":").unwrap();
+    let start = bytes
+        .windows(11)
+        .position(|w| w == b"{\"tensors\":")
+        .unwrap();
     let index = std::str::from_utf8(&bytes[start..bytes.len() - 32]).unwrap();
     assert_eq!(index.matches("\"tree\":null").count(), 1, "{index}");
     let expected = index.len() - "null".len() + text.len();
-    assert!(err.contains(&format!("index of {expected} bytes is over the limit of {MAX_INDEX_BYTES}")), "{err}");
+    assert!(
+        err.contains(&format!(
+            "index of {expected} bytes is over the limit of {MAX_INDEX_BYTES}"
+        )),
+        "{err}"
+    );
     assert_eq!(std::fs::read(&dest).unwrap(), b"previous");
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
 }

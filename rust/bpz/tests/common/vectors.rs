@@ -46,13 +46,33 @@ pub fn sample_values(dtype: DType, n: usize, seed: u64) -> Vec<u8> {
     let raw = prng_bytes(n * dtype.size(), seed);
     match dtype {
         DType::Bool => raw.iter().map(|b| b & 1).collect(),
-        DType::F32 => (0..n).flat_map(|i| (i as f32 * 0.25 - 1.0).to_le_bytes()).collect(),
-        DType::F64 => (0..n).flat_map(|i| (i as f64 * -0.5 + 3.0).to_le_bytes()).collect(),
-        DType::C64 => (0..n).flat_map(|i| [(i as f32), -(i as f32) / 2.0].into_iter().flat_map(f32::to_le_bytes)).collect(),
-        DType::C128 => (0..n).flat_map(|i| [(i as f64) / 4.0, 1.0].into_iter().flat_map(f64::to_le_bytes)).collect(),
+        DType::F32 => (0..n)
+            .flat_map(|i| (i as f32 * 0.25 - 1.0).to_le_bytes())
+            .collect(),
+        DType::F64 => (0..n)
+            .flat_map(|i| (i as f64 * -0.5 + 3.0).to_le_bytes())
+            .collect(),
+        DType::C64 => (0..n)
+            .flat_map(|i| {
+                [(i as f32), -(i as f32) / 2.0]
+                    .into_iter()
+                    .flat_map(f32::to_le_bytes)
+            })
+            .collect(),
+        DType::C128 => (0..n)
+            .flat_map(|i| {
+                [(i as f64) / 4.0, 1.0]
+                    .into_iter()
+                    .flat_map(f64::to_le_bytes)
+            })
+            .collect(),
         // 1.0, 1.5, 2.0 ... in half and bfloat16: top bits of an f32.
-        DType::BF16 => (0..n).flat_map(|i| ((1.0f32 + i as f32 / 2.0).to_bits() >> 16).to_le_bytes()[..2].to_vec()).collect(),
-        DType::F16 => (0..n).flat_map(|i| (0x3c00u16 + (i as u16) * 0x200).to_le_bytes()).collect(),
+        DType::BF16 => (0..n)
+            .flat_map(|i| ((1.0f32 + i as f32 / 2.0).to_bits() >> 16).to_le_bytes()[..2].to_vec())
+            .collect(),
+        DType::F16 => (0..n)
+            .flat_map(|i| (0x3c00u16 + (i as u16) * 0x200).to_le_bytes())
+            .collect(),
         DType::F8E4M3 | DType::F8E4M3Fnuz | DType::F8E5M2 | DType::F8E5M2Fnuz | DType::F8E8M0 => {
             (0..n).map(|i| 0x30 + (i as u8 % 16)).collect()
         }
@@ -63,7 +83,10 @@ pub fn sample_values(dtype: DType, n: usize, seed: u64) -> Vec<u8> {
 fn vector_writer(opts: WriterOptions) -> Writer<Vec<u8>> {
     let opts = WriterOptions {
         // A fixed writer name keeps the vectors byte-stable across releases.
-        writer: WriterInfo { name: "bpz-spec-vectors".into(), version: "1".into() },
+        writer: WriterInfo {
+            name: "bpz-spec-vectors".into(),
+            version: "1".into(),
+        },
         ..opts
     };
     Writer::new(Vec::new(), opts).unwrap()
@@ -74,11 +97,20 @@ fn finish(w: Writer<Vec<u8>>) -> Vec<u8> {
 }
 
 fn raw_opts() -> WriterOptions {
-    WriterOptions { compression: Compression::None, ..Default::default() }
+    WriterOptions {
+        compression: Compression::None,
+        ..Default::default()
+    }
 }
 
 fn zstd_opts(chunk_bytes: usize, filter: Option<Filter>) -> WriterOptions {
-    WriterOptions { compression: Compression::Zstd, chunk_bytes, filter, level: 3, ..Default::default() }
+    WriterOptions {
+        compression: Compression::Zstd,
+        chunk_bytes,
+        filter,
+        level: 3,
+        ..Default::default()
+    }
 }
 
 pub fn golden() -> Vec<Golden> {
@@ -88,63 +120,114 @@ pub fn golden() -> Vec<Golden> {
     let mut w = vector_writer(raw_opts());
     w.add_tensor("x", DType::U8, &[3], &[1, 2, 3]).unwrap();
     w.set_tree(json!({"dict": [["x", {"tensor": "x"}]]}));
-    out.push(Golden { name: "tiny", bytes: finish(w) });
+    out.push(Golden {
+        name: "tiny",
+        bytes: finish(w),
+    });
 
-    for (name, opts) in [("all_dtypes_raw", raw_opts()), ("all_dtypes_zstd", zstd_opts(8, None))] {
+    for (name, opts) in [
+        ("all_dtypes_raw", raw_opts()),
+        ("all_dtypes_zstd", zstd_opts(8, None)),
+    ] {
         let mut w = vector_writer(opts);
         for (i, dtype) in DType::ALL.into_iter().enumerate() {
             let data = sample_values(dtype, 12, i as u64);
             w.add_tensor(dtype.name(), dtype, &[4, 3], &data).unwrap();
         }
-        out.push(Golden { name, bytes: finish(w) });
+        out.push(Golden {
+            name,
+            bytes: finish(w),
+        });
     }
 
     // A compressible float tensor over several chunks, with and without shuffle.
-    let membrane: Vec<u8> = (0..64 * 16).flat_map(|i| (-65.0f32 + (i % 7) as f32 * 0.125).to_le_bytes()).collect();
-    for (name, filter) in [("multichunk_shuffle", Filter::Shuffle), ("multichunk_none", Filter::None)] {
+    let membrane: Vec<u8> = (0..64 * 16)
+        .flat_map(|i| (-65.0f32 + (i % 7) as f32 * 0.125).to_le_bytes())
+        .collect();
+    for (name, filter) in [
+        ("multichunk_shuffle", Filter::Shuffle),
+        ("multichunk_none", Filter::None),
+    ] {
         let mut w = vector_writer(zstd_opts(1024, Some(filter)));
         w.add_tensor("V", DType::F32, &[64, 16], &membrane).unwrap();
-        out.push(Golden { name, bytes: finish(w) });
+        out.push(Golden {
+            name,
+            bytes: finish(w),
+        });
     }
 
     // delta + shuffle on sorted indices, bit-packing on a spike mask.
     let mut w = vector_writer(zstd_opts(256, None));
     let indptr: Vec<u8> = (0..101i64).flat_map(|i| (i * 10).to_le_bytes()).collect();
-    let indices: Vec<u8> = (0..1000i32).flat_map(|i| ((i % 10) * 97 + i / 10 % 3).to_le_bytes()).collect();
+    let indices: Vec<u8> = (0..1000i32)
+        .flat_map(|i| ((i % 10) * 97 + i / 10 % 3).to_le_bytes())
+        .collect();
     let spikes: Vec<u8> = prng_bytes(1000, 9).iter().map(|b| (*b < 8) as u8).collect();
-    w.add_tensor("conn/indptr", DType::I64, &[101], &indptr).unwrap();
-    w.add_tensor("conn/indices", DType::I32, &[1000], &indices).unwrap();
-    w.add_tensor("spike", DType::Bool, &[10, 100], &spikes).unwrap();
-    out.push(Golden { name: "filters", bytes: finish(w) });
+    w.add_tensor("conn/indptr", DType::I64, &[101], &indptr)
+        .unwrap();
+    w.add_tensor("conn/indices", DType::I32, &[1000], &indices)
+        .unwrap();
+    w.add_tensor("spike", DType::Bool, &[10, 100], &spikes)
+        .unwrap();
+    out.push(Golden {
+        name: "filters",
+        bytes: finish(w),
+    });
 
     // Incompressible and compressible chunks of one tensor: plain and encoded mixed.
     let mut mixed = prng_bytes(512, 3);
     mixed.extend(std::iter::repeat(0u8).take(512));
     let mut w = vector_writer(zstd_opts(256, Some(Filter::None)));
     w.add_tensor("mixed", DType::U8, &[4, 256], &mixed).unwrap();
-    out.push(Golden { name: "plain_and_encoded_chunks", bytes: finish(w) });
+    out.push(Golden {
+        name: "plain_and_encoded_chunks",
+        bytes: finish(w),
+    });
 
     // 0-d and empty tensors, raw and compressed.
-    for (name, opts) in [("empty_and_scalar_raw", raw_opts()), ("empty_and_scalar_zstd", zstd_opts(64, None))] {
+    for (name, opts) in [
+        ("empty_and_scalar_raw", raw_opts()),
+        ("empty_and_scalar_zstd", zstd_opts(64, None)),
+    ] {
         let mut w = vector_writer(opts);
-        w.add_tensor("scalar_f64", DType::F64, &[], &2.5f64.to_le_bytes()).unwrap();
+        w.add_tensor("scalar_f64", DType::F64, &[], &2.5f64.to_le_bytes())
+            .unwrap();
         w.add_tensor("scalar_bool", DType::Bool, &[], &[1]).unwrap();
         w.add_tensor("empty_0", DType::F32, &[0], &[]).unwrap();
         w.add_tensor("empty_3x0", DType::I16, &[3, 0], &[]).unwrap();
         w.add_tensor("empty_0x5", DType::C64, &[0, 5], &[]).unwrap();
-        out.push(Golden { name, bytes: finish(w) });
+        out.push(Golden {
+            name,
+            bytes: finish(w),
+        });
     }
 
     // No tensors at all.
-    out.push(Golden { name: "no_tensors", bytes: finish(vector_writer(raw_opts())) });
+    out.push(Golden {
+        name: "no_tensors",
+        bytes: finish(vector_writer(raw_opts())),
+    });
 
     // A nested pytree with every leaf kind, escaped names and metadata.
-    let mut w = vector_writer(WriterOptions { compression: Compression::AUTO, ..Default::default() });
+    let mut w = vector_writer(WriterOptions {
+        compression: Compression::AUTO,
+        ..Default::default()
+    });
     let weight: Vec<u8> = sample_values(DType::F32, 6, 1);
-    let v: Vec<u8> = std::iter::repeat((-65.0f32).to_le_bytes()).take(2048).flatten().collect();
-    w.add_tensor("net/l1/W", DType::F32, &[2, 3], &weight).unwrap();
+    let v: Vec<u8> = std::iter::repeat((-65.0f32).to_le_bytes())
+        .take(2048)
+        .flatten()
+        .collect();
+    w.add_tensor("net/l1/W", DType::F32, &[2, 3], &weight)
+        .unwrap();
     w.add_tensor("net/E~1I/V", DType::F32, &[2048], &v).unwrap();
-    w.add_tensor("history/0", DType::I64, &[2], &[1, 0, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0]).unwrap();
+    w.add_tensor(
+        "history/0",
+        DType::I64,
+        &[2],
+        &[1, 0, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0],
+    )
+    .unwrap();
     w.set_tree(json!({"dict": [
         ["net", {"dict": [
             ["l1", {"dict": [["W", {"tensor": "net/l1/W"}]]}],
@@ -159,13 +242,23 @@ pub fn golden() -> Vec<Golden> {
         ["z", {"complex": [1.0, "-inf"]}]
     ]}));
     w.set_metadata(json!({"epoch_i": 3, "train_acc": 0.875, "note": "ü", "tags": ["a", null]}));
-    out.push(Golden { name: "nested_tree", bytes: finish(w) });
+    out.push(Golden {
+        name: "nested_tree",
+        bytes: finish(w),
+    });
 
     // The largest alignment.
-    let mut w = vector_writer(WriterOptions { alignment: 4096, ..raw_opts() });
-    w.add_tensor("a", DType::U8, &[5], &[1, 2, 3, 4, 5]).unwrap();
+    let mut w = vector_writer(WriterOptions {
+        alignment: 4096,
+        ..raw_opts()
+    });
+    w.add_tensor("a", DType::U8, &[5], &[1, 2, 3, 4, 5])
+        .unwrap();
     w.add_tensor("b", DType::U16, &[2], &[1, 0, 2, 0]).unwrap();
-    out.push(Golden { name: "alignment_4096", bytes: finish(w) });
+    out.push(Golden {
+        name: "alignment_4096",
+        bytes: finish(w),
+    });
 
     // Readers must accept a newer minor version, optional feature bits and
     // unknown index fields.
@@ -178,7 +271,10 @@ pub fn golden() -> Vec<Golden> {
         b[10..12].copy_from_slice(&7u16.to_le_bytes());
         b[16..20].copy_from_slice(&0x8000_0001u32.to_le_bytes());
     });
-    out.push(Golden { name: "future_minor", bytes });
+    out.push(Golden {
+        name: "future_minor",
+        bytes,
+    });
 
     out
 }
@@ -222,7 +318,8 @@ pub fn hex(b: &[u8]) -> String {
 pub fn index_of(bytes: &[u8]) -> Value {
     let tail: [u8; TRAILER_LEN] = bytes[bytes.len() - TRAILER_LEN..].try_into().unwrap();
     let t = Trailer::decode("vector", &tail, bytes.len() as u64).unwrap();
-    serde_json::from_slice(&bytes[t.index_offset as usize..(t.index_offset + t.index_len) as usize]).unwrap()
+    serde_json::from_slice(&bytes[t.index_offset as usize..(t.index_offset + t.index_len) as usize])
+        .unwrap()
 }
 
 fn data_region(bytes: &[u8]) -> &[u8] {
@@ -234,7 +331,11 @@ fn data_region(bytes: &[u8]) -> &[u8] {
 /// The same archive with another index (raw index bytes), with valid checksums.
 pub fn with_index_bytes(bytes: &[u8], index: &[u8]) -> Vec<u8> {
     let mut out = data_region(bytes).to_vec();
-    let trailer = Trailer { index_offset: out.len() as u64, index_len: index.len() as u64, index_crc32c: crc32c::crc32c(index) };
+    let trailer = Trailer {
+        index_offset: out.len() as u64,
+        index_len: index.len() as u64,
+        index_crc32c: crc32c::crc32c(index),
+    };
     out.extend_from_slice(index);
     out.extend_from_slice(&trailer.encode());
     out
@@ -264,15 +365,43 @@ pub fn invalid(golden: &[Golden]) -> Vec<Invalid> {
     let tiny = get("tiny");
     let mut out = Vec::new();
     let mut add = |name: &str, bytes: Vec<u8>, error, stage, note| {
-        out.push(Invalid { name: name.into(), bytes, error, stage, note })
+        out.push(Invalid {
+            name: name.into(),
+            bytes,
+            error,
+            stage,
+            note,
+        })
     };
 
-    for cut in [0usize, 5, 63, 64, 95, 100, nested.len() / 2, nested.len() - 33, nested.len() - 1] {
-        add(&format!("truncated_{cut}"), nested[..cut].to_vec(), "truncated", "open", "the file cut to this many bytes");
+    for cut in [
+        0usize,
+        5,
+        63,
+        64,
+        95,
+        100,
+        nested.len() / 2,
+        nested.len() - 33,
+        nested.len() - 1,
+    ] {
+        add(
+            &format!("truncated_{cut}"),
+            nested[..cut].to_vec(),
+            "truncated",
+            "open",
+            "the file cut to this many bytes",
+        );
     }
     let mut gguf = tiny.clone();
     gguf[..4].copy_from_slice(b"GGUF");
-    add("bad_magic", gguf, "bad_magic", "open", "another format's header");
+    add(
+        "bad_magic",
+        gguf,
+        "bad_magic",
+        "open",
+        "another format's header",
+    );
     let crlf_lost: Vec<u8> = {
         let mut v = Vec::new();
         let mut i = 0;
@@ -285,78 +414,286 @@ pub fn invalid(golden: &[Golden]) -> Vec<Invalid> {
         }
         v
     };
-    add("text_mode_crlf", crlf_lost, "bad_magic", "open", "every \\r\\n turned into \\n by a text-mode transfer");
+    add(
+        "text_mode_crlf",
+        crlf_lost,
+        "bad_magic",
+        "open",
+        "every \\r\\n turned into \\n by a text-mode transfer",
+    );
     let mut seven_bit = tiny.clone();
     seven_bit[0] &= 0x7f;
-    add("seven_bit", seven_bit, "bad_magic", "open", "the high bit of the first byte cleared");
+    add(
+        "seven_bit",
+        seven_bit,
+        "bad_magic",
+        "open",
+        "the high bit of the first byte cleared",
+    );
 
     let mut v = tiny.clone();
     patch_superblock(&mut v, |b| b[8..10].copy_from_slice(&2u16.to_le_bytes()));
-    add("future_major", v, "unsupported_version", "open", "major version 2");
+    add(
+        "future_major",
+        v,
+        "unsupported_version",
+        "open",
+        "major version 2",
+    );
     let mut v = tiny.clone();
-    patch_superblock(&mut v, |b| b[12..16].copy_from_slice(&(1u32 << 5).to_le_bytes()));
-    add("unknown_required_feature", v, "unsupported_feature", "open", "required feature bit 5");
+    patch_superblock(&mut v, |b| {
+        b[12..16].copy_from_slice(&(1u32 << 5).to_le_bytes())
+    });
+    add(
+        "unknown_required_feature",
+        v,
+        "unsupported_feature",
+        "open",
+        "required feature bit 5",
+    );
     let mut v = tiny.clone();
     patch_superblock(&mut v, |b| b[20..24].copy_from_slice(&48u32.to_le_bytes()));
-    add("bad_alignment", v, "invalid_index", "open", "alignment 48 is not a power of two");
+    add(
+        "bad_alignment",
+        v,
+        "invalid_index",
+        "open",
+        "alignment 48 is not a power of two",
+    );
 
-    add("superblock_bitflip", flip(&tiny, 9), "checksum_mismatch", "open", "a bit of the version field flipped");
+    add(
+        "superblock_bitflip",
+        flip(&tiny, 9),
+        "checksum_mismatch",
+        "open",
+        "a bit of the version field flipped",
+    );
     let t_len = nested.len();
     let idx_start = t_len - TRAILER_LEN - serde_json::to_vec(&index_of(&nested)).unwrap().len();
-    add("index_bitflip", flip(&nested, idx_start + 40), "checksum_mismatch", "open", "a bit of the index flipped");
-    add("trailer_bitflip", flip(&nested, t_len - TRAILER_LEN + 2), "checksum_mismatch", "open", "a bit of the index offset flipped");
-    let raw_off = index_of(&nested)["tensors"][0]["chunks"][0][0].as_u64().unwrap() as usize;
-    add("raw_data_bitflip", flip(&nested, raw_off + 3), "checksum_mismatch", "read", "a bit of raw tensor net/l1/W flipped");
+    add(
+        "index_bitflip",
+        flip(&nested, idx_start + 40),
+        "checksum_mismatch",
+        "open",
+        "a bit of the index flipped",
+    );
+    add(
+        "trailer_bitflip",
+        flip(&nested, t_len - TRAILER_LEN + 2),
+        "checksum_mismatch",
+        "open",
+        "a bit of the index offset flipped",
+    );
+    let raw_off = index_of(&nested)["tensors"][0]["chunks"][0][0]
+        .as_u64()
+        .unwrap() as usize;
+    add(
+        "raw_data_bitflip",
+        flip(&nested, raw_off + 3),
+        "checksum_mismatch",
+        "read",
+        "a bit of raw tensor net/l1/W flipped",
+    );
     let fi = index_of(&filters);
     let z_off = fi["tensors"][1]["chunks"][1][0].as_u64().unwrap() as usize;
-    add("compressed_data_bitflip", flip(&filters, z_off + 5), "checksum_mismatch", "read", "a bit of chunk 1 of conn/indices flipped");
+    add(
+        "compressed_data_bitflip",
+        flip(&filters, z_off + 5),
+        "checksum_mismatch",
+        "read",
+        "a bit of chunk 1 of conn/indices flipped",
+    );
 
     let edit = |base: &[u8], f: &dyn Fn(&mut Value)| {
         let mut idx = index_of(base);
         f(&mut idx);
         with_index(base, &idx)
     };
-    add("overlapping_tensors", edit(&filters, &|i| {
-        let first = i["tensors"][0]["chunks"][0][0].clone();
-        i["tensors"][1]["chunks"][0][0] = first;
-    }), "invalid_index", "open", "a chunk of conn/indices starts inside conn/indptr");
-    add("offset_past_end", edit(&tiny, &|i| i["tensors"][0]["chunks"][0][0] = json!(1u64 << 40)), "invalid_index", "open", "data offset 2^40 in a small file");
-    add("length_near_2_64", edit(&tiny, &|i| i["tensors"][0]["chunks"][0][1] = json!(u64::MAX - 8)), "invalid_index", "open", "stored length 2^64-9");
-    add("huge_shape", edit(&tiny, &|i| i["tensors"][0]["shape"] = json!([1u64 << 62, 1u64 << 62])), "limit_exceeded", "open", "2^124 elements");
-    add("chunk_elems_huge", edit(&tiny, &|i| i["tensors"][0]["chunk_elems"] = json!(1u64 << 60)), "limit_exceeded", "open", "chunk_elems 2^60");
-    add("tree_not_object", edit(&tiny, &|i| i["tree"] = json!([{"tensor": "x"}])), "invalid_index", "open", "a tree that is an array");
-    add("rank_over_limit", edit(&tiny, &|i| i["tensors"][0]["shape"] = json!(vec![1; 65])), "limit_exceeded", "open", "rank 65");
-    add("name_too_long", edit(&tiny, &|i| i["tensors"][0]["name"] = json!("n".repeat(5000))), "limit_exceeded", "open", "a 5000-byte name");
-    add("duplicate_names", edit(&filters, &|i| i["tensors"][1]["name"] = i["tensors"][0]["name"].clone()), "invalid_index", "open", "two tensors named conn/indptr");
-    add("unknown_dtype", edit(&tiny, &|i| i["tensors"][0]["dtype"] = json!("F4")), "unsupported_feature", "open", "dtype F4");
-    add("unknown_filter", edit(&filters, &|i| i["tensors"][0]["filter"] = json!("lz4ish")), "unsupported_feature", "open", "filter lz4ish");
-    add("wrong_chunk_count", edit(&filters, &|i| { i["tensors"][1]["chunks"].as_array_mut().unwrap().pop(); }), "invalid_index", "open", "one chunk missing from the table");
-    add("bad_encoding_flag", edit(&tiny, &|i| i["tensors"][0]["chunks"][0][3] = json!(2)), "invalid_index", "open", "chunk encoding 2");
-    add("misaligned_raw", edit(&nested, &|i| {
-        let o = i["tensors"][0]["chunks"][0][0].as_u64().unwrap();
-        i["tensors"][0]["chunks"][0][0] = json!(o + 4);
-    }), "invalid_index", "open", "raw data 4 bytes past an aligned offset");
-    add("missing_tree_ref", edit(&tiny, &|i| i["tree"] = json!({"tensor": "nope"})), "invalid_index", "open", "the tree names a tensor that is not in the index");
+    add(
+        "overlapping_tensors",
+        edit(&filters, &|i| {
+            let first = i["tensors"][0]["chunks"][0][0].clone();
+            i["tensors"][1]["chunks"][0][0] = first;
+        }),
+        "invalid_index",
+        "open",
+        "a chunk of conn/indices starts inside conn/indptr",
+    );
+    add(
+        "offset_past_end",
+        edit(&tiny, &|i| {
+            i["tensors"][0]["chunks"][0][0] = json!(1u64 << 40)
+        }),
+        "invalid_index",
+        "open",
+        "data offset 2^40 in a small file",
+    );
+    add(
+        "length_near_2_64",
+        edit(&tiny, &|i| {
+            i["tensors"][0]["chunks"][0][1] = json!(u64::MAX - 8)
+        }),
+        "invalid_index",
+        "open",
+        "stored length 2^64-9",
+    );
+    add(
+        "huge_shape",
+        edit(&tiny, &|i| {
+            i["tensors"][0]["shape"] = json!([1u64 << 62, 1u64 << 62])
+        }),
+        "limit_exceeded",
+        "open",
+        "2^124 elements",
+    );
+    add(
+        "chunk_elems_huge",
+        edit(&tiny, &|i| {
+            i["tensors"][0]["chunk_elems"] = json!(1u64 << 60)
+        }),
+        "limit_exceeded",
+        "open",
+        "chunk_elems 2^60",
+    );
+    add(
+        "tree_not_object",
+        edit(&tiny, &|i| i["tree"] = json!([{"tensor": "x"}])),
+        "invalid_index",
+        "open",
+        "a tree that is an array",
+    );
+    add(
+        "rank_over_limit",
+        edit(&tiny, &|i| i["tensors"][0]["shape"] = json!(vec![1; 65])),
+        "limit_exceeded",
+        "open",
+        "rank 65",
+    );
+    add(
+        "name_too_long",
+        edit(&tiny, &|i| {
+            i["tensors"][0]["name"] = json!("n".repeat(5000))
+        }),
+        "limit_exceeded",
+        "open",
+        "a 5000-byte name",
+    );
+    add(
+        "duplicate_names",
+        edit(&filters, &|i| {
+            i["tensors"][1]["name"] = i["tensors"][0]["name"].clone()
+        }),
+        "invalid_index",
+        "open",
+        "two tensors named conn/indptr",
+    );
+    add(
+        "unknown_dtype",
+        edit(&tiny, &|i| i["tensors"][0]["dtype"] = json!("F4")),
+        "unsupported_feature",
+        "open",
+        "dtype F4",
+    );
+    add(
+        "unknown_filter",
+        edit(&filters, &|i| i["tensors"][0]["filter"] = json!("lz4ish")),
+        "unsupported_feature",
+        "open",
+        "filter lz4ish",
+    );
+    add(
+        "wrong_chunk_count",
+        edit(&filters, &|i| {
+            i["tensors"][1]["chunks"].as_array_mut().unwrap().pop();
+        }),
+        "invalid_index",
+        "open",
+        "one chunk missing from the table",
+    );
+    add(
+        "bad_encoding_flag",
+        edit(&tiny, &|i| i["tensors"][0]["chunks"][0][3] = json!(2)),
+        "invalid_index",
+        "open",
+        "chunk encoding 2",
+    );
+    add(
+        "misaligned_raw",
+        edit(&nested, &|i| {
+            let o = i["tensors"][0]["chunks"][0][0].as_u64().unwrap();
+            i["tensors"][0]["chunks"][0][0] = json!(o + 4);
+        }),
+        "invalid_index",
+        "open",
+        "raw data 4 bytes past an aligned offset",
+    );
+    add(
+        "missing_tree_ref",
+        edit(&tiny, &|i| i["tree"] = json!({"tensor": "nope"})),
+        "invalid_index",
+        "open",
+        "the tree names a tensor that is not in the index",
+    );
     let deep = (0..200).fold(json!(0), |v, _| json!([v]));
-    add("deep_json", edit(&tiny, &|i| i["metadata"] = deep.clone()), "limit_exceeded", "open", "metadata nested 200 deep");
+    add(
+        "deep_json",
+        edit(&tiny, &|i| i["metadata"] = deep.clone()),
+        "limit_exceeded",
+        "open",
+        "metadata nested 200 deep",
+    );
 
     let mut text = serde_json::to_vec(&index_of(&tiny)).unwrap();
     text.truncate(text.len() - 1);
-    add("index_not_json", with_index_bytes(&tiny, &text), "invalid_index", "open", "the index JSON is cut short");
-    let text = String::from_utf8(serde_json::to_vec(&index_of(&tiny)).unwrap()).unwrap().replace("\"tree\":", "\"metadata2\":NaN,\"tree\":");
-    add("nan_in_json", with_index_bytes(&tiny, text.as_bytes()), "invalid_index", "open", "NaN is not JSON");
-    let text = String::from_utf8(serde_json::to_vec(&index_of(&tiny)).unwrap()).unwrap().replace("\"metadata\":null", "\"metadata\":{\"a\":1,\"a\":2}");
-    add("duplicate_member", with_index_bytes(&tiny, text.as_bytes()), "invalid_index", "open", "metadata with two members named a");
+    add(
+        "index_not_json",
+        with_index_bytes(&tiny, &text),
+        "invalid_index",
+        "open",
+        "the index JSON is cut short",
+    );
+    let text = String::from_utf8(serde_json::to_vec(&index_of(&tiny)).unwrap())
+        .unwrap()
+        .replace("\"tree\":", "\"metadata2\":NaN,\"tree\":");
+    add(
+        "nan_in_json",
+        with_index_bytes(&tiny, text.as_bytes()),
+        "invalid_index",
+        "open",
+        "NaN is not JSON",
+    );
+    let text = String::from_utf8(serde_json::to_vec(&index_of(&tiny)).unwrap())
+        .unwrap()
+        .replace("\"metadata\":null", "\"metadata\":{\"a\":1,\"a\":2}");
+    add(
+        "duplicate_member",
+        with_index_bytes(&tiny, text.as_bytes()),
+        "invalid_index",
+        "open",
+        "metadata with two members named a",
+    );
     let mut text = serde_json::to_vec(&index_of(&tiny)).unwrap();
     let pos = text.windows(3).position(|w| w == b"\"x\"").unwrap();
     text[pos + 1] = 0xff;
-    add("invalid_utf8_name", with_index_bytes(&tiny, &text), "invalid_index", "open", "a name with a 0xff byte");
+    add(
+        "invalid_utf8_name",
+        with_index_bytes(&tiny, &text),
+        "invalid_index",
+        "open",
+        "a name with a 0xff byte",
+    );
     let mut v = tiny.clone();
     let n = v.len();
     v[n - TRAILER_LEN + 8..n - TRAILER_LEN + 16].copy_from_slice(&(1u64 << 62).to_le_bytes());
     let crc = crc32c::crc32c(&v[n - TRAILER_LEN..n - TRAILER_LEN + 20]);
     v[n - TRAILER_LEN + 20..n - TRAILER_LEN + 24].copy_from_slice(&crc.to_le_bytes());
-    add("index_length_huge", v, "limit_exceeded", "open", "the trailer declares a 2^62-byte index");
+    add(
+        "index_length_huge",
+        v,
+        "limit_exceeded",
+        "open",
+        "the trailer declares a 2^62-byte index",
+    );
 
     // A zstd frame that inflates past its chunk's declared size (a bomb),
     // with a valid checksum: caught while decoding, never allocated.
@@ -369,10 +706,20 @@ pub fn invalid(golden: &[Golden]) -> Vec<Invalid> {
     let mut idx = index_of(&bomb);
     idx["tensors"][0]["chunks"] = json!([[SUPERBLOCK_LEN, frame.len(), crc32c::crc32c(&frame), 1]]);
     let index = serde_json::to_vec(&idx).unwrap();
-    let trailer = Trailer { index_offset: data.len() as u64, index_len: index.len() as u64, index_crc32c: crc32c::crc32c(&index) };
+    let trailer = Trailer {
+        index_offset: data.len() as u64,
+        index_len: index.len() as u64,
+        index_crc32c: crc32c::crc32c(&index),
+    };
     data.extend_from_slice(&index);
     data.extend_from_slice(&trailer.encode());
-    add("decompression_bomb", data, "corrupt_data", "read", "a 64-byte chunk whose frame inflates to 1 MiB");
+    add(
+        "decompression_bomb",
+        data,
+        "corrupt_data",
+        "read",
+        "a 64-byte chunk whose frame inflates to 1 MiB",
+    );
 
     // Two frames that together decode to the right size: a chunk is exactly one frame.
     let mut frames = zstd::bulk::compress(&[0u8; 32], 3).unwrap();
@@ -380,13 +727,30 @@ pub fn invalid(golden: &[Golden]) -> Vec<Invalid> {
     let mut data = bomb[..SUPERBLOCK_LEN].to_vec();
     data.extend_from_slice(&frames);
     let mut idx = index_of(&bomb);
-    idx["tensors"][0]["chunks"] = json!([[SUPERBLOCK_LEN, frames.len(), crc32c::crc32c(&frames), 1]]);
+    idx["tensors"][0]["chunks"] =
+        json!([[SUPERBLOCK_LEN, frames.len(), crc32c::crc32c(&frames), 1]]);
     let index = serde_json::to_vec(&idx).unwrap();
-    let trailer = Trailer { index_offset: data.len() as u64, index_len: index.len() as u64, index_crc32c: crc32c::crc32c(&index) };
+    let trailer = Trailer {
+        index_offset: data.len() as u64,
+        index_len: index.len() as u64,
+        index_crc32c: crc32c::crc32c(&index),
+    };
     data.extend_from_slice(&index);
     data.extend_from_slice(&trailer.encode());
-    add("two_zstd_frames", data, "corrupt_data", "read", "a chunk of two concatenated zstd frames");
-    add("zero_length_chunk", edit(&filters, &|i| i["tensors"][1]["chunks"][0][1] = json!(0)), "invalid_index", "open", "a chunk with stored length 0");
+    add(
+        "two_zstd_frames",
+        data,
+        "corrupt_data",
+        "read",
+        "a chunk of two concatenated zstd frames",
+    );
+    add(
+        "zero_length_chunk",
+        edit(&filters, &|i| i["tensors"][1]["chunks"][0][1] = json!(0)),
+        "invalid_index",
+        "open",
+        "a chunk with stored length 0",
+    );
     let _ = Superblock::new(64);
     out
 }

@@ -555,7 +555,7 @@ def test_save_and_load_states_round_trip(tmp_path, suffix):
     randomize(net)
     path = tmp_path / f"s{suffix}"
     assert bb.save_states(net, path) is None
-    flat, aliases = (states_files.read_states(path) if suffix != ".bpz" else bb._read_bpz_states(str(path)))
+    flat, aliases = (states_files.read_states(path) if suffix != ".bpz" else bb.states_files._read_bpz_states(str(path)))
     assert aliases == {f"COBA{i + 2}.{v}": f"{post}.{t}"
                        for i, post in enumerate(["LIF0", "LIF1", "LIF0", "LIF1"])
                        for v, t in (("membrane_var", "V"), ("target_var", "input"))}
@@ -693,7 +693,7 @@ def fake_brainpy(monkeypatch):
 
 
 def test_install_is_idempotent_and_reversible(fake_brainpy, tmp_path, monkeypatch):
-    monkeypatch.setattr(bb, "_notice_given", False)  # the .bp notice is once per process
+    monkeypatch.setattr(bb.dropin, "_notice_given", False)  # the .bp notice is once per process
     original = fake_brainpy.save_pytree
     bb.install()
     bb.install()

@@ -36,7 +36,7 @@ def installed():
 
 @pytest.fixture
 def fresh_notice(monkeypatch):
-    monkeypatch.setattr(bb, "_notice_given", False)
+    monkeypatch.setattr(bb.dropin, "_notice_given", False)
 
 
 # ------------------------------------------------------------------ item 5: exception classes
@@ -127,7 +127,7 @@ def test_no_notice_for_other_names_or_a_chosen_format(tmp_path, fresh_notice):
             bp.checkpoints.save_pytree(str(tmp_path / "noext"), 1, verbose=False)
         with bb.installed(bp_format="bpz"):
             bp.checkpoints.save_pytree(str(tmp_path / "a.bp"), 1, verbose=False)
-    assert bb._notice_given is False
+    assert bb.dropin._notice_given is False
 
 
 def test_bp_format_brainpy_writes_what_plain_brainpy_reads(tmp_path):
@@ -200,7 +200,7 @@ def test_braintools_names_are_patched_and_restored():
     originals = (braintools_file.msgpack_save, braintools_file.msgpack_load, M.msgpack_load,
                  bp.checkpoints.load_pytree, bp.checkpoints.AsyncManager)
     with bb.installed(bp_format="bpz"):
-        assert braintools_file.msgpack_load is M.msgpack_load is bb._bt_msgpack_load
+        assert braintools_file.msgpack_load is M.msgpack_load is bb.dropin._bt_msgpack_load
         assert braintools_file.AsyncManager is bpz.AsyncManager is bp.checkpoints.AsyncManager
     assert (braintools_file.msgpack_save, braintools_file.msgpack_load, M.msgpack_load,
             bp.checkpoints.load_pytree, bp.checkpoints.AsyncManager) == originals

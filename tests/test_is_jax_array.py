@@ -23,7 +23,7 @@ def test_one_definition_in_the_package():
         if isinstance(node, ast.FunctionDef) and node.name.lstrip("_") == "is_jax_array"
     ]
     assert defined == ["pytree.py:is_jax_array"]
-    assert bpz.brainpy.is_jax_array is bpz.pytree.is_jax_array
+    assert bpz.brainpy.nodes.is_jax_array is bpz.pytree.is_jax_array
 
 
 def test_is_jax_array():

@@ -56,13 +56,13 @@ def _check_bpz_is_behind(items: list[pytest.Item]) -> None:
     import bpz.write
 
     expected = {
-        (braintools.file, "msgpack_save"): bpz.brainpy._bt_msgpack_save,
-        (braintools.file, "msgpack_load"): bpz.brainpy._bt_msgpack_load,
+        (braintools.file, "msgpack_save"): bpz.brainpy.dropin._bt_msgpack_save,
+        (braintools.file, "msgpack_load"): bpz.brainpy.dropin._bt_msgpack_load,
         (braintools.file, "AsyncManager"): bpz.write.AsyncManager,
-        (_msg_checkpoint, "msgpack_save"): bpz.brainpy._bt_msgpack_save,
-        (_msg_checkpoint, "msgpack_load"): bpz.brainpy._bt_msgpack_load,
-        (brainpy.checkpoints, "save_pytree"): bpz.brainpy._bp_save_pytree,
-        (brainpy.checkpoints, "load_pytree"): bpz.brainpy._bp_load_pytree,
+        (_msg_checkpoint, "msgpack_save"): bpz.brainpy.dropin._bt_msgpack_save,
+        (_msg_checkpoint, "msgpack_load"): bpz.brainpy.dropin._bt_msgpack_load,
+        (brainpy.checkpoints, "save_pytree"): bpz.brainpy.dropin._bp_save_pytree,
+        (brainpy.checkpoints, "load_pytree"): bpz.brainpy.dropin._bp_load_pytree,
     }
     for module in {sys.modules[item.module.__name__] for item in items if getattr(item, "module", None)}:
         for name in ("msgpack_save", "msgpack_load", "AsyncManager"):

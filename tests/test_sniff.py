@@ -3,11 +3,14 @@ recognise a file by the same rule, so they cannot disagree about what a file is.
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
 import bpz
 from bpz import formats
+from bpz._legacy import write_states
 from bpz.checkpoints import is_checkpoint_file
 from bpz.errors import NotAnArchiveError
 from bpz.read import is_bpz_file
@@ -28,6 +31,11 @@ def files(tmp_path):
     formats.write_bp(str(paths["bp"]), TREE)
     formats.write_npz(str(paths["npz"]), TREE)
     formats.write_safetensors(str(paths["safetensors"]), TREE)
+    # BrainPy's other save_states formats, written under their own names, then renamed.
+    for fmt, disguise in (("h5", "f.npz"), ("mat", "g.bpz"), ("pkl", "h.h5")):
+        written = write_states(tmp_path / f"states.{fmt}", TREE)
+        paths[fmt] = tmp_path / disguise
+        os.replace(written, paths[fmt])
     (tmp_path / "e.bin").write_bytes(b"not a tensor file at all")
     paths[None] = tmp_path / "e.bin"
     return paths

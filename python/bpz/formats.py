@@ -37,7 +37,7 @@ from .errors import FormatError, LimitExceededError, TruncatedError
 
 __all__ = [
     "read_safetensors", "read_safetensors_tree", "write_safetensors", "read_npz", "write_npz", "write_bp",
-    "detect_format", "sniff", "MAGIC", "SNIFF_BYTES", "losses", "unstorable", "SUFFIX_FORMATS",
+    "detect_format", "sniff", "MAGIC", "HDF5_MAGIC", "MAT5_MAGIC", "SNIFF_BYTES", "losses", "unstorable", "SUFFIX_FORMATS",
 ]
 
 _MAX_SAFETENSORS_HEADER = 100 << 20
@@ -68,8 +68,7 @@ def read_safetensors_tree(path: str) -> tuple[Any, Any]:
     metadata = _json_member(path, meta, METADATA_KEY) if METADATA_KEY in meta else (rest or None)
     if TREE_KEY not in meta:
         return arrays, metadata
-    from .pytree import unflatten
-    from .read import _finish_leaf
+    from .pytree import leaf_value, unflatten
 
     tree = _json_member(path, meta, TREE_KEY)
     used: set[str] = set()
@@ -77,7 +76,7 @@ def read_safetensors_tree(path: str) -> tuple[Any, Any]:
     def load(node: dict[str, Any]) -> Any:
         name = node["tensor"]
         used.add(name)
-        return _finish_leaf(arrays[name], node)
+        return leaf_value(arrays[name], node)
 
     try:
         result = unflatten(tree, load)
@@ -298,11 +297,19 @@ MAGIC = b"\x89BPZ\r\n\x1a\n"
 SNIFF_BYTES = 16
 
 
+#: The first 8 bytes of an HDF5 file (no user block: what h5py writes by default).
+HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
+#: The start of a MATLAB 5 file's text header (what ``scipy.io.savemat`` writes).
+MAT5_MAGIC = b"MATLAB 5.0"
+
+
 def sniff(source: str | os.PathLike[str] | bytes) -> str | None:
-    """The format a file's content says it is: ``"bpz"``, ``"npz"``, ``"bp"`` or ``"safetensors"``,
-    or None. ``source`` is a path (its first :data:`SNIFF_BYTES` bytes are read; OSError if it
-    cannot be) or the file's first bytes. The one place formats are recognised: loading, the
-    checkpoint listing and ``bpz convert`` all ask here.
+    """The format a file's content says it is, or None: ``"bpz"``, ``"npz"``, ``"bp"``,
+    ``"safetensors"``, or one of the other ``save_states`` formats ``"h5"``, ``"mat"``, ``"pkl"``
+    (a pickle of protocol 2 or later; protocols 0 and 1 have no signature). ``source`` is a path
+    (its first :data:`SNIFF_BYTES` bytes are read; OSError if it cannot be) or the file's first
+    bytes. The one place formats are recognised: loading, the checkpoint listing, ``bpz convert``
+    and the states files all ask here.
     """
     if isinstance(source, (bytes, bytearray, memoryview)):
         head = bytes(source[:SNIFF_BYTES])
@@ -313,6 +320,12 @@ def sniff(source: str | os.PathLike[str] | bytes) -> str | None:
         return "bpz"
     if head[:4] == b"PK\x03\x04":
         return "npz"
+    if head[:8] == HDF5_MAGIC:
+        return "h5"
+    if head[:10] == MAT5_MAGIC:
+        return "mat"
+    if len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5:  # PROTO opcode (an empty msgpack map is 1 byte)
+        return "pkl"
     from ._legacy import bp_msgpack  # imported only for non-bpz files (slow import)
 
     if bp_msgpack.is_bp_file(head):
@@ -323,6 +336,6 @@ def sniff(source: str | os.PathLike[str] | bytes) -> str | None:
 
 
 def detect_format(path: str) -> str:
-    """``"bpz"``, ``"bp"``, ``"safetensors"`` or ``"npz"``, by content first (:func:`sniff`), then
-    by name; ``"unknown"`` if neither says."""
+    """What :func:`sniff` says the content is (``"bpz"``, ``"bp"``, ``"safetensors"``, ``"npz"``, ...),
+    else the format its name suggests; ``"unknown"`` if neither says."""
     return sniff(path) or SUFFIX_FORMATS.get(os.path.splitext(path)[1].lower(), "unknown")

@@ -327,6 +327,19 @@ def quantity_from_node(mantissa: np.ndarray, node: Mapping[str, Any]) -> Any:
     return units.Quantity(value, unit=unit)
 
 
+def leaf_value(arr: np.ndarray, node: Mapping[str, Any]) -> Any:
+    """What a loaded tensor stands for in the tree, by its node's ``py`` hint: the array itself
+    (also for arrays saved from jax, as BrainPy loads them), a NumPy scalar, a typed PRNG key or a
+    Quantity. Every reader of a stored tree (``bpz.open``, safetensors with a bpz tree) uses it."""
+    kind = node.get("py")
+    if kind == "numpy_scalar":
+        return arr[()]
+    if kind == "jax_key":
+        return wrap_key(arr, node.get("impl", "threefry2x32"))
+    if kind == "quantity":
+        return quantity_from_node(arr, node)
+    return arr
+
 def _escape_segment(segment: str) -> str:
     """A key as one segment of a tensor name: ``~`` and ``/`` escaped; NUL,
     which names can't hold (C strings), replaced (the tree keeps the exact key)."""

@@ -193,6 +193,31 @@ def test_unknown_suffix_and_missing_file(tmp_path):
         write_states(tmp_path / "x.txt", VALUES)
 
 
+@pytest.mark.parametrize("suffix", [".h5", ".npz", ".pkl", ".mat"])
+def test_the_content_not_the_name_picks_the_reader(tmp_path, suffix):
+    """A states file renamed to another format's suffix still reads as what it holds."""
+    flat = {"A.x": np.arange(4.0), "A.n": np.array([1, 2], np.int32)}
+    written = write_states(tmp_path / f"a{suffix}", flat, {"B.x": "A.x"})
+    for disguise in {".h5", ".npz", ".pkl", ".mat", ".bin"} - {suffix}:
+        renamed = tmp_path / f"a{suffix}{disguise}"
+        os.replace(written, renamed)
+        got, aliases = read_states(renamed, like=flat)
+        _assert_same(got, flat, ordered=suffix != ".h5")
+        assert aliases == {"B.x": "A.x"}
+        written = renamed
+    assert states_files.content_format(str(written)) == {".pkl": "pkl"}.get(suffix, suffix[1:])
+
+
+def test_a_pickle_without_a_signature_is_read_only_under_a_pickle_name(tmp_path):
+    """Pickle protocols 0 and 1 start with no magic bytes: the name is the only hint."""
+    data = pickle.dumps({"A.x": np.arange(3.0)}, protocol=0)
+    (tmp_path / "old.pkl").write_bytes(data)
+    (tmp_path / "old.dat").write_bytes(data)
+    np.testing.assert_array_equal(read_states(tmp_path / "old.pkl")[0]["A.x"], np.arange(3.0))
+    with pytest.raises(FormatError, match="Unknown file format"):
+        read_states(tmp_path / "old.dat")
+
+
 @pytest.mark.parametrize("name", ["einet_states.h5", "einet_states.npz", "einet_states_compressed.npz",
                                   "einet_states.pkl", "einet_states.mat"])
 def test_truncated_files(tmp_path, name):

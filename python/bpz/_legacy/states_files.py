@@ -1,9 +1,10 @@
 """Read and write the legacy ``save_states`` files (BrainPy 2.1.12-2.4.5).
 
 Why: ``save_states`` wrote a flat ``{"<node>.<attr>": array}`` map in one of four formats,
-picked by suffix. A Variable shared by several nodes is stored once, under its first name;
-each later name (the alias) goes into two parallel lists, ``duplicate_keys`` (aliases) and
-``duplicate_targets`` (the stored names). Layouts, all reproduced by :func:`write_states`:
+picked by suffix (as :func:`write_states` does; :func:`read_states` goes by the content). A
+Variable shared by several nodes is stored once, under its first name; each later name (the
+alias) goes into two parallel lists, ``duplicate_keys`` (aliases) and ``duplicate_targets`` (the
+stored names). Layouts, all reproduced by :func:`write_states`:
 
 * ``.h5``/``.hdf5``: one root dataset per name; the two lists as scalar string datasets joined
   with ``+``.
@@ -64,7 +65,7 @@ from ._common import (
 )
 from .safe_pickle import load_pickle
 
-__all__ = ["read_states", "write_states", "expand_aliases", "SUFFIXES"]
+__all__ = ["read_states", "write_states", "expand_aliases", "content_format", "SUFFIXES"]
 
 DUPLICATE_KEY = "duplicate_keys"
 DUPLICATE_TARGET = "duplicate_targets"
@@ -83,11 +84,27 @@ _MAT_STORAGE = {1: "i1", 2: "u1", 3: "i2", 4: "u2", 5: "i4", 6: "u4", 7: "f4", 9
 Flat = dict[str, np.ndarray]
 
 
-def _format(path: str, error: type[Exception]) -> str:
+def _writer_format(path: str) -> str:
+    """The format a new file gets: its suffix decides, as in BrainPy."""
     fmt = SUFFIXES.get(os.path.splitext(path)[1].lower())
     if fmt is None:
-        raise error(f"Unknown file format: {path}. Legacy states files end with one of {sorted(SUFFIXES)}")
+        raise ValueError(f"Unknown file format: {path}. Legacy states files end with one of {sorted(SUFFIXES)}")
     return fmt
+
+
+def content_format(path: str) -> str | None:
+    """The format of an existing file: its content decides (``bpz.formats.sniff``), whatever its
+    name says; ``"h5"``, ``"npz"``, ``"pkl"``, ``"mat"``, or None. A pickle of protocol 0 or 1 has
+    no signature: such a file is taken for one only when it is named ``.pkl``/``.pickle`` (the
+    restricted unpickler refuses anything else it might be)."""
+    from ..formats import sniff  # not at import time: bpz.formats imports this package
+
+    found = sniff(path)
+    if found in _READERS:
+        return found
+    if found is None and SUFFIXES.get(os.path.splitext(path)[1].lower()) == "pkl":
+        return "pkl"
+    return None
 
 
 Limits = dict  # {"max_ratio": ..., "max_bytes": ...} passed through to ExpansionBudget
@@ -496,7 +513,11 @@ def read_states(path: "str | os.PathLike[str]", *, like: Mapping[str, Any] | Non
     """
     name, size = check_file(path)
     limits = {"max_ratio": max_ratio, "max_bytes": max_bytes}
-    flat, dups = _READERS[_format(name, FormatError)](name, size, limits)
+    fmt = content_format(name)
+    if fmt is None:
+        raise FormatError(f"Unknown file format: {name}: its content is none of the save_states formats "
+                          f"(HDF5, npz, pickle, MATLAB 5), whatever its name says")
+    flat, dups = _READERS[fmt](name, size, limits)
     keys, targets = dups.get(DUPLICATE_KEY, []), dups.get(DUPLICATE_TARGET, [])
     if len(keys) != len(targets):
         raise FormatError(f"{name}: {len(keys)} duplicate_keys but {len(targets)} duplicate_targets")
@@ -506,7 +527,7 @@ def read_states(path: "str | os.PathLike[str]", *, like: Mapping[str, Any] | Non
             raise FormatError(f"{name}: alias {alias!r} -> {target!r} does not name a stored "
                               f"variable, or repeats a stored name")
         aliases[alias] = target
-    if like and _format(name, FormatError) == "mat":
+    if like and fmt == "mat":
         _like(flat, like)
     return flat, aliases
 
@@ -527,7 +548,7 @@ def write_states(path: "str | os.PathLike[str]", flat: Mapping[str, Any],
     if setting:
         raise TypeError(f"unknown save_states settings: {sorted(setting)}")
     name = os.fspath(path)
-    fmt = _format(name, ValueError)
+    fmt = _writer_format(name)
     arrays = {}
     for key, value in flat.items():
         if not isinstance(key, str) or key in (DUPLICATE_KEY, DUPLICATE_TARGET):

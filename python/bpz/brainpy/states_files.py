@@ -29,13 +29,25 @@ _ID_MISMATCH = "{key1} and {key2} is the same data in {filename}. But we found t
 # ------------------------------------------------------------------ legacy save_states / load_states
 
 
-def _states_format(filename: str) -> str:
+def _writer_format(filename: str) -> str:
+    """What a new states file becomes: its suffix decides, as in BrainPy."""
     suffix = os.path.splitext(filename)[1].lower()
     if suffix not in STATES_SUFFIXES:
         raise UnknownFormatError(f"Unknown file format: {filename}. We only supports {list(STATES_SUFFIXES)}")
     return "bpz" if suffix == ".bpz" else "legacy"
 
 
+def _content_format(filename: str) -> str:
+    """What an existing states file holds, by its content (``bpz.formats.sniff``), whatever its name."""
+    from .._legacy.states_files import content_format
+    from ..formats import sniff
+
+    if sniff(filename) == "bpz":
+        return "bpz"
+    if content_format(filename) is not None:
+        return "legacy"
+    raise UnknownFormatError(f"Unknown file format: {filename}: its content is none of the save_states "
+                             "formats (bpz, HDF5, npz, pickle, MATLAB 5), whatever its name says")
 
 
 def save_states(obj: Any, filename: str | os.PathLike[str], variables: Mapping[str, Any] | None = None, **setting: Any) -> None:
@@ -50,7 +62,7 @@ def save_states(obj: Any, filename: str | os.PathLike[str], variables: Mapping[s
     :func:`bpz.save_pytree`). The file appears atomically.
     """
     filename = os.fspath(filename)
-    fmt = _states_format(filename)
+    fmt = _writer_format(filename)
     if variables is None:
         variables = _tree_slots(obj)  # obj.vars(method='absolute', level=-1)
     if not isinstance(variables, Mapping):
@@ -120,7 +132,7 @@ def _read_any_states(filename: str, like: Mapping[str, Any] | None, max_ratio: f
     from .._legacy import _common, states_files
 
     _common.checked_limits(max_ratio, max_bytes)  # a bad value is an error for .bpz files too
-    if _states_format(filename) == "bpz":
+    if _content_format(filename) == "bpz":
         return _read_bpz_states(filename)
     return states_files.read_states(filename, like=like, max_ratio=max_ratio, max_bytes=max_bytes)
 
@@ -169,7 +181,6 @@ def load_states(obj: Any, filename: str | os.PathLike[str], verbose: bool = Fals
     filename = os.fspath(filename)
     if not os.path.exists(filename):
         raise CheckpointNotFoundError(f"Cannot find the file path: {filename}")
-    _states_format(filename)
     slots = _tree_slots(obj)
     flat, aliases = _read_any_states(filename, like=slots, max_ratio=max_ratio, max_bytes=max_bytes)
     target_name = _node_name(obj) if not isinstance(obj, Mapping) else "the target dict"

@@ -121,6 +121,15 @@ impl DType {
         DType::ALL.into_iter().find(|d| d.name() == name)
     }
 
+    /// The code of a 1.1 tensor record (spec §16.2): 1 + the place in [`DType::ALL`].
+    pub fn code(self) -> u8 {
+        DType::ALL.iter().position(|&d| d == self).expect("every dtype is listed") as u8 + 1
+    }
+
+    pub fn from_code(code: u8) -> Option<DType> {
+        DType::ALL.get((code as usize).checked_sub(1)?).copied()
+    }
+
     /// Bytes per element.
     pub fn size(self) -> usize {
         match self {
@@ -189,6 +198,27 @@ impl Filter {
         .find(|f| f.name() == name)
     }
 
+    /// The code of a 1.1 tensor record (spec §16.2).
+    pub fn code(self) -> u8 {
+        match self {
+            Filter::None => 0,
+            Filter::Shuffle => 1,
+            Filter::DeltaShuffle => 2,
+            Filter::BitPack => 3,
+        }
+    }
+
+    pub fn from_code(code: u8) -> Option<Filter> {
+        [
+            Filter::None,
+            Filter::Shuffle,
+            Filter::DeltaShuffle,
+            Filter::BitPack,
+        ]
+        .get(code as usize)
+        .copied()
+    }
+
     /// Whether the filter is defined for elements of this type.
     pub fn applies_to(self, dtype: DType) -> bool {
         match self {
@@ -215,6 +245,22 @@ impl Storage {
             Storage::Chunked => "chunked",
         }
     }
+
+    /// The code of a 1.1 tensor record (spec §16.2).
+    pub fn code(self) -> u8 {
+        match self {
+            Storage::Raw => 0,
+            Storage::Chunked => 1,
+        }
+    }
+
+    pub fn from_code(code: u8) -> Option<Storage> {
+        match code {
+            0 => Some(Storage::Raw),
+            1 => Some(Storage::Chunked),
+            _ => None,
+        }
+    }
 }
 
 /// One stored chunk of a tensor.
@@ -228,6 +274,9 @@ pub struct ChunkInfo {
     pub crc32c: u32,
     /// `true`: filter + zstd; `false`: the decoded bytes themselves.
     pub encoded: bool,
+    /// Content hash of the decoded bytes (spec §16.3); `None` where unknown (a 1.0
+    /// file's chunks).
+    pub hash: Option<[u8; 16]>,
 }
 
 /// Everything the index says about one tensor.

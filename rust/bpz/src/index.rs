@@ -794,6 +794,7 @@ fn validate_tensor(
             stored_len,
             crc32c: crc as u32,
             encoded,
+            hash: None,
         });
     }
     info.name = name;
@@ -884,6 +885,7 @@ mod emitter_tests {
                 stored_len,
                 crc32c,
                 encoded,
+                hash: None,
             },
         );
         (
@@ -940,6 +942,7 @@ mod emitter_tests {
                 stored_len: 4096,
                 crc32c: i as u32 * 7919,
                 encoded: i % 3 == 0,
+                hash: None,
             })
             .collect();
         let mut tensors = vec![TensorInfo {
@@ -963,6 +966,7 @@ mod emitter_tests {
                 stored_len: 4,
                 crc32c: i as u32,
                 encoded: false,
+                hash: None,
             }],
         }));
         let mut pieces = Vec::new();

@@ -22,6 +22,7 @@
 //! ```
 
 pub mod alloc;
+pub mod binindex;
 pub mod codec;
 pub mod error;
 pub mod filter_choice;

@@ -476,6 +476,7 @@ impl<W: Write> Writer<W> {
                 stored_len: len,
                 crc32c: crc,
                 encoded: false,
+                hash: None,
             }
         };
         let chunks: Vec<ChunkInfo> = if data.is_empty() {
@@ -634,6 +635,7 @@ impl<W: Write> Writer<W> {
             stored_len: buf.len() as u64,
             crc32c: e.crc,
             encoded: e.encoded,
+            hash: None,
         });
         self.pos += buf.len() as u64;
         self.pending.push_back(buf);
@@ -649,6 +651,7 @@ impl<W: Write> Writer<W> {
             stored_len: stored.len() as u64,
             crc32c: e.crc,
             encoded: e.encoded,
+            hash: None,
         });
         self.recycle(e.buf);
         Ok(())

@@ -31,6 +31,8 @@ mod index;
 mod json;
 pub mod persist;
 pub mod read;
+#[cfg(feature = "remote")]
+pub mod remote;
 pub mod write;
 
 pub use alloc::Zeroed;

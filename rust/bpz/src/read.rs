@@ -36,6 +36,9 @@ pub trait Source: Send + Sync {
     fn current_len(&self) -> Option<u64> {
         None
     }
+    /// A hint: the reader is about to read these byte ranges, each once, from several
+    /// threads. A remote source fetches them together, ahead of the reads.
+    fn prefetch(&self, _ranges: &[Range<u64>]) {}
     /// Fills `bufs`, one after the other, with the bytes from `offset` on: a scattered read,
     /// in one system call where the source can.
     fn read_exact_vectored_at(&self, mut offset: u64, bufs: &mut [&mut [u8]]) -> io::Result<()> {
@@ -645,6 +648,10 @@ impl Reader {
                 .collect();
             jobs.push(ReadJob::Together(read.bytes, dests));
         }
+        if coalesce && jobs.len() > 1 {
+            let ranges: Vec<Range<u64>> = jobs.iter().map(ReadJob::bytes).collect();
+            self.source.prefetch(&ranges);
+        }
         let run = |job: ReadJob<'a>| match job {
             ReadJob::Alone(d) => self.decode_chunk_part(d.t, d.i, 0..d.out.len() as u64, d.out),
             ReadJob::Together(bytes, dests) => self.read_together(bytes, dests),
@@ -808,6 +815,12 @@ impl Reader {
             let (piece, tail) = std::mem::take(&mut rest).split_at_mut((hi - lo) as usize);
             rest = tail;
             jobs.push((i, (lo - c_start)..(hi - c_start), piece));
+        }
+        if jobs.len() > 1 && self.source.as_slice().is_none() {
+            let ranges: Vec<Range<u64>> = (first..=last)
+                .map(|i| t.chunks[i].offset..t.chunks[i].offset + t.chunks[i].stored_len)
+                .collect();
+            self.source.prefetch(&ranges);
         }
         let run = |(i, within, piece): (usize, Range<u64>, &mut [u8])| {
             self.decode_chunk_part(t, i, within, piece)
@@ -1130,6 +1143,19 @@ enum ReadJob<'a> {
     Alone(ChunkDest<'a>),
     /// Neighbouring small chunks, read with one read of these bytes.
     Together(Range<u64>, Vec<ChunkDest<'a>>),
+}
+
+impl ReadJob<'_> {
+    /// The bytes of the file it reads.
+    fn bytes(&self) -> Range<u64> {
+        match self {
+            ReadJob::Alone(d) => {
+                let c = &d.t.chunks[d.i];
+                c.offset..c.offset + c.stored_len
+            }
+            ReadJob::Together(bytes, _) => bytes.clone(),
+        }
+    }
 }
 
 /// One read that covers several extents (see [`plan_ranges`]).

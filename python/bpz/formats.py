@@ -27,7 +27,7 @@ import json
 import math
 import os
 import struct
-from typing import Any, Callable
+from typing import Any, TypeGuard
 
 import numpy as np
 
@@ -37,7 +37,8 @@ from .errors import FormatError, LimitExceededError, TruncatedError
 
 __all__ = [
     "read_safetensors", "read_safetensors_tree", "write_safetensors", "read_npz", "write_npz", "write_bp",
-    "detect_format", "sniff", "MAGIC", "HDF5_MAGIC", "MAT5_MAGIC", "SNIFF_BYTES", "losses", "unstorable", "SUFFIX_FORMATS",
+    "detect_format", "sniff", "MAGIC", "HDF5_MAGIC", "MAT_ENDIAN_MARKS", "SNIFF_BYTES", "losses", "unstorable",
+    "SUFFIX_FORMATS",
 ]
 
 _MAX_SAFETENSORS_HEADER = 100 << 20
@@ -137,7 +138,7 @@ def _read_safetensors(path: str) -> tuple[dict[str, np.ndarray], dict[str, str]]
     return out, meta
 
 
-def _ints(value: Any, most: int) -> bool:
+def _ints(value: Any, most: int) -> TypeGuard[list[int]]:
     return (isinstance(value, list) and len(value) <= most
             and all(type(v) is int and 0 <= v < 2**63 for v in value))
 
@@ -181,7 +182,7 @@ def read_npz(path: str) -> dict[str, np.ndarray]:
     """The arrays of an ``.npz`` file, through the hardened legacy reader (every length checked,
     decompression bounded, no pickles); BrainPy ``save_states`` aliases are expanded."""
     from ._legacy._common import check_file
-    from ._legacy.states_files import read_npz_arrays, expand_aliases
+    from ._legacy.states_files import expand_aliases, read_npz_arrays
 
     name, size = check_file(path)
     flat, lists = read_npz_arrays(name, size)
@@ -293,14 +294,15 @@ def losses(tree: Any, metadata: Any, fmt: str) -> list[str]:
 
 #: The first 8 bytes of every bpz archive.
 MAGIC = b"\x89BPZ\r\n\x1a\n"
-#: How many leading bytes :func:`sniff` needs to tell the formats apart.
-SNIFF_BYTES = 16
+#: How many leading bytes :func:`sniff` needs to tell the formats apart (a MAT-file's header is 128).
+SNIFF_BYTES = 128
 
 
 #: The first 8 bytes of an HDF5 file (no user block: what h5py writes by default).
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
-#: The start of a MATLAB 5 file's text header (what ``scipy.io.savemat`` writes).
-MAT5_MAGIC = b"MATLAB 5.0"
+#: A MAT-file (level 5, or 7.3 whose HDF5 data follows a 512-byte user block) has a 116-byte text
+#: header, 8 bytes of subsystem offset, a 2-byte version and this endian indicator at byte 126.
+MAT_ENDIAN_MARKS = (b"IM", b"MI")
 
 
 def sniff(source: str | os.PathLike[str] | bytes) -> str | None:
@@ -322,10 +324,10 @@ def sniff(source: str | os.PathLike[str] | bytes) -> str | None:
         return "npz"
     if head[:8] == HDF5_MAGIC:
         return "h5"
-    if head[:10] == MAT5_MAGIC:
-        return "mat"
     if len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5:  # PROTO opcode (an empty msgpack map is 1 byte)
         return "pkl"
+    if len(head) >= 128 and head[126:128] in MAT_ENDIAN_MARKS and 0x20 <= head[0] < 0x7F:
+        return "mat"
     from ._legacy import bp_msgpack  # imported only for non-bpz files (slow import)
 
     if bp_msgpack.is_bp_file(head):

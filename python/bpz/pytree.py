@@ -13,18 +13,18 @@ import binascii
 import collections
 import contextlib
 import gc
+import importlib
 import json
 import math
 import os
 import re
-import importlib
 import reprlib
 import sys
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any
+from typing import Any, TypeGuard
 
 import numpy as np
 
@@ -199,7 +199,7 @@ def is_quantity(obj: Any) -> bool:
     return bool(types) and isinstance(obj, types)
 
 
-def _is_flatted_dict(obj: Any) -> bool:
+def _is_flatted_dict(obj: Any) -> TypeGuard[Any]:
     """Whether ``obj`` is brainstate's ``FlattedDict`` (tuple-path keys, from ``module.states()``)."""
     brainstate = sys.modules.get("brainstate")
     util = getattr(brainstate, "util", None) if brainstate is not None else None
@@ -229,7 +229,8 @@ def _unit_hint(unit: Any, where: str) -> dict[str, Any]:
             "factor": float(_json_number(unit.factor, "the factor")),
         }
     except (AttributeError, TypeError, ValueError) as e:
-        raise TypeError(f"bpz cannot save the Quantity at {where}: its unit {unit!r} is not one bpz can describe ({e})") from None
+        raise TypeError(f"bpz cannot save the Quantity at {where}: its unit {unit!r} is not one bpz can "
+                        f"describe ({e})") from None
     for attr in ("name", "dispname"):
         text = getattr(unit, attr, None)
         if isinstance(text, str):
@@ -262,7 +263,8 @@ def _unit_module() -> Any:
 _units: dict[tuple[Any, ...], Any] = {}
 
 
-def _make_unit(units: Any, dims: Any, scale: Any, base: Any, factor: Any, name: Any = None, dispname: Any = None) -> Any:
+def _make_unit(units: Any, dims: Any, scale: Any, base: Any, factor: Any, name: Any = None,
+               dispname: Any = None) -> Any:
     """A ``Unit`` from its parts (cached: a model has few units and many Quantities)."""
     dims = [float(d) if isinstance(d, float) else int(d) for d in np.asarray(dims).tolist()]
     if len(dims) != 7:
@@ -304,7 +306,8 @@ def quantity_from_node(mantissa: np.ndarray, node: Mapping[str, Any]) -> Any:
                 raise ValueError("not a 0-d tensor of a Python number")
             value = kind(mantissa.item())
         except (ValueError, TypeError, OverflowError) as e:
-            raise FormatError(f"the tensor {node['tensor']!r} has an invalid scalar hint {_key_repr.repr(scalar)}: {e}") from None
+            raise FormatError(f"the tensor {node['tensor']!r} has an invalid scalar hint "
+                              f"{_key_repr.repr(scalar)}: {e}") from None
     units = _unit_module()
     if units is None:
         # Named by unit, not tensor, so a model's many Quantities give one warning per unit.
@@ -497,7 +500,8 @@ class _Flattener:
             "keys must be str, int, float, bool, None, bytes or tuples of these"
         )
 
-    def array(self, arr: np.ndarray, name: str, hint: dict[str, Any], path: tuple[Any, ...], key: Any = _NO_KEY) -> dict[str, Any]:
+    def array(self, arr: np.ndarray, name: str, hint: dict[str, Any], path: tuple[Any, ...],
+              key: Any = _NO_KEY) -> dict[str, Any]:
         """A tensor leaf named ``name`` (unique-ified); ``path`` (+ ``key``) is its key path."""
         dtype, swap = dtypes.storage(arr.dtype)
         if dtype is None:
@@ -592,14 +596,15 @@ class _Flattener:
             if is_jax_array(obj):
                 return self.jax_array(obj, path, name)
             if isinstance(obj, (Mapping, list, tuple)):
-                if isinstance(obj, Mapping) and _is_flatted_dict(obj):
+                if _is_flatted_dict(obj):
                     # brainstate's model.states(): saved nested, as braintools does, so keys load as 'a', not ('a',).
                     obj = obj.to_nest()
                 return self.container(obj, path, name, depth)
             if is_quantity(obj):
                 return self.quantity(obj, path, name)
             if isinstance(obj, (set, frozenset)):
-                raise TypeError(f"bpz cannot save a {type(obj).__name__} at {format_path(path)}: sets have no order; use a list")
+                raise TypeError(f"bpz cannot save a {type(obj).__name__} at {format_path(path)}: sets have no "
+                                "order; use a list")
             if hasattr(obj, "value") and not isinstance(obj, Enum):
                 # BrainPy Variables / Arrays and brainstate States are saved as their value.
                 obj = obj.value
@@ -640,9 +645,11 @@ class _Flattener:
         hint: dict[str, Any] = {"py": "quantity", "unit": unit}
         mantissa = q.mantissa
         if isinstance(mantissa, (bool, int, float, complex)):
-            hint["scalar"] = next(k for k in ("bool", "int", "float", "complex") if isinstance(mantissa, _SCALAR_MANTISSA[k]))
+            hint["scalar"] = next(k for k in ("bool", "int", "float", "complex")
+                                  if isinstance(mantissa, _SCALAR_MANTISSA[k]))
             if isinstance(mantissa, int) and not isinstance(mantissa, bool) and not -(2**63) <= mantissa < 2**63:
-                raise TypeError(f"bpz cannot save the Quantity at {where}: its int mantissa {mantissa} does not fit in int64")
+                raise TypeError(f"bpz cannot save the Quantity at {where}: its int mantissa {mantissa} does not "
+                                "fit in int64")
             arr = np.asarray(mantissa)
         elif isinstance(mantissa, np.generic):
             hint["scalar"] = "numpy"
@@ -655,7 +662,8 @@ class _Flattener:
         elif isinstance(mantissa, np.ndarray):
             arr = _as_plain_array(mantissa, path)
         else:
-            raise TypeError(f"bpz cannot save the Quantity at {where}: its mantissa is a {_type_name(mantissa)}, not an array or a number")
+            raise TypeError(f"bpz cannot save the Quantity at {where}: its mantissa is a {_type_name(mantissa)}, "
+                            "not an array or a number")
         self.values += _count_json_values(unit) - 1  # (array() counts the hint's own members)
         return self.array(arr, name, hint, path)
 
@@ -755,7 +763,7 @@ def _namedtuple_type(name: str, fields: tuple[str, ...]) -> type:
     if key not in _namedtuple_types:
         type_name = name if name.isidentifier() else "NamedTuple"
         # rename=True: a field that is not an identifier becomes _0, _1, ...
-        _namedtuple_types[key] = collections.namedtuple(type_name, fields, rename=True)  # type: ignore[misc]
+        _namedtuple_types[key] = collections.namedtuple(type_name, fields, rename=True)
     return _namedtuple_types[key]
 
 
@@ -827,7 +835,8 @@ def unflatten(tree: Any, load_tensor: Callable[[dict[str, Any]], Any]) -> Any:
             return cls(*[build(v) for v in payload["values"]])
         value = _decode_scalar(kind, payload)
         if value is _NOT_SCALAR:
-            raise FormatError(f"the archive's tree has a node of kind {_key_repr.repr(kind)}, unknown to this version of bpz")
+            raise FormatError(f"the archive's tree has a node of kind {_key_repr.repr(kind)}, unknown to this "
+                              "version of bpz")
         return value
 
     if tree is None:
@@ -895,7 +904,8 @@ def _as_sequence(loaded: Any, n: int, fields: tuple[str, ...] | None, path: tupl
     elif isinstance(loaded, Mapping):
         keys = list(fields) if fields and all(f in loaded for f in fields) else [str(i) for i in range(len(loaded))]
         if set(map(str, loaded)) != set(keys):
-            raise ValueError(f"expected a sequence of {n} items at {format_path(path)}, got a dict with keys {sorted(map(str, loaded))}")
+            raise ValueError(f"expected a sequence of {n} items at {format_path(path)}, got a dict with keys "
+                             f"{sorted(map(str, loaded))}")
         seq = [loaded[k] if k in loaded else loaded[int(k)] for k in keys]
     else:
         raise ValueError(f"expected a sequence of {n} items at {format_path(path)}, got {type(loaded).__name__}")
@@ -953,11 +963,13 @@ def restore_into(
     if isinstance(target, tuple) and hasattr(target, "_fields"):
         seq = _as_sequence(loaded, len(target), tuple(target._fields), path)
         return type(target)(
-            *(restore_into(t, l, assignments, (*path, f), 0, ignored) for f, t, l in zip(target._fields, target, seq))
+            *(restore_into(t, got, assignments, (*path, f), 0, ignored)
+              for f, t, got in zip(target._fields, target, seq))
         )
     if isinstance(target, (list, tuple)):
         seq = _as_sequence(loaded, len(target), None, path)
-        items = [restore_into(t, l, assignments, (*path, i), 0, ignored) for i, (t, l) in enumerate(zip(target, seq))]
+        items = [restore_into(t, got, assignments, (*path, i), 0, ignored)
+                 for i, (t, got) in enumerate(zip(target, seq))]
         return type(target)(items) if type(target) in (list, tuple) else items
     if _is_array(target) or isinstance(target, (np.generic, *_PY_NUMBERS)) or is_quantity(target):
         return accept_loaded(target, loaded, path)
@@ -1048,7 +1060,8 @@ def _accept_variable(var: Any, loaded: Any, where: str) -> Any:
     if isinstance(axis, int) and len(shape) == len(got_shape) and 0 <= axis < len(shape):
         shape, got_shape = shape[:axis] + shape[axis + 1 :], got_shape[:axis] + got_shape[axis + 1 :]
     if shape != got_shape:
-        raise ValueError(f"Array shape mismatch: expected {tuple(np.shape(current))}, got {tuple(np.shape(loaded))} at {where}")
+        raise ValueError(f"Array shape mismatch: expected {tuple(np.shape(current))}, "
+                         f"got {tuple(np.shape(loaded))} at {where}")
     expected = np.dtype(var.dtype)
     got = np.dtype(loaded.dtype if hasattr(loaded, "dtype") else np.asarray(loaded).dtype)
     canonical = canonical_dtype(got)
@@ -1093,7 +1106,8 @@ def _accept_quantity(target: Any, loaded: Any, where: str) -> Any:
     elif isinstance(loaded, Mapping) and set(map(str, loaded)) == _LEGACY_QUANTITY_KEYS:
         # A Quantity as braintools (BrainPy 2.9 .bp files) saves it.
         try:
-            unit = _make_unit(sys.modules[type(target).__module__], loaded["dim"], loaded["scale"], loaded["base"], loaded["factor"])
+            unit = _make_unit(sys.modules[type(target).__module__], loaded["dim"], loaded["scale"], loaded["base"],
+                              loaded["factor"])
         except Exception as e:  # noqa: BLE001 - the unit library's word on a damaged unit
             raise ValueError(f"invalid unit {_key_repr.repr(dict(loaded))} at {where}: {e}") from None
         mantissa = loaded["mantissa"]

@@ -24,8 +24,9 @@ import contextlib
 import importlib
 import os
 import re
+from collections.abc import Callable, Iterable, Iterator
 from types import ModuleType
-from typing import Any, Callable, Iterable, Iterator, Union
+from typing import Any, Union
 
 import numpy as np
 
@@ -256,7 +257,7 @@ def memory_guard(name: str) -> Iterator[None]:
         raise LimitExceededError(f"{name}: structure nested too deeply to read") from None
 
 
-def check_file(path: "str | os.PathLike[str]") -> tuple[str, int]:
+def check_file(path: str | os.PathLike[str]) -> tuple[str, int]:
     """Return (path, size) of an existing regular file within :data:`MAX_FILE_BYTES`."""
     name = os.fspath(path)
     try:
@@ -345,7 +346,7 @@ def checked_shape(shape: Any, where: str) -> tuple[int, ...]:
     return tuple(shape)
 
 
-def fsync_path(path: "str | os.PathLike[str]", directory: bool = False) -> None:
+def fsync_path(path: str | os.PathLike[str], directory: bool = False) -> None:
     """Flush a file's (or a directory's entries') data to disk."""
     fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if directory else 0))
     try:
@@ -354,7 +355,7 @@ def fsync_path(path: "str | os.PathLike[str]", directory: bool = False) -> None:
         os.close(fd)
 
 
-def atomic_write(path: "str | os.PathLike[str]", write: Callable[[str], None]) -> str:
+def atomic_write(path: str | os.PathLike[str], write: Callable[[str], None]) -> str:
     """Run ``write(tmp)``, which must write the whole file by opening ``tmp`` for writing
     (truncating it; never replacing it), then put it in place of ``path``: the one way bpz's
     Python code writes a file, by the core's code that also saves archives

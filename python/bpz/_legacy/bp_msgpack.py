@@ -45,9 +45,24 @@ import numpy as np
 
 from ..errors import FormatError, LimitExceededError, TruncatedError
 from ._common import (  # MAX_FILE_BYTES and MAX_NESTING_DEPTH are this module's limits too
-    MAX_FILE_BYTES, MAX_NDIM, MAX_NESTING_DEPTH, ML_DTYPE_NAMES, ExpansionBudget, KeyPath, Source,
-    array_from_bytes, atomic_write, check_file, checked_shape, is_plain, keypath, memory_guard, ml_dtype,
-    native, require, source_name,
+    MAX_FILE_BYTES,
+    MAX_NDIM,
+    MAX_NESTING_DEPTH,
+    ML_DTYPE_NAMES,
+    ExpansionBudget,
+    KeyPath,
+    Source,
+    array_from_bytes,
+    atomic_write,
+    check_file,
+    checked_shape,
+    is_plain,
+    keypath,
+    memory_guard,
+    ml_dtype,
+    native,
+    require,
+    source_name,
 )
 
 __all__ = ["read_bp", "write_bp", "is_bp_file", "MAX_CHUNK_BYTES", "MAX_FILE_BYTES", "MAX_NESTING_DEPTH"]
@@ -225,7 +240,7 @@ class _Reader:
         shape, chunks = node.get("shape"), node.get("chunks")
         if not isinstance(shape, dict) or not isinstance(chunks, dict) or not chunks:
             raise FormatError(f"{where}: chunked array lacks its 'shape' or 'chunks' map")
-        pieces = []
+        pieces: list[tuple[np.dtype, memoryview]] = []
         for key, chunk in chunks.items():
             if not isinstance(chunk, _Ext) or chunk.code != EXT_NDARRAY:
                 raise FormatError(f"{where}: chunk {key!r} is not an array")
@@ -294,7 +309,7 @@ def read_bp(source: Source, *, max_ratio: float | None = None, max_bytes: int | 
         return _Reader(msgpack, name, budget).restore(tree)
 
 
-def is_bp_file(source: "str | os.PathLike[str] | bytes") -> bool:
+def is_bp_file(source: str | os.PathLike[str] | bytes) -> bool:
     """Cheap sniff: does this file (or these first bytes) start like a BrainPy ``.bp`` file?
 
     True for a msgpack map whose first key is a string (or an empty map), and for a top-level
@@ -437,7 +452,7 @@ class _Writer:
             self.fh.write(arr.reshape(-1).view(np.uint8).data)
 
 
-def write_bp(path: "str | os.PathLike[str]", pytree: Any, *, max_chunk_bytes: int = MAX_CHUNK_BYTES) -> str:
+def write_bp(path: str | os.PathLike[str], pytree: Any, *, max_chunk_bytes: int = MAX_CHUNK_BYTES) -> str:
     """Write ``pytree`` as a ``.bp`` file BrainPy 2.3-2.9 ``load_pytree`` reads; return the path.
 
     Byte-identical to BrainPy 2.9's ``save_pytree`` for the same tree (maps in insertion order,

@@ -31,8 +31,17 @@ import numpy as np
 
 from ..errors import FormatError, LimitExceededError, TruncatedError
 from ._common import (
-    MAX_NESTING_DEPTH, ML_DTYPE_NAMES, ExpansionBudget, Source, array_from_bytes, checked_shape, keypath,
-    memory_guard, ml_dtype, plain_typestr, read_all,
+    MAX_NESTING_DEPTH,
+    ML_DTYPE_NAMES,
+    ExpansionBudget,
+    Source,
+    array_from_bytes,
+    checked_shape,
+    keypath,
+    memory_guard,
+    ml_dtype,
+    plain_typestr,
+    read_all,
 )
 
 __all__ = ["load_pickle", "ALLOWED_GLOBALS"]

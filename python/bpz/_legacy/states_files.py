@@ -54,14 +54,24 @@ import pickle
 import struct
 import zipfile
 import zlib
-from typing import Any, Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
 
 import numpy as np
 
 from ..errors import FormatError, LimitExceededError, TruncatedError
 from ._common import (
-    MAX_NDIM, MAX_NESTING_DEPTH, ExpansionBudget, array_from_bytes, array_from_stream, atomic_write,
-    check_file, is_plain, memory_guard, native, require,
+    MAX_NDIM,
+    MAX_NESTING_DEPTH,
+    ExpansionBudget,
+    array_from_bytes,
+    array_from_stream,
+    atomic_write,
+    check_file,
+    is_plain,
+    memory_guard,
+    native,
+    require,
 )
 from .safe_pickle import load_pickle
 
@@ -203,7 +213,7 @@ def _h5_child(name: str, size: int, out: str, ratio: float | None = None, cap: i
         with memory_guard(name):
             flat, dups = _read_h5_here(name, budget)
         meta = {"names": list(flat), "dups": dups}
-        arrays = {f"a{i}": v for i, v in enumerate(flat.values())}
+        arrays: dict[str, Any] = {f"a{i}": v for i, v in enumerate(flat.values())}
     except FormatError as exc:
         meta, arrays = {"error": str(exc), "class": type(exc).__name__}, {}
     arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
@@ -502,7 +512,7 @@ def _like(flat: Flat, like: Mapping[str, Any]) -> None:
         flat[key] = arr
 
 
-def read_states(path: "str | os.PathLike[str]", *, like: Mapping[str, Any] | None = None,
+def read_states(path: str | os.PathLike[str], *, like: Mapping[str, Any] | None = None,
                 max_ratio: float | None = None, max_bytes: int | None = None) -> tuple[Flat, dict[str, str]]:
     """Read a ``save_states`` file: ``(stored name -> array, alias -> stored name)``.
 
@@ -537,7 +547,7 @@ def expand_aliases(flat: Mapping[str, np.ndarray], aliases: Mapping[str, str]) -
     return {**flat, **{alias: flat[target] for alias, target in aliases.items()}}
 
 
-def write_states(path: "str | os.PathLike[str]", flat: Mapping[str, Any],
+def write_states(path: str | os.PathLike[str], flat: Mapping[str, Any],
                  aliases: Mapping[str, str] | None = None, **setting: Any) -> str:
     """Write ``flat`` (and ``aliases``: alias -> stored name) in BrainPy's ``save_states`` layout.
 

@@ -77,7 +77,12 @@ from .mismatch import MISMATCH_MODES
 from .nodes import StateMismatchError, StateNode, UnknownFormatError, logger
 from .state_dicts import StateLoadResult, load_state_dict, state_dict
 from .states_files import (
-    STATES_METADATA_KEY, STATES_SUFFIXES, load_pickle, load_states, read_states, save_states,
+    STATES_METADATA_KEY,
+    STATES_SUFFIXES,
+    load_pickle,
+    load_states,
+    read_states,
+    save_states,
 )
 
 __all__ = [

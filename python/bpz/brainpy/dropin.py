@@ -19,7 +19,6 @@ from .bp_format import _save_brainpy_format
 from .mismatch import _check_load_options, _check_max_size, _load
 from .nodes import _dual_class
 
-
 #: File names BrainPy's and braintools' docs give their msgpack checkpoints. While installed they
 #: hold bpz archives, which BrainPy without bpz cannot read, unless ``install(bp_format="brainpy")``.
 BRAINPY_SUFFIXES = (".bp", ".msgpack", ".msg")
@@ -143,7 +142,8 @@ def _bp_save_pytree(
 
 
 def _bp_load_pytree(filename: str | os.PathLike[str], target: Any = None, parallel: bool = True) -> Any:
-    """``brainpy.checkpoints.load_pytree``, reading bpz archives and BrainPy ``.bp`` files (see :func:`bpz.load_pytree`)."""
+    """``brainpy.checkpoints.load_pytree``, reading bpz archives and BrainPy ``.bp`` files
+    (see :func:`bpz.load_pytree`)."""
     with _user_errors(loading=True):
         return _load(filename, target, parallel)
 
@@ -197,7 +197,8 @@ del _f, _name
 _PATCH_POINTS = {
     "brainpy.checkpoints": {"save_pytree": "bp_save", "load_pytree": "bp_load", "AsyncManager": "manager"},
     "braintools.file": {"msgpack_save": "bt_save", "msgpack_load": "bt_load", "AsyncManager": "manager"},
-    "braintools.file._msg_checkpoint": {"msgpack_save": "bt_save", "msgpack_load": "bt_load", "AsyncManager": "manager"},
+    "braintools.file._msg_checkpoint": {"msgpack_save": "bt_save", "msgpack_load": "bt_load",
+                                        "AsyncManager": "manager"},
 }
 
 

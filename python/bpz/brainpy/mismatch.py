@@ -54,7 +54,9 @@ def _relax(target: Any, loaded: Any, mode: str, path: tuple[Any, ...], notes: li
     from ..pytree import _is_flatted_dict, is_brainpy_variable
 
     where = format_path(path)
-    if _is_flatted_dict(target) and not (loaded and isinstance(loaded, Mapping) and all(isinstance(k, tuple) for k in loaded)):
+    if _is_flatted_dict(target) and not (
+        loaded and isinstance(loaded, Mapping) and all(isinstance(k, tuple) for k in loaded)
+    ):
         target = target.to_nest()  # saved nested, as restore_into matches it
     if isinstance(target, Mapping) and isinstance(loaded, Mapping):
         by_str = {str(k): k for k in loaded}
@@ -81,7 +83,7 @@ def _relax(target: Any, loaded: Any, mode: str, path: tuple[Any, ...], notes: li
         if len(seq) != len(target):
             notes.append(f"The size of the list and the state dict do not match, got {len(target)} and "
                          f"{len(seq)} at {where}")
-        pairs = [_relax(t, l, mode, (*path, i), notes) for i, (t, l) in enumerate(zip(target, seq))]
+        pairs = [_relax(t, got, mode, (*path, i), notes) for i, (t, got) in enumerate(zip(target, seq))]
         kept = [_Keep(t) for t in target[len(seq):]]
         t_items = [p[0] for p in pairs] + kept
         l_items = [p[1] for p in pairs] + kept

@@ -8,7 +8,7 @@ import logging
 import os
 import sys
 from collections.abc import Mapping, MutableMapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import numpy as np
 
@@ -437,7 +437,7 @@ def _default_hooks(node: Any) -> bool:
     base = _brainpy_base()
     if base is None or not isinstance(node, base):
         return False
-    if cls.__load_state__ is not base.__load_state__:
+    if cls.__load_state__ is not getattr(base, "__load_state__", None):
         return False
     return getattr(cls, "load_state", None) is getattr(base, "load_state", None)
 
@@ -480,7 +480,12 @@ def _tree_slots(obj: Any, unique: bool = False) -> dict[str, _Slot]:
                 slots[key] = _ItemSlot(key, node, attr, item=False)
     if unique:
         seen: set[int] = set()
-        slots = {k: s for k, s in slots.items() if not (s.ident in seen or seen.add(s.ident))}
+        unique_slots: dict[str, _Slot] = {}
+        for key, slot in slots.items():
+            if slot.ident not in seen:
+                seen.add(slot.ident)
+                unique_slots[key] = slot
+        slots = unique_slots
     return slots
 
 
@@ -521,10 +526,11 @@ def _brainpy_math_error() -> type | None:
 
 # --- exception classes BrainPy users catch
 
+_E = TypeVar("_E", bound=BaseException)
 _DUAL_CLASSES: dict[tuple[type, ...], type] = {}
 
 
-def _dual_class(bpz_class: type, *user_classes: type) -> type:
+def _dual_class(bpz_class: type[_E], *user_classes: type) -> type[_E]:
     """A subclass of all of them (built once, cached): ``except`` clauses written for any catch it."""
     key = (bpz_class, *user_classes)
     cls = _DUAL_CLASSES.get(key)
@@ -539,4 +545,4 @@ def _dual_class(bpz_class: type, *user_classes: type) -> type:
             "__reduce__": __reduce__,
         })
         _DUAL_CLASSES[key] = cls
-    return cls
+    return cast("type[_E]", cls)  # a subclass of bpz_class by construction

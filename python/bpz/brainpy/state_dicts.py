@@ -4,6 +4,7 @@ checked in full before anything is assigned, and undone if a hook fails."""
 from __future__ import annotations
 
 import collections
+import functools
 import warnings
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -11,8 +12,18 @@ from typing import Any
 import numpy as np
 
 from .nodes import (
-    StateNode, _call_load, _call_save, _check_entry, _default_hooks, _is_brainpy, _mismatch_error, _nodes,
-    _own_slots, _Slot, _tree_slots, logger,
+    StateNode,
+    _call_load,
+    _call_save,
+    _check_entry,
+    _default_hooks,
+    _is_brainpy,
+    _mismatch_error,
+    _nodes,
+    _own_slots,
+    _Slot,
+    _tree_slots,
+    logger,
 )
 
 #: Same name and fields as BrainPy's, so results compare equal to BrainPy's.
@@ -50,18 +61,18 @@ class _Load:
         if brainpy:
             # Hooks may set any Variable: keep every current value (references; jax arrays are immutable).
             for slot in _tree_slots(self.obj, unique=True).values():
-                undo.append(lambda s=slot, old=slot.snapshot(): s.restore(old))
+                undo.append(functools.partial(slot.restore, slot.snapshot()))
         try:
             for kind, target, value in self.steps:
                 if kind == "assign":
                     if has_hooks and not brainpy:
-                        undo.append(lambda s=target, old=target.snapshot(): s.restore(old))
+                        undo.append(functools.partial(target.restore, target.snapshot()))
                     target.assign(value)
                     continue
                 name, node, kwargs = target
                 if not brainpy:
                     before = _copy_tree(_call_save(node, kwargs))
-                    undo.append(lambda n=node, b=before, kw=kwargs: _call_load(n, b, kw))
+                    undo.append(functools.partial(_call_load, node, before, kwargs))
                 result = _call_load(node, value, kwargs)
                 if result is not None:
                     missing, unexpected = result

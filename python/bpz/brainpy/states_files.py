@@ -13,8 +13,16 @@ import numpy as np
 
 from ..errors import CheckpointNotFoundError, FormatError
 from .nodes import (
-    StateMismatchError, UnknownFormatError, _is_brainpy, _is_reference, _mismatch_error, _node_name, _Slot,
-    _tree_slots, _value_of, logger,
+    StateMismatchError,
+    UnknownFormatError,
+    _is_brainpy,
+    _is_reference,
+    _mismatch_error,
+    _node_name,
+    _Slot,
+    _tree_slots,
+    _value_of,
+    logger,
 )
 
 #: Suffixes of ``save_states`` files (BrainPy's five, ``.pickle`` also on load, and ``.bpz``).
@@ -50,7 +58,8 @@ def _content_format(filename: str) -> str:
                              "formats (bpz, HDF5, npz, pickle, MATLAB 5), whatever its name says")
 
 
-def save_states(obj: Any, filename: str | os.PathLike[str], variables: Mapping[str, Any] | None = None, **setting: Any) -> None:
+def save_states(obj: Any, filename: str | os.PathLike[str], variables: Mapping[str, Any] | None = None,
+                **setting: Any) -> None:
     """Saves the model's variables as BrainPy 2.1.12–2.4.5's ``obj.save_states`` did.
 
     ``variables`` defaults to ``obj.vars(method='absolute', level=-1)`` (flat
@@ -71,6 +80,7 @@ def save_states(obj: Any, filename: str | os.PathLike[str], variables: Mapping[s
     aliases: dict[str, str] = {}
     first: dict[int, str] = {}
     for key, value in variables.items():
+        ident: int | None
         if isinstance(value, _Slot):
             ident, value = value.ident, value.get()
         else:

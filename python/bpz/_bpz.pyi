@@ -2,7 +2,17 @@
 
 import os
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, ClassVar, Literal, TypedDict
+from types import TracebackType
+from typing import Any, ClassVar, Literal, TypedDict, final
+
+from typing_extensions import Self
+
+__all__ = [
+    "Archive", "Buffer", "Writer", "TempFile", "__version__", "FORMAT_VERSION", "DTYPES", "BpzError", "FormatError",
+    "NotAnArchiveError", "TruncatedError", "ChecksumError", "UnsupportedVersionError", "UnsupportedFeatureError",
+    "LimitExceededError", "CorruptDataError", "NotZeroCopyError", "TensorNotFoundError", "InvalidArgumentError",
+    "OutOfMemoryError", "ERROR_KINDS", "ERROR_CLASSES",
+]
 
 __version__: str
 FORMAT_VERSION: tuple[int, int]
@@ -50,6 +60,8 @@ class _InfoDict(TypedDict):
     stored_bytes: int
     offset: int | None
 
+# The native classes cannot be subclassed.
+@final
 class Buffer:
     """Bytes owned by Rust, exposed to NumPy through ``__array_interface__``."""
 
@@ -63,8 +75,11 @@ class Buffer:
     def mapped(self) -> bool: ...
     def __len__(self) -> int: ...
 
+@final
 class Archive:
-    def __init__(self, path: str | os.PathLike[str], backend: Literal["mmap", "pread"] = "mmap", parallel: bool = True) -> None: ...
+    def __new__(
+        cls, path: str | os.PathLike[str], backend: Literal["mmap", "pread"] = "mmap", parallel: bool = True
+    ) -> Self: ...
     @property
     def path(self) -> str: ...
     @property
@@ -79,7 +94,7 @@ class Archive:
     def writer(self) -> dict[str, str] | None: ...
     def names(self) -> list[str]: ...
     def __len__(self) -> int: ...
-    def __contains__(self, name: str) -> bool: ...
+    def __contains__(self, key: str, /) -> bool: ...
     def info(self, name: str) -> _InfoDict: ...
     def infos(self) -> list[_InfoDict]: ...
     def tree_json(self) -> str: ...
@@ -119,6 +134,7 @@ class _WriterDefaults(TypedDict):
 
 _Compression = Literal["auto", "zstd", "none"] | None
 
+@final
 class Writer:
     # The core's defaults, taken by the options left None; compression=None is none.
     DEFAULTS: ClassVar[_WriterDefaults]
@@ -130,8 +146,8 @@ class Writer:
         compression: _Compression = ...,
         level: int | None = None,
     ) -> None: ...
-    def __init__(
-        self,
+    def __new__(
+        cls,
         path: str | os.PathLike[str],
         *,
         alignment: int | None = None,
@@ -143,7 +159,7 @@ class Writer:
         overwrite: bool | None = None,
         writer_name: str = "bpz-python",
         writer_version: str = ...,
-    ) -> None: ...
+    ) -> Self: ...
     def add_tensors(
         self,
         items: Iterable[_TensorItem],
@@ -157,13 +173,14 @@ class Writer:
     @property
     def finished(self) -> bool: ...
 
+@final
 class TempFile:
     """A file being saved to ``path`` by the core's rules (``bpz::persist``): a temporary
     sibling of the file replaced, given its permissions and owner; symlinks followed; a
     directory, FIFO, socket or device at ``path`` refused (``OSError`` naming it) before
     anything is written. Leaving a ``with`` block without :meth:`commit` aborts."""
 
-    def __init__(self, path: str | os.PathLike[str], overwrite: bool = True) -> None: ...
+    def __new__(cls, path: str | os.PathLike[str], overwrite: bool = True) -> Self: ...
     @property
     def name(self) -> str:
         """The temporary file: open it for writing (truncating); never replace it."""
@@ -180,4 +197,6 @@ class TempFile:
     def abort(self) -> None:
         """Remove the temporary; ``path`` stays as it was. Idempotent."""
     def __enter__(self) -> TempFile: ...
-    def __exit__(self, *exc: object) -> bool: ...
+    def __exit__(
+        self, /, _ty: type[BaseException] | None, _value: BaseException | None, _tb: TracebackType | None
+    ) -> bool: ...

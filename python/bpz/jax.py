@@ -1,25 +1,67 @@
-"""Loading straight into JAX.
+"""Loading straight into JAX, and sharded ``jax.Array`` checkpoints on JAX's distributed runtime.
 
-``bpz.jax.load(filename)`` returns the saved pytree with every array as a
+Single archives: ``bpz.jax.load(filename)`` returns the saved pytree with every array as a
 ``jax.Array``; ``bpz.jax.load_tensor(filename, name)`` one tensor. Zero-copy hand-over of the
-64-byte-aligned memory
-map would need JAX to accept read-only memory, which it does not, so every
-array is one verified host copy, then ``device_put`` (the one transfer an
-accelerator needs anyway). This module imports JAX; ``import bpz`` does not.
+64-byte-aligned memory map would need JAX to accept read-only memory, which it does not, so
+every array is one verified host copy, then ``device_put`` (the one transfer an accelerator
+needs anyway).
+
+Sharded checkpoints (a directory, see :mod:`bpz.sharded` for its layout):
+``bpz.jax.save(path, tree)`` is called by every process of a ``jax.distributed`` job. Each
+process writes the shards it owns to its own archive — one writer per distinct shard, and the
+rows of a replicated block split among the processes that hold a replica, so the bytes
+written per process balance — then the coordinator (process 0) writes the commit record once
+every process reported success through the distributed runtime's key-value store. Until then
+nothing new is visible: killing any process before the commit leaves the previous checkpoint
+current; a process whose write fails makes the save raise :class:`ShardedSaveError` on every
+process. ``bpz.jax.load(path, target=..., shardings=...)`` restores onto any mesh and process
+count, each process reading only the row ranges its devices need.
+
+This module imports JAX; ``import bpz`` does not.
 """
 
 from __future__ import annotations
 
+import itertools
+import json
+import math
 import os
-from typing import Any
+import re
+import secrets
+import time
+from collections import OrderedDict
+from enum import Enum
+from typing import Any, Callable
 
 import jax
 import numpy as np
 
+from . import sharded
+from .errors import CheckpointNotFoundError, InvalidCheckpointError, InvalidCheckpointPath
+from .pytree import is_quantity
 from .read import Archive
 from .read import open as open_archive
+from .sharded import COMMIT_NAME, MANIFEST_KEY, MANIFEST_VERSION, ArrayRecord, ShardedCheckpoint, ShardedSaveError
+from .write import AsyncManager
 
-__all__ = ["load", "load_tensor"]
+__all__ = [
+    "load",
+    "load_tensor",
+    "save",
+    "save_checkpoint",
+    "restore_checkpoint",
+    "latest_checkpoint",
+    "checkpoint_steps",
+    "ShardedSaveError",
+    "DEFAULT_TIMEOUT",
+]
+
+#: Seconds a process waits for the others at the commit barrier before the save fails.
+DEFAULT_TIMEOUT: float = 600.0
+#: Replicated blocks at least this large are split by rows among their holders; smaller ones
+#: go whole to the holder that has written least so far.
+SPLIT_MIN_BYTES = 1 << 20
+_MIN_JAX = (0, 4, 30)
 
 
 def _to_jax(arr: np.ndarray, device: Any) -> jax.Array:
@@ -36,11 +78,552 @@ def load_tensor(source: str | os.PathLike[str] | Archive, name: str, device: Any
         return _to_jax(a.read(name), device)
 
 
-def load(filename: str | os.PathLike[str], device: Any = None) -> Any:
-    """The whole saved pytree with ``jax.Array`` leaves (checksums verified)."""
+def load(filename: str | os.PathLike[str], device: Any = None, *, target: Any = None, shardings: Any = None,
+         stats: dict[str, Any] | None = None) -> Any:
+    """The saved pytree with ``jax.Array`` leaves (checksums verified).
+
+    ``filename`` is a bpz archive, or a directory holding a sharded checkpoint written by
+    :func:`save`. A sharded checkpoint is restored onto the current devices:
+
+    * ``shardings``: a tree matching the saved one with a ``jax.sharding.Sharding`` for each
+      array leaf to lay out (``None`` elsewhere); the result has the saved structure;
+    * ``target``: a tree of ``jax.ShapeDtypeStruct`` (or arrays) carrying shardings, as Orbax
+      takes it; the result has the target's structure, arrays cast to the target's dtypes;
+    * neither: each sharded array gets the sharding it was saved with, which needs the same
+      devices (same process and device count); otherwise pass one of the above.
+
+    Each process reads only the row ranges of the blocks its own devices hold. Arrays stored
+    whole (NumPy arrays, host-local arrays, scalars) come back as on a single archive, or laid
+    out by a sharding given for them. ``stats``, a dict, receives ``bytes_read`` (decoded
+    bytes of the chunks read on this process) and ``bytes_needed`` (of the blocks this
+    process's devices hold).
+    """
+    if sharded.is_sharded_checkpoint(filename) or (os.path.isdir(filename) and (target is not None or shardings is not None)):
+        return _load_sharded(filename, target, shardings, stats)
+    if os.path.isdir(filename):
+        raise CheckpointNotFoundError(
+            f"Checkpoint not found: {os.fspath(filename)} is a directory without a committed sharded checkpoint "
+            f"(no {COMMIT_NAME})")
+    if target is not None or shardings is not None:
+        raise ValueError("target= and shardings= restore sharded checkpoints (directories written by bpz.jax.save); "
+                         f"{os.fspath(filename)} is a single archive")
     with open_archive(filename) as a:
         tree = a.load()
         if a.structure is None:
             return {k: _to_jax(v, device) for k, v in tree.items()}
     return jax.tree_util.tree_map(lambda x: _to_jax(x, device) if isinstance(x, np.ndarray) else x, tree)
 
+
+# -- the distributed runtime ----------------------------------------------------------------------
+
+
+def _require_sharding_support() -> None:
+    have = tuple(int(p) for p in re.findall(r"\d+", jax.__version__)[:3])
+    if have < _MIN_JAX:
+        raise ImportError(f"sharded checkpoints need jax >= {'.'.join(map(str, _MIN_JAX))}; this is jax {jax.__version__}")
+
+
+def _distributed_client() -> Any:
+    from jax._src.distributed import global_state  # the runtime's key-value store (Orbax uses it too)
+
+    return global_state.client
+
+
+_save_numbers = itertools.count()
+
+
+class _Barrier:
+    """The save's rendezvous through the distributed runtime's key-value store.
+
+    Every process calls ``save`` in the same order, so the n-th save of each process is the
+    same collective save: its keys are ``bpz/save/<n>/...``. The store works from any
+    thread (unlike device collectives), so an async save does its barrier in its background
+    thread: write own file -> post status -> (coordinator) gather statuses, commit, post
+    outcome -> (others) wait for the outcome.
+    """
+
+    def __init__(self, timeout: float) -> None:
+        self.index = jax.process_index()
+        self.count = jax.process_count()
+        self.timeout_ms = max(int(timeout * 1000), 1)
+        self.client = _distributed_client() if self.count > 1 else None
+        if self.count > 1 and self.client is None:
+            raise RuntimeError("jax reports several processes but has no distributed client: "
+                               "call jax.distributed.initialize() first")
+        self.prefix = f"bpz/save/{next(_save_numbers)}"
+        self.local: dict[str, str] = {}
+
+    @property
+    def coordinator(self) -> bool:
+        return self.index == 0
+
+    def set(self, key: str, value: str) -> None:
+        if self.client is None:
+            self.local[key] = value
+        else:
+            self.client.key_value_set(f"{self.prefix}/{key}", value)
+
+    def get(self, key: str, deadline: float, who: str) -> str:
+        if self.client is None:
+            return self.local[key]
+        remaining = max(int((deadline - time.monotonic()) * 1000), 1)
+        try:
+            return self.client.blocking_key_value_get(f"{self.prefix}/{key}", remaining)
+        except Exception as e:  # the runtime's own error type: deadline exceeded, or the job is going down
+            raise ShardedSaveError(f"{who} did not report within {self.timeout_ms / 1000:g} s "
+                                   f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
+                                   "nothing was committed") from None
+
+    def token(self) -> str:
+        if self.coordinator:
+            token = secrets.token_hex(8)
+            self.set("token", token)
+            return token
+        return self.get("token", time.monotonic() + self.timeout_ms / 1000, "process 0")
+
+
+# -- saving ---------------------------------------------------------------------------------------
+
+
+def _is_sharded(x: Any) -> bool:
+    return isinstance(x, jax.Array) and (not x.is_fully_addressable or len(x.sharding.device_set) > 1)
+
+
+def _spec_entry(e: Any) -> Any:
+    if e is None or isinstance(e, str):
+        return e
+    if isinstance(e, (tuple, list)):
+        return [str(v) for v in e]
+    return str(e)  # UNCONSTRAINED and the like: recorded, not restorable by default
+
+
+def _describe_sharding(s: Any) -> dict[str, Any]:
+    if isinstance(s, jax.sharding.NamedSharding):
+        mesh = s.mesh
+        return {"kind": "named", "mesh_shape": [int(n) for n in mesh.devices.shape],
+                "axis_names": [str(a) for a in mesh.axis_names], "spec": [_spec_entry(e) for e in s.spec],
+                "device_ids": [int(d.id) for d in mesh.devices.flat]}
+    return {"kind": type(s).__name__, "device_ids": sorted(int(d.id) for d in s.device_set)}
+
+
+def _normal_index(index: tuple[slice, ...], shape: tuple[int, ...]) -> tuple[tuple[int, int], ...]:
+    out = []
+    for sl, n in zip(index, shape):
+        start, stop, step = sl.indices(n)
+        if step != 1:
+            raise ValueError(f"strided shard index {index} is not supported")
+        out.append((start, stop))
+    return tuple(out)
+
+
+class _Plan:
+    """Who writes what, computed identically on every process from the global shardings."""
+
+    def __init__(self, me: int, count: int) -> None:
+        self.me = me
+        self.load = [0] * count  # bytes assigned per process: small blocks go to the least loaded
+        self.arrays: dict[str, dict[str, Any]] = {}
+        self.mine: dict[str, np.ndarray] = {}  # tensor name -> host data this process writes
+        self.numbers = itertools.count()
+
+    def add(self, arr: jax.Array, where: str, copy: bool, placeholder: str) -> str:
+        if jax.dtypes.issubdtype(arr.dtype, jax.dtypes.prng_key):
+            raise TypeError(f"bpz.jax.save cannot save the sharded typed PRNG key array at {where}: "
+                            "save jax.random.key_data(key) instead")
+        key = f"a{next(self.numbers)}"
+        shape = tuple(int(n) for n in arr.shape)
+        dtype = np.dtype(arr.dtype)
+        blocks: dict[tuple[tuple[int, int], ...], set[int]] = {}
+        for device, index in arr.sharding.devices_indices_map(shape).items():
+            blocks.setdefault(_normal_index(index, shape), set()).add(int(device.process_index))
+        local: dict[tuple[tuple[int, int], ...], Any] = {}
+        for shard in arr.addressable_shards:
+            idx = _normal_index(shard.index, shape)
+            if idx not in local or shard.replica_id < local[idx].replica_id:
+                local[idx] = shard
+        pieces = []
+        for block in sorted(blocks):
+            holders = sorted(blocks[block])
+            extents = [hi - lo for lo, hi in block]
+            nbytes = math.prod(extents) * dtype.itemsize
+            if nbytes == 0:
+                continue
+            rows = extents[0] if extents else 0
+            if len(holders) > 1 and nbytes >= SPLIT_MIN_BYTES and rows >= len(holders):
+                bounds = np.linspace(0, rows, len(holders) + 1).round().astype(int)
+                parts = [(holders[k], int(bounds[k]), int(bounds[k + 1])) for k in range(len(holders))]
+            else:
+                owner = min(holders, key=lambda p: (self.load[p], p))
+                parts = [(owner, 0, rows)]
+            for owner, lo, hi in parts:
+                if extents and hi <= lo:
+                    continue
+                tensor = f"{key}_{len(pieces)}"
+                index = ([(block[0][0] + lo, block[0][0] + hi)] + [list(r) for r in block[1:]]) if extents else []
+                part_bytes = (nbytes // rows * (hi - lo)) if extents and rows else nbytes
+                self.load[owner] += part_bytes
+                pieces.append({"process": owner, "tensor": tensor, "index": [list(r) for r in index]})
+                if owner == self.me:
+                    data = np.asarray(local[block].data)
+                    data = data[lo:hi] if extents else data
+                    self.mine[tensor] = np.array(data) if copy else data
+        self.arrays[placeholder + key] = {"shape": list(shape), "dtype": dtype.name, "sharding": _describe_sharding(arr.sharding),
+                            "pieces": pieces}
+        return placeholder + key
+
+
+def _snapshot_leaf(x: Any) -> Any:
+    if isinstance(x, np.ndarray):
+        return np.array(x)
+    if isinstance(x, jax.Array) and not jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+        return np.array(x)  # a later donation must not delete what the background save reads
+    return x
+
+
+def _split_tree(tree: Any, plan: _Plan, placeholder: str, snapshot: bool) -> Any:
+    """The commit record's tree: sharded arrays planned and replaced by placeholder strings."""
+
+    def walk(x: Any, where: str) -> Any:
+        if isinstance(x, OrderedDict):
+            return OrderedDict((k, walk(v, f"{where}[{k!r}]")) for k, v in x.items())
+        if isinstance(x, dict):
+            return {k: walk(v, f"{where}[{k!r}]") for k, v in x.items()}
+        if isinstance(x, list):
+            return [walk(v, f"{where}[{i}]") for i, v in enumerate(x)]
+        if isinstance(x, tuple):
+            items = [walk(v, f"{where}[{i}]") for i, v in enumerate(x)]
+            return type(x)(*items) if hasattr(x, "_fields") else tuple(items)
+        value = x
+        if (not isinstance(x, (np.ndarray, jax.Array, Enum)) and not is_quantity(x) and hasattr(x, "value")
+                and isinstance(getattr(x, "value", None), jax.Array)):
+            value = x.value  # a BrainPy Variable / brainstate State: saved as its value, as save_pytree does
+        if _is_sharded(value):
+            return plan.add(value, where or "the root", snapshot, placeholder)
+        return _snapshot_leaf(value) if snapshot else value
+
+    return walk(tree, "")
+
+
+def _placeholder_prefix(tree: Any) -> str:
+    """A prefix no string of the tree starts with, so placeholders never meet a user string."""
+    prefix = "bpz:sharded-array:"
+    strings = [s for s in sharded.iter_strings(tree) if s.startswith(prefix)]
+    while any(s.startswith(prefix) for s in strings):
+        prefix = f"bpz:sharded-array:{secrets.token_hex(4)}:"
+    return prefix
+
+
+def save(path: str | os.PathLike[str], tree: Any, *, async_manager: AsyncManager | None = None,
+         compression: str | None = "auto", chunk_size: int | None = None, sync: bool = True,
+         timeout: float = DEFAULT_TIMEOUT,
+         stats: dict[str, Any] | None = None, _after_commit: Callable[[], Any] | None = None) -> str:
+    """Saves ``tree`` as a sharded checkpoint in the directory ``path``; call it on every process.
+
+    Arrays sharded over several devices (or over other processes' devices) are written by the
+    processes holding them — each distinct shard once, replicated blocks split by rows among
+    their holders — into ``path/process_<i>.<token>.bpz``; every other leaf (scalars, strings,
+    NumPy and host-local arrays, as on process 0) goes into the commit record
+    ``path/commit.bpz``, which process 0 writes once every process has written its file. A
+    save into an existing checkpoint replaces it only at that commit. Saves are collective:
+    every process must make the same sequence of ``save`` calls.
+
+    With ``async_manager`` the call returns once the shards are copied to host memory; the
+    writes, the barrier and the commit run in the manager's background thread, and failures
+    come out of ``async_manager.wait_previous_save()`` (or the next save, or ``close()``).
+
+    A process that fails to write, or does not report within ``timeout`` seconds, makes the
+    save raise :class:`ShardedSaveError` on every process; nothing is committed and the data
+    files written for it are removed. ``compression``, ``chunk_size`` (bytes a chunk, the
+    granularity of a row-range read) and ``sync`` are as in :func:`bpz.save_pytree`. ``stats``, a dict, receives this process's ``bytes_written``
+    (tensor bytes) and ``file``.
+    """
+    _require_sharding_support()
+    store = sharded.store_for(path)
+    barrier = _Barrier(timeout)
+    try:
+        if async_manager is not None:
+            if getattr(async_manager, "closed", False):
+                raise RuntimeError("Cannot save with a closed AsyncManager")
+            async_manager.wait_previous_save()
+        plan = _Plan(barrier.index, barrier.count)
+        commit_tree = _split_tree(tree, plan, _placeholder_prefix(tree), snapshot=async_manager is not None)
+        token = barrier.token()
+    except BaseException as e:
+        barrier.set(f"status/{barrier.index}", json.dumps({"ok": False, "error": f"{type(e).__name__}: {e}"}))
+        raise
+    data_name = sharded.data_file_name(barrier.index, token)
+    mine = plan.mine
+    plan.mine = {}
+    if stats is not None:
+        stats.update(bytes_written=sum(a.nbytes for a in mine.values()), file=store.path(data_name))
+    if not barrier.coordinator:
+        commit_tree = None  # only process 0 writes the tree
+
+    def job() -> None:
+        _write_and_commit(store, barrier, token, mine, commit_tree, plan, dict(compression=compression,
+                          chunk_size=chunk_size, sync=sync), _after_commit)
+
+    if async_manager is None:
+        job()
+    elif isinstance(async_manager, AsyncManager):
+        async_manager.save_async(job, str(store))
+    else:
+        async_manager.save_async(job)
+    return os.fspath(path)
+
+
+def _write_and_commit(store: sharded.LocalStore, barrier: _Barrier, token: str, mine: dict[str, np.ndarray],
+                      commit_tree: Any, plan: _Plan, options: dict[str, Any],
+                      after_commit: Callable[[], Any] | None) -> None:
+    data_name = sharded.data_file_name(barrier.index, token)
+    try:
+        store.makedirs()
+        stamp = store.write(data_name, mine, **options)
+    except BaseException as e:
+        barrier.set(f"status/{barrier.index}", json.dumps({"ok": False, "error": f"{type(e).__name__}: {e}"}))
+        store.remove(data_name)
+        if barrier.coordinator:
+            barrier.set("outcome", json.dumps({"ok": False, "error": f"process 0 failed to write: {e}"}))
+        raise
+    mine.clear()
+    barrier.set(f"status/{barrier.index}", json.dumps({"ok": True, **stamp}))
+    deadline = time.monotonic() + barrier.timeout_ms / 1000
+    if not barrier.coordinator:
+        outcome = json.loads(barrier.get("outcome", deadline, "process 0 (the commit)"))
+        if not outcome["ok"]:
+            store.remove(data_name)
+            raise ShardedSaveError(f"the save of {store} was not committed: {outcome['error']}")
+        return
+    try:
+        files: dict[str, dict[str, Any]] = {}
+        failures = []
+        for p in range(barrier.count):
+            status = json.loads(barrier.get(f"status/{p}", deadline, f"process {p}"))
+            if status["ok"]:
+                files[sharded.data_file_name(p, token)] = {"size": status["size"], "tail_sha256": status["tail_sha256"],
+                                                           "process": p}
+            else:
+                failures.append(f"process {p}: {status['error']}")
+        if failures:
+            raise ShardedSaveError(f"the save of {store} failed on {len(failures)} process(es), nothing was "
+                                   f"committed: " + "; ".join(failures))
+        arrays = {}
+        for key, a in plan.arrays.items():
+            pieces = [{"file": sharded.data_file_name(p["process"], token), "tensor": p["tensor"], "index": p["index"]}
+                      for p in a["pieces"]]
+            arrays[key] = {**a, "pieces": pieces}
+        manifest = {"version": MANIFEST_VERSION, "processes": barrier.count, "files": files, "arrays": arrays}
+        store.write(COMMIT_NAME, commit_tree, metadata={MANIFEST_KEY: manifest}, sync=options["sync"])
+        _remove_unreferenced(store, files)
+        if after_commit is not None:
+            after_commit()
+    except BaseException as e:
+        message = str(e) if isinstance(e, ShardedSaveError) else f"process 0 failed to commit: {type(e).__name__}: {e}"
+        barrier.set("outcome", json.dumps({"ok": False, "error": message}))
+        if not store.exists(COMMIT_NAME) or not _commit_is(store, token):
+            for name in store.list():
+                if name.endswith(f".{token}.bpz"):
+                    store.remove(name)
+        raise
+    barrier.set("outcome", json.dumps({"ok": True}))
+
+
+def _commit_is(store: sharded.LocalStore, token: str) -> bool:
+    try:
+        with store.open(COMMIT_NAME) as a:
+            return any(name.endswith(f".{token}.bpz") for name in a.metadata[MANIFEST_KEY]["files"])
+    except Exception:
+        return False
+
+
+def _remove_unreferenced(store: sharded.LocalStore, files: dict[str, Any]) -> None:
+    """Data files of earlier or failed saves, and temporaries of killed writers, once the new commit is in place."""
+    for name in store.list():
+        if (sharded.is_data_file(name) and name not in files) or sharded.is_temporary(name):
+            store.remove(name)
+
+
+# -- restoring ------------------------------------------------------------------------------------
+
+
+def _default_sharding(rec: ArrayRecord, where: str) -> Any:
+    s = rec.sharding or {}
+    if s.get("kind") == "named":
+        by_id = {d.id: d for d in jax.devices()}
+        ids = s.get("device_ids", [])
+        if len(by_id) == len(ids) and all(i in by_id for i in ids) and all(
+                e is None or isinstance(e, (str, list)) for e in s["spec"]):
+            devices = np.array([by_id[i] for i in ids], dtype=object).reshape(s["mesh_shape"])
+            mesh = jax.sharding.Mesh(devices, tuple(s["axis_names"]))
+            spec = jax.sharding.PartitionSpec(*[tuple(e) if isinstance(e, list) else e for e in s["spec"]])
+            return jax.sharding.NamedSharding(mesh, spec)
+    raise ValueError(
+        f"{where}: saved with a sharding over devices {s.get('device_ids')} that this job does not have "
+        f"({jax.device_count()} devices); pass shardings= or target= to lay it out on this job's devices")
+
+
+def _place(shape: tuple[int, ...], sharding: Any, read: Callable[[tuple[tuple[int, int], ...]], np.ndarray],
+           needed: list[int]) -> jax.Array:
+    """A global array from the blocks this process's devices hold, each block read once."""
+    by_region: dict[tuple[tuple[int, int], ...], list[Any]] = {}
+    order = []
+    for device, index in sharding.addressable_devices_indices_map(shape).items():
+        region = _normal_index(index, shape)
+        by_region.setdefault(region, []).append(device)
+        order.append(device)
+    buffers = {}
+    for region, devices in by_region.items():
+        host = read(region)
+        needed[0] += host.nbytes
+        for device in devices:
+            buffers[device] = jax.device_put(host, device)
+        del host
+    return jax.make_array_from_single_device_arrays(shape, sharding, [buffers[d] for d in order])
+
+
+def _leaves_by_path(tree: Any, is_leaf: Callable[[Any], bool]) -> tuple[dict[str, Any], Any]:
+    flat, treedef = jax.tree_util.tree_flatten_with_path(tree, is_leaf=is_leaf)
+    return {jax.tree_util.keystr(p): leaf for p, leaf in flat}, (flat, treedef)
+
+
+def _load_sharded(path: Any, target: Any, shardings: Any, stats: dict[str, Any] | None) -> Any:
+    _require_sharding_support()
+    needed = [0]
+    with ShardedCheckpoint(path) as ckpt:
+        saved = ckpt.tree(lambda rec: rec)
+        is_record = lambda x: isinstance(x, ArrayRecord)  # noqa: E731
+        saved_leaves, _ = _leaves_by_path(saved, is_record)
+
+        def build(where: str, value: Any, sharding: Any, dtype: Any = None) -> Any:
+            if isinstance(value, ArrayRecord):
+                s = sharding if sharding is not None else _default_sharding(value, f"{ckpt.store} {where}")
+                cache: dict[Any, np.ndarray] = {}
+
+                def read(region: Any) -> np.ndarray:
+                    block = ckpt.read_region(value, region, cache)
+                    return block if dtype is None or block.dtype == dtype else block.astype(dtype)
+                return _place(value.shape, s, read, needed)
+            if sharding is not None:
+                host = np.asarray(value) if dtype is None else np.asarray(value, dtype=dtype)
+                return _place(host.shape, sharding, lambda r: host[tuple(slice(lo, hi) for lo, hi in r)], needed)
+            if isinstance(value, np.ndarray):
+                return jax.numpy.asarray(value if dtype is None else value.astype(dtype))
+            return value
+
+        if target is not None:
+            is_target_leaf = lambda x: isinstance(x, (jax.ShapeDtypeStruct, jax.Array, np.ndarray))  # noqa: E731
+            flat, treedef = jax.tree_util.tree_flatten_with_path(target, is_leaf=is_target_leaf)
+            out = []
+            for p, t in flat:
+                where = jax.tree_util.keystr(p)
+                if where not in saved_leaves:
+                    raise ValueError(f"target{where}: not in the checkpoint {ckpt.store}")
+                value = saved_leaves[where]
+                shape = getattr(t, "shape", None)
+                have = value.shape if isinstance(value, ArrayRecord) else np.shape(value)
+                if shape is not None and tuple(shape) != tuple(have):
+                    raise ValueError(f"Array shape mismatch: expected {tuple(shape)}, got {tuple(have)} at target{where}")
+                out.append(build(where, value, getattr(t, "sharding", None), getattr(t, "dtype", None)))
+            result = jax.tree_util.tree_unflatten(treedef, out)
+        else:
+            given: dict[str, Any] = {}
+            if shardings is not None:
+                is_sharding_leaf = lambda x: x is None or isinstance(x, jax.sharding.Sharding)  # noqa: E731
+                given, _ = _leaves_by_path(shardings, is_sharding_leaf)
+                unknown = sorted(k for k, v in given.items() if v is not None and k not in saved_leaves)
+                if unknown:
+                    raise ValueError(f"shardings{unknown[0]}: not in the checkpoint {ckpt.store}")
+            flat, treedef = jax.tree_util.tree_flatten_with_path(saved, is_leaf=is_record)
+            out = [build(jax.tree_util.keystr(p), v, given.get(jax.tree_util.keystr(p))) for p, v in flat]
+            result = jax.tree_util.tree_unflatten(treedef, out)
+        if stats is not None:
+            stats.update(bytes_read=ckpt.bytes_read, bytes_needed=needed[0])
+    return result
+
+
+# -- numbered checkpoints ---------------------------------------------------------------------------
+
+_STEP = re.compile(r"-?\d+")
+
+
+def checkpoint_steps(ckpt_dir: str | os.PathLike[str], prefix: str = "checkpoint_") -> list[tuple[int, str]]:
+    """``(step, path)`` of every committed sharded checkpoint ``{prefix}{step}`` in ``ckpt_dir``, oldest first.
+    A directory whose save was never committed is not listed."""
+    ckpt_dir = os.fspath(ckpt_dir)
+    found = []
+    for name in sharded.store_for(ckpt_dir).list():
+        number = name[len(prefix):] if name.startswith(prefix) else ""
+        path = os.path.join(ckpt_dir, name)
+        if _STEP.fullmatch(number) and sharded.is_sharded_checkpoint(path):
+            found.append((int(number), path))
+    return sorted(found)
+
+
+def latest_checkpoint(ckpt_dir: str | os.PathLike[str], prefix: str = "checkpoint_") -> str | None:
+    """Path of the newest committed sharded checkpoint in ``ckpt_dir``, or None."""
+    steps = checkpoint_steps(ckpt_dir, prefix)
+    return steps[-1][1] if steps else None
+
+
+def _remove_checkpoint(path: str) -> None:
+    """Uncommits first (the commit record goes before its data), then removes the files bpz wrote."""
+    store = sharded.store_for(path)
+    store.remove(COMMIT_NAME)
+    for name in store.list():
+        if sharded.is_data_file(name) or sharded.is_temporary(name):
+            store.remove(name)
+    store.remove_dir()
+
+
+def save_checkpoint(ckpt_dir: str | os.PathLike[str], tree: Any, step: int, *, prefix: str = "checkpoint_",
+                    keep: int = 1, overwrite: bool = False, async_manager: AsyncManager | None = None,
+                    **save_options: Any) -> str:
+    """Saves ``tree`` as the sharded checkpoint ``{ckpt_dir}/{prefix}{step}`` (on every process) and keeps
+    the newest ``keep`` committed ones.
+
+    As :func:`bpz.checkpoints.save_checkpoint`: a step at or below the newest raises
+    :class:`InvalidCheckpointError` unless ``overwrite=True`` (which then also removes the later
+    steps); nothing is removed before the new checkpoint is committed, and a failed save
+    removes nothing. Removal is done by process 0 right after its commit (in the background
+    for an async save). Other options go to :func:`save`.
+    """
+    if isinstance(step, bool) or not isinstance(step, (int, np.integer)):
+        raise TypeError(f"step must be an int, not {type(step).__name__}")
+    if keep < 1:
+        raise ValueError(f"keep must be at least 1, not {keep}")
+    if os.sep in prefix or "\0" in prefix:
+        raise ValueError(f"prefix must be a plain file-name prefix, without a directory part: {prefix!r}")
+    if async_manager is not None:
+        async_manager.wait_previous_save()  # the listing below must include its result
+    ckpt_dir = os.fspath(ckpt_dir)
+    path = os.path.join(ckpt_dir, f"{prefix}{int(step)}")
+    existing = checkpoint_steps(ckpt_dir, prefix)
+    if existing and step <= existing[-1][0] and not overwrite:
+        raise InvalidCheckpointError(f'Trying to save an outdated checkpoint at step: "{step}" and path: "{path}".')
+    if os.path.lexists(path) and not os.path.isdir(path):
+        raise InvalidCheckpointPath(f'Invalid checkpoint at "{path}": a file that is not a sharded checkpoint is there.')
+
+    def retain() -> None:
+        steps = checkpoint_steps(ckpt_dir, prefix)
+        later = [p for s, p in steps if s > step]
+        older = [(s, p) for s, p in steps if s < step]
+        for p in reversed(later):
+            _remove_checkpoint(p)
+        for _, p in older[: max(len(older) - (keep - 1), 0)]:
+            _remove_checkpoint(p)
+
+    return save(path, tree, async_manager=async_manager, _after_commit=retain, **save_options)
+
+
+def restore_checkpoint(ckpt_dir: str | os.PathLike[str], step: int | None = None, *, prefix: str = "checkpoint_",
+                       target: Any = None, shardings: Any = None, stats: dict[str, Any] | None = None) -> Any:
+    """Restores the committed sharded checkpoint of ``step`` (the newest by default) from ``ckpt_dir``;
+    ``target``/``shardings`` as in :func:`load`. No committed checkpoint raises
+    :class:`~bpz.errors.CheckpointNotFoundError`."""
+    if step is None:
+        path = latest_checkpoint(ckpt_dir, prefix)
+        if path is None:
+            raise CheckpointNotFoundError(f"Checkpoint not found: no committed {prefix}<step> in {os.fspath(ckpt_dir)}")
+    else:
+        path = os.path.join(os.fspath(ckpt_dir), f"{prefix}{int(step)}")
+    return _load_sharded(path, target, shardings, stats)

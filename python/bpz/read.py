@@ -23,6 +23,15 @@ def is_bpz_file(path: str | os.PathLike[str]) -> bool:
 
 
 import builtins as _builtins  # noqa: E402  (open is shadowed below)
+import re as _re  # noqa: E402
+
+_URL = _re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+def _is_url(filename: Any) -> bool:
+    """Whether ``filename`` names a remote archive (``https://...``, ``s3://...``) rather than a path."""
+    return isinstance(filename, str) and _URL.match(filename) is not None
+
 
 builtins_open = _builtins.open
 
@@ -148,11 +157,24 @@ class Archive:
     """
 
     def __init__(
-        self, filename: str | os.PathLike[str], backend: Literal["mmap", "pread"] = "mmap", parallel: bool = True
+        self,
+        filename: str | os.PathLike[str],
+        backend: Literal["mmap", "pread"] = "mmap",
+        parallel: bool = True,
+        storage_options: Mapping[str, Any] | None = None,
     ) -> None:
         self.filename = os.fspath(filename)
-        # Nothing is built per tensor here: opening costs the native index parse only.
-        self._archive: Any = _bpz.Archive(self.filename, backend=backend, parallel=parallel)
+        # Requests made by a remote archive (None for a local file).
+        self._remote: Any = None
+        if _is_url(self.filename):
+            # One request reads the trailer and index; tensors are fetched by ranged GETs.
+            self._archive: Any
+            self._archive, self._remote = _bpz.open_remote(self.filename, storage_options, parallel)
+        elif storage_options is not None:
+            raise TypeError(f"storage_options apply to URLs (https://..., s3://...), not to the path {self.filename!r}")
+        else:
+            # Nothing is built per tensor here: opening costs the native index parse only.
+            self._archive = _bpz.Archive(self.filename, backend=backend, parallel=parallel)
         self._info_cache: dict[str, TensorInfo] = {}
         self._names: list[str] | None = None
         self._tree: Any = None
@@ -163,6 +185,12 @@ class Archive:
         if self._archive is None:
             raise ValueError(f"archive {self.filename!r} is closed")
         return self._archive
+
+    def _request_stats(self) -> dict[str, int] | None:
+        """HTTP requests and body bytes of a remote archive since it was opened (None for a file)."""
+        if self._remote is None:
+            return None
+        return {"requests": self._remote.requests, "bytes": self._remote.bytes}
 
     def close(self) -> None:
         """Closes the archive; arrays already returned stay valid."""
@@ -324,17 +352,33 @@ class Archive:
 
 
 def open(  # noqa: A001
-    filename: str | os.PathLike[str], backend: Literal["mmap", "pread"] = "mmap", parallel: bool = True
+    filename: str | os.PathLike[str],
+    backend: Literal["mmap", "pread"] = "mmap",
+    parallel: bool = True,
+    storage_options: Mapping[str, Any] | None = None,
 ) -> Archive:
     """Opens an archive lazily: only its index is read.
 
     ``backend="mmap"`` maps the file (raw tensors are zero-copy views);
     ``backend="pread"`` reads only what is asked for (network filesystems).
+
+    ``filename`` may be a URL: ``https://host/path``, ``s3://bucket/key`` (also ``gs://``,
+    ``az://``). Opening costs one request (a range of the file's end holding its index), each
+    tensor or row range then one more, and a full load runs parallel ranged requests; every
+    byte is checksummed. ``storage_options`` (e.g. ``endpoint``, ``region``,
+    ``access_key_id``, ``secret_access_key``, ``session_token``, ``anonymous``,
+    ``allow_http``, ``timeout``) add to the standard environment variables (``AWS_*``...).
+    Arrays of a remote archive are copies (no zero-copy views).
     """
-    return Archive(filename, backend=backend, parallel=parallel)
+    return Archive(filename, backend=backend, parallel=parallel, storage_options=storage_options)
 
 
-def load_pytree(filename: str | os.PathLike[str], target: Any = None, parallel: bool = True) -> Any:
+def load_pytree(
+    filename: str | os.PathLike[str],
+    target: Any = None,
+    parallel: bool = True,
+    storage_options: Mapping[str, Any] | None = None,
+) -> Any:
     """Loads a pytree saved by :func:`bpz.save_pytree` (or a BrainPy ``.bp`` file).
 
     Without ``target`` the structure is rebuilt faithfully (lists stay lists, tuples tuples,
@@ -366,16 +410,28 @@ def load_pytree(filename: str | os.PathLike[str], target: Any = None, parallel: 
     **in place** — and only after every check passed, so a failed load changes nothing.
     Plain arrays in the target are **not** written: the result holds the loaded arrays in
     their place, so use the return value (``params = bpz.load_pytree(f, target=params)``).
-    ``parallel`` decodes chunks and tensors on all cores.
+    ``parallel`` decodes chunks and tensors on all cores. ``filename`` may be a URL of a bpz
+    archive (see :func:`open`, which also says what ``storage_options`` holds).
     """
     filename = os.fspath(filename)
-    if not os.path.exists(filename):
+    if not _is_url(filename) and not os.path.exists(filename):
         raise CheckpointNotFoundError(f"Checkpoint not found: {filename}")
-    with builtins_open(filename, "rb") as f:
-        head = f.read(SNIFF_BYTES)
-    fmt = sniff(head)
-    if fmt == "bpz":
-        with open(filename, parallel=parallel) as archive:
+    if os.path.isdir(filename):
+        # A sharded checkpoint written by bpz.jax.save (bpz.sharded): its arrays whole, as NumPy.
+        from .sharded import load_numpy
+
+        loaded = load_numpy(filename)
+        fmt = "sharded"
+    elif _is_url(filename):
+        fmt = "bpz"  # the native reader names what else it may be
+    else:
+        with builtins_open(filename, "rb") as f:
+            head = f.read(SNIFF_BYTES)
+        fmt = sniff(head)
+    if fmt == "sharded":
+        pass
+    elif fmt == "bpz":
+        with open(filename, parallel=parallel, storage_options=storage_options) as archive:
             loaded = archive.load()
     elif fmt == "bp":
         from ._legacy import bp_msgpack

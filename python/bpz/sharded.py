@@ -1,0 +1,433 @@
+"""Sharded checkpoints: one directory, one bpz archive per writing process, one commit record.
+
+This module needs no JAX: it reads committed checkpoints as NumPy (``bpz.load_pytree(DIR)``,
+``bpz pack``) and holds what the multi-process writer in :mod:`bpz.jax` shares with readers.
+
+Layout of a checkpoint directory ``DIR``::
+
+    DIR/commit.bpz                  the commit record, written last: DIR is a checkpoint iff it exists
+    DIR/process_<i>.<token>.bpz     what process i wrote in the save identified by <token>
+
+The commit record is an ordinary bpz archive (atomic, checksummed). Its tree is the saved pytree
+with every sharded array replaced by a placeholder string, and its metadata is the manifest
+(``{"bpz_sharded": {...}}``): per array its global shape, dtype, sharding (mesh shape, axis
+names, partition spec, device ids) and the pieces (file, tensor, global index ranges) that
+cover it; per data file its size and the SHA-256 of its last 32 bytes (the trailer, which
+holds the CRC of the index, which holds the CRC of every chunk): a file replaced or cut
+after the commit is refused before it is read. Saving again into ``DIR`` writes files with a
+new token; the old ones stay until the new commit record has replaced the old one.
+
+All file access goes through a store (:func:`store_for`): local and shared filesystems now;
+object storage plugs in behind the same methods.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import math
+import os
+import re
+from collections import OrderedDict
+from typing import Any, Callable, Iterator
+
+import numpy as np
+
+from .errors import BpzError, CheckpointNotFoundError, CorruptDataError, FormatError, UnsupportedFeatureError
+from .read import Archive
+from .write import save_pytree
+
+__all__ = [
+    "COMMIT_NAME",
+    "ShardedSaveError",
+    "LocalStore",
+    "store_for",
+    "is_sharded_checkpoint",
+    "ShardedCheckpoint",
+    "ArrayRecord",
+    "Piece",
+    "load_numpy",
+    "data_file_name",
+    "is_data_file",
+    "is_temporary",
+]
+
+COMMIT_NAME = "commit.bpz"
+MANIFEST_KEY = "bpz_sharded"
+MANIFEST_VERSION = 1
+TAIL_BYTES = 32  # the format's trailer
+_DATA_FILE = re.compile(r"process_(\d+)\.([0-9a-f]+)\.bpz")
+
+
+class ShardedSaveError(BpzError, RuntimeError):
+    """A collective save failed on at least one process; nothing was committed and the
+    previous checkpoint (if any) is still the current one. Raised on every process."""
+
+
+def data_file_name(process: int, token: str) -> str:
+    return f"process_{process}.{token}.bpz"
+
+
+def is_data_file(name: str) -> bool:
+    """Whether ``name`` is a data file of a sharded checkpoint (``process_<i>.<token>.bpz``)."""
+    return _DATA_FILE.fullmatch(name) is not None
+
+
+def is_temporary(name: str) -> bool:
+    """Whether ``name`` is a temporary file a killed writer of a data file left."""
+    return name.startswith(".process_") and name.endswith(".bpz-tmp")
+
+
+# -- where files go ----------------------------------------------------------------------------
+
+
+class LocalStore:
+    """A checkpoint directory on a local or shared filesystem: the one place that touches files."""
+
+    def __init__(self, root: str) -> None:
+        self.shown = root
+        self.root = os.path.abspath(root)
+
+    def path(self, name: str) -> str:
+        return os.path.join(self.root, name)
+
+    def makedirs(self) -> None:
+        os.makedirs(self.root, exist_ok=True)
+
+    def exists(self, name: str) -> bool:
+        return os.path.isfile(self.path(name))
+
+    def is_checkpoint(self) -> bool:
+        return os.path.isdir(self.root) and self.exists(COMMIT_NAME)
+
+    def list(self) -> list[str]:
+        try:
+            return sorted(os.listdir(self.root))
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+
+    def write(self, name: str, tree: Any, *, metadata: Any = None, compression: str | None = "auto",
+              chunk_size: int | None = None, sync: bool = True) -> dict[str, Any]:
+        """Writes one archive atomically; returns its stamp (size and tail hash)."""
+        save_pytree(self.path(name), tree, verbose=False, overwrite=True, compression=compression,
+                    chunk_size=chunk_size, metadata=metadata, sync=sync)
+        return self.stamp(name)
+
+    def stamp(self, name: str) -> dict[str, Any]:
+        with open(self.path(name), "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            f.seek(max(size - TAIL_BYTES, 0))
+            tail = f.read(TAIL_BYTES)
+        return {"size": size, "tail_sha256": hashlib.sha256(tail).hexdigest()}
+
+    def open(self, name: str) -> Archive:
+        return Archive(self.path(name))
+
+    def remove(self, name: str) -> None:
+        try:
+            os.remove(self.path(name))
+        except FileNotFoundError:
+            pass
+
+    def remove_dir(self) -> None:
+        """Removes the (emptied) directory; a directory with foreign files in it stays."""
+        try:
+            os.rmdir(self.root)
+        except OSError:
+            pass
+
+    def sync_dir(self) -> None:
+        fd = os.open(self.root, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def child(self, name: str) -> LocalStore:
+        return LocalStore(os.path.join(self.shown, name))
+
+    def __str__(self) -> str:
+        return self.shown
+
+
+def store_for(path: str | os.PathLike[str]) -> LocalStore:
+    path = os.fspath(path)
+    if not isinstance(path, str):
+        path = os.fsdecode(path)
+    if re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", path):
+        raise UnsupportedFeatureError(
+            f"{path}: sharded checkpoints are written to local or shared filesystems; "
+            "object storage URLs are not supported yet")
+    return LocalStore(path)
+
+
+def is_sharded_checkpoint(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is a directory holding a committed sharded checkpoint."""
+    return os.path.isdir(path) and os.path.isfile(os.path.join(path, COMMIT_NAME))
+
+
+# -- the manifest --------------------------------------------------------------------------------
+
+Index = tuple[tuple[int, int], ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class Piece:
+    """One stored block: ``tensor`` in ``file`` holds the global ``index`` ranges of its array."""
+
+    file: str
+    tensor: str
+    index: Index
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(hi - lo for lo, hi in self.index)
+
+
+@dataclasses.dataclass(frozen=True)
+class ArrayRecord:
+    """What the commit record says about one sharded array."""
+
+    key: str
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    sharding: dict[str, Any] | None
+    pieces: tuple[Piece, ...]
+
+    @property
+    def nbytes(self) -> int:
+        return math.prod(self.shape) * self.dtype.itemsize
+
+
+def dtype_from_name(name: str) -> np.dtype:
+    import ml_dtypes
+
+    special = getattr(ml_dtypes, name, None)
+    try:
+        return np.dtype(special) if isinstance(special, type) else np.dtype(name)
+    except TypeError:
+        raise FormatError(f"unknown dtype {name!r} in the commit record") from None
+
+
+def _bad(where: str, what: str) -> FormatError:
+    return FormatError(f"{where}: the commit record is malformed: {what}")
+
+
+def _int_pairs(value: Any, ndim: int, where: str) -> Index:
+    if not isinstance(value, list) or len(value) != ndim:
+        raise _bad(where, f"an index must be a list of {ndim} [start, stop] pairs")
+    out = []
+    for pair in value:
+        if (not isinstance(pair, list) or len(pair) != 2
+                or not all(isinstance(v, int) and not isinstance(v, bool) for v in pair)):
+            raise _bad(where, f"index entry {pair!r} is not a [start, stop] pair of integers")
+        out.append((pair[0], pair[1]))
+    return tuple(out)
+
+
+def parse_manifest(meta: Any, where: str) -> tuple[dict[str, ArrayRecord], dict[str, dict[str, Any]]]:
+    """The arrays (by placeholder) and files of a commit record, checked for consistency."""
+    if not isinstance(meta, dict) or not isinstance(meta.get(MANIFEST_KEY), dict):
+        raise _bad(where, f"no {MANIFEST_KEY!r} manifest in its metadata")
+    m = meta[MANIFEST_KEY]
+    if m.get("version") != MANIFEST_VERSION:
+        raise UnsupportedFeatureError(f"{where}: sharded checkpoint manifest version {m.get('version')!r}; "
+                                      f"this bpz reads version {MANIFEST_VERSION}")
+    files = m.get("files")
+    arrays = m.get("arrays")
+    if not isinstance(files, dict) or not isinstance(arrays, dict):
+        raise _bad(where, "'files' and 'arrays' must be objects")
+    for name, stamp in files.items():
+        if not _DATA_FILE.fullmatch(name) or not isinstance(stamp, dict) or not isinstance(stamp.get("size"), int) \
+                or not isinstance(stamp.get("tail_sha256"), str):
+            raise _bad(where, f"file entry {name!r}")
+    records: dict[str, ArrayRecord] = {}
+    for key, a in arrays.items():
+        here = f"{where} array {key!r}"
+        if not isinstance(a, dict) or not isinstance(a.get("shape"), list) or not isinstance(a.get("pieces"), list):
+            raise _bad(here, "needs 'shape' and 'pieces'")
+        shape = a["shape"]
+        if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in shape):
+            raise _bad(here, f"shape {shape!r}")
+        shape_t = tuple(shape)
+        pieces = []
+        covered = 0
+        for p in a["pieces"]:
+            if not isinstance(p, dict) or p.get("file") not in files or not isinstance(p.get("tensor"), str):
+                raise _bad(here, f"piece {p!r} names no file of the checkpoint")
+            index = _int_pairs(p.get("index"), len(shape_t), here)
+            if any(not 0 <= lo <= hi <= n for (lo, hi), n in zip(index, shape_t)):
+                raise _bad(here, f"piece index {list(index)} outside the shape {shape_t}")
+            pieces.append(Piece(p["file"], p["tensor"], index))
+            covered += math.prod(hi - lo for lo, hi in index)
+        if covered != math.prod(shape_t):
+            raise _bad(here, f"its pieces hold {covered} elements, the shape {shape_t} has {math.prod(shape_t)}")
+        sharding = a.get("sharding")
+        records[key] = ArrayRecord(key, shape_t, dtype_from_name(str(a.get("dtype"))),
+                                   sharding if isinstance(sharding, dict) else None, tuple(pieces))
+    return records, files
+
+
+# -- reading --------------------------------------------------------------------------------------
+
+
+def _intersect(a: Index, b: Index) -> Index | None:
+    out = []
+    for (alo, ahi), (blo, bhi) in zip(a, b):
+        lo, hi = max(alo, blo), min(ahi, bhi)
+        if lo >= hi:
+            return None
+        out.append((lo, hi))
+    return tuple(out)
+
+
+class ShardedCheckpoint:
+    """A committed sharded checkpoint opened for reading: its tree, its manifest, and region reads.
+
+    ``bytes_read`` counts the decoded bytes of the chunks the region reads touched (what the
+    row-range reads fetch from the files), for measuring how much a restore reads.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.store = store_for(path)
+        if not os.path.isdir(self.store.root):
+            raise CheckpointNotFoundError(f"Checkpoint not found: {self.store}")
+        if not self.store.exists(COMMIT_NAME):
+            raise CheckpointNotFoundError(
+                f"Checkpoint not found: {self.store} has no {COMMIT_NAME} (not a sharded checkpoint, "
+                "or its save was never committed)")
+        where = os.path.join(str(self.store), COMMIT_NAME)
+        with self.store.open(COMMIT_NAME) as commit:
+            self.arrays, self.files = parse_manifest(commit.metadata, where)
+            self._saved_tree = commit.load()
+        self._archives: dict[str, Archive] = {}
+        self.bytes_read = 0
+
+    def tree(self, array_leaf: Callable[[ArrayRecord], Any]) -> Any:
+        """The saved tree with each sharded array replaced by ``array_leaf(record)``."""
+        return replace_strings(self._saved_tree, self.arrays, array_leaf)
+
+    def archive(self, name: str) -> Archive:
+        a = self._archives.get(name)
+        if a is None:
+            want = self.files[name]
+            shown = os.path.join(str(self.store), name)
+            try:
+                got = self.store.stamp(name)
+            except FileNotFoundError:
+                raise CorruptDataError(f"{shown}: missing, but the commit record of {self.store} lists it") from None
+            if got != {"size": want["size"], "tail_sha256": want["tail_sha256"]}:
+                raise CorruptDataError(
+                    f"{shown}: not the file the commit record of {self.store} lists (size {got['size']}, "
+                    f"expected {want['size']}; or its trailer differs): replaced or damaged after the commit")
+            a = self._archives[name] = self.store.open(name)
+        return a
+
+    def _read_piece_rows(self, piece: Piece, lo: int, hi: int, dtype: np.dtype) -> np.ndarray:
+        a = self.archive(piece.file)
+        info = a.info(piece.tensor)
+        if info.shape != piece.shape or info.dtype != dtype:
+            raise CorruptDataError(
+                f"{os.path.join(str(self.store), piece.file)}: tensor {piece.tensor!r} is {info.dtype}{list(info.shape)}, "
+                f"the commit record says {dtype}{list(piece.shape)}")
+        if not piece.shape:
+            self.bytes_read += info.nbytes
+            return a.read(piece.tensor)
+        row_elems = math.prod(piece.shape[1:])
+        if hi > lo and row_elems and info.chunk_elems:
+            first = lo * row_elems // info.chunk_elems
+            last = (hi * row_elems - 1) // info.chunk_elems
+            self.bytes_read += min((last - first + 1) * info.chunk_elems, math.prod(piece.shape)) * dtype.itemsize
+        if lo == 0 and hi == piece.shape[0]:
+            return a.read(piece.tensor)
+        return a.get_slice(piece.tensor)[lo:hi]
+
+    def read_region(self, record: ArrayRecord, region: Index, cache: dict[Any, np.ndarray] | None = None) -> np.ndarray:
+        """The block ``region`` (global [start, stop) per axis) of a sharded array, read from
+        the row ranges of the pieces that overlap it. ``cache`` (a dict kept while the regions
+        of one array are read) lets regions that need the same rows of a piece share one read."""
+        shape = tuple(hi - lo for lo, hi in region)
+        parts = []
+        for piece in record.pieces:
+            inter = _intersect(piece.index, region) if shape else ()
+            if inter is None:
+                continue
+            parts.append((piece, inter))
+        if not shape:
+            return self._read_piece_rows(parts[0][0], 0, 0, record.dtype)
+        if math.prod(shape) == 0:
+            return np.empty(shape, record.dtype)
+        if len(parts) == 1:
+            piece, inter = parts[0]
+            if inter == region and all(r == p for r, p in zip(region[1:], piece.index[1:])):
+                # One piece covers the region with its whole rows: its row range is the result.
+                p0 = piece.index[0][0]
+                return self._read_piece_rows(piece, region[0][0] - p0, region[0][1] - p0, record.dtype)
+        out = np.empty(shape, record.dtype)
+        for piece, inter in parts:
+            p0 = piece.index[0][0]
+            span = (piece, inter[0][0] - p0, inter[0][1] - p0)
+            rows = cache.get(span) if cache is not None else None
+            if rows is None:
+                rows = self._read_piece_rows(*span, record.dtype)
+                if cache is not None and inter[1:] != piece.index[1:]:
+                    cache[span] = rows  # only part of its columns used here: another region may need the rest
+            within = (slice(None),) + tuple(slice(lo - plo, hi - plo) for (lo, hi), (plo, _) in
+                                            zip(inter[1:], piece.index[1:]))
+            dest = tuple(slice(lo - rlo, hi - rlo) for (lo, hi), (rlo, _) in zip(inter, region))
+            out[dest] = rows[within]
+        return out
+
+    def read_array(self, record: ArrayRecord) -> np.ndarray:
+        return self.read_region(record, tuple((0, n) for n in record.shape))
+
+    def close(self) -> None:
+        for a in self._archives.values():
+            a.close()
+        self._archives.clear()
+
+    def __enter__(self) -> ShardedCheckpoint:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def replace_strings(tree: Any, table: dict[str, Any], fn: Callable[[Any], Any]) -> Any:
+    """``tree`` with every str leaf that is a key of ``table`` replaced by ``fn(table[leaf])``;
+    dicts, OrderedDicts, lists, tuples and namedtuples are rebuilt, other leaves kept."""
+
+    def walk(x: Any) -> Any:
+        if isinstance(x, str):
+            return fn(table[x]) if x in table else x
+        if isinstance(x, OrderedDict):
+            return OrderedDict((k, walk(v)) for k, v in x.items())
+        if isinstance(x, dict):
+            return {k: walk(v) for k, v in x.items()}
+        if isinstance(x, list):
+            return [walk(v) for v in x]
+        if isinstance(x, tuple):
+            items = [walk(v) for v in x]
+            return type(x)(*items) if hasattr(x, "_fields") else tuple(items)
+        return x
+
+    return walk(tree)
+
+
+def iter_strings(tree: Any) -> Iterator[str]:
+    stack = [tree]
+    while stack:
+        x = stack.pop()
+        if isinstance(x, str):
+            yield x
+        elif isinstance(x, dict):
+            stack.extend(x.values())
+            stack.extend(k for k in x if isinstance(k, str))
+        elif isinstance(x, (list, tuple)):
+            stack.extend(x)
+
+
+def load_numpy(path: str | os.PathLike[str]) -> Any:
+    """A committed sharded checkpoint as one pytree of NumPy arrays (each array whole)."""
+    with ShardedCheckpoint(path) as ckpt:
+        return ckpt.tree(ckpt.read_array)

@@ -32,7 +32,7 @@ install: $(STAMP) ## build the extension and install bpz with its test dependenc
 demo: $(RUNTIME_STAMP) ## save and load a spiking-network state, printing what happens and how long it takes
 	$(PY) examples/demo.py --out m.bpz
 
-TEST_SUITES := test-rust test-python test-brainpy29 test-jaxmin test-go test-c fuzz-smoke bench-smoke
+TEST_SUITES := lint test-rust test-python test-brainpy29 test-jaxmin test-go test-c fuzz-smoke bench-smoke
 
 # -k: one failing suite doesn't hide the others; the summary is printed whatever happened.
 test: ## install everything needed, run every suite, end with every suite's totals
@@ -41,6 +41,17 @@ test: ## install everything needed, run every suite, end with every suite's tota
 	$(SUITE) --report $$made
 
 .PHONY: $(TEST_SUITES)
+# One check per tool (ruff check only: ruff format is not adopted). mypy's settings: pyproject [tool.mypy].
+# Every check runs (and is counted) even when an earlier one fails.
+lint: $(STAMP) ## static checks: cargo fmt --check, clippy -D warnings, ruff, mypy, stubtest of _bpz.pyi
+	@failed=0; \
+	$(SUITE) lint-rustfmt check -- cargo fmt --all --check || failed=1; \
+	$(SUITE) lint-clippy check -- cargo clippy --workspace --all-targets -- -D warnings || failed=1; \
+	$(SUITE) lint-ruff check -- $(PY) -m ruff check python/bpz || failed=1; \
+	$(SUITE) lint-mypy check -- $(PY) -m mypy || failed=1; \
+	$(SUITE) lint-stubtest check -- $(PY) -m mypy.stubtest bpz._bpz || failed=1; \
+	exit $$failed
+
 test-rust: ## the format crate's tests (unit, property, conformance vectors)
 	$(SUITE) rust-core cargo -- cargo test -p bpz
 	$(SUITE) rust-capi cargo -- cargo test -p bpz-capi

@@ -1,6 +1,7 @@
 package bpz
 
 import (
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -8,6 +9,7 @@ import (
 	"sync"
 
 	"github.com/klauspost/compress/zstd"
+	"lukechampine.com/blake3"
 )
 
 // Read returns the tensor's decoded bytes (little-endian, C order), checking the
@@ -47,33 +49,117 @@ func (a *Archive) rowBytes(t *TensorInfo, start, stop uint64) (lo, hi uint64, er
 	return start * rowBytes, stop * rowBytes, nil
 }
 
-// Verify performs a full check (section 10): every chunk is read, its crc32c checked and,
-// if encoded, decompressed; every padding byte of the data region must be zero.
-// Chunks are visited in file order, one at a time: Verify holds at most one chunk
+// Verify performs a full check. Of a 1.0 file (section 10): every chunk is read, its
+// crc32c checked and decoded; every padding byte of the data region must be zero. Of a
+// 1.1 file (section 16.5), the same for every version in the file, whichever one the
+// Archive reads: each version's whole index, its chunks (crc32c, decoding and BLAKE3
+// content hash; a chunk shared by several versions is checked once) and the padding of
+// its own data region; the trailers of earlier versions must agree with their records.
+// Chunks are visited one at a time: Verify holds at most one chunk
 // (Options.MaxChunkBytes) whatever the size of the tensors.
+//
+// Verify checks the committed versions: bytes of an unfinished append after the
+// latest one are not part of the archive (see Recovered).
 func (a *Archive) Verify() error {
-	var bufs chunkBufs
-	pos := uint64(superblockSize)
-	for _, sp := range a.spans {
-		if sp.off > pos {
-			if err := a.checkZero(pos, sp.off); err != nil {
-				return err
-			}
-		}
-		if _, err := a.loadChunk(&a.tensors[sp.tensor], sp.chunk, &bufs, false); err != nil {
+	checked := map[checkedChunk]bool{}
+	for pos := range a.versions {
+		v, err := a.viewAt(pos)
+		if err != nil {
 			return err
 		}
-		pos = max(pos, sp.end)
+		if err := a.verifyView(v, checked); err != nil {
+			return err
+		}
 	}
-	return a.checkZero(pos, a.indexOffset)
+	return nil
+}
+
+// checkedChunk identifies a chunk together with what decoding it depends on, so that
+// Verify checks a chunk shared by several tensors or versions once.
+type checkedChunk struct {
+	c             Chunk
+	filter        string
+	item          int
+	decodedLength uint64
+}
+
+// verifyView checks one version: its index, its chunks, its padding.
+func (a *Archive) verifyView(v *view, checked map[checkedChunk]bool) error {
+	l, err := a.listingOf(v)
+	if err != nil {
+		return err
+	}
+	if _, err := a.viewMetadata(v); err != nil {
+		return err
+	}
+	if v.bin != nil {
+		if _, err := a.readWriterSection(v); err != nil {
+			return err
+		}
+		if err := a.checkEarlierTrailer(v); err != nil {
+			return err
+		}
+	}
+	var bufs chunkBufs
+	pos := v.dataStart
+	for _, sp := range l.spans {
+		t := &l.tensors[sp.tensor]
+		key := checkedChunk{t.Chunks[sp.chunk], t.Filter, t.ItemSize, t.chunkDecoded(sp.chunk)}
+		if !checked[key] {
+			if _, err := a.loadChunk(t, sp.chunk, &bufs, nil, true); err != nil {
+				return err
+			}
+			checked[key] = true
+		}
+		if sp.off >= v.dataStart {
+			if sp.off > pos {
+				if err := a.checkZero(pos, sp.off); err != nil {
+					return err
+				}
+			}
+			pos = max(pos, sp.end)
+		}
+	}
+	return a.checkZero(pos, v.indexOffset)
+}
+
+// checkEarlierTrailer checks, for a version that is not the latest, that its trailer
+// is intact and points to its index, and that any bytes between it and the next
+// version's data are zero: every byte of the file is then covered by a check.
+func (a *Archive) checkEarlierTrailer(v *view) error {
+	if v.pos == len(a.versions)-1 {
+		return nil
+	}
+	part := fmt.Sprintf("trailer of version %d", v.number)
+	at := v.indexOffset + v.indexLength
+	tr, err := a.readFull(part, at, trailerSize, nil)
+	if err != nil {
+		return err
+	}
+	le := binary.LittleEndian
+	if !bytes.Equal(tr[24:32], endMagic[:]) {
+		return newErr(KindCorruptData, a.name, part, "the last 8 bytes at offset %d are not BPZ_END\\n", at+24)
+	}
+	if got, want := crc32c(tr[:20]), le.Uint32(tr[20:24]); got != want {
+		return newErr(KindChecksumMismatch, a.name, part,
+			"trailer_crc is 0x%08X, the crc32c of trailer bytes 0..20 is 0x%08X", want, got)
+	}
+	if le.Uint64(tr[0:]) != v.indexOffset || le.Uint64(tr[8:]) != v.indexLength || le.Uint32(tr[16:]) != v.indexCRC {
+		return newErr(KindInvalidIndex, a.name, part, "it does not point to the index the versions record gives")
+	}
+	return a.checkZero(at+trailerSize, a.versions[v.pos+1].dataStart)
 }
 
 func (a *Archive) lookup(name string) (*TensorInfo, error) {
-	i, ok := a.byName[name]
-	if !ok {
-		return nil, newErr(KindTensorNotFound, a.name, tensorPart(name), "no tensor of that name")
+	v := a.cur
+	if v.bin == nil || v.listed.Load() {
+		i, ok := v.list.byName[name]
+		if !ok {
+			return nil, newErr(KindTensorNotFound, a.name, tensorPart(name), "no tensor of that name")
+		}
+		return &v.list.tensors[i], nil
 	}
-	return &a.tensors[i], nil
+	return a.lookupBinary(v, name)
 }
 
 func (a *Archive) checkZero(from, to uint64) error {
@@ -106,6 +192,18 @@ func (t *TensorInfo) chunkDecoded(k int) uint64 {
 	return min(cb, t.NBytes-uint64(k)*cb)
 }
 
+// chunkSpan returns which chunks hold decoded bytes [lo, hi) (lo < hi) of t.
+func (t *TensorInfo) chunkSpan(lo, hi uint64) (first, last int) {
+	cb := t.chunkBytes()
+	return int(lo / cb), int((hi - 1) / cb)
+}
+
+// pieceOf returns the part [from, to) of chunk k's decoded bytes inside [lo, hi).
+func (t *TensorInfo) pieceOf(k int, lo, hi uint64) (from, to uint64) {
+	cs := uint64(k) * t.chunkBytes()
+	return max(lo, cs) - cs, min(hi, cs+t.chunkDecoded(k)) - cs
+}
+
 // readRange returns decoded bytes [lo, hi) of t (section 14, step 4).
 func (a *Archive) readRange(t *TensorInfo, lo, hi uint64) ([]byte, error) {
 	if lo >= hi {
@@ -114,8 +212,7 @@ func (a *Archive) readRange(t *TensorInfo, lo, hi uint64) ([]byte, error) {
 	if err := a.checkReadBudget(t, hi-lo); err != nil {
 		return nil, err
 	}
-	cb := t.chunkBytes()
-	first, last := int(lo/cb), int((hi-1)/cb)
+	first, last := t.chunkSpan(lo, hi)
 	if err := a.checkChunkBudgets(t, first, last); err != nil {
 		return nil, err
 	}
@@ -125,8 +222,8 @@ func (a *Archive) readRange(t *TensorInfo, lo, hi uint64) ([]byte, error) {
 	// would have to grow, so a small file never makes us allocate a huge buffer.
 	var capacity uint64
 	for k := first; k <= last; k++ {
-		cs := uint64(k) * cb
-		piece := min(hi, cs+t.chunkDecoded(k)) - max(lo, cs)
+		from, to := t.pieceOf(k, lo, hi)
+		piece := to - from
 		if c := t.Chunks[k]; c.Encoded {
 			bound := maxFrameOutput(c.Length)
 			if t.Filter == FilterBitpack {
@@ -143,28 +240,21 @@ func (a *Archive) readRange(t *TensorInfo, lo, hi uint64) ([]byte, error) {
 	out := make([]byte, 0, capacity)
 	var bufs chunkBufs
 	for k := first; k <= last; k++ {
-		cs := uint64(k) * cb
-		dec := t.chunkDecoded(k)
-		from, to := max(lo, cs)-cs, min(hi, cs+dec)-cs
-		c := t.Chunks[k]
-		if !c.Encoded && from == 0 && to == dec && uint64(cap(out)-len(out)) >= dec {
-			// A whole plain chunk: read it straight into the result.
-			n := len(out)
-			buf, err := a.readFull(chunkPart(t.Name, k), c.Offset, c.Length, out[n:n+int(dec)])
-			if err != nil {
-				return nil, err
-			}
-			if err := a.checkCRC(t, k, buf); err != nil {
-				return nil, err
-			}
-			out = out[:n+int(dec)]
-			continue
+		from, to := t.pieceOf(k, lo, hi)
+		n := len(out)
+		var into []byte
+		if dec := t.chunkDecoded(k); from == 0 && to == dec && uint64(cap(out)-n) >= dec {
+			into = out[n : n+int(dec)] // a whole plain chunk is read straight into the result
 		}
-		d, err := a.loadChunk(t, k, &bufs, true)
+		d, err := a.loadChunk(t, k, &bufs, into, a.opts.CheckHashes)
 		if err != nil {
 			return nil, err
 		}
-		out = append(out, d[from:to]...)
+		if into != nil && &d[0] == &into[0] {
+			out = out[:n+len(d)]
+		} else {
+			out = append(out, d[from:to]...)
+		}
 	}
 	return out, nil
 }
@@ -176,48 +266,56 @@ type chunkBufs struct {
 	decoded  []byte // filter output
 }
 
-func (a *Archive) checkCRC(t *TensorInfo, k int, stored []byte) error {
-	if got, want := crc32c(stored), t.Chunks[k].CRC32C; got != want {
-		return newErr(KindChecksumMismatch, a.name, chunkPart(t.Name, k),
-			"the index gives crc32c 0x%08X, the %d stored bytes at offset %d have 0x%08X",
-			want, len(stored), t.Chunks[k].Offset, got)
-	}
-	return nil
-}
-
-// loadChunk reads chunk k, checks its crc32c and decompresses it; if unfilter is set
-// it also undoes the filter and returns the decoded bytes (valid until the next call
-// with the same bufs).
-func (a *Archive) loadChunk(t *TensorInfo, k int, bufs *chunkBufs, unfilter bool) ([]byte, error) {
+// loadChunk is the one path by which every call gets a chunk's bytes: it checks the
+// chunk against Options.MaxChunkBytes, reads it, checks its crc32c, decompresses it
+// into a buffer of exactly its filtered size, undoes the filter and, if checkHash is
+// set and the file has hashes, checks its BLAKE3 content hash. It returns the decoded
+// bytes, valid until the next call with the same bufs. A plain chunk is read into
+// into when that has exactly its length.
+func (a *Archive) loadChunk(t *TensorInfo, k int, bufs *chunkBufs, into []byte, checkHash bool) ([]byte, error) {
 	if err := a.checkChunkBudget(t, k); err != nil {
 		return nil, err
 	}
 	c := t.Chunks[k]
 	part := chunkPart(t.Name, k)
-	stored, err := a.readFull(part, c.Offset, c.Length, bufs.stored)
+	direct := !c.Encoded && uint64(len(into)) == c.Length
+	dst := bufs.stored
+	if direct {
+		dst = into
+	}
+	stored, err := a.readFull(part, c.Offset, c.Length, dst)
 	if err != nil {
 		return nil, err
 	}
-	bufs.stored = stored
-	if err := a.checkCRC(t, k, stored); err != nil {
-		return nil, err
+	if !direct {
+		bufs.stored = stored
 	}
-	if !c.Encoded {
-		return stored, nil // validated on open: stored length = decoded length
+	if got := crc32c(stored); got != c.CRC32C {
+		return nil, newErr(KindChecksumMismatch, a.name, part,
+			"the index gives crc32c 0x%08X, the %d stored bytes at offset %d have 0x%08X",
+			c.CRC32C, len(stored), c.Offset, got)
 	}
-	s := uint64(t.ItemSize)
-	m := t.chunkDecoded(k) / s
-	want := filteredSize(t.Filter, m, s)
-	f, err := zstdDecode(stored, want, &bufs.filtered)
-	if err != nil {
-		return nil, &Error{Kind: KindCorruptData, File: a.name, Part: part,
-			Msg: fmt.Sprintf("zstd frame of %d bytes at offset %d does not decode to the %d-byte filtered chunk",
-				c.Length, c.Offset, want), Err: err}
+	d := stored // a plain chunk: validated on open, stored length = decoded length
+	if c.Encoded {
+		s := uint64(t.ItemSize)
+		m := t.chunkDecoded(k) / s
+		want := filteredSize(t.Filter, m, s)
+		f, err := zstdDecode(stored, want, &bufs.filtered)
+		if err != nil {
+			return nil, &Error{Kind: KindCorruptData, File: a.name, Part: part,
+				Msg: fmt.Sprintf("zstd frame of %d bytes at offset %d does not decode to the %d-byte filtered chunk",
+					c.Length, c.Offset, want), Err: err}
+		}
+		d = undoFilter(t.Filter, f, m, s, &bufs.decoded)
 	}
-	if !unfilter {
-		return f, nil
+	if checkHash && c.HasHash {
+		if sum := blake3.Sum256(d); !bytes.Equal(sum[:hashSize], c.Hash[:]) {
+			return nil, newErr(KindChecksumMismatch, a.name, part,
+				"the index gives content hash %x, the chunk's %d decoded bytes have BLAKE3 %x",
+				c.Hash, len(d), sum[:hashSize])
+		}
 	}
-	return undoFilter(t.Filter, f, m, s, &bufs.decoded), nil
+	return d, nil
 }
 
 // zstd (section 4.3).

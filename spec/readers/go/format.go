@@ -1,6 +1,7 @@
 package bpz
 
 import (
+	"fmt"
 	"hash/crc32"
 	"math/bits"
 )
@@ -32,6 +33,8 @@ var (
 )
 
 func crc32c(b []byte) uint32 { return crc32.Checksum(b, castagnoli) }
+
+func crc32Update(c uint32, b []byte) uint32 { return crc32.Update(c, castagnoli, b) }
 
 // dtypeSizes maps the dtype names of section 6 to their element size in bytes.
 var dtypeSizes = map[string]int{
@@ -110,4 +113,61 @@ func mulChecked(a, b uint64) (uint64, bool) {
 func addChecked(a, b uint64) (uint64, bool) {
 	s, carry := bits.Add64(a, b, 0)
 	return s, carry == 0
+}
+
+// Format 1.1 (section 16).
+const (
+	// FeatureBinaryIndex is required feature bit 0: every trailer points to a binary
+	// index (section 16.2), and versions may be appended (16.6).
+	FeatureBinaryIndex = 1 << 0
+	knownRequired      = FeatureBinaryIndex
+
+	indexFixedSize  = 96
+	indexHeadMin    = indexFixedSize + superblockSize // + 32 × section_count
+	dirEntrySize    = 32
+	minSections     = 6
+	maxSections     = 64
+	tensorRecSize   = 64
+	chunkRecSize    = 40
+	versionRecSize  = 48
+	trailerBoundary = 64 // every 1.1 trailer ends at a multiple of this
+	hashSize        = 16 // BLAKE3-128 content hash (16.3)
+	MaxChunkRecords = 1 << 40
+)
+
+var indexMagic = [8]byte{'B', 'P', 'Z', 'I', 'N', 'D', 'E', 'X'}
+
+// Section kinds of the binary index (16.2).
+const (
+	secVersions uint32 = 1
+	secTensors  uint32 = 2
+	secNames    uint32 = 3
+	secShapes   uint32 = 4
+	secChunks   uint32 = 5
+	secTree     uint32 = 6
+	secMetadata uint32 = 7
+	secWriter   uint32 = 8
+)
+
+var sectionNames = map[uint32]string{
+	secVersions: "versions", secTensors: "tensors", secNames: "names", secShapes: "shapes",
+	secChunks: "chunks", secTree: "tree", secMetadata: "metadata", secWriter: "writer",
+}
+
+// dtypeByCode and filterByCode map the codes of section 16.2 to the names of sections 5–6.
+var dtypeByCode = [...]string{1: "BOOL", 2: "U8", 3: "U16", 4: "U32", 5: "U64", 6: "I8", 7: "I16",
+	8: "I32", 9: "I64", 10: "F16", 11: "BF16", 12: "F32", 13: "F64", 14: "C64", 15: "C128",
+	16: "F8_E4M3", 17: "F8_E5M2", 18: "F8_E4M3FNUZ", 19: "F8_E5M2FNUZ", 20: "F8_E8M0"}
+
+var filterByCode = [...]string{0: FilterNone, 1: FilterShuffle, 2: FilterDeltaShuffle, 3: FilterBitpack}
+
+var storageByCode = [...]string{0: StorageRaw, 1: StorageChunked}
+
+// codeName turns a code into its name, or into a placeholder that no name table
+// holds (so that validation reports it as unknown, naming the code).
+func codeName(table []string, code uint8) string {
+	if int(code) < len(table) && table[code] != "" {
+		return table[code]
+	}
+	return fmt.Sprintf("code %d", code)
 }

@@ -64,7 +64,7 @@ func FuzzZstdDecode(f *testing.F) {
 		if err != nil {
 			f.Fatal(err)
 		}
-		for _, ti := range a.Tensors() {
+		for _, ti := range must(a.Tensors()) {
 			for k, c := range ti.Chunks {
 				if c.Encoded {
 					s := uint64(ti.ItemSize)
@@ -116,9 +116,33 @@ func exercise(t *testing.T, data []byte) {
 			checkKind("open", err)
 			return
 		}
-		_, _ = a.Tree(), a.Metadata()
+		if _, err := a.Metadata(); err != nil {
+			checkKind("metadata", err)
+		}
+		if _, err := a.Writer(); err != nil {
+			checkKind("writer", err)
+		}
+		if vs, err := a.Versions(); err != nil {
+			checkKind("versions", err)
+		} else if len(vs) == 0 || vs[len(vs)-1].Number != a.LatestVersionNumber() {
+			t.Fatalf("Versions() = %v, latest %d", vs, a.LatestVersionNumber())
+		}
+		tensors, err := a.Tensors()
+		if err != nil {
+			checkKind("list", err)
+			if a.Verify() == nil {
+				t.Fatalf("Verify passed but listing failed: %v", err)
+			}
+			return
+		}
+		if _, err := a.Tree(); err != nil {
+			t.Fatalf("Tree failed after listing succeeded: %v", err)
+		}
 		allRead := true
-		for _, ti := range a.Tensors() {
+		for _, ti := range tensors {
+			if one, err := a.Tensor(ti.Name); err != nil || one.Name != ti.Name {
+				t.Fatalf("Tensor(%q) after listing: %v", ti.Name, err)
+			}
 			all, err := a.Read(ti.Name)
 			if err != nil {
 				checkKind("read", err)

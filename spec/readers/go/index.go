@@ -85,20 +85,29 @@ func jsonDepth(b []byte, limit int) int {
 	return max
 }
 
-// parseIndex performs step 8 of section 10 on the index bytes.
-func parseIndex(b []byte) (*parsedIndex, error) {
+// validateJSONText checks b as one JSON text under section 7's rules: nesting, UTF-8,
+// syntax, duplicate members, number range, surrogates. It returns an *indexError.
+func validateJSONText(b []byte) error {
 	if d := jsonDepth(b, MaxJSONDepth); d > MaxJSONDepth {
-		return nil, &indexError{kind: KindLimitExceeded, part: "index",
+		return &indexError{kind: KindLimitExceeded, part: "index",
 			msg: fmt.Sprintf("JSON nesting deeper than %d", MaxJSONDepth)}
 	}
 	if !utf8.Valid(b) {
-		return nil, invalid("index", "not valid UTF-8")
+		return invalid("index", "not valid UTF-8")
 	}
 	if err := checkJSON(b, MaxJSONDepth); err != nil {
 		if errors.Is(err, errDepth) {
-			return nil, &indexError{kind: KindLimitExceeded, part: "index", msg: err.Error()}
+			return &indexError{kind: KindLimitExceeded, part: "index", msg: err.Error()}
 		}
-		return nil, invalid("index", "not valid JSON: %v", err)
+		return invalid("index", "not valid JSON: %v", err)
+	}
+	return nil
+}
+
+// parseIndex performs step 8 of section 10 on the index bytes.
+func parseIndex(b []byte) (*parsedIndex, error) {
+	if err := validateJSONText(b); err != nil {
+		return nil, err
 	}
 	// From here on encoding/json cannot fail on syntax.
 	top, ok, err := objectMembers(b)

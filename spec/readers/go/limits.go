@@ -41,6 +41,16 @@ type Options struct {
 	// index size in memory). 0 means the format's limit, the constant MaxIndexBytes
 	// (256 MiB); values above it are lowered to it.
 	MaxIndexBytes uint64
+
+	// Version chooses the version of a 1.1 archive to open (section 16.4): 0 (the
+	// default) the latest, k > 0 version number k, k < 0 the k-th from the latest (-1
+	// is the latest, -2 the one before). A version the file does not hold is an error
+	// of kind invalid_argument naming the versions it holds. A 1.0 file holds version 1.
+	Version int64
+
+	// CheckHashes makes every read check each chunk's BLAKE3 content hash (section
+	// 16.3) besides its crc32c. Verify always checks them.
+	CheckHashes bool
 }
 
 // withDefaults fills in the zero fields and lowers caps above the format's limits.

@@ -280,7 +280,7 @@ func TestStreamingMatchesRead(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		for _, ti := range a.Tensors() {
+		for _, ti := range must(a.Tensors()) {
 			want, err := a.Read(ti.Name)
 			if err != nil {
 				t.Fatal(err)

@@ -25,6 +25,8 @@ import (
 	"io"
 	"sort"
 	"strings"
+	"sync"
+	"sync/atomic"
 )
 
 // Chunk is one entry of a tensor's chunk table.
@@ -33,6 +35,10 @@ type Chunk struct {
 	Length  uint64 // stored length
 	CRC32C  uint32 // crc32c of the stored bytes
 	Encoded bool   // true: filter + one zstd frame; false: the decoded bytes as they are
+	// Hash is the first 16 bytes of the BLAKE3 hash of the chunk's decoded bytes
+	// (section 16.3). A 1.0 file has no hashes: it is then zero and HasHash is false.
+	Hash    [hashSize]byte
+	HasHash bool
 }
 
 // TensorInfo describes one tensor of the index. Its slices are shared with the
@@ -98,7 +104,8 @@ type span struct {
 	chunk    int
 }
 
-// Archive is an open bpz archive. Its methods are safe for concurrent use.
+// Archive is an open bpz archive: one version of it (the latest unless
+// Options.Version chose another). Its methods are safe for concurrent use.
 type Archive struct {
 	r      io.ReaderAt
 	closer io.Closer
@@ -110,15 +117,55 @@ type Archive struct {
 	requiredFeatures uint32
 	optionalFeatures uint32
 	alignment        uint32
-	indexOffset      uint64
-	indexLength      uint64
+	superblock       []byte // bytes 0–63, for the binary index's copy (16.5 step 2)
 
-	tensors  []TensorInfo
-	byName   map[string]int
-	tree     json.RawMessage
-	metadata json.RawMessage
-	writer   *Writer
-	spans    []span // every chunk, sorted by offset
+	// versions lists every committed version of the file, oldest first, the latest
+	// last (one entry for a 1.0 file).
+	versions []versionRecord
+	cur      *view  // the version this Archive reads
+	ignored  uint64 // bytes after the latest committed version (an unfinished append, 16.7)
+
+	viewsMu sync.Mutex
+	views   map[uint64]*view // every version opened so far, by number
+}
+
+// versionRecord locates one committed version (a record of section 16.4, or the
+// latest version's own head and trailer).
+type versionRecord struct {
+	number, timeNS, dataStart, indexOffset, indexLength uint64
+	indexCRC                                            uint32
+}
+
+// view is one version as its index describes it. A 1.0 file's single view is
+// validated whole on open; a 1.1 view reads its binary index on demand.
+type view struct {
+	versionRecord
+	bin *binIndex // nil for a 1.0 file
+
+	listOnce sync.Once
+	list     *listing
+	listErr  error
+	listed   atomic.Bool // list is set
+	pos      int         // this version's place in Archive.versions
+
+	metaOnce   sync.Once
+	metadata   json.RawMessage
+	writer     *Writer
+	metaErr    error
+	writerOnce sync.Once
+	writerErr  error
+
+	foundMu sync.Mutex
+	found   map[string]*TensorInfo // tensors looked up by name before any listing (1.1)
+}
+
+// listing is every tensor of a version, validated as section 10 (1.0) or the
+// listing rules of 16.5 (1.1) require.
+type listing struct {
+	tensors []TensorInfo // in the order saved (1.1: by position; 1.0: index order)
+	byName  map[string]int
+	spans   []span // every chunk, sorted by offset; shared chunks appear once per reference
+	tree    json.RawMessage
 }
 
 // Open opens and validates the archive at path, with the default Options.
@@ -176,36 +223,75 @@ func (a *Archive) Features() (required, optional uint32) {
 // Size is the file length in bytes.
 func (a *Archive) Size() uint64 { return a.size }
 
-// IndexOffset is the file offset of the index (the end of the data region).
-func (a *Archive) IndexOffset() uint64 { return a.indexOffset }
+// IndexOffset is the file offset of the opened version's index (the end of its
+// data region).
+func (a *Archive) IndexOffset() uint64 { return a.cur.indexOffset }
 
-// Tensors lists the tensors in index order.
-func (a *Archive) Tensors() []TensorInfo { return append([]TensorInfo(nil), a.tensors...) }
+// Tensors lists the tensors in the order they were saved: index order in a 1.0 file,
+// the records' positions in a 1.1 file. In a 1.1 file the first call reads and
+// validates the whole index of the version (section 16.5, "on listing") and may
+// fail; a 1.0 file was validated on open.
+func (a *Archive) Tensors() ([]TensorInfo, error) {
+	l, err := a.listing()
+	if err != nil {
+		return nil, err
+	}
+	return append([]TensorInfo(nil), l.tensors...), nil
+}
 
-// Tensor returns the tensor of that name.
+// Tensor returns the tensor of that name. In a 1.1 file it reads O(log n) records of
+// the index (a binary search), checking every record it visits.
 func (a *Archive) Tensor(name string) (TensorInfo, error) {
-	i, ok := a.byName[name]
-	if !ok {
-		return TensorInfo{}, newErr(KindTensorNotFound, a.name, tensorPart(name), "no tensor of that name")
+	t, err := a.lookup(name)
+	if err != nil {
+		return TensorInfo{}, err
 	}
-	return a.tensors[i], nil
+	return *t, nil
 }
 
-// Tree returns the index's "tree" member as it is written ("null" when absent).
-func (a *Archive) Tree() json.RawMessage { return append(json.RawMessage(nil), a.tree...) }
-
-// Metadata returns the index's "metadata" member as it is written ("null" when absent).
-func (a *Archive) Metadata() json.RawMessage {
-	return append(json.RawMessage(nil), a.metadata...)
+// Tree returns the version's tree as it is written ("null" when absent). In a 1.1
+// file this lists the tensors first (a tree node must name one of them).
+func (a *Archive) Tree() (json.RawMessage, error) {
+	l, err := a.listing()
+	if err != nil {
+		return nil, err
+	}
+	return append(json.RawMessage(nil), l.tree...), nil
 }
 
-// Writer returns the index's "writer" member, or nil.
-func (a *Archive) Writer() *Writer {
-	if a.writer == nil {
-		return nil
+// Metadata returns the version's metadata as it is written ("null" when absent). In
+// a 1.1 file it reads only the metadata section.
+func (a *Archive) Metadata() (json.RawMessage, error) {
+	m, err := a.viewMetadata(a.cur)
+	if err != nil {
+		return nil, err
 	}
-	w := *a.writer
-	return &w
+	return append(json.RawMessage(nil), m...), nil
+}
+
+// Writer returns the software that wrote the version, or nil if the index does not say.
+func (a *Archive) Writer() (*Writer, error) {
+	v := a.cur
+	if v.bin != nil {
+		v.writerOnce.Do(func() { v.writer, v.writerErr = a.readWriterSection(v) })
+	}
+	if v.writerErr != nil || v.writer == nil {
+		return nil, v.writerErr
+	}
+	w := *v.writer
+	return &w, nil
+}
+
+func (a *Archive) listing() (*listing, error) {
+	return a.listingOf(a.cur)
+}
+
+func (a *Archive) listingOf(v *view) (*listing, error) {
+	v.listOnce.Do(func() {
+		v.list, v.listErr = a.listView(v)
+		v.listed.Store(v.listErr == nil)
+	})
+	return v.list, v.listErr
 }
 
 // readFull reads exactly n bytes at off.
@@ -274,6 +360,7 @@ func (a *Archive) open() error {
 		return newErr(KindChecksumMismatch, a.name, "superblock",
 			"superblock_crc is 0x%08X, the crc32c of bytes 0..60 is 0x%08X", want, got)
 	}
+	a.superblock = head
 	// Step 3: version and features.
 	a.major, a.minor = le.Uint16(head[8:10]), le.Uint16(head[10:12])
 	a.requiredFeatures, a.optionalFeatures = le.Uint32(head[12:16]), le.Uint32(head[16:20])
@@ -281,9 +368,9 @@ func (a *Archive) open() error {
 		return newErr(KindUnsupportedVersion, a.name, "superblock",
 			"the file is version %d.%d; this reader reads version %d.x", a.major, a.minor, SupportedMajor)
 	}
-	if a.requiredFeatures != 0 {
+	if unknown := a.requiredFeatures &^ knownRequired; unknown != 0 {
 		return newErr(KindUnsupportedFeature, a.name, "superblock",
-			"required feature bits 0x%08X are unknown to this reader", a.requiredFeatures)
+			"required feature bits 0x%08X are unknown to this reader", unknown)
 	}
 	// Step 4: alignment.
 	a.alignment = le.Uint32(head[20:24])
@@ -291,11 +378,20 @@ func (a *Archive) open() error {
 		return newErr(KindInvalidIndex, a.name, "superblock",
 			"alignment %d is not a power of two in [%d, %d]", al, MinAlignment, MaxAlignment)
 	}
-	// Step 5: trailer.
+	// Step 5: trailer (section 16.7 for a file with a binary index).
 	if a.size < superblockSize+trailerSize {
 		return newErr(KindTruncated, a.name, "trailer",
 			"the file is %d bytes long, too short for a superblock and a trailer", a.size)
 	}
+	if a.requiredFeatures&FeatureBinaryIndex != 0 {
+		return a.openBinary()
+	}
+	return a.openJSON()
+}
+
+// openJSON performs steps 5–10 of section 10 on a 1.0 file (no binary index).
+func (a *Archive) openJSON() error {
+	le := binary.LittleEndian
 	tr, err := a.readFull("trailer", a.size-trailerSize, trailerSize, nil)
 	if err != nil {
 		return err
@@ -309,37 +405,32 @@ func (a *Archive) open() error {
 			"trailer_crc is 0x%08X, the crc32c of trailer bytes 0..20 is 0x%08X", want, got)
 	}
 	// Step 6: index location.
-	a.indexOffset, a.indexLength = le.Uint64(tr[0:8]), le.Uint64(tr[8:16])
-	indexCRC := le.Uint32(tr[16:20])
-	if a.indexLength > MaxIndexBytes {
-		return newErr(KindLimitExceeded, a.name, "trailer",
-			"index_length %d is over the limit of %d bytes", a.indexLength, MaxIndexBytes)
+	v := &view{}
+	v.number, v.dataStart = 1, superblockSize
+	v.indexOffset, v.indexLength = le.Uint64(tr[0:8]), le.Uint64(tr[8:16])
+	v.indexCRC = le.Uint32(tr[16:20])
+	if err := a.checkIndexLength(v.indexLength); err != nil {
+		return err
 	}
-	if a.indexLength > a.opts.MaxIndexBytes {
-		return newErr(KindLimitExceeded, a.name, "trailer",
-			"index_length %d is over this reader's limit of %d bytes (Options.MaxIndexBytes)",
-			a.indexLength, a.opts.MaxIndexBytes)
+	if v.indexOffset < superblockSize {
+		return newErr(KindInvalidIndex, a.name, "trailer", "index_offset %d is below 64", v.indexOffset)
 	}
-	if a.indexOffset < superblockSize {
-		return newErr(KindInvalidIndex, a.name, "trailer", "index_offset %d is below 64", a.indexOffset)
-	}
-	end, ok := addChecked(a.indexOffset, a.indexLength)
-	if ok {
-		end, ok = addChecked(end, trailerSize)
-	}
-	if !ok || end != a.size {
+	if end, ok := trailerEnd(v.indexOffset, v.indexLength); !ok || end != a.size {
 		return newErr(KindInvalidIndex, a.name, "trailer",
 			"index_offset %d + index_length %d + 32 is not the file length %d",
-			a.indexOffset, a.indexLength, a.size)
+			v.indexOffset, v.indexLength, a.size)
 	}
+	a.versions = []versionRecord{v.versionRecord}
+	a.cur = v
+	a.views = map[uint64]*view{1: v}
 	// Step 7: index checksum.
-	index, err := a.readFull("index", a.indexOffset, a.indexLength, nil)
+	index, err := a.readFull("index", v.indexOffset, v.indexLength, nil)
 	if err != nil {
 		return err
 	}
-	if got := crc32c(index); got != indexCRC {
+	if got := crc32c(index); got != v.indexCRC {
 		return newErr(KindChecksumMismatch, a.name, "index",
-			"index_crc is 0x%08X, the crc32c of the index is 0x%08X", indexCRC, got)
+			"index_crc is 0x%08X, the crc32c of the index is 0x%08X", v.indexCRC, got)
 	}
 	// Step 8: JSON.
 	idx, err := parseIndex(index)
@@ -350,40 +441,81 @@ func (a *Archive) open() error {
 		}
 		return newErr(KindInvalidIndex, a.name, "index", "%v", err)
 	}
-	a.tree, a.metadata, a.writer = idx.tree, idx.metadata, idx.writer
+	v.metadata, v.writer = idx.metadata, idx.writer
+	v.metaOnce.Do(func() {})
+	v.writerOnce.Do(func() {})
 	// Step 9: tensors.
 	if len(idx.tensors) > MaxTensors {
 		return newErr(KindLimitExceeded, a.name, "index",
 			"%d tensors, over the limit of %d", len(idx.tensors), MaxTensors)
 	}
-	a.tensors = make([]TensorInfo, len(idx.tensors))
+	l := &listing{tensors: make([]TensorInfo, len(idx.tensors)), tree: idx.tree}
 	for i := range idx.tensors {
-		if err := a.validateTensor(&idx.tensors[i], &a.tensors[i]); err != nil {
+		if err := a.validateTensor(v, &idx.tensors[i], nil, &l.tensors[i]); err != nil {
 			return err
 		}
 	}
 	// Step 10: uniqueness, overlap, tree references.
-	a.byName = make(map[string]int, len(a.tensors))
-	for i, t := range a.tensors {
-		if j, dup := a.byName[t.Name]; dup {
+	l.byName = make(map[string]int, len(l.tensors))
+	for i, t := range l.tensors {
+		if j, dup := l.byName[t.Name]; dup {
 			return newErr(KindInvalidIndex, a.name, tensorPart(t.Name),
 				"two tensors have this name (#%d and #%d)", j, i)
 		}
-		a.byName[t.Name] = i
+		l.byName[t.Name] = i
 	}
-	for i, t := range a.tensors {
+	if err := a.checkOverlaps(l, false); err != nil {
+		return err
+	}
+	if err := a.checkTree(l.tree, l.byName); err != nil {
+		return err
+	}
+	v.list = l
+	v.listOnce.Do(func() {})
+	v.listed.Store(true)
+	return a.pickVersion()
+}
+
+// checkIndexLength applies the format's limit and the caller's to an index length.
+func (a *Archive) checkIndexLength(n uint64) error {
+	if n > MaxIndexBytes {
+		return newErr(KindLimitExceeded, a.name, "trailer",
+			"index_length %d is over the limit of %d bytes", n, MaxIndexBytes)
+	}
+	if n > a.opts.MaxIndexBytes {
+		return newErr(KindLimitExceeded, a.name, "trailer",
+			"index_length %d is over this reader's limit of %d bytes (Options.MaxIndexBytes)",
+			n, a.opts.MaxIndexBytes)
+	}
+	return nil
+}
+
+// trailerEnd is index_offset + index_length + 32, and false on overflow.
+func trailerEnd(indexOffset, indexLength uint64) (uint64, bool) {
+	end, ok := addChecked(indexOffset, indexLength)
+	if ok {
+		end, ok = addChecked(end, trailerSize)
+	}
+	return end, ok
+}
+
+// checkOverlaps sorts every chunk of l by offset into l.spans and refuses two that
+// overlap. With shared set (1.1), chunks with the same stored range are one chunk
+// referenced twice, not an overlap.
+func (a *Archive) checkOverlaps(l *listing, shared bool) error {
+	for i, t := range l.tensors {
 		for k, c := range t.Chunks {
-			a.spans = append(a.spans, span{c.Offset, c.Offset + c.Length, i, k})
+			l.spans = append(l.spans, span{c.Offset, c.Offset + c.Length, i, k})
 		}
 	}
-	sort.Slice(a.spans, func(i, j int) bool {
-		if a.spans[i].off != a.spans[j].off {
-			return a.spans[i].off < a.spans[j].off
+	sort.Slice(l.spans, func(i, j int) bool {
+		if l.spans[i].off != l.spans[j].off {
+			return l.spans[i].off < l.spans[j].off
 		}
-		return a.spans[i].end < a.spans[j].end
+		return l.spans[i].end < l.spans[j].end
 	})
 	prev := -1 // the last non-empty span (an empty one overlaps nothing)
-	for k, s := range a.spans {
+	for k, s := range l.spans {
 		if s.off == s.end {
 			continue
 		}
@@ -391,21 +523,40 @@ func (a *Archive) open() error {
 			prev = k
 			continue
 		}
-		p := a.spans[prev]
+		p := l.spans[prev]
 		prev = k
+		if shared && s.off == p.off && s.end == p.end {
+			continue
+		}
 		if s.off < p.end {
-			pt, st := a.tensors[p.tensor], a.tensors[s.tensor]
+			pt, st := l.tensors[p.tensor], l.tensors[s.tensor]
 			return newErr(KindInvalidIndex, a.name, chunkPart(st.Name, s.chunk),
 				"bytes [%d, %d) overlap chunk %d of tensor %s at [%d, %d)",
 				s.off, s.end, p.chunk, shortName(pt.Name), p.off, p.end)
 		}
 	}
-	return a.checkTree()
+	return nil
 }
 
-// validateTensor performs step 9 of section 10 on one tensor: limits first, then
-// unknown names, then consistency.
-func (a *Archive) validateTensor(p *parsedTensor, t *TensorInfo) error {
+// validateTensor performs step 9 of section 10 on one tensor of version v: limits
+// first, then unknown names, then consistency. hashes, if not nil, holds the content
+// hash of each chunk (1.1).
+func (a *Archive) validateTensor(v *view, p *parsedTensor, hashes [][hashSize]byte, t *TensorInfo) error {
+	g, err := a.checkTensorHead(p)
+	if err != nil {
+		return err
+	}
+	return a.checkTensorChunks(v, p, g, hashes, t)
+}
+
+// tensorGeom is what checkTensorHead derives from a tensor's description.
+type tensorGeom struct {
+	n, nbytes, nchunks uint64
+	s                  int
+}
+
+// checkTensorHead performs the rules of step 9 that need no chunk table.
+func (a *Archive) checkTensorHead(p *parsedTensor) (tensorGeom, error) {
 	part := tensorPart(p.name)
 	limit := func(format string, args ...any) error {
 		return newErr(KindLimitExceeded, a.name, part, format, args...)
@@ -414,16 +565,16 @@ func (a *Archive) validateTensor(p *parsedTensor, t *TensorInfo) error {
 		return newErr(KindInvalidIndex, a.name, part, format, args...)
 	}
 	if len(p.name) > MaxNameBytes {
-		return limit("the name is %d bytes long, over the limit of %d", len(p.name), MaxNameBytes)
+		return tensorGeom{}, limit("the name is %d bytes long, over the limit of %d", len(p.name), MaxNameBytes)
 	}
 	if len(p.shape) > MaxRank {
-		return limit("rank %d is over the limit of %d", len(p.shape), MaxRank)
+		return tensorGeom{}, limit("rank %d is over the limit of %d", len(p.shape), MaxRank)
 	}
 	n := uint64(1)
 	zero := false
 	for k, d := range p.shape {
 		if d > MaxInteger {
-			return limit("dimension %d is %s, over 2^53−1", k, fmtUint(d))
+			return tensorGeom{}, limit("dimension %d is %s, over 2^53−1", k, fmtUint(d))
 		}
 		zero = zero || d == 0
 	}
@@ -433,53 +584,63 @@ func (a *Archive) validateTensor(p *parsedTensor, t *TensorInfo) error {
 		for _, d := range p.shape {
 			var ok bool
 			if n, ok = mulChecked(n, d); !ok || n > MaxInteger {
-				return limit("shape %v has over 2^53−1 elements", p.shape)
+				return tensorGeom{}, limit("shape %v has over 2^53−1 elements", p.shape)
 			}
 		}
 	}
 	if p.chunkElems > MaxInteger {
-		return limit("chunk_elems %s is over 2^53−1", fmtUint(p.chunkElems))
+		return tensorGeom{}, limit("chunk_elems %s is over 2^53−1", fmtUint(p.chunkElems))
 	}
 	s, dtypeKnown := dtypeSizes[p.dtype]
 	var nbytes uint64
 	if dtypeKnown {
 		var ok bool
 		if nbytes, ok = mulChecked(n, uint64(s)); !ok || nbytes > MaxInteger {
-			return limit("%d elements × %d bytes is over 2^53−1 bytes", n, s)
+			return tensorGeom{}, limit("%d elements × %d bytes is over 2^53−1 bytes", n, s)
 		}
 		if cb := min(p.chunkElems, n) * uint64(s); cb > MaxChunkBytes {
-			return limit("a chunk holds %d decoded bytes, over the limit of %d", cb, MaxChunkBytes)
+			return tensorGeom{}, limit("a chunk holds %d decoded bytes, over the limit of %d", cb, MaxChunkBytes)
 		}
 	}
 	var nchunks uint64
 	if nbytes > 0 && p.chunkElems > 0 {
 		nchunks = (n-1)/p.chunkElems + 1
 		if nchunks > MaxChunksPerTensor {
-			return limit("%d elements in chunks of %d need %d chunks, over the limit of %d",
+			return tensorGeom{}, limit("%d elements in chunks of %d need %d chunks, over the limit of %d",
 				n, p.chunkElems, nchunks, MaxChunksPerTensor)
 		}
 	}
 	if !dtypeKnown {
-		return newErr(KindUnsupportedFeature, a.name, part, "unknown dtype %s", shortName(p.dtype))
+		return tensorGeom{}, newErr(KindUnsupportedFeature, a.name, part, "unknown dtype %s", shortName(p.dtype))
 	}
 	if p.storage != StorageRaw && p.storage != StorageChunked {
-		return newErr(KindUnsupportedFeature, a.name, part, "unknown storage %s", shortName(p.storage))
+		return tensorGeom{}, newErr(KindUnsupportedFeature, a.name, part, "unknown storage %s", shortName(p.storage))
 	}
 	if !knownFilter(p.filter) {
-		return newErr(KindUnsupportedFeature, a.name, part, "unknown filter %s", shortName(p.filter))
+		return tensorGeom{}, newErr(KindUnsupportedFeature, a.name, part, "unknown filter %s", shortName(p.filter))
 	}
 	if !filterDefinedFor(p.filter, p.dtype) {
-		return bad("filter %q is not defined for dtype %s", p.filter, p.dtype)
+		return tensorGeom{}, bad("filter %q is not defined for dtype %s", p.filter, p.dtype)
 	}
 	raw := p.storage == StorageRaw
 	if raw && p.filter != FilterNone {
-		return bad("a raw tensor has filter %q (must be \"none\")", p.filter)
+		return tensorGeom{}, bad("a raw tensor has filter %q (must be \"none\")", p.filter)
 	}
 	if p.chunkElems == 0 {
-		return bad("chunk_elems is 0")
+		return tensorGeom{}, bad("chunk_elems is 0")
 	}
 	if strings.IndexByte(p.name, 0) >= 0 {
-		return bad("the name contains a NUL character")
+		return tensorGeom{}, bad("the name contains a NUL character")
+	}
+	return tensorGeom{n: n, nbytes: nbytes, nchunks: nchunks, s: s}, nil
+}
+
+// checkTensorChunks performs the rules of step 9 on the chunk table and fills in t.
+func (a *Archive) checkTensorChunks(v *view, p *parsedTensor, g tensorGeom, hashes [][hashSize]byte, t *TensorInfo) error {
+	n, nbytes, nchunks, s := g.n, g.nbytes, g.nchunks, g.s
+	raw := p.storage == StorageRaw
+	bad := func(format string, args ...any) error {
+		return newErr(KindInvalidIndex, a.name, tensorPart(p.name), format, args...)
 	}
 	if uint64(len(p.chunks)) != nchunks {
 		return bad("%d chunks in the table; %d elements in chunks of %d need %d",
@@ -495,10 +656,15 @@ func (a *Archive) validateTensor(p *parsedTensor, t *TensorInfo) error {
 		off, length, crc, enc := e[0], e[1], e[2], e[3]
 		cpart := chunkPart(p.name, k)
 		end, ok := addChecked(off, length)
-		if off < superblockSize || !ok || end > a.indexOffset {
+		if off < superblockSize || !ok || end > v.indexOffset {
 			return newErr(KindInvalidIndex, a.name, cpart,
 				"stored bytes [%s, %s + %s) are outside the data region [64, %d)",
-				fmtUint(off), fmtUint(off), fmtUint(length), a.indexOffset)
+				fmtUint(off), fmtUint(off), fmtUint(length), v.indexOffset)
+		}
+		if v.bin != nil {
+			if err := a.checkInDataRegion(v, off, end, cpart); err != nil {
+				return err
+			}
 		}
 		if length == 0 {
 			// Not in section 10 of FORMAT.md 1.0, but invalid/zero_length_chunk.bpz
@@ -526,6 +692,9 @@ func (a *Archive) validateTensor(p *parsedTensor, t *TensorInfo) error {
 			}
 		}
 		t.Chunks[k] = Chunk{Offset: off, Length: length, CRC32C: uint32(crc), Encoded: enc == 1}
+		if hashes != nil {
+			t.Chunks[k].Hash, t.Chunks[k].HasHash = hashes[k], true
+		}
 		t.StoredBytes += length
 	}
 	if raw && len(t.Chunks) > 0 && t.Chunks[0].Offset%uint64(a.alignment) != 0 {
@@ -545,8 +714,8 @@ func fmtUint(v uint64) string {
 // checkTree verifies that every object anywhere inside the tree that has a "tensor"
 // member holds a string there naming a tensor of the index (section 8). It checks
 // nothing else: other malformations are for whoever rebuilds the tree to report.
-func (a *Archive) checkTree() error {
-	if firstByte(a.tree) != '{' {
+func (a *Archive) checkTree(tree json.RawMessage, byName map[string]int) error {
+	if firstByte(tree) != '{' {
 		return nil // null
 	}
 	type level struct {
@@ -555,7 +724,7 @@ func (a *Archive) checkTree() error {
 	}
 	var stack []level
 	tensorValue := false // the next value is that of a "tensor" member
-	dec := json.NewDecoder(bytes.NewReader(a.tree))
+	dec := json.NewDecoder(bytes.NewReader(tree))
 	dec.UseNumber()
 	for {
 		at := dec.InputOffset()
@@ -591,7 +760,7 @@ func (a *Archive) checkTree() error {
 				}
 				stack = stack[:top] // ']'
 			case string:
-				if _, found := a.byName[v]; isTensor && !found {
+				if _, found := byName[v]; isTensor && !found {
 					return newErr(KindInvalidIndex, a.name, "tree",
 						"a tensor node names tensor %s, which is not in the index", shortName(v))
 				}

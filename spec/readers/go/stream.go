@@ -70,8 +70,8 @@ func (a *Archive) ReadRowsTo(name string, start, stop uint64, w io.Writer) (int6
 
 func (a *Archive) rangeReader(t *TensorInfo, lo, hi uint64) (*TensorReader, error) {
 	if lo < hi {
-		cb := t.chunkBytes()
-		if err := a.checkChunkBudgets(t, int(lo/cb), int((hi-1)/cb)); err != nil {
+		first, last := t.chunkSpan(lo, hi)
+		if err := a.checkChunkBudgets(t, first, last); err != nil {
 			return nil, err
 		}
 	}
@@ -89,17 +89,15 @@ func (r *TensorReader) next() error {
 	if r.pos >= r.end {
 		return io.EOF
 	}
-	cb := r.t.chunkBytes()
-	k := int(r.pos / cb)
-	d, err := r.a.loadChunk(r.t, k, &r.bufs, true)
+	k, _ := r.t.chunkSpan(r.pos, r.end)
+	d, err := r.a.loadChunk(r.t, k, &r.bufs, nil, r.a.opts.CheckHashes)
 	if err != nil {
 		r.err = err
 		return err
 	}
-	cs := uint64(k) * cb
-	to := min(r.end, cs+uint64(len(d)))
-	r.cur = d[r.pos-cs : to-cs]
-	r.pos = to
+	from, to := r.t.pieceOf(k, r.pos, r.end)
+	r.cur = d[from:to]
+	r.pos += to - from
 	return nil
 }
 

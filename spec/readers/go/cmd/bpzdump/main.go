@@ -50,7 +50,15 @@ func main() {
 		os.Exit(1)
 	}
 	defer a.Close()
-	for _, t := range a.Tensors() {
+	if n, ok := a.Recovered(); ok {
+		fmt.Fprintf(os.Stderr, "bpzdump: %s ends in an unfinished append: %d bytes after the last committed version ignored\n", os.Args[1], n)
+	}
+	tensors, err := a.Tensors()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	for _, t := range tensors {
 		sum := sha256.New() // streamed: memory stays at one chunk whatever the tensor's size
 		if _, err := a.ReadTo(t.Name, sum); err != nil {
 			fmt.Fprintln(os.Stderr, err)

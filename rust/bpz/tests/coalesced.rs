@@ -3,7 +3,11 @@
 //! read per tensor, for every layout; a damaged chunk inside a joint read is still named;
 //! and the memory check of loads can be turned off with `BPZ_MEMORY_CHECK=0`.
 
+mod common;
+
+use std::ffi::OsStr;
 use std::path::Path;
+use std::time::Duration;
 
 use bpz::format::{Superblock, Trailer};
 use bpz::read::{COALESCE_CHUNK_MAX, COALESCE_READ_MAX};
@@ -224,28 +228,18 @@ fn huge(path: &Path) {
 /// Runs the `#[ignore]`d `child_loads_huge` with 2 GiB of address space and `BPZ_MEMORY_CHECK`
 /// set to `setting` (or unset), expecting `kind` from every load.
 fn run_child(dir: &Path, setting: Option<&str>, kind: &str) {
-    let exe = std::env::current_exe().unwrap();
-    let script = "ulimit -v 2097152 && exec \"$0\" --exact child_loads_huge --ignored --nocapture --test-threads 1";
-    let mut cmd = std::process::Command::new("timeout");
-    cmd.args(["60", "sh", "-c", script])
-        .arg(exe)
-        .env("BPZ_TEST_DIR", dir)
-        .env("BPZ_EXPECT_KIND", kind);
-    match setting {
-        Some(v) => cmd.env("BPZ_MEMORY_CHECK", v),
-        None => cmd.env_remove("BPZ_MEMORY_CHECK"),
-    };
-    let out = cmd.output().unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        out.status.success() && text.contains("1 passed"),
-        "BPZ_MEMORY_CHECK={setting:?}: child {:?}\n{text}",
-        out.status
-    );
+    let env = [
+        ("BPZ_TEST_DIR", Some(dir.as_os_str())),
+        ("BPZ_EXPECT_KIND", Some(OsStr::new(kind))),
+        ("BPZ_MEMORY_CHECK", setting.map(OsStr::new)),
+    ];
+    common::run_ignored_test(
+        "child_loads_huge",
+        &env,
+        Some(2048),
+        Duration::from_secs(60),
+    )
+    .unwrap_or_else(|e| panic!("BPZ_MEMORY_CHECK={setting:?}: {e}"));
 }
 
 #[test]

@@ -1,6 +1,8 @@
 //! Regression tests for defects found by the reliability and security work
 //! (tests/attacks, tests/reliability, rust/bpz/fuzz): each test names the defect.
 
+mod common;
+
 use std::io::Write;
 use std::path::Path;
 use std::time::{Duration, SystemTime};
@@ -105,34 +107,11 @@ fn invalid_json_inside_ignored_members_is_refused() {
     Reader::from_bytes(archive(&[], ok)).unwrap();
 }
 
-/// Runs the `#[ignore]`d test `name` of this binary in a child whose address space is
-/// limited to `limit_mib` MiB (`ulimit -v`), and returns its output.
-fn run_limited(name: &str, limit_mib: u64, dir: &Path) -> std::process::Output {
-    let exe = std::env::current_exe().unwrap();
-    let script = format!(
-        "ulimit -v {} && exec \"$0\" --exact {name} --ignored --nocapture --test-threads 1",
-        limit_mib * 1024
-    );
-    std::process::Command::new("sh")
-        .arg("-c")
-        .arg(script)
-        .arg(exe)
-        .env("BPZ_HOSTILE_DIR", dir)
-        .output()
-        .unwrap()
-}
-
-fn assert_child_passed(out: std::process::Output) {
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        out.status.success() && text.contains("1 passed"),
-        "child failed ({:?}):\n{text}",
-        out.status
-    );
+/// Runs the `#[ignore]`d test `name` in a child limited to `limit_mib` MiB of address space.
+fn run_limited(name: &str, limit_mib: u64, dir: &Path) {
+    let env = [("BPZ_HOSTILE_DIR", Some(dir.as_os_str()))];
+    common::run_ignored_test(name, &env, Some(limit_mib), Duration::from_secs(600))
+        .unwrap_or_else(|e| panic!("{e}"));
 }
 
 /// Defect: the scratch buffer of a filtered chunk (and verify's and partial reads' buffers)
@@ -158,11 +137,7 @@ fn decoding_under_a_memory_limit_fails_with_an_error_not_an_abort() {
     }
     let index = format!(r#"{{"tensors":[{}]}}"#, tensors.join(","));
     std::fs::write(dir.path().join("bombs.bpz"), archive(&data, &index)).unwrap();
-    assert_child_passed(run_limited(
-        "child_reads_bombs_under_limit",
-        512,
-        dir.path(),
-    ));
+    run_limited("child_reads_bombs_under_limit", 512, dir.path());
 }
 
 #[test]
@@ -218,7 +193,7 @@ fn a_huge_sparse_gap_is_verified_in_bounded_memory() {
     std::io::Seek::seek(&mut f, std::io::SeekFrom::End(0)).unwrap();
     f.write_all(&tail).unwrap();
     drop(f);
-    assert_child_passed(run_limited("child_verifies_sparse_gap", 256, dir.path()));
+    run_limited("child_verifies_sparse_gap", 256, dir.path());
 }
 
 #[test]
@@ -296,7 +271,7 @@ fn a_tensor_declaring_2_50_bytes_fails_cleanly_under_a_memory_limit() {
         archive(&vec![0u8; n_chunks as usize], &index),
     )
     .unwrap();
-    assert_child_passed(run_limited("child_reads_2_50", 2048, dir.path()));
+    run_limited("child_reads_2_50", 2048, dir.path());
 }
 
 #[test]

@@ -5,9 +5,11 @@
 //! Each case runs in a child process (this binary, re-run on one `#[ignore]`d test): a
 //! signal there kills the child, not the test run, and is reported with the case.
 
+mod common;
+
+use std::ffi::OsStr;
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bpz::{Backend, Compression, DType, Reader, VerifyOptions, Writer, WriterOptions};
 
@@ -95,7 +97,6 @@ fn cuts(path: &Path) -> Vec<u64> {
 #[test]
 fn truncating_an_open_archive_gives_errors_not_signals() {
     let dir = tempfile::tempdir().unwrap();
-    let exe = std::env::current_exe().unwrap();
     let mut ran = 0;
     for (name, compressed, chunk_bytes, sizes) in LAYOUTS {
         let original = dir.path().join(format!("{name}.bpz"));
@@ -103,43 +104,15 @@ fn truncating_an_open_archive_gives_errors_not_signals() {
         for cut in cuts(&original) {
             let path = dir.path().join(format!("{name}.{cut}.bpz"));
             std::fs::copy(&original, &path).unwrap();
-            let mut child = Command::new(&exe)
-                .args([
-                    "--exact",
-                    CHILD,
-                    "--ignored",
-                    "--nocapture",
-                    "--test-threads",
-                    "1",
-                ])
-                .env("BPZ_TRUNCATE_PATH", &path)
-                .env("BPZ_TRUNCATE_ORIGINAL", &original)
-                .env("BPZ_TRUNCATE_AT", cut.to_string())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap();
-            let deadline = Instant::now() + Duration::from_secs(60);
-            let status = loop {
-                if let Some(s) = child.try_wait().unwrap() {
-                    break s;
-                }
-                if Instant::now() > deadline {
-                    child.kill().unwrap();
-                    panic!("{name} cut at {cut}: the child hung");
-                }
-                std::thread::sleep(Duration::from_millis(10));
-            };
-            let out = child.wait_with_output().unwrap();
-            let text = format!(
-                "{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-            assert!(
-                status.success() && text.contains("1 passed"),
-                "{name} cut at {cut}: child {status:?}\n{text}"
-            );
+            let (path_s, original_s, cut_s) =
+                (path.as_os_str(), original.as_os_str(), cut.to_string());
+            let env = [
+                ("BPZ_TRUNCATE_PATH", Some(path_s)),
+                ("BPZ_TRUNCATE_ORIGINAL", Some(original_s)),
+                ("BPZ_TRUNCATE_AT", Some(OsStr::new(&cut_s))),
+            ];
+            common::run_ignored_test(CHILD, &env, None, Duration::from_secs(60))
+                .unwrap_or_else(|e| panic!("{name} cut at {cut}: {e}"));
             ran += 1;
         }
     }

@@ -146,6 +146,30 @@ class Zygote:
         assert ready, "a child did not finish"
         return json.loads(self.proc.stdout.readline())["status"]
 
+    def run_and_kill(self, how: str, when: float, finish_step: int, log: str, **cmd: object) -> tuple[bool, bool]:
+        """Starts a run and SIGKILLs it as :func:`kill_plan` said: ``when`` s after its start
+        (``how="time"``), or ``when`` s after it logged FINISHING of ``finish_step``; waits for it.
+        Returns (killed by the signal, killed in that finish window). A run that ended before
+        the signal must have succeeded."""
+        pid = self.start(log=log, **cmd)
+        t_run = time.monotonic()
+        in_window = False
+        if how == "finish":
+            if wait_for(log, "FINISHING", finish_step, pid):
+                time.sleep(when)
+                in_window = True
+        else:
+            time.sleep(max(0.0, when - (time.monotonic() - t_run)))
+        try:
+            os.kill(pid, signal.SIGKILL)
+            killed = True
+        except ProcessLookupError:
+            killed = False
+        status = self.wait()
+        killed = killed and os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
+        assert killed or status == 0, f"child failed on its own (status {status})"
+        return killed, in_window
+
     def close(self) -> None:
         if self.proc.stdin:
             self.proc.stdin.close()
@@ -243,7 +267,6 @@ def test_sigkill_during_saves_never_loses_the_destination(tmp_path):
         # Step 0 is saved completely first; a calibration run measures a run's length.
         log0 = str(tmp_path / "calib.log")
         zyg.start(mode="pytree", dest=dest, log=log0, steps=[0, 1], n=N_FLOATS)
-        t0 = time.monotonic()
         assert zyg.wait() == 0
         # How long a save and its finish phase (index, trailer, fsync, rename, directory
         # fsync) take here, updated from every run (the machine may be busy).
@@ -262,22 +285,9 @@ def test_sigkill_during_saves_never_loses_the_destination(tmp_path):
             run_seconds = float(np.median(saves[-12:])) * STEPS_PER_RUN
             finish_seconds = max(0.002, float(np.median(finishes[-12:])))
             how, when, k = kill_plan(rng, run_seconds, finish_seconds)
-            pid = zyg.start(mode=mode, dest=target, log=log, steps=steps, n=N_FLOATS)
-            t_run = time.monotonic()
-            if how == "finish":
-                if wait_for(log, "FINISHING", steps[k], pid):
-                    time.sleep(when)
-                    stats["finish_window"] += 1
-            else:
-                time.sleep(max(0.0, when - (time.monotonic() - t_run)))
-            try:
-                os.kill(pid, signal.SIGKILL)
-                killed = True
-            except ProcessLookupError:
-                killed = False
-            status = zyg.wait()
-            killed = killed and os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
-            assert killed or status == 0, f"child failed on its own (status {status})"
+            killed, in_window = zyg.run_and_kill(how, when, steps[k], log, mode=mode, dest=target, steps=steps,
+                                                 n=N_FLOATS)
+            stats["finish_window"] += in_window
             stats["kills"] += killed
             stats["runs"] += 1
             timed = read_log(log, times=True)
@@ -414,23 +424,9 @@ def test_sigkill_during_rollbacks_never_loses_a_checkpoint(tmp_path):
             rollbacks = [j for j, (s, _) in enumerate(ops[:-1]) if s < max(models[j])]
             if how == "finish" and rollbacks:
                 k = rng.choice(rollbacks)
-            pid = zyg.start(mode="rollback", dest=d, log=log, ops=ops, n=ROLLBACK_N, keep=ROLLBACK_KEEP,
-                            **{"async": bool(i % 2)})
-            t_run = time.monotonic()
-            if how == "finish":
-                if wait_for(log, "FINISHING", k, pid):
-                    time.sleep(when)
-                    stats["rollback_finish_kills"] += k in rollbacks
-            else:
-                time.sleep(max(0.0, when - (time.monotonic() - t_run)))
-            try:
-                os.kill(pid, signal.SIGKILL)
-                killed = True
-            except ProcessLookupError:
-                killed = False
-            status = zyg.wait()
-            killed = killed and os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
-            assert killed or status == 0, f"child failed on its own (status {status})"
+            killed, in_window = zyg.run_and_kill(how, when, k, log, mode="rollback", dest=d, ops=ops, n=ROLLBACK_N,
+                                                 keep=ROLLBACK_KEEP, **{"async": bool(i % 2)})
+            stats["rollback_finish_kills"] += in_window and k in rollbacks
             stats["kills"] += killed
             stats["runs"] += 1
             timed = read_log(log, times=True)

@@ -6,7 +6,6 @@ one-tensor-at-a-time path."""
 from __future__ import annotations
 
 import gc
-import json
 import os
 import signal
 import threading
@@ -19,6 +18,8 @@ import bpz
 from bpz import _bpz
 from bpz.pytree import flatten
 from bpz.write import write_archive
+
+from stored_json import assert_stored_as_json, write_tree
 
 DTYPES = [np.float32, np.float64, np.float16, ml_dtypes.bfloat16, np.int8, np.int16, np.int32, np.int64, np.uint8,
           bool, np.complex64, ml_dtypes.float8_e4m3fn]
@@ -85,25 +86,6 @@ def test_batch_save_is_byte_identical_to_the_per_tensor_path(tmp, compression):
                 assert got.dtype == arr.dtype and got.shape == arr.shape and got.tobytes() == arr.tobytes(), key
 
 
-def json_value(tree: object, tag_floats: bool = False) -> object:
-    """``tree`` as JSON reads it back: tuples as lists, integers beyond 64 bits as floats
-    (each float as ``("float", value)`` if ``tag_floats``)."""
-    if isinstance(tree, dict):
-        return {k: json_value(v, tag_floats) for k, v in tree.items()}
-    if isinstance(tree, (list, tuple)):
-        return [json_value(v, tag_floats) for v in tree]
-    if isinstance(tree, int) and not isinstance(tree, bool) and not -(2**63) <= tree < 2**64:
-        tree = float(tree)
-    if isinstance(tree, float) and tag_floats:
-        return ("float", tree)
-    return tree
-
-
-def stored_tree(path: str) -> str:
-    archive = _bpz.Archive(path)
-    return archive.tree_json()
-
-
 def test_set_tree_stores_the_json_value_of_the_tree(tmp):
     tree = {
         "dict": [["a", {"tensor": "x"}], [{"int": "123"}, {"float": "nan"}]],
@@ -113,18 +95,9 @@ def test_set_tree_stores_the_json_value_of_the_tree(tmp):
         "tuple": (1, (2, [3]), None, True, False),
         "nested": {"a": {"b": {"c": []}}, "": {}},
     }
-    path = os.path.join(tmp, "obj.bpz")
-    w = _bpz.Writer(path, sync=False)
-    w.add_tensors([("x", "F32", None, np.float32(1))])  # the tensor the tree refers to
-    w.set_tree(tree)
-    w.finish()
-    text = stored_tree(path)
-    got = json.loads(text)
-    assert got == json_value(tree)
+    got = assert_stored_as_json(write_tree(os.path.join(tmp, "obj.bpz"), tree), tree)
     assert [type(v) for v in got["ints"]] == [int] * 6 + [float] * 2
     assert str(got["floats"][2]) == "-0.0"
-    # Every float a float, whatever its value (2.0 is not read back as the int 2).
-    assert json.loads(text, parse_float=lambda s: ("float", float(s))) == json_value(tree, tag_floats=True)
 
 
 @pytest.mark.parametrize(

@@ -63,7 +63,7 @@ func (a *Archive) findLatest() (*view, error) {
 		why = newErr(KindTruncated, a.name, "trailer",
 			"the file length %d is not a multiple of 64, so it does not end with a committed trailer", a.size)
 	}
-	const block = 1 << 20
+	block := uint64(trailerSize) // the common case: the file ends with a committed trailer
 	var buf []byte
 	var bufStart uint64
 	minEnd := uint64(superblockSize + indexHeadMin + dirEntrySize*minSections + trailerSize)
@@ -75,6 +75,7 @@ func (a *Archive) findLatest() (*view, error) {
 				return nil, err
 			}
 			buf, bufStart = b, lo
+			block = 1 << 20 // scanning an unfinished append: read back in large blocks
 		}
 		tr := buf[p-trailerSize-bufStart : p-bufStart]
 		if why != nil && !bytes.Equal(tr[24:32], endMagic[:]) {

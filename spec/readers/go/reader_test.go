@@ -21,24 +21,37 @@ import (
 
 const vectorsDir = "../../vectors"
 
+// expectedTensor is one tensor of spec/vectors/NAME.json (section 13).
+type expectedTensor struct {
+	Name          string   `json:"name"`
+	DType         string   `json:"dtype"`
+	Shape         []uint64 `json:"shape"`
+	Storage       string   `json:"storage"`
+	Filter        string   `json:"filter"`
+	Chunks        int      `json:"chunks"`
+	EncodedChunks int      `json:"encoded_chunks"`
+	NBytes        uint64   `json:"nbytes"`
+	SHA256        string   `json:"sha256"`
+}
+
 // expectedVector is the schema of spec/vectors/NAME.json.
 type expectedVector struct {
-	Version   [2]uint16 `json:"version"`
-	Alignment uint32    `json:"alignment"`
-	FileBytes uint64    `json:"file_bytes"`
-	Tensors   []struct {
-		Name          string   `json:"name"`
-		DType         string   `json:"dtype"`
-		Shape         []uint64 `json:"shape"`
-		Storage       string   `json:"storage"`
-		Filter        string   `json:"filter"`
-		Chunks        int      `json:"chunks"`
-		EncodedChunks int      `json:"encoded_chunks"`
-		NBytes        uint64   `json:"nbytes"`
-		SHA256        string   `json:"sha256"`
-	} `json:"tensors"`
-	Tree     json.RawMessage `json:"tree"`
-	Metadata json.RawMessage `json:"metadata"`
+	Version   [2]uint16        `json:"version"`
+	Alignment uint32           `json:"alignment"`
+	FileBytes uint64           `json:"file_bytes"`
+	Tensors   []expectedTensor `json:"tensors"`
+	Tree      json.RawMessage  `json:"tree"`
+	Metadata  json.RawMessage  `json:"metadata"`
+	// 1.1 files (v11_*): every version, oldest first; and whether the file ends in an
+	// unfinished append that a reader must report.
+	Versions []struct {
+		Version    uint64           `json:"version"`
+		TimeNS     uint64           `json:"time_ns"`
+		Metadata   json.RawMessage  `json:"metadata"`
+		BytesAdded uint64           `json:"bytes_added"`
+		Tensors    []expectedTensor `json:"tensors"`
+	} `json:"versions"`
+	Recovered bool `json:"recovered"`
 }
 
 func validVectors(t testing.TB) []string {
@@ -91,39 +104,8 @@ func TestVectors(t *testing.T) {
 			if meta := must(a.Metadata()); !jsonEqual(t, meta, want.Metadata) {
 				t.Errorf("metadata %s, want %s", meta, want.Metadata)
 			}
-			got := must(a.Tensors())
-			if len(got) != len(want.Tensors) {
-				t.Fatalf("%d tensors, want %d", len(got), len(want.Tensors))
-			}
-			for i, wt := range want.Tensors {
-				ti := got[i]
-				if ti.Name != wt.Name || ti.DType != wt.DType || ti.Storage != wt.Storage ||
-					ti.Filter != wt.Filter || fmt.Sprint(ti.Shape) != fmt.Sprint(wt.Shape) {
-					t.Errorf("tensor %d: got %q %s %v %s %s, want %q %s %v %s %s", i,
-						ti.Name, ti.DType, ti.Shape, ti.Storage, ti.Filter,
-						wt.Name, wt.DType, wt.Shape, wt.Storage, wt.Filter)
-				}
-				if len(ti.Chunks) != wt.Chunks || ti.EncodedChunks() != wt.EncodedChunks {
-					t.Errorf("tensor %q: %d chunks (%d encoded), want %d (%d)", ti.Name,
-						len(ti.Chunks), ti.EncodedChunks(), wt.Chunks, wt.EncodedChunks)
-				}
-				if ti.NBytes != wt.NBytes {
-					t.Errorf("tensor %q: nbytes %d, want %d", ti.Name, ti.NBytes, wt.NBytes)
-				}
-				data, err := a.Read(ti.Name)
-				if err != nil {
-					t.Errorf("Read(%q): %v", ti.Name, err)
-					continue
-				}
-				if uint64(len(data)) != wt.NBytes {
-					t.Errorf("Read(%q): %d bytes, want %d", ti.Name, len(data), wt.NBytes)
-				}
-				sum := sha256.Sum256(data)
-				if hex.EncodeToString(sum[:]) != wt.SHA256 {
-					t.Errorf("Read(%q): sha256 %x, want %s", ti.Name, sum, wt.SHA256)
-				}
-				checkReadRows(t, a, ti, data)
-			}
+			checkVectorTensors(t, a, want.Tensors)
+			checkVectorVersions(t, path, a, &want)
 			if err := a.Verify(); err != nil {
 				t.Errorf("Verify: %v", err)
 			}
@@ -134,6 +116,106 @@ func TestVectors(t *testing.T) {
 				t.Errorf("ReadRows(missing): %v, want tensor_not_found", err)
 			}
 		})
+	}
+}
+
+// checkVectorTensors compares the archive's tensors (in saved order) with a vector's
+// description, reading each.
+func checkVectorTensors(t *testing.T, a *Archive, want []expectedTensor) {
+	t.Helper()
+	got, err := a.Tensors()
+	if err != nil {
+		t.Fatalf("Tensors: %v", err)
+	}
+	if len(got) != len(want) {
+		t.Fatalf("%d tensors, want %d", len(got), len(want))
+	}
+	for i, wt := range want {
+		ti := got[i]
+		if ti.Name != wt.Name || ti.DType != wt.DType || ti.Storage != wt.Storage ||
+			ti.Filter != wt.Filter || fmt.Sprint(ti.Shape) != fmt.Sprint(wt.Shape) {
+			t.Errorf("tensor %d: got %q %s %v %s %s, want %q %s %v %s %s", i,
+				ti.Name, ti.DType, ti.Shape, ti.Storage, ti.Filter,
+				wt.Name, wt.DType, wt.Shape, wt.Storage, wt.Filter)
+		}
+		if len(ti.Chunks) != wt.Chunks || ti.EncodedChunks() != wt.EncodedChunks {
+			t.Errorf("tensor %q: %d chunks (%d encoded), want %d (%d)", ti.Name,
+				len(ti.Chunks), ti.EncodedChunks(), wt.Chunks, wt.EncodedChunks)
+		}
+		if ti.NBytes != wt.NBytes {
+			t.Errorf("tensor %q: nbytes %d, want %d", ti.Name, ti.NBytes, wt.NBytes)
+		}
+		data, err := a.Read(ti.Name)
+		if err != nil {
+			t.Errorf("Read(%q): %v", ti.Name, err)
+			continue
+		}
+		if uint64(len(data)) != wt.NBytes {
+			t.Errorf("Read(%q): %d bytes, want %d", ti.Name, len(data), wt.NBytes)
+		}
+		sum := sha256.Sum256(data)
+		if hex.EncodeToString(sum[:]) != wt.SHA256 {
+			t.Errorf("Read(%q): sha256 %x, want %s", ti.Name, sum, wt.SHA256)
+		}
+		checkReadRows(t, a, ti, data)
+	}
+}
+
+// checkVectorVersions compares a vector's versions (and recovery) with the archive's,
+// opening every version by number and by its distance from the latest, and looking
+// each tensor up by name before any listing.
+func checkVectorVersions(t *testing.T, path string, a *Archive, want *expectedVector) {
+	t.Helper()
+	n, recovered := a.Recovered()
+	if recovered != want.Recovered {
+		t.Errorf("Recovered() = %d, %v; the vector says recovered %v", n, recovered, want.Recovered)
+	}
+	if want.Version[1] >= 1 && len(want.Versions) == 0 && strings.HasPrefix(filepath.Base(path), "v11_") {
+		t.Errorf("a v11 vector without versions")
+	}
+	if len(want.Versions) == 0 {
+		return
+	}
+	got, err := a.Versions()
+	if err != nil {
+		t.Fatalf("Versions: %v", err)
+	}
+	if len(got) != len(want.Versions) {
+		t.Fatalf("%d versions, want %d", len(got), len(want.Versions))
+	}
+	if last := want.Versions[len(want.Versions)-1].Version; a.VersionNumber() != last || a.LatestVersionNumber() != last {
+		t.Errorf("opened version %d (latest %d), want %d", a.VersionNumber(), a.LatestVersionNumber(), last)
+	}
+	for i, wv := range want.Versions {
+		gv := got[i]
+		if gv.Number != wv.Version || gv.TimeNS != wv.TimeNS || gv.BytesAdded != wv.BytesAdded {
+			t.Errorf("version %d: number %d, time %d, bytes added %d; want %d, %d, %d", i,
+				gv.Number, gv.TimeNS, gv.BytesAdded, wv.Version, wv.TimeNS, wv.BytesAdded)
+		}
+		if !jsonEqual(t, gv.Metadata, wv.Metadata) {
+			t.Errorf("version %d: metadata %s, want %s", wv.Version, gv.Metadata, wv.Metadata)
+		}
+		for _, sel := range []int64{int64(wv.Version), int64(i - len(want.Versions))} {
+			av, err := OpenWith(path, Options{Version: sel})
+			if err != nil {
+				t.Errorf("open version %d (Options.Version %d): %v", wv.Version, sel, err)
+				continue
+			}
+			if av.VersionNumber() != wv.Version {
+				t.Errorf("Options.Version %d opened version %d, want %d", sel, av.VersionNumber(), wv.Version)
+			}
+			for _, wt := range wv.Tensors { // by binary search, before any listing
+				d, err := av.Read(wt.Name)
+				if sum := sha256.Sum256(d); err != nil || hex.EncodeToString(sum[:]) != wt.SHA256 {
+					t.Errorf("version %d: Read(%q) before listing: %v (sha256 %x, want %s)", wv.Version, wt.Name, err, sum, wt.SHA256)
+				}
+			}
+			if m, err := av.Metadata(); err != nil || !jsonEqual(t, m, wv.Metadata) {
+				t.Errorf("version %d: Metadata() = %s, %v", wv.Version, m, err)
+			}
+			checkVectorTensors(t, av, wv.Tensors)
+			av.Close()
+		}
 	}
 }
 
@@ -288,9 +370,10 @@ func TestReadRowsDecodesOnlyOverlappingChunks(t *testing.T) {
 }
 
 type invalidCase struct {
-	Error string `json:"error"`
-	Stage string `json:"stage"`
-	Note  string `json:"note"`
+	Error   string `json:"error"`
+	Stage   string `json:"stage"`
+	Note    string `json:"note"`
+	Version *int64 `json:"version"` // open this version instead of the latest
 }
 
 func loadInvalid(t testing.TB) map[string]invalidCase {
@@ -347,7 +430,14 @@ func TestInvalidVectors(t *testing.T) {
 		c := cases[n]
 		t.Run(strings.TrimSuffix(n, ".bpz"), func(t *testing.T) {
 			path := filepath.Join(vectorsDir, "invalid", n)
-			a, err := Open(path)
+			opts := Options{}
+			if c.Version != nil {
+				if *c.Version == 0 {
+					t.Fatalf("version 0 in expected.json")
+				}
+				opts.Version = *c.Version
+			}
+			a, err := OpenWith(path, opts)
 			switch c.Stage {
 			case "open":
 				if err == nil {
@@ -368,9 +458,21 @@ func TestInvalidVectors(t *testing.T) {
 				// Verify alone must find it too.
 				checkError(t, a.Verify(), c.Error, path)
 				var e *Error
-				if errors.As(err, &e) && !strings.HasPrefix(e.Part, "tensor ") {
+				if errors.As(err, &e) && !strings.HasPrefix(e.Part, "tensor ") && e.Kind != KindCorruptData {
 					t.Errorf("error part %q does not name the tensor", e.Part)
 				}
+			case "list":
+				if err != nil {
+					checkError(t, err, c.Error, path)
+					return
+				}
+				defer a.Close()
+				_, err = a.Tensors()
+				if err == nil {
+					t.Fatalf("listing succeeded; want %s (%s)", c.Error, c.Note)
+				}
+				checkError(t, err, c.Error, path)
+				checkError(t, a.Verify(), c.Error, path)
 			default:
 				t.Fatalf("unknown stage %q", c.Stage)
 			}

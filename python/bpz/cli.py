@@ -684,10 +684,58 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--lossy", action="store_true",
                    help="convert even if the target format cannot hold everything (what is dropped is printed)")
     s.add_argument("--json", action="store_true")
+    _add_sharded_commands(sub)
     return p
 
 
-_HANDLERS = {"ls": cmd_ls, "info": cmd_info, "cat": cmd_cat, "verify": cmd_verify, "convert": cmd_convert}
+# -- issue 16: sharded checkpoints (directories written by bpz.jax.save; bpz.sharded) ----------------
+
+
+def _add_sharded_commands(sub: Any) -> None:
+    s = sub.add_parser("pack", help="join a sharded checkpoint directory into one archive")
+    s.add_argument("src", help="a directory holding a committed sharded checkpoint (bpz.jax.save)")
+    s.add_argument("dst", help="the archive to write")
+    s.add_argument("--compression", choices=["auto", "zstd", "none"], default="auto")
+    s.add_argument("--force", action="store_true", help="replace an existing DST")
+    s = sub.add_parser("unpack", help="split an archive into a sharded checkpoint directory")
+    s.add_argument("src", help="a bpz archive")
+    s.add_argument("dst", help="the directory to write (must not hold a checkpoint)")
+    s.add_argument("--processes", type=int, default=1, help="data files to split each array's rows over")
+    s.add_argument("--compression", choices=["auto", "zstd", "none"], default="auto")
+
+
+def cmd_pack(args: argparse.Namespace) -> int:
+    from . import sharded
+
+    if not sharded.is_sharded_checkpoint(args.src):
+        raise _Failure(args.src, f"not a committed sharded checkpoint (a directory with {sharded.COMMIT_NAME})",
+                       EXIT_USAGE)
+    if os.path.lexists(args.dst) and not args.force:
+        raise _Failure(args.dst, "exists; nothing written (pass --force to replace it)", EXIT_USAGE)
+    start = time.perf_counter()
+    sharded.pack(args.src, args.dst, overwrite=True,
+                 compression=None if args.compression == "none" else args.compression)
+    print(f"{args.src} -> {args.dst} ({_human(os.path.getsize(args.dst))}) in {time.perf_counter() - start:.2f} s")
+    return EXIT_OK
+
+
+def cmd_unpack(args: argparse.Namespace) -> int:
+    from . import sharded
+
+    _check_input(args.src)
+    if args.processes < 1:
+        raise _Failure(args.src, f"--processes must be at least 1, not {args.processes}", EXIT_USAGE)
+    if sharded.is_sharded_checkpoint(args.dst):
+        raise _Failure(args.dst, "already holds a sharded checkpoint; nothing written", EXIT_USAGE)
+    start = time.perf_counter()
+    sharded.unpack(args.src, args.dst, args.processes,
+                   compression=None if args.compression == "none" else args.compression)
+    print(f"{args.src} -> {args.dst} ({args.processes} data files) in {time.perf_counter() - start:.2f} s")
+    return EXIT_OK
+
+
+_HANDLERS = {"ls": cmd_ls, "info": cmd_info, "cat": cmd_cat, "verify": cmd_verify, "convert": cmd_convert,
+             "pack": cmd_pack, "unpack": cmd_unpack}
 
 
 def _stdout_closed() -> None:

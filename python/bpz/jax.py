@@ -304,15 +304,6 @@ def _split_tree(tree: Any, plan: _Plan, placeholder: str, snapshot: bool) -> Any
     return walk(tree, "")
 
 
-def _placeholder_prefix(tree: Any) -> str:
-    """A prefix no string of the tree starts with, so placeholders never meet a user string."""
-    prefix = "bpz:sharded-array:"
-    strings = [s for s in sharded.iter_strings(tree) if s.startswith(prefix)]
-    while any(s.startswith(prefix) for s in strings):
-        prefix = f"bpz:sharded-array:{secrets.token_hex(4)}:"
-    return prefix
-
-
 def save(path: str | os.PathLike[str], tree: Any, *, async_manager: AsyncManager | None = None,
          compression: str | None = "auto", chunk_size: int | None = None, sync: bool = True,
          timeout: float = DEFAULT_TIMEOUT,
@@ -346,7 +337,7 @@ def save(path: str | os.PathLike[str], tree: Any, *, async_manager: AsyncManager
                 raise RuntimeError("Cannot save with a closed AsyncManager")
             async_manager.wait_previous_save()
         plan = _Plan(barrier.index, barrier.count)
-        commit_tree = _split_tree(tree, plan, _placeholder_prefix(tree), snapshot=async_manager is not None)
+        commit_tree = _split_tree(tree, plan, sharded.placeholder_prefix(tree), snapshot=async_manager is not None)
         token = barrier.token()
     except BaseException as e:
         barrier.set(f"status/{barrier.index}", json.dumps({"ok": False, "error": f"{type(e).__name__}: {e}"}))

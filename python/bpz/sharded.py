@@ -28,6 +28,7 @@ import hashlib
 import math
 import os
 import re
+import secrets
 from collections import OrderedDict
 from typing import Any, Callable, Iterator
 
@@ -50,6 +51,9 @@ __all__ = [
     "data_file_name",
     "is_data_file",
     "is_temporary",
+    "placeholder_prefix",
+    "pack",
+    "unpack",
 ]
 
 COMMIT_NAME = "commit.bpz"
@@ -431,3 +435,89 @@ def load_numpy(path: str | os.PathLike[str]) -> Any:
     """A committed sharded checkpoint as one pytree of NumPy arrays (each array whole)."""
     with ShardedCheckpoint(path) as ckpt:
         return ckpt.tree(ckpt.read_array)
+
+
+def placeholder_prefix(tree: Any) -> str:
+    """A prefix no string of ``tree`` starts with: placeholders never meet a user's string."""
+    prefix = "bpz:sharded-array:"
+    strings = [x for x in iter_strings(tree) if x.startswith(prefix)]
+    while any(x.startswith(prefix) for x in strings):
+        prefix = f"bpz:sharded-array:{secrets.token_hex(4)}:"
+    return prefix
+
+
+def pack(src: str | os.PathLike[str], dst: str | os.PathLike[str], *, overwrite: bool = False,
+         compression: str | None = "auto") -> str:
+    """Joins the committed sharded checkpoint ``src`` into the single archive ``dst`` (each array
+    whole, the tree as saved), for a single-machine user. Needs memory for the whole state."""
+    tree = load_numpy(src)
+    return save_pytree(dst, tree, overwrite=overwrite, verbose=False, compression=compression)
+
+
+def unpack(src: str | os.PathLike[str], dst: str | os.PathLike[str], processes: int, *,
+           compression: str | None = "auto") -> str:
+    """Splits the archive ``src`` into the sharded checkpoint directory ``dst``, as if saved by
+    ``processes`` processes: every array of at least one row is cut into ``processes`` row
+    blocks, one data file each (restore it with ``bpz.jax.load(dst, shardings=...)``); other
+    leaves go into the commit record. ``dst`` must not hold a checkpoint already."""
+    if isinstance(processes, bool) or not isinstance(processes, int) or processes < 1:
+        raise ValueError(f"processes must be a positive int, not {processes!r}")
+    store = store_for(dst)
+    if store.is_checkpoint():
+        raise FileExistsError(f"{store} already holds a sharded checkpoint; not replacing it")
+    with Archive(os.fspath(src)) as a:
+        tree = a.load()
+    prefix = placeholder_prefix(tree)
+    parts: list[dict[str, np.ndarray]] = [{} for _ in range(processes)]
+    arrays: dict[str, Any] = {}
+    token = secrets.token_hex(8)
+    counter = iter(range(1 << 62))
+
+    def split(x: Any) -> Any:
+        if not isinstance(x, np.ndarray) or x.ndim == 0 or x.size == 0:
+            return x
+        key = f"a{next(counter)}"
+        bounds = np.linspace(0, x.shape[0], processes + 1).round().astype(int)
+        pieces = []
+        for p in range(processes):
+            lo, hi = int(bounds[p]), int(bounds[p + 1])
+            if hi > lo:
+                tensor = f"{key}_{len(pieces)}"
+                parts[p][tensor] = x[lo:hi]
+                pieces.append({"file": data_file_name(p, token), "tensor": tensor,
+                               "index": [[lo, hi]] + [[0, n] for n in x.shape[1:]]})
+        arrays[prefix + key] = {"shape": list(x.shape), "dtype": x.dtype.name, "sharding": None, "pieces": pieces}
+        return prefix + key
+
+    commit_tree = replace_leaves(tree, split)
+    store.makedirs()
+    files = {}
+    try:
+        for p, part in enumerate(parts):
+            files[data_file_name(p, token)] = {**store.write(data_file_name(p, token), part, compression=compression),
+                                               "process": p}
+        manifest = {"version": MANIFEST_VERSION, "processes": processes, "files": files, "arrays": arrays}
+        store.write(COMMIT_NAME, commit_tree, metadata={MANIFEST_KEY: manifest})
+    except BaseException:
+        for name in files:
+            store.remove(name)
+        raise
+    return str(store)
+
+
+def replace_leaves(tree: Any, fn: Callable[[Any], Any]) -> Any:
+    """``tree`` with every leaf (anything but a dict, list or tuple) replaced by ``fn(leaf)``."""
+
+    def walk(x: Any) -> Any:
+        if isinstance(x, OrderedDict):
+            return OrderedDict((k, walk(v)) for k, v in x.items())
+        if isinstance(x, dict):
+            return {k: walk(v) for k, v in x.items()}
+        if isinstance(x, list):
+            return [walk(v) for v in x]
+        if isinstance(x, tuple):
+            items = [walk(v) for v in x]
+            return type(x)(*items) if hasattr(x, "_fields") else tuple(items)
+        return fn(x)
+
+    return walk(tree)

@@ -101,3 +101,54 @@ def test_sigkill_before_commit_leaves_the_previous_checkpoint(tmp_path):
         assert {"replaced"}.isdisjoint(c.tree(lambda rec: rec))
     tree = bpz.load_pytree(ckpt)
     assert "replaced" not in tree and tree["params"]["w"].shape == (512, 256)
+
+
+def test_pack_and_unpack_from_the_command_line(saved, tmp_path, capsys):
+    from bpz.cli import main
+
+    workdir, _ = saved
+    ckpt = os.path.join(workdir, "ckpt")
+    packed = str(tmp_path / "one.bpz")
+    assert main(["pack", ckpt, packed]) == 0
+    whole, tree = bpz.load_pytree(packed), bpz.load_pytree(ckpt)
+    np.testing.assert_array_equal(whole["params"]["b"], tree["params"]["b"])
+    assert whole["params"]["b"].dtype == tree["params"]["b"].dtype and whole["misc"] == tree["misc"]
+    assert main(["pack", ckpt, packed]) == 2 and "exists" in capsys.readouterr().err
+    assert main(["pack", str(tmp_path), str(tmp_path / "x.bpz")]) == 2
+    assert "not a committed sharded checkpoint" in capsys.readouterr().err
+    # the inverse: 3 data files, each array's rows split over them
+    split = str(tmp_path / "split")
+    assert main(["unpack", packed, split, "--processes", "3"]) == 0
+    assert len([n for n in os.listdir(split) if sharded.is_data_file(n)]) == 3
+    again = bpz.load_pytree(split)
+    np.testing.assert_array_equal(again["big"], tree["big"])
+    np.testing.assert_array_equal(again["params"]["w"], tree["params"]["w"])
+    assert again["step"] == 12 and again["misc"] == tree["misc"] and again["empty"].shape == (0, 4)
+    assert main(["unpack", packed, split, "--processes", "2"]) == 2  # never over a checkpoint
+
+
+def test_a_replaced_or_damaged_data_file_is_refused(saved, tmp_path):
+    import shutil
+
+    workdir, _ = saved
+    fresh = lambda: shutil.copytree(os.path.join(workdir, "ckpt"), str(tmp_path / "c"), dirs_exist_ok=True)  # noqa: E731
+    copy = fresh()
+    first, second = (os.path.join(copy, n) for n in data_files(copy))
+    os.remove(first)
+    with pytest.raises(bpz.errors.CorruptDataError, match="missing, but the commit record"):
+        bpz.load_pytree(copy)
+    fresh()
+    with open(second, "ab") as f:
+        f.write(b"more")  # another file now: its size and trailer differ from the commit record's
+    with pytest.raises(bpz.errors.CorruptDataError, match="not the file the commit record"):
+        bpz.load_pytree(copy)
+    fresh()
+    with open(second, "r+b") as f:
+        f.seek(-40, os.SEEK_END)
+        byte = f.read(1)
+        f.seek(-40, os.SEEK_END)
+        f.write(bytes([byte[0] ^ 0xFF]))  # inside the index: the archive's own checksum finds it
+    with pytest.raises(bpz.errors.ChecksumError):
+        bpz.load_pytree(copy)
+    with pytest.raises(bpz.errors.CheckpointNotFoundError, match="no commit.bpz"):
+        bpz.load_pytree(str(tmp_path))

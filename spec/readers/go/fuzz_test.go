@@ -4,7 +4,9 @@ import (
 	"bytes"
 	"encoding/binary"
 	"os"
+	"fmt"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"testing"
 )
@@ -22,7 +24,82 @@ func FuzzOpen(f *testing.F) {
 			f.Add(b)
 		}
 	}
+	w, _ := buildSeries(f, nil)
+	f.Add(w.file)
+	f.Add(append(append([]byte{}, w.file...), 1, 2, 3)) // an unfinished append
 	f.Fuzz(exercise)
+}
+
+// FuzzIndex11 mutates the binary index of the latest version of a 1.1 series and fixes
+// up every checksum (section crcs from the mutated directory, record and chunk table
+// crcs, head crc, trailer), so that mutations reach the checks behind them.
+func FuzzIndex11(f *testing.F) {
+	w, _ := buildSeries(f, nil)
+	last := w.records[len(w.records)-1]
+	off, n := le.Uint64(last[24:]), le.Uint64(last[32:])
+	prefix := w.file[:off]
+	f.Add(w.file[off:off+n], false)
+	w2 := newWriter11(64)
+	var ts []w11Tensor
+	for i := 0; i < 40; i++ {
+		ts = append(ts, w11Tensor{name: fmt.Sprintf("t%02d", 39-i), dtype: "U8", storage: StorageRaw, filter: FilterNone,
+			shape: []uint64{1}, chunkElems: 1, data: []byte{byte(i)}})
+	}
+	idxOff := w2.append(w11Version{tensors: ts, tree: treeOf(ts)}, nil)
+	f.Add(w2.file[idxOff:len(w2.file)-32], true)
+	f.Fuzz(func(t *testing.T, index []byte, forty bool) {
+		base := prefix // versions 1 and 2 of the series
+		if forty {
+			base = w2.file[:idxOff] // 40 one-byte tensors
+		}
+		file := append(append([]byte{}, base...), fixIndexCRCs(index)...)
+		tr := make([]byte, 32)
+		le.PutUint64(tr[0:], uint64(len(base)))
+		le.PutUint64(tr[8:], uint64(len(index)))
+		le.PutUint32(tr[16:], headCRC(index))
+		le.PutUint32(tr[20:], crc32c(tr[:20]))
+		copy(tr[24:], endMagic[:])
+		exercise(t, append(file, tr...))
+	})
+}
+
+// fixIndexCRCs recomputes, in a copy of a binary index, the crc of every section its
+// directory locates and the record and chunk table crcs of its tensor records.
+func fixIndexCRCs(index []byte) []byte {
+	index = append([]byte(nil), index...)
+	if len(index) < indexHeadMin {
+		return index
+	}
+	count := int(min(le.Uint32(index[48:]), maxSections))
+	secs := map[uint32][]byte{}
+	for i := 0; i < count && indexHeadMin+32*(i+1) <= len(index); i++ {
+		e := index[indexHeadMin+32*i:]
+		o, l := le.Uint64(e[8:]), le.Uint64(e[16:])
+		if o <= uint64(len(index)) && l <= uint64(len(index))-o {
+			secs[le.Uint32(e[0:])] = index[o : o+l]
+		}
+	}
+	ix := &idx11{}
+	for k, d := range secs {
+		ix.sections = append(ix.sections, sec11{kind: k, data: d})
+	}
+	fixRecordCRCs(ix) // in place: the slices alias index
+	for i := 0; i < count && indexHeadMin+32*(i+1) <= len(index); i++ {
+		e := index[indexHeadMin+32*i:]
+		if d, ok := secs[le.Uint32(e[0:])]; ok && le.Uint64(e[16:]) == uint64(len(d)) {
+			le.PutUint32(e[24:], crc32c(d))
+		}
+	}
+	return index
+}
+
+// headCRC is the crc32c of an index's head (as much of it as there is).
+func headCRC(index []byte) uint32 {
+	if len(index) < indexFixedSize {
+		return crc32c(index)
+	}
+	n := min(uint64(len(index)), uint64(indexHeadMin)+32*uint64(le.Uint32(index[48:])))
+	return crc32c(index[:n])
 }
 
 // FuzzIndex builds an archive with valid superblock, trailer and index checksums from a
@@ -127,6 +204,17 @@ func exercise(t *testing.T, data []byte) {
 		} else if len(vs) == 0 || vs[len(vs)-1].Number != a.LatestVersionNumber() {
 			t.Fatalf("Versions() = %v, latest %d", vs, a.LatestVersionNumber())
 		}
+		for pos := range a.versions {
+			// Every version opens on its own, or fails with a known kind.
+			av, err := OpenBytesWith(data, Options{MaxReadBytes: 64 << 20, MaxChunkBytes: 64 << 20, Version: int64(pos - len(a.versions))})
+			if err != nil {
+				checkKind("open version", err)
+				continue
+			}
+			if av.VersionNumber() != a.versions[pos].number {
+				t.Fatalf("Version %d opened version %d", pos-len(a.versions), av.VersionNumber())
+			}
+		}
 		tensors, err := a.Tensors()
 		if err != nil {
 			checkKind("list", err)
@@ -137,6 +225,20 @@ func exercise(t *testing.T, data []byte) {
 		}
 		if _, err := a.Tree(); err != nil {
 			t.Fatalf("Tree failed after listing succeeded: %v", err)
+		}
+		// A lookup by binary search, on a fresh Archive, agrees with the listing.
+		fresh, err := OpenBytesWith(data, Options{MaxReadBytes: 64 << 20, MaxChunkBytes: 64 << 20})
+		if err != nil {
+			t.Fatalf("the second open failed: %v", err)
+		}
+		for _, ti := range tensors {
+			one, err := fresh.Tensor(ti.Name)
+			if err != nil {
+				t.Fatalf("Tensor(%q) by lookup failed after listing succeeded: %v", ti.Name, err)
+			}
+			if !reflect.DeepEqual(one, ti) {
+				t.Fatalf("Tensor(%q): lookup %+v, listing %+v", ti.Name, one, ti)
+			}
 		}
 		allRead := true
 		for _, ti := range tensors {

@@ -665,3 +665,34 @@ func TestV11FileOrderOfSections(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// BenchmarkV11OpenOneTensor opens a 20,000-tensor 1.1 archive on disk and reads one
+// tensor (bench W3's question, for this reader): cost should not grow with the count.
+func BenchmarkV11OpenOneTensor(b *testing.B) {
+	for _, count := range []int{10, 20000} {
+		w := newWriter11(64)
+		var ts []w11Tensor
+		for i := 0; i < count; i++ {
+			ts = append(ts, w11Tensor{name: fmt.Sprintf("net/layer%05d/w", i), dtype: "F32", storage: StorageRaw,
+				filter: FilterNone, shape: []uint64{4}, chunkElems: 4, data: f32s(1, 2, 3, float32(i))})
+		}
+		w.append(w11Version{tensors: ts, tree: treeOf(ts)}, nil)
+		path := filepath.Join(b.TempDir(), "w3.bpz")
+		if err := os.WriteFile(path, w.file, 0o644); err != nil {
+			b.Fatal(err)
+		}
+		name := ts[count/3].name
+		b.Run(fmt.Sprint(count), func(b *testing.B) {
+			for i := 0; i < b.N; i++ {
+				a, err := Open(path)
+				if err != nil {
+					b.Fatal(err)
+				}
+				if _, err := a.Read(name); err != nil {
+					b.Fatal(err)
+				}
+				a.Close()
+			}
+		})
+	}
+}

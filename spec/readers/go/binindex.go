@@ -442,14 +442,14 @@ func (a *Archive) fileIndexBytes(v *view) indexBytes {
 
 // tensorRecord is a decoded tensor record whose own checks have passed.
 type tensorRecord struct {
-	name                  []byte
-	shape                 []uint64
-	position              uint32
-	chunkElems            uint64
-	firstChunk            uint64
-	chunkCount            uint32
-	dtype, storage, filt  uint8
-	chunksCRC             uint32
+	name                 []byte
+	shape                []uint64
+	position             uint32
+	chunkElems           uint64
+	firstChunk           uint64
+	chunkCount           uint32
+	dtype, storage, filt uint8
+	chunksCRC            uint32
 }
 
 // readRecord reads tensor record i of v and performs the per-tensor checks that

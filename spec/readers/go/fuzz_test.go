@@ -3,8 +3,8 @@ package bpz
 import (
 	"bytes"
 	"encoding/binary"
-	"os"
 	"fmt"
+	"os"
 	"path/filepath"
 	"reflect"
 	"slices"

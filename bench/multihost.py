@@ -244,6 +244,7 @@ def main() -> None:
         return
 
     import jax
+
     import bpz
 
     versions = f"bpz {bpz.__version__}, jax {jax.__version__}"

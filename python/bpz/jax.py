@@ -30,8 +30,9 @@ import re
 import secrets
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from enum import Enum
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import numpy as np
@@ -98,7 +99,8 @@ def load(filename: str | os.PathLike[str], device: Any = None, *, target: Any = 
     bytes of the chunks read on this process) and ``bytes_needed`` (of the blocks this
     process's devices hold).
     """
-    if sharded.is_sharded_checkpoint(filename) or (os.path.isdir(filename) and (target is not None or shardings is not None)):
+    wants_layout = target is not None or shardings is not None
+    if sharded.is_sharded_checkpoint(filename) or (os.path.isdir(filename) and wants_layout):
         return _load_sharded(filename, target, shardings, stats)
     if os.path.isdir(filename):
         raise CheckpointNotFoundError(
@@ -120,7 +122,8 @@ def load(filename: str | os.PathLike[str], device: Any = None, *, target: Any = 
 def _require_sharding_support() -> None:
     have = tuple(int(p) for p in re.findall(r"\d+", jax.__version__)[:3])
     if have < _MIN_JAX:
-        raise ImportError(f"sharded checkpoints need jax >= {'.'.join(map(str, _MIN_JAX))}; this is jax {jax.__version__}")
+        need = ".".join(map(str, _MIN_JAX))
+        raise ImportError(f"sharded checkpoints need jax >= {need}; this is jax {jax.__version__}")
 
 
 def _distributed_client() -> Any:
@@ -234,14 +237,15 @@ class _Plan:
         shape = tuple(int(n) for n in arr.shape)
         dtype = np.dtype(arr.dtype)
         blocks: dict[tuple[tuple[int, int], ...], set[int]] = {}
-        for device, index in arr.sharding.devices_indices_map(shape).items():
-            blocks.setdefault(_normal_index(index, shape), set()).add(int(device.process_index))
+        for device, device_index in arr.sharding.devices_indices_map(shape).items():
+            process = int(device.process_index)  # type: ignore[attr-defined]
+            blocks.setdefault(_normal_index(device_index, shape), set()).add(process)
         local: dict[tuple[tuple[int, int], ...], Any] = {}
         for shard in arr.addressable_shards:
             idx = _normal_index(shard.index, shape)
             if idx not in local or shard.replica_id < local[idx].replica_id:
                 local[idx] = shard
-        pieces = []
+        pieces: list[dict[str, Any]] = []
         for block in sorted(blocks):
             holders = sorted(blocks[block])
             extents = [hi - lo for lo, hi in block]
@@ -259,16 +263,17 @@ class _Plan:
                 if extents and hi <= lo:
                     continue
                 tensor = f"{key}_{len(pieces)}"
-                index = ([(block[0][0] + lo, block[0][0] + hi)] + [list(r) for r in block[1:]]) if extents else []
+                rows_index = [[block[0][0] + lo, block[0][0] + hi]] if extents else []
                 part_bytes = (nbytes // rows * (hi - lo)) if extents and rows else nbytes
                 self.load[owner] += part_bytes
-                pieces.append({"process": owner, "tensor": tensor, "index": [list(r) for r in index]})
+                index = rows_index + [list(r) for r in block[1:]]
+                pieces.append({"process": owner, "tensor": tensor, "index": index})
                 if owner == self.me:
                     data = np.asarray(local[block].data)
                     data = data[lo:hi] if extents else data
                     self.mine[tensor] = np.array(data) if copy else data
-        self.arrays[placeholder + key] = {"shape": list(shape), "dtype": dtype.name, "sharding": _describe_sharding(arr.sharding),
-                            "pieces": pieces}
+        self.arrays[placeholder + key] = {"shape": list(shape), "dtype": dtype.name,
+                                          "sharding": _describe_sharding(arr.sharding), "pieces": pieces}
         return placeholder + key
 
 
@@ -325,8 +330,8 @@ def save(path: str | os.PathLike[str], tree: Any, *, async_manager: AsyncManager
     A process that fails to write, or does not report within ``timeout`` seconds, makes the
     save raise :class:`ShardedSaveError` on every process; nothing is committed and the data
     files written for it are removed. ``compression``, ``chunk_size`` (bytes a chunk, the
-    granularity of a row-range read) and ``sync`` are as in :func:`bpz.save_pytree`. ``stats``, a dict, receives this process's ``bytes_written``
-    (tensor bytes) and ``file``.
+    granularity of a row-range read) and ``sync`` are as in :func:`bpz.save_pytree`. ``stats``,
+    a dict, receives this process's ``bytes_written`` (tensor bytes) and ``file``.
     """
     _require_sharding_support()
     store = sharded.store_for(path)
@@ -513,7 +518,8 @@ def _load_sharded(path: Any, target: Any, shardings: Any, stats: dict[str, Any] 
                 shape = getattr(t, "shape", None)
                 have = value.shape if isinstance(value, ArrayRecord) else np.shape(value)
                 if shape is not None and tuple(shape) != tuple(have):
-                    raise ValueError(f"Array shape mismatch: expected {tuple(shape)}, got {tuple(have)} at target{where}")
+                    raise ValueError(f"Array shape mismatch: expected {tuple(shape)}, got {tuple(have)} "
+                                     f"at target{where}")
                 out.append(build(where, value, getattr(t, "sharding", None), getattr(t, "dtype", None)))
             result = jax.tree_util.tree_unflatten(treedef, out)
         else:
@@ -592,7 +598,8 @@ def save_checkpoint(ckpt_dir: str | os.PathLike[str], tree: Any, step: int, *, p
     if existing and step <= existing[-1][0] and not overwrite:
         raise InvalidCheckpointError(f'Trying to save an outdated checkpoint at step: "{step}" and path: "{path}".')
     if os.path.lexists(path) and not os.path.isdir(path):
-        raise InvalidCheckpointPath(f'Invalid checkpoint at "{path}": a file that is not a sharded checkpoint is there.')
+        raise InvalidCheckpointPath(f'Invalid checkpoint at "{path}": a file that is not a sharded checkpoint '
+                                    "is there.")
 
     def retain() -> None:
         steps = checkpoint_steps(ckpt_dir, prefix)

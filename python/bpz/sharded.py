@@ -30,7 +30,8 @@ import os
 import re
 import secrets
 from collections import OrderedDict
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -332,7 +333,8 @@ class ShardedCheckpoint:
         info = a.info(piece.tensor)
         if info.shape != piece.shape or info.dtype != dtype:
             raise CorruptDataError(
-                f"{os.path.join(str(self.store), piece.file)}: tensor {piece.tensor!r} is {info.dtype}{list(info.shape)}, "
+                f"{os.path.join(str(self.store), piece.file)}: tensor {piece.tensor!r} is "
+                f"{info.dtype}{list(info.shape)}, "
                 f"the commit record says {dtype}{list(piece.shape)}")
         if not piece.shape:
             self.bytes_read += info.nbytes
@@ -478,7 +480,7 @@ def unpack(src: str | os.PathLike[str], dst: str | os.PathLike[str], processes: 
             return x
         key = f"a{next(counter)}"
         bounds = np.linspace(0, x.shape[0], processes + 1).round().astype(int)
-        pieces = []
+        pieces: list[dict[str, Any]] = []
         for p in range(processes):
             lo, hi = int(bounds[p]), int(bounds[p + 1])
             if hi > lo:

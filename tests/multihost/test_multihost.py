@@ -14,10 +14,10 @@ import pytest
 
 jax = pytest.importorskip("jax")
 
+from multihost_launch import launch  # noqa: E402
+
 import bpz  # noqa: E402
 from bpz import sharded  # noqa: E402
-
-from multihost_launch import launch  # noqa: E402
 
 pytestmark = pytest.mark.skipif(
     tuple(int(p) for p in re.findall(r"\d+", jax.__version__)[:3]) < (0, 4, 30),

@@ -43,28 +43,50 @@ def test_crc32c_worked_example():  # section 15
 
 
 # ------------------------------------------------------------------ golden vectors
+TENSOR_KEYS = {"name", "dtype", "shape", "storage", "filter", "chunks", "encoded_chunks", "nbytes", "sha256"}
+
+
+def _check_tensors(ar, expected_tensors):
+    """Section 13: tensors in index order (for 1.1: the listing order, by position)."""
+    assert [t.name for t in ar.tensors] == [e["name"] for e in expected_tensors]
+    for t, e in zip(ar.tensors, expected_tensors):
+        assert set(e) == TENSOR_KEYS
+        assert (t.dtype, list(t.shape), t.storage, t.filter) == (e["dtype"], e["shape"], e["storage"], e["filter"])
+        assert len(t.chunks) == e["chunks"]
+        assert sum(c.encoded for c in t.chunks) == e["encoded_chunks"]
+        assert t.nbytes == e["nbytes"]
+        data = ar.read(t.name)
+        assert len(data) == e["nbytes"]
+        assert hashlib.sha256(data).hexdigest() == e["sha256"]
+
+
 @pytest.mark.parametrize("path", GOLDEN, ids=lambda p: p.stem)
 def test_golden_vector(path):
     expected = json.loads(path.with_suffix(".json").read_text())
-    assert set(expected) == {"version", "alignment", "file_bytes", "tensors", "tree", "metadata"}
+    v11 = path.stem.startswith("v11_")
+    keys = {"version", "alignment", "file_bytes", "tensors", "tree", "metadata"}
+    assert set(expected) - {"recovered"} == (keys | {"versions"} if v11 else keys)
     with open_archive(path) as ar:
         assert list(ar.version) == expected["version"]
         assert ar.alignment == expected["alignment"]
         assert ar.file_length == path.stat().st_size == expected["file_bytes"]
-        assert [t.name for t in ar.tensors] == [e["name"] for e in expected["tensors"]]
-        for t, e in zip(ar.tensors, expected["tensors"]):
-            assert set(e) == {"name", "dtype", "shape", "storage", "filter", "chunks",
-                              "encoded_chunks", "nbytes", "sha256"}
-            assert (t.dtype, list(t.shape), t.storage, t.filter) == (e["dtype"], e["shape"], e["storage"], e["filter"])
-            assert len(t.chunks) == e["chunks"]
-            assert sum(c.encoded for c in t.chunks) == e["encoded_chunks"]
-            assert t.nbytes == e["nbytes"]
-            data = ar.read(t.name)
-            assert len(data) == e["nbytes"]
-            assert hashlib.sha256(data).hexdigest() == e["sha256"]
+        _check_tensors(ar, expected["tensors"])
         assert ar.tree == expected["tree"]
         assert ar.metadata == expected["metadata"]
         assert ar.verify() is None
+        assert (ar.recovered is not None) == expected.get("recovered", False)
+        if not v11:
+            return
+        assert ar.binary_index
+        assert [(v.number, v.time_ns, v.metadata, v.bytes_added) for v in ar.versions] == \
+            [(e["version"], e["time_ns"], e["metadata"], e["bytes_added"]) for e in expected["versions"]]
+        assert ar.version_number == expected["versions"][-1]["version"]
+    for k, e in enumerate(expected["versions"]):  # each version by number, and counted from the latest
+        for version in (e["version"], k - len(expected["versions"])):
+            with open_archive(path, version=version) as ar:
+                assert (ar.version_number, ar.time_ns, ar.metadata) == (e["version"], e["time_ns"], e["metadata"])
+                assert set(e) == {"version", "time_ns", "metadata", "bytes_added", "tensors"}
+                _check_tensors(ar, e["tensors"])
 
 
 def _row_points(t):
@@ -146,13 +168,20 @@ def _read_everything(ar):
 
 @pytest.mark.parametrize("name", sorted(INVALID), ids=str)
 def test_invalid_vector(name):
+    """Section 13: ``open`` fails opening; ``list`` may fail opening, else listing every
+    tensor fails; ``read`` opens, and reading every tensor then verifying fails. An entry
+    with ``version`` opens that version instead of the latest."""
     path = VECTORS / "invalid" / name
-    kind, stage = INVALID[name]["error"], INVALID[name]["stage"]
-    assert stage in ("open", "read")
+    entry = INVALID[name]
+    kind, stage = entry["error"], entry["stage"]
+    assert stage in ("open", "read", "list") and set(entry) <= {"error", "stage", "note", "version"}
     with pytest.raises(BpzFormatError) as err:
-        ar = open_archive(path)
-        assert stage == "read", "opened a file that must fail to open"
+        ar = open_archive(path, version=entry.get("version"))
+        assert stage != "open", "opened a file that must fail to open"
         with ar:
+            if stage == "list":
+                ar.tensors
+                pytest.fail("listed a file whose listing must fail")
             _read_everything(ar)
         pytest.fail("read and verified a file that must fail")
     assert err.value.kind == kind, str(err.value)

@@ -552,7 +552,7 @@ fn options(
         filter: parse_filter(filter)?,
         sync: sync.unwrap_or(d.sync),
         overwrite: overwrite.unwrap_or(d.overwrite),
-        writer: d.writer,
+        ..d
     })
 }
 

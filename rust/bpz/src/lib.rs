@@ -23,6 +23,7 @@
 
 pub mod alloc;
 pub mod binindex;
+mod binindex_write;
 pub mod codec;
 pub mod error;
 pub mod filter_choice;
@@ -41,4 +42,4 @@ pub use format::{
     ChunkInfo, DType, Filter, Storage, Superblock, TensorInfo, Trailer, WriterInfo, FORMAT_VERSION,
 };
 pub use read::{Backend, FileSource, Reader, Source, VerifyOptions, VerifyReport, View};
-pub use write::{Compression, Summary, TensorOptions, Writer, WriterOptions};
+pub use write::{Compression, FormatVersion, Summary, TensorOptions, Writer, WriterOptions};

@@ -5,10 +5,13 @@ use std::collections::VecDeque;
 use std::hash::BuildHasher;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use rayon::prelude::*;
 use serde_json::Value;
 
+use crate::binindex::{self, content_hash, VersionRecord};
+use crate::binindex_write::{self, JsonSections, VersionHead};
 use crate::codec;
 use crate::error::{Error, Result};
 use crate::filter_choice;
@@ -59,6 +62,18 @@ impl Compression {
     }
 }
 
+/// Which revision of the format a writer produces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FormatVersion {
+    /// Format 1.0: a JSON index, one version, no content hashes: exactly the bytes
+    /// writers made before 1.1 (spec sections 2–15).
+    #[default]
+    V1_0,
+    /// Format 1.1: a binary index, a content hash per chunk, appendable versions
+    /// (spec section 16).
+    V1_1,
+}
+
 /// Per-archive settings.
 #[derive(Debug, Clone)]
 pub struct WriterOptions {
@@ -77,6 +92,10 @@ pub struct WriterOptions {
     /// destination exists by then (checked atomically, not racily).
     pub overwrite: bool,
     pub writer: WriterInfo,
+    pub format: FormatVersion,
+    /// When the version is said to be written (nanoseconds since 1970 UTC, format 1.1);
+    /// `None`: now. Set it for reproducible files.
+    pub time_ns: Option<u64>,
 }
 
 impl Default for WriterOptions {
@@ -93,6 +112,8 @@ impl Default for WriterOptions {
                 name: "bpz-rs".into(),
                 version: env!("CARGO_PKG_VERSION").into(),
             },
+            format: FormatVersion::default(),
+            time_ns: None,
         }
     }
 }
@@ -111,12 +132,23 @@ pub struct Summary {
     pub path: Option<PathBuf>,
     pub tensors: usize,
     pub file_bytes: u64,
+    /// Bytes of tensor data this version wrote (padding included).
     pub data_bytes: u64,
+    /// The number of the version written (1 for a new file).
+    pub version: u64,
+    /// Bytes this version added to the file: its data, index and trailer (spec §16.4;
+    /// for a new file, everything after the superblock).
+    pub bytes_added: u64,
+    /// Chunks this version stored.
+    pub chunks_written: u64,
+    /// Chunks this version references instead of storing them again (they are equal to
+    /// chunks of the previous version, spec §16.6).
+    pub chunks_shared: u64,
 }
 
 /// Where the bytes go: a temporary sibling renamed over the destination on
 /// success (removed if the writer is dropped unfinished), or any `Write`.
-enum Sink<W: Write> {
+pub(crate) enum Sink<W: Write> {
     File(TempFile),
     Stream(W),
 }
@@ -139,6 +171,33 @@ pub struct Writer<W: Write = io::Sink> {
     /// its chunk table, written before any other byte (see [`Writer::write`]).
     /// Deferred so that they are written while the next tensor compresses.
     pending: VecDeque<Vec<u8>>,
+    /// The file's first 64 bytes (copied into every 1.1 index head).
+    superblock: [u8; SUPERBLOCK_LEN],
+    plan: VersionPlan,
+    /// Chunks of the previous version that equal chunks need not be stored again.
+    dedup: Option<Arc<Dedup>>,
+    chunks_written: u64,
+    chunks_shared: u64,
+}
+
+/// Where the version being written goes in its file's history.
+#[derive(Debug, Clone)]
+pub(crate) struct VersionPlan {
+    pub number: u64,
+    /// Where its bytes start: 64 in a new file, else the end of the previous version.
+    pub data_start: u64,
+    /// The earlier versions in the file, oldest first.
+    pub previous: Vec<VersionRecord>,
+}
+
+impl VersionPlan {
+    fn first() -> VersionPlan {
+        VersionPlan {
+            number: 1,
+            data_start: SUPERBLOCK_LEN as u64,
+            previous: Vec::new(),
+        }
+    }
 }
 
 impl WriterOptions {
@@ -180,10 +239,35 @@ impl<W: Write> Writer<W> {
 
     fn start(sink: Sink<W>, label: String, opts: WriterOptions) -> Result<Self> {
         opts.check()?;
-        let mut w = Writer {
+        let superblock = match opts.format {
+            FormatVersion::V1_0 => Superblock::new(opts.alignment),
+            FormatVersion::V1_1 => Superblock {
+                version: binindex::FORMAT_VERSION_1_1,
+                required_features: binindex::REQUIRED_BINARY_INDEX,
+                optional_features: 0,
+                alignment: opts.alignment,
+            },
+        }
+        .encode();
+        let mut w = Writer::resume(sink, label, opts, 0, superblock, VersionPlan::first(), None);
+        w.write(&superblock)?;
+        Ok(w)
+    }
+
+    /// A writer of a version that starts at `pos` of a file that begins with `superblock`.
+    pub(crate) fn resume(
+        sink: Sink<W>,
+        label: String,
+        opts: WriterOptions,
+        pos: u64,
+        superblock: [u8; SUPERBLOCK_LEN],
+        plan: VersionPlan,
+        dedup: Option<Arc<Dedup>>,
+    ) -> Self {
+        Writer {
             sink: Some(sink),
             label,
-            pos: 0,
+            pos,
             opts,
             tensors: Vec::new(),
             names: NameTable::default(),
@@ -191,10 +275,17 @@ impl<W: Write> Writer<W> {
             metadata: JsonPart::default(),
             bufs: Vec::new(),
             pending: VecDeque::new(),
-        };
-        let sb = Superblock::new(w.opts.alignment).encode();
-        w.write(&sb)?;
-        Ok(w)
+            superblock,
+            plan,
+            dedup,
+            chunks_written: 0,
+            chunks_shared: 0,
+        }
+    }
+
+    /// Whether chunks get a content hash (format 1.1).
+    fn hashing(&self) -> bool {
+        self.opts.format == FormatVersion::V1_1
     }
 
     /// Appends `bytes` at `pos` (after any deferred chunks).
@@ -341,6 +432,27 @@ impl<W: Write> Writer<W> {
         let forced_filter = topts
             .filter
             .or(self.opts.filter.filter(|f| f.applies_to(dtype)));
+        // Appending: the chunks' hashes first, so that what the previous version
+        // already holds is referenced without compressing it again.
+        let hashes = match self.dedup.clone() {
+            Some(dedup) => {
+                let chunk_bytes = chunk_elems as usize * dtype.size();
+                let hashes = chunk_hashes(data, chunk_bytes);
+                let same = dedup.same_tensor(name, dtype, shape, chunk_elems, &hashes);
+                if let Some(old) = same.filter(|old| match (compression, old.storage) {
+                    (Compression::None, Storage::Chunked) | (Compression::Zstd, Storage::Raw) => {
+                        false
+                    }
+                    _ => forced_filter.map_or(true, |f| old.is_raw() || f == old.filter),
+                }) {
+                    let info = old.clone();
+                    self.chunks_shared += info.chunks.len() as u64;
+                    return Ok(self.push_tensor(vacancy, info));
+                }
+                Some(hashes)
+            }
+            None => None,
+        };
         // The choice keeps its probe compression: the share estimate reuses it,
         // and so does the only chunk of a tensor no larger than the sample.
         let choice = match compression {
@@ -359,7 +471,7 @@ impl<W: Write> Writer<W> {
             }
         };
         let info = match choice {
-            None => self.write_raw(name, dtype, shape, data, chunk_elems)?,
+            None => self.write_raw(name, dtype, shape, data, chunk_elems, hashes.as_deref())?,
             Some(mut c) => {
                 let whole = c.take_whole_chunk();
                 self.write_chunked(
@@ -371,13 +483,18 @@ impl<W: Write> Writer<W> {
                     c.filter,
                     level,
                     whole,
+                    hashes.as_deref(),
                 )?
             }
         };
+        Ok(self.push_tensor(vacancy, info))
+    }
+
+    fn push_tensor(&mut self, vacancy: Vacancy, info: TensorInfo) -> &TensorInfo {
         self.names
             .insert(vacancy, &info.name, self.tensors.len(), &self.tensors);
         self.tensors.push(info);
-        Ok(self.tensors.last().unwrap())
+        self.tensors.last().unwrap()
     }
 
     /// Where the name goes in the table of names, if the tensor may be added.
@@ -464,35 +581,10 @@ impl<W: Write> Writer<W> {
         shape: &[u64],
         data: &[u8],
         chunk_elems: u64,
+        hashes: Option<&[[u8; 16]]>,
     ) -> Result<TensorInfo> {
-        self.pad_to(self.opts.alignment as u64)?;
-        let start = self.pos;
         let chunk_bytes = (chunk_elems as usize) * dtype.size();
-        let chunk = |i: usize, crc: u32| {
-            let offset = start + (i * chunk_bytes) as u64;
-            let len = chunk_bytes.min(data.len() - i * chunk_bytes) as u64;
-            ChunkInfo {
-                offset,
-                stored_len: len,
-                crc32c: crc,
-                encoded: false,
-                hash: None,
-            }
-        };
-        let chunks: Vec<ChunkInfo> = if data.is_empty() {
-            Vec::new()
-        } else if data.len() <= chunk_bytes {
-            // One chunk: no trip through the thread pool (it dominates for small tensors).
-            vec![chunk(0, crc32c::crc32c(data))]
-        } else {
-            let crcs: Vec<u32> = data.par_chunks(chunk_bytes).map(crc32c::crc32c).collect();
-            crcs.into_iter()
-                .enumerate()
-                .map(|(i, crc)| chunk(i, crc))
-                .collect()
-        };
-        self.write(data)?;
-        Ok(TensorInfo {
+        let info = |chunks| TensorInfo {
             name: name.into(),
             dtype,
             shape: shape.to_vec(),
@@ -500,7 +592,47 @@ impl<W: Write> Writer<W> {
             filter: Filter::None,
             chunk_elems,
             chunks,
-        })
+        };
+        // A raw tensor is shared only as a whole, so that it stays one mappable run.
+        if let (Some(dedup), Some(hashes)) = (&self.dedup, hashes) {
+            if let Some(run) = dedup.raw_run(hashes, data.len() as u64, chunk_bytes as u64) {
+                self.chunks_shared += run.len() as u64;
+                return Ok(info(run.to_vec()));
+            }
+        }
+        self.pad_to(self.opts.alignment as u64)?;
+        let start = self.pos;
+        let hashing = self.hashing();
+        let chunk = |i: usize, (crc, hash): (u32, Option<[u8; 16]>)| {
+            let offset = start + (i * chunk_bytes) as u64;
+            let len = chunk_bytes.min(data.len() - i * chunk_bytes) as u64;
+            ChunkInfo {
+                offset,
+                stored_len: len,
+                crc32c: crc,
+                encoded: false,
+                hash: hashes.map_or(hash, |h| Some(h[i])),
+            }
+        };
+        let sums = |piece: &[u8]| {
+            let hash = (hashing && hashes.is_none()).then(|| content_hash(piece));
+            (crc32c::crc32c(piece), hash)
+        };
+        let chunks: Vec<ChunkInfo> = if data.is_empty() {
+            Vec::new()
+        } else if data.len() <= chunk_bytes {
+            // One chunk: no trip through the thread pool (it dominates for small tensors).
+            vec![chunk(0, sums(data))]
+        } else {
+            let sums: Vec<_> = data.par_chunks(chunk_bytes).map(sums).collect();
+            sums.into_iter()
+                .enumerate()
+                .map(|(i, s)| chunk(i, s))
+                .collect()
+        };
+        self.chunks_written += chunks.len() as u64;
+        self.write(data)?;
+        Ok(info(chunks))
     }
 
     /// Writes a chunked tensor. `whole` is the only chunk already encoded by
@@ -516,6 +648,7 @@ impl<W: Write> Writer<W> {
         filter: Filter,
         level: i32,
         whole: Option<(Vec<u8>, bool)>,
+        hashes: Option<&[[u8; 16]]>,
     ) -> Result<TensorInfo> {
         let chunk_bytes = (chunk_elems as usize) * dtype.size();
         let pieces: Vec<&[u8]> = if data.is_empty() {
@@ -524,17 +657,37 @@ impl<W: Write> Writer<W> {
             data.chunks(chunk_bytes).collect()
         };
         let mut chunks = Vec::with_capacity(pieces.len());
-        let encode =
-            move |piece: &[u8], buf: Vec<u8>| Encoded::new(filter, dtype, level, piece, buf);
+        let hashing = self.hashing();
+        let dedup = self.dedup.clone();
+        let dedup = dedup.as_deref();
+        // The hash comes first, in the same parallel step: a chunk the previous
+        // version holds is referenced, never compressed.
+        let hash_and_share = move |k: usize, piece: &[u8]| {
+            let hash = match hashes {
+                Some(h) => Some(h[k]),
+                None => hashing.then(|| content_hash(piece)),
+            };
+            let shared = dedup
+                .zip(hash)
+                .and_then(|(d, h)| d.chunk(&h, piece.len() as u64, filter, dtype.size()));
+            (hash, shared)
+        };
+        let encode = move |k: usize, piece: &[u8], buf: Vec<u8>| match hash_and_share(k, piece) {
+            (_, Some(shared)) => Encoded::shared(shared, buf),
+            (hash, None) => Encoded::new(filter, dtype, level, piece, buf, hash),
+        };
         match (pieces.as_slice(), whole) {
             ([piece], Some((buf, encoded))) => {
-                let e = Encoded::from_parts(piece, buf, encoded);
+                let e = match hash_and_share(0, piece) {
+                    (_, Some(shared)) => Encoded::shared(shared, buf),
+                    (hash, None) => Encoded::from_parts(piece, buf, encoded, hash),
+                };
                 self.put_chunk(&mut chunks, piece, e)?;
             }
             // No trip through the thread pool for a single chunk.
             ([] | [_], _) => {
                 for piece in &pieces {
-                    let e = encode(piece, self.take_buf());
+                    let e = encode(0, piece, self.take_buf());
                     self.put_chunk(&mut chunks, piece, e)?;
                 }
             }
@@ -563,7 +716,7 @@ impl<W: Write> Writer<W> {
         chunks: &mut Vec<ChunkInfo>,
     ) -> Result<()>
     where
-        F: Fn(&'d [u8], Vec<u8>) -> Encoded + Copy + Send + Sync,
+        F: Fn(usize, &'d [u8], Vec<u8>) -> Encoded + Copy + Send + Sync,
     {
         // Enough chunks in flight to keep every worker busy while one waits
         // to be written, and to absorb uneven chunk times.
@@ -571,12 +724,13 @@ impl<W: Write> Writer<W> {
         if rayon::current_thread_index().is_some() {
             // Called from inside the pool: blocking this worker on a channel
             // could starve the jobs it waits for, so encode a window at a time.
-            for group in pieces.chunks(window) {
+            for (g, group) in pieces.chunks(window).enumerate() {
                 let bufs: Vec<Vec<u8>> = group.iter().map(|_| self.take_buf()).collect();
                 let encoded: Vec<Encoded> = group
                     .par_iter()
                     .zip(bufs)
-                    .map(|(p, b)| encode(p, b))
+                    .enumerate()
+                    .map(|(i, (p, b))| encode(g * window + i, p, b))
                     .collect();
                 for (piece, e) in group.iter().zip(encoded) {
                     self.put_chunk(chunks, piece, e)?;
@@ -595,7 +749,7 @@ impl<W: Write> Writer<W> {
                     scope.spawn(move |_| {
                         // Every job sends, even one that panics, so the loop never waits forever.
                         let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                            encode(piece, buf)
+                            encode(k, piece, buf)
                         }));
                         let _ = tx.send((k, r));
                     });
@@ -625,6 +779,13 @@ impl<W: Write> Writer<W> {
     /// Records one chunk at `pos` and queues its bytes for writing (copying
     /// `piece` if the chunk stays plain: the caller's data is only borrowed).
     fn defer_chunk(&mut self, chunks: &mut Vec<ChunkInfo>, piece: &[u8], e: Encoded) {
+        if let Some(shared) = e.shared {
+            chunks.push(shared);
+            self.chunks_shared += 1;
+            self.recycle(e.buf);
+            return;
+        }
+        self.chunks_written += 1;
         let mut buf = e.buf;
         if !e.encoded {
             buf.clear();
@@ -635,7 +796,7 @@ impl<W: Write> Writer<W> {
             stored_len: buf.len() as u64,
             crc32c: e.crc,
             encoded: e.encoded,
-            hash: None,
+            hash: e.hash,
         });
         self.pos += buf.len() as u64;
         self.pending.push_back(buf);
@@ -643,6 +804,13 @@ impl<W: Write> Writer<W> {
 
     /// Writes one chunk (`piece` itself if it stays plain) and records it.
     fn put_chunk(&mut self, chunks: &mut Vec<ChunkInfo>, piece: &[u8], e: Encoded) -> Result<()> {
+        if let Some(shared) = e.shared {
+            chunks.push(shared);
+            self.chunks_shared += 1;
+            self.recycle(e.buf);
+            return Ok(());
+        }
+        self.chunks_written += 1;
         let stored = if e.encoded { &e.buf[..] } else { piece };
         let offset = self.pos;
         self.write(stored)?;
@@ -651,7 +819,7 @@ impl<W: Write> Writer<W> {
             stored_len: stored.len() as u64,
             crc32c: e.crc,
             encoded: e.encoded,
-            hash: None,
+            hash: e.hash,
         });
         self.recycle(e.buf);
         Ok(())
@@ -673,50 +841,7 @@ impl<W: Write> Writer<W> {
     /// Writes the index and trailer; for a file writer, flushes, fsyncs and
     /// renames the temporary file over the destination.
     pub fn finish(mut self) -> Result<(Summary, Option<W>)> {
-        // Checked before serializing, which recurses as deep as the value.
-        for (what, part) in [("tree", &self.tree), ("metadata", &self.metadata)] {
-            if let JsonPart::Value(v) = part {
-                check_nesting(&self.label, what, json::value_depth(v))?;
-            }
-        }
-        let index_offset = self.pos;
-        let (tensors, tree, metadata) = (
-            std::mem::take(&mut self.tensors),
-            std::mem::take(&mut self.tree),
-            std::mem::take(&mut self.metadata),
-        );
-        let writer_info = self.opts.writer.clone();
-        // The index goes out as it is made (in MiB pieces, its checksum computed on the
-        // way). Past the size limit nothing more is written, but the rest is still
-        // measured, so that the error gives the size; the temporary file is then deleted.
-        let (mut index_len, mut index_crc) = (0u64, 0u32);
-        IndexEmitter::new(|piece: &[u8]| {
-            index_len += piece.len() as u64;
-            if index_len <= MAX_INDEX_BYTES {
-                index_crc = crc32c::crc32c_append(index_crc, piece);
-                self.write(piece)?;
-            }
-            Ok(())
-        })
-        .emit(&tensors, &tree, &metadata, Some(&writer_info))?;
-        if index_len > MAX_INDEX_BYTES {
-            return Err(Error::InvalidArgument(format!(
-                "index of {index_len} bytes is over the limit of {MAX_INDEX_BYTES}"
-            )));
-        }
-        let data_bytes = index_offset - SUPERBLOCK_LEN as u64;
-        let trailer = Trailer {
-            index_offset,
-            index_len,
-            index_crc32c: index_crc,
-        };
-        self.write(&trailer.encode())?;
-        let summary = Summary {
-            path: None,
-            tensors: tensors.len(),
-            file_bytes: self.pos,
-            data_bytes,
-        };
+        let (summary, _) = self.seal()?;
         match self.sink.take().unwrap() {
             Sink::Stream(mut out) => {
                 out.flush().map_err(|e| Error::io(&self.label, e))?;
@@ -733,6 +858,156 @@ impl<W: Write> Writer<W> {
                 ))
             }
         }
+    }
+
+    /// Ends the version: writes its index and trailer (the sink is not committed). The
+    /// tensors, tree and metadata are taken out of the writer.
+    pub(crate) fn seal(&mut self) -> Result<(Summary, VersionRecord)> {
+        // Checked before serializing, which recurses as deep as the value.
+        for (what, part) in [("tree", &self.tree), ("metadata", &self.metadata)] {
+            if let JsonPart::Value(v) = part {
+                check_nesting(&self.label, what, json::value_depth(v))?;
+            }
+        }
+        let index_offset = self.pos;
+        let (tensors, tree, metadata) = (
+            std::mem::take(&mut self.tensors),
+            std::mem::take(&mut self.tree),
+            std::mem::take(&mut self.metadata),
+        );
+        self.names = NameTable::default();
+        let (index_len, index_crc) = match self.opts.format {
+            FormatVersion::V1_0 => self.emit_json_index(&tensors, &tree, &metadata)?,
+            FormatVersion::V1_1 => self.emit_binary_index(&tensors, &tree, &metadata)?,
+        };
+        self.before_trailer()?;
+        let trailer = Trailer {
+            index_offset,
+            index_len,
+            index_crc32c: index_crc,
+        };
+        self.write(&trailer.encode())?;
+        let data_start = self.plan.data_start;
+        let record = VersionRecord {
+            version: self.plan.number,
+            time_ns: self.plan_time(),
+            data_start,
+            index_offset,
+            index_length: index_len,
+            index_crc,
+            reserved: 0,
+        };
+        let summary = Summary {
+            path: None,
+            tensors: tensors.len(),
+            file_bytes: self.pos,
+            data_bytes: index_offset - data_start,
+            version: self.plan.number,
+            bytes_added: self.pos - data_start,
+            chunks_written: self.chunks_written,
+            chunks_shared: self.chunks_shared,
+        };
+        Ok((summary, record))
+    }
+
+    /// What [`seal`](Self::seal) needs done between the index and the trailer.
+    fn before_trailer(&mut self) -> Result<()> {
+        self.flush_pending()
+    }
+
+    /// The version's time, fixed at the first call.
+    fn plan_time(&mut self) -> u64 {
+        *self.opts.time_ns.get_or_insert_with(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos().min(u64::MAX as u128) as u64)
+        })
+    }
+
+    /// The 1.0 JSON index; returns its length and crc.
+    fn emit_json_index(
+        &mut self,
+        tensors: &[TensorInfo],
+        tree: &JsonPart,
+        metadata: &JsonPart,
+    ) -> Result<(u64, u32)> {
+        let writer_info = self.opts.writer.clone();
+        // The index goes out as it is made (in MiB pieces, its checksum computed on the
+        // way). Past the size limit nothing more is written, but the rest is still
+        // measured, so that the error gives the size; the temporary file is then deleted.
+        let (mut index_len, mut index_crc) = (0u64, 0u32);
+        IndexEmitter::new(|piece: &[u8]| {
+            index_len += piece.len() as u64;
+            if index_len <= MAX_INDEX_BYTES {
+                index_crc = crc32c::crc32c_append(index_crc, piece);
+                self.write(piece)?;
+            }
+            Ok(())
+        })
+        .emit(tensors, tree, metadata, Some(&writer_info))?;
+        if index_len > MAX_INDEX_BYTES {
+            return Err(Error::InvalidArgument(format!(
+                "index of {index_len} bytes is over the limit of {MAX_INDEX_BYTES}"
+            )));
+        }
+        Ok((index_len, index_crc))
+    }
+
+    /// The 1.1 binary index (spec §16.2); returns its length and head crc.
+    fn emit_binary_index(
+        &mut self,
+        tensors: &[TensorInfo],
+        tree: &JsonPart,
+        metadata: &JsonPart,
+    ) -> Result<(u64, u32)> {
+        let text = |part: &JsonPart| -> Vec<u8> {
+            match part {
+                JsonPart::Value(v) => serde_json::to_vec(v).expect("a JSON value serializes"),
+                JsonPart::Text(t) => t.as_bytes().to_vec(),
+            }
+        };
+        let (tree, metadata) = (text(tree), text(metadata));
+        let writer = serde_json::to_vec(&self.opts.writer).expect("writer info serializes");
+        let previous = std::mem::take(&mut self.plan.previous);
+        let head = VersionHead {
+            number: self.plan.number,
+            time_ns: self.plan_time(),
+            data_start: self.plan.data_start,
+            superblock: self.superblock,
+            previous: &previous,
+        };
+        let json = JsonSections {
+            tree: &tree,
+            metadata: &metadata,
+            writer: &writer,
+        };
+        let label = self.label.clone();
+        let index_offset = self.pos;
+        let emitted = binindex_write::emit(&label, tensors, &head, &json, index_offset, |piece| {
+            self.write(piece)
+        });
+        self.plan.previous = previous;
+        let emitted = emitted?;
+        Ok((emitted.length, emitted.head_crc))
+    }
+
+    #[allow(dead_code)] // until compaction (append.rs) uses it
+    /// Starts the next version in the same file, after [`seal`](Self::seal) wrote
+    /// `sealed` (compaction writes several versions into one new file).
+    pub(crate) fn next_version(
+        &mut self,
+        sealed: VersionRecord,
+        number: u64,
+        time_ns: Option<u64>,
+        dedup: Option<Arc<Dedup>>,
+    ) {
+        self.plan.previous.push(sealed);
+        self.plan.number = number;
+        self.plan.data_start = self.pos;
+        self.opts.time_ns = time_ns;
+        self.dedup = dedup;
+        self.chunks_written = 0;
+        self.chunks_shared = 0;
     }
 }
 
@@ -820,17 +1095,155 @@ struct Encoded {
     encoded: bool,
     /// crc32c of the stored bytes.
     crc: u32,
+    /// Content hash of the decoded bytes (format 1.1).
+    hash: Option<[u8; 16]>,
+    /// A chunk of the previous version with the same content: referenced, not written.
+    shared: Option<ChunkInfo>,
 }
 
 impl Encoded {
-    fn new(filter: Filter, dtype: DType, level: i32, piece: &[u8], mut buf: Vec<u8>) -> Encoded {
+    fn new(
+        filter: Filter,
+        dtype: DType,
+        level: i32,
+        piece: &[u8],
+        mut buf: Vec<u8>,
+        hash: Option<[u8; 16]>,
+    ) -> Encoded {
         let encoded = codec::encode_chunk_into(filter, dtype, level, piece, &mut buf);
-        Encoded::from_parts(piece, buf, encoded)
+        Encoded::from_parts(piece, buf, encoded, hash)
     }
 
-    fn from_parts(piece: &[u8], buf: Vec<u8>, encoded: bool) -> Encoded {
+    fn from_parts(piece: &[u8], buf: Vec<u8>, encoded: bool, hash: Option<[u8; 16]>) -> Encoded {
         let crc = crc32c::crc32c(if encoded { &buf } else { piece });
-        Encoded { buf, encoded, crc }
+        Encoded {
+            buf,
+            encoded,
+            crc,
+            hash,
+            shared: None,
+        }
+    }
+
+    fn shared(chunk: ChunkInfo, buf: Vec<u8>) -> Encoded {
+        Encoded {
+            buf,
+            encoded: chunk.encoded,
+            crc: chunk.crc32c,
+            hash: chunk.hash,
+            shared: Some(chunk),
+        }
+    }
+}
+
+/// The content hash of each chunk of `chunk_bytes` of `data`, on the thread pool.
+fn chunk_hashes(data: &[u8], chunk_bytes: usize) -> Vec<[u8; 16]> {
+    if data.len() <= chunk_bytes {
+        return if data.is_empty() {
+            Vec::new()
+        } else {
+            vec![content_hash(data)]
+        };
+    }
+    data.par_chunks(chunk_bytes).map(content_hash).collect()
+}
+
+/// The previous version's chunks, for an append to reference instead of storing equal
+/// ones again (spec §16.6): a chunk is shared when its hash, decoded length, filter and
+/// dtype size are equal (the record keeps its `encoded` flag); a raw tensor only as a
+/// whole run, so that it stays contiguous and mappable.
+#[derive(Debug, Default)]
+pub(crate) struct Dedup {
+    chunks: foldhash::HashMap<ChunkKey, ChunkInfo>,
+    /// Raw tensors by (first chunk's hash, bytes, chunk bytes) → their chunks.
+    raw_runs: foldhash::HashMap<([u8; 16], u64, u64), Vec<ChunkInfo>>,
+    by_name: foldhash::HashMap<String, TensorInfo>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct ChunkKey {
+    hash: [u8; 16],
+    decoded_len: u64,
+    filter: Filter,
+    dtype_size: usize,
+}
+
+impl Dedup {
+    /// Indexes a version's tensors (those without hashes, from 1.0 files, are skipped).
+    #[allow(dead_code)] // until append.rs uses it
+    pub(crate) fn of(tensors: Vec<TensorInfo>) -> Dedup {
+        let mut d = Dedup::default();
+        for t in tensors {
+            if t.chunks.iter().any(|c| c.hash.is_none()) {
+                continue;
+            }
+            for (i, c) in t.chunks.iter().enumerate() {
+                let key = ChunkKey {
+                    hash: c.hash.expect("checked above"),
+                    decoded_len: t.chunk_decoded_len(i),
+                    filter: t.filter,
+                    dtype_size: t.dtype.size(),
+                };
+                d.chunks.entry(key).or_insert(*c);
+            }
+            if let (true, Some(first)) = (t.is_raw(), t.chunks.first()) {
+                let chunk_bytes = t.chunk_elems * t.dtype.size() as u64;
+                let key = (first.hash.unwrap(), t.nbytes(), chunk_bytes);
+                d.raw_runs.entry(key).or_insert_with(|| t.chunks.clone());
+            }
+            d.by_name.insert(t.name.clone(), t);
+        }
+        d
+    }
+
+    fn chunk(
+        &self,
+        hash: &[u8; 16],
+        decoded_len: u64,
+        filter: Filter,
+        dtype_size: usize,
+    ) -> Option<ChunkInfo> {
+        let key = ChunkKey {
+            hash: *hash,
+            decoded_len,
+            filter,
+            dtype_size,
+        };
+        self.chunks.get(&key).copied()
+    }
+
+    /// A raw run of the same bytes, chunked alike, whose chunks have these hashes.
+    fn raw_run(&self, hashes: &[[u8; 16]], nbytes: u64, chunk_bytes: u64) -> Option<&[ChunkInfo]> {
+        let run = self
+            .raw_runs
+            .get(&(*hashes.first()?, nbytes, chunk_bytes))?;
+        let same = run.len() == hashes.len()
+            && run
+                .iter()
+                .zip(hashes)
+                .all(|(c, h)| c.hash.as_ref() == Some(h));
+        same.then_some(run.as_slice())
+    }
+
+    /// The previous version's tensor of this name, if it holds exactly these chunks.
+    fn same_tensor(
+        &self,
+        name: &str,
+        dtype: DType,
+        shape: &[u64],
+        chunk_elems: u64,
+        hashes: &[[u8; 16]],
+    ) -> Option<&TensorInfo> {
+        let t = self.by_name.get(name)?;
+        let same = t.dtype == dtype
+            && t.shape == shape
+            && t.chunk_elems == chunk_elems
+            && t.chunks.len() == hashes.len()
+            && t.chunks
+                .iter()
+                .zip(hashes)
+                .all(|(c, h)| c.hash.as_ref() == Some(h));
+        same.then_some(t)
     }
 }
 

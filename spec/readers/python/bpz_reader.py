@@ -428,7 +428,7 @@ def zstd_compress_bound(n: int) -> int:
 
 
 # ---------------------------------------------------------------- the archive
-def open_archive(path: str | os.PathLike, version: int | None = None, **limits) -> "Archive":
+def open_archive(path: str | os.PathLike, version: int | None = None, **limits) -> Archive:
     """Open and validate ``path`` (``version``: which version, default the latest; negative
     counts from the latest); ``limits`` are Archive's keyword arguments."""
     return Archive(path, version=version, **limits)
@@ -496,7 +496,7 @@ class Archive:
     def close(self) -> None:
         self._file.close()
 
-    def __enter__(self) -> "Archive":
+    def __enter__(self) -> Archive:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -626,7 +626,7 @@ class Archive:
                                                  f"trailer at {end - TRAILER_SIZE}")
         return index_offset, index_length, index_crc
 
-    def _committed_at(self, end: int) -> "_BinaryIndex":
+    def _committed_at(self, end: int) -> _BinaryIndex:
         """The version whose trailer ends at ``end``; _NotCommitted if the trailer or the head
         crc does not check. Once both do, the version was committed: any other fault is an
         error of the file (BpzFormatError), never a reason to fall back to an older version."""
@@ -671,7 +671,7 @@ class Archive:
         self.version_number, self.time_ns, self.data_start = index.number, index.time_ns, index.data_start
         self.index_offset, self.index_length = index.index_offset, index.index_length
 
-    def _recover(self, last: _NotCommitted) -> "_BinaryIndex":
+    def _recover(self, last: _NotCommitted) -> _BinaryIndex:
         """Section 16.7: the last offset p (a multiple of 64) where a committed version ends."""
         size, hi = self.file_length, self.file_length
         smallest_end = SUPERBLOCK_SIZE + MIN_INDEX_LENGTH + TRAILER_SIZE
@@ -697,7 +697,7 @@ class Archive:
         raise self._fail("truncated", f"no committed version: the file's end is not a committed trailer ({last}), "
                                       f"and no earlier one was found (16.7)")
 
-    def _index_for(self, number: int) -> "_BinaryIndex":
+    def _index_for(self, number: int) -> _BinaryIndex:
         """The index of version ``number`` (16.4), opened and checked against the latest's records."""
         if number in self._indexes:
             return self._indexes[number]
@@ -997,16 +997,6 @@ class Archive:
                     raise self._fail("invalid_index", f"trailer of version {number} differs from its versions record")
             pending: list = []  # decoded chunks whose hashes are computed together (blake3_many)
             batch_bytes = 0
-
-            def check_pending():
-                for (t, i, key, _), digest in zip(pending, blake3_many([p[3] for p in pending], 16)):
-                    if digest != key[0].hash:
-                        raise self._fail("checksum_mismatch", f"version {number}, tensor {_show(t.name)} chunk {i}: "
-                                                              f"BLAKE3 {digest.hex()} of its decoded bytes, index "
-                                                              f"says {key[0].hash.hex()}")
-                    checked.add(key)
-                pending.clear()
-
             for t in tensors:
                 for i, c in enumerate(t.chunks):
                     key = (c, t.filter, t.itemsize, t.chunk_elements(i))
@@ -1015,10 +1005,20 @@ class Archive:
                     pending.append((t, i, key, self._decode_chunk(t, i)))
                     batch_bytes += len(pending[-1][3])
                     if len(pending) >= 4096 or batch_bytes >= 4 << 20:  # memory: about 4 MiB and one chunk
-                        check_pending()
+                        self._check_hashes(pending, number, checked)
                         batch_bytes = 0
-            check_pending()
+            self._check_hashes(pending, number, checked)
             self._check_padding(tensors, index.data_start, index.index_offset, f"version {number}: ")
+
+    def _check_hashes(self, pending: list, number: int, checked: set) -> None:
+        """16.3: each pending (tensor, chunk index, key, decoded bytes) has its hash; empties pending."""
+        for (t, i, key, _), digest in zip(pending, blake3_many([p[3] for p in pending], 16)):
+            if digest != key[0].hash:
+                raise self._fail("checksum_mismatch", f"version {number}, tensor {_show(t.name)} chunk {i}: "
+                                                      f"BLAKE3 {digest.hex()} of its decoded bytes, index "
+                                                      f"says {key[0].hash.hex()}")
+            checked.add(key)
+        pending.clear()
 
     def _check_padding(self, tensors: list[TensorEntry], start: int, stop: int, where: str = "") -> None:
         """Bytes of [start, stop) that no chunk of ``tensors`` covers must be zero (section 4)."""

@@ -3,7 +3,6 @@ official vectors, then archives built here by v11_writer (versions, dedup, binar
 and broken one rule at a time."""
 import hashlib
 import io
-import struct
 import sys
 from pathlib import Path
 
@@ -12,7 +11,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 import bpz_reader as bpz  # noqa: E402
-from bpz_reader import BpzFormatError, blake3, crc32c, open_archive  # noqa: E402
+from bpz_reader import BpzFormatError, blake3, open_archive  # noqa: E402
 from v11_writer import V11Writer, superblock, trailer  # noqa: E402
 
 # ------------------------------------------------------------------ BLAKE3 (16.3)
@@ -218,7 +217,7 @@ def test_lookup_touches_log_n_records(tmp_path, monkeypatch):
             assert len(visited) <= 12, visited  # ceil(log2(2000)) = 11
         for missing in ("layer0/w", "zzz", "", "layer00000/w\0"):
             visited.clear()
-            assert kind_of(lambda: ar.tensor(missing)) == "tensor_not_found"
+            assert kind_of(lambda: ar.tensor(missing)) == "tensor_not_found"  # noqa: B023
             assert len(visited) <= 12
         assert loaded == [1, 7] and max(reads[2:]) < 4096  # no section read whole by a lookup
         assert [t.name for t in ar.tensors][:2] == ["layer01999/w", "layer01998/w"]  # listing: saved order
@@ -261,7 +260,7 @@ def test_torn_append_recovers_to_the_last_committed_version(tmp_path):
             assert (ar.version_number, ar.metadata, [v.number for v in ar.versions]) == (1, "v1", [1])
             assert ar.to_numpy("x").tobytes() == arr(1000).tobytes()
             ar.verify()
-            assert kind_of(lambda: open_archive(path, version=2)) == "invalid_argument"
+            assert kind_of(lambda: open_archive(path, version=2)) == "invalid_argument"  # noqa: B023
     path.write_bytes(full)
     with open_archive(path) as ar:
         assert ar.recovered is None and ar.version_number == 2
@@ -406,9 +405,9 @@ def test_invalid_11(tmp_path, case):
         assert stage != "open", "opened a file that must fail to open"
         with ar:
             if stage == "metadata":
-                ar.metadata
+                _ = ar.metadata
             elif stage == "list":
-                ar.tensors
+                _ = ar.tensors
             else:
                 for t in ar.tensors:
                     ar.read(t.name)

@@ -15,7 +15,6 @@ import struct
 
 import numpy as np
 import zstandard
-
 from bpz_reader import END_MAGIC, MAGIC, blake3, crc32c
 
 DTYPES = {  # numpy dtype -> (bpz name, 16.2 dtype code)
@@ -150,7 +149,8 @@ class V11Writer:
                      "data_start": data_start, "tensor_count": len(records), "chunk_count": len(chunks)},
             "superblock": bytes(self.buf[:64]), "records": records, "names": names, "shapes": shapes,
             "chunks": chunks, "versions": [dict(r) for r in self.records],
-            "json": {6: as_json(tree), 7: as_json(metadata), 8: as_json(writer or {"name": "v11_writer", "version": "1"})},
+            "json": {6: as_json(tree), 7: as_json(metadata),
+                     8: as_json(writer or {"name": "v11_writer", "version": "1"})},
             "extra_sections": {}, "section_crc": {},
         }
 

@@ -11,7 +11,7 @@ __all__ = [
     "Archive", "Buffer", "Writer", "TempFile", "__version__", "FORMAT_VERSION", "DTYPES", "BpzError", "FormatError",
     "NotAnArchiveError", "TruncatedError", "ChecksumError", "UnsupportedVersionError", "UnsupportedFeatureError",
     "LimitExceededError", "CorruptDataError", "NotZeroCopyError", "TensorNotFoundError", "InvalidArgumentError",
-    "OutOfMemoryError", "ERROR_KINDS", "ERROR_CLASSES",
+    "OutOfMemoryError", "ERROR_KINDS", "ERROR_CLASSES", "RemoteStats", "open_remote",
 ]
 
 __version__: str
@@ -200,3 +200,22 @@ class TempFile:
     def __exit__(
         self, /, _ty: type[BaseException] | None, _value: BaseException | None, _tb: TracebackType | None
     ) -> bool: ...
+
+@final
+class RemoteStats:
+    """Requests of one remote archive since it was opened (retries included)."""
+
+    @property
+    def requests(self) -> int: ...
+    @property
+    def bytes(self) -> int:
+        """Body bytes received."""
+    @property
+    def url(self) -> str:
+        """The URL as shown in messages (no credentials, no query)."""
+
+def open_remote(
+    url: str, storage_options: dict[str, str | int | float | bool] | None = None, parallel: bool = True
+) -> tuple[Archive, RemoteStats]:
+    """Opens the archive at ``url`` (``http(s)://``, ``s3://``, ``gs://``, ``az://``) with one
+    request: a range of its end holding the trailer and index."""

@@ -42,6 +42,15 @@ fn read_at(py: Python<'_>, reader: &Reader, index: usize) -> PyResult<Buffer> {
     Ok(Buffer::zeroed(one.pop().expect("one buffer per index")))
 }
 
+impl Archive {
+    /// An archive over a reader opened elsewhere (a remote one).
+    pub fn from_reader(reader: Reader) -> Self {
+        Archive {
+            reader: Arc::new(reader),
+        }
+    }
+}
+
 #[pymethods]
 impl Archive {
     #[new]

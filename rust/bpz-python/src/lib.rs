@@ -8,6 +8,7 @@ mod archive;
 mod buffer;
 mod errors;
 mod persist;
+mod remote;
 mod writer;
 
 #[pymodule(gil_used = false)]
@@ -16,6 +17,8 @@ fn _bpz(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<buffer::Buffer>()?;
     m.add_class::<writer::Writer>()?;
     m.add_class::<persist::TempFile>()?;
+    m.add_class::<remote::RemoteStats>()?;
+    m.add_function(wrap_pyfunction!(remote::open_remote, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add(
         "FORMAT_VERSION",

@@ -448,17 +448,19 @@ fn build_store(url: &str, options: &[(String, String)], counters: &Arc<Counters>
                 })?
             }
             "retry_timeout" => retry.retry_timeout = parse_duration(&label, k, v)?,
-            "open_tail_bytes" => tuning.open_tail_bytes = v
-                .trim()
-                .parse::<u64>()
-                .ok()
-                .filter(|&n| n >= 64)
-                .ok_or_else(|| {
-                    invalid(
+            "open_tail_bytes" => {
+                tuning.open_tail_bytes = v
+                    .trim()
+                    .parse::<u64>()
+                    .ok()
+                    .filter(|&n| n >= 64)
+                    .ok_or_else(|| {
+                        invalid(
                         &label,
                         "storage option \"open_tail_bytes\" must be a byte count of at least 64",
                     )
-                })?,
+                    })?
+            }
             _ => pairs.push((key, v.clone())),
         }
     }
@@ -660,8 +662,11 @@ struct Opened {
     tail: Bytes,
 }
 
+/// ETag and modification time of a response (a missing Last-Modified reads as the epoch:
+/// unknown). Both are compared: some servers give every file the same default ETag.
 fn meta_identity(meta: &ObjectMeta) -> (Option<String>, Option<String>) {
-    (meta.e_tag.clone(), Some(meta.last_modified.to_rfc3339()))
+    let modified = (meta.last_modified.timestamp() != 0).then(|| meta.last_modified.to_rfc3339());
+    (meta.e_tag.clone(), modified)
 }
 
 /// Maps an object_store error (whose text may hold URLs and headers) to a scrubbed one.
@@ -762,12 +767,15 @@ impl Inner {
             )));
         }
         let (etag, modified) = meta_identity(meta);
-        match (&self.etag, &etag) {
-            (Some(a), Some(b)) if a != b => return Err(changed("its ETag differs")),
-            (None, _) if self.last_modified.is_some() && modified != self.last_modified => {
-                return Err(changed("its modification time differs"))
+        if let (Some(a), Some(b)) = (&self.etag, &etag) {
+            if a != b {
+                return Err(changed("its ETag differs"));
             }
-            _ => {}
+        }
+        if let (Some(a), Some(b)) = (&self.last_modified, &modified) {
+            if a != b {
+                return Err(changed("its modification time differs"));
+            }
         }
         Ok(())
     }

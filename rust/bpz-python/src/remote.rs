@@ -1,0 +1,99 @@
+//! `open_remote`: an `Archive` over an object read with ranged GETs (`bpz::remote`), and
+//! the request counts the tests and benchmarks check.
+
+use std::sync::Arc;
+
+use bpz::remote::RemoteSource;
+use pyo3::exceptions::PyTypeError;
+use pyo3::prelude::*;
+use pyo3::types::{PyBool, PyDict};
+
+use crate::archive::Archive;
+use crate::errors::IntoPyResult;
+
+/// Requests and body bytes of one remote archive since it was opened.
+#[pyclass(frozen, module = "bpz._bpz")]
+pub struct RemoteStats {
+    source: Arc<RemoteSource>,
+}
+
+#[pymethods]
+impl RemoteStats {
+    /// HTTP requests sent, retries included.
+    #[getter]
+    fn requests(&self) -> u64 {
+        self.source.stats().requests
+    }
+
+    /// Body bytes received.
+    #[getter]
+    fn bytes(&self) -> u64 {
+        self.source.stats().bytes
+    }
+
+    /// The URL as shown in messages (no credentials).
+    #[getter]
+    fn url(&self) -> &str {
+        self.source.label()
+    }
+
+    fn __repr__(&self) -> String {
+        let s = self.source.stats();
+        format!(
+            "<bpz._bpz.RemoteStats {:?}: {} requests, {} bytes>",
+            self.source.label(),
+            s.requests,
+            s.bytes
+        )
+    }
+}
+
+/// Store options as strings: `True` -> "true", numbers as written.
+fn options(storage_options: Option<&Bound<'_, PyDict>>) -> PyResult<Vec<(String, String)>> {
+    let Some(dict) = storage_options else {
+        return Ok(Vec::new());
+    };
+    dict.iter()
+        .map(|(k, v)| {
+            let key: String = k
+                .extract()
+                .map_err(|_| PyTypeError::new_err("storage_options keys must be strings"))?;
+            let value = if v.is_instance_of::<PyBool>() {
+                if v.extract::<bool>()? {
+                    "true"
+                } else {
+                    "false"
+                }
+                .to_owned()
+            } else if let Ok(s) = v.extract::<String>() {
+                s
+            } else if let Ok(n) = v.extract::<i64>() {
+                n.to_string()
+            } else if let Ok(x) = v.extract::<f64>() {
+                x.to_string()
+            } else {
+                // The value is not shown: it may be a credential.
+                return Err(PyTypeError::new_err(format!(
+                    "storage option {key:?} must be a string, a number or a bool"
+                )));
+            };
+            Ok((key, value))
+        })
+        .collect()
+}
+
+/// Opens the archive at `url` (http(s)://, s3://, gs://, az://) with one request; returns
+/// it with its request counter.
+#[pyfunction]
+#[pyo3(signature = (url, storage_options = None, parallel = true))]
+pub fn open_remote(
+    py: Python<'_>,
+    url: &str,
+    storage_options: Option<&Bound<'_, PyDict>>,
+    parallel: bool,
+) -> PyResult<(Archive, RemoteStats)> {
+    let opts = options(storage_options)?;
+    let (mut reader, source) = py.detach(|| bpz::remote::open(url, &opts)).py()?;
+    reader.set_parallel(parallel);
+    Ok((Archive::from_reader(reader), RemoteStats { source }))
+}

@@ -56,7 +56,7 @@ test-rust: ## the format crate's tests (unit, property, conformance vectors)
 	$(SUITE) rust-core cargo -- cargo test -p bpz
 	$(SUITE) rust-capi cargo -- cargo test -p bpz-capi
 
-test-python: $(STAMP) ## the Python API tests and the independent spec reader
+test-python: $(STAMP) remote-servers ## the Python API tests and the independent spec reader
 	$(SUITE) python pytest -- $(PY) -m pytest -q
 
 test-go: ## the Go reader, written from spec/FORMAT.md alone
@@ -93,6 +93,12 @@ clean: ## remove every build folder, venv, cache and demo output (cargo-fuzz in 
 	  python/bpz/*.so python/bpz/*.pyd m.bpz demo.bpz
 	find . -path ./.git -prune -o \( -name __pycache__ -o -name '*.egg-info' -o -name .pytest_cache \
 	  -o -name .hypothesis \) -prune -exec rm -rf {} +
+
+# The real servers of tests/remote: nginx-light (apt) and versitygw, an S3 server built with
+# `go install` once into a cache outside the work tree (minutes; reused afterwards).
+.PHONY: remote-servers
+remote-servers: ## install nginx and build the S3 server the remote-archive tests start
+	@tests/remote/install-servers.sh
 
 .PHONY: bench-smoke
 bench-smoke: $(STAMP) ## a tiny run of the benchmark harness (light tools only), so it never rots; timings in target/logs

@@ -18,6 +18,11 @@
 //!
 //! SHAPE is `[4,3]` (`[]` for 0-d); the JSON is compact, as `bpz_tree_json` /
 //! `bpz_metadata_json` return it.
+//!
+//! The C ABI opens an archive's latest version and lists its tensors on open: a golden
+//! 1.1 file is described by its latest version (the members of its JSON other than
+//! `versions`), an invalid file of stage `list` fails at `open` in C, and an invalid file
+//! checked at another version (`"version": v`) is left out, with a comment line.
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -145,7 +150,23 @@ fn main() {
     for file in &listed {
         let want = &table[file];
         let stage = token(&want["stage"], file);
-        assert!(stage == "open" || stage == "read", "{file}: stage {stage}");
+        assert!(
+            ["open", "read", "list"].contains(&stage.as_str()),
+            "{file}: stage {stage}"
+        );
+        if let Some(v) = want.get("version") {
+            writeln!(
+                text,
+                "# {file}: skipped, its error is that of version {v} (the C ABI opens the latest)"
+            )
+            .unwrap();
+            continue;
+        }
+        let stage = if stage == "list" {
+            "open".into()
+        } else {
+            stage
+        };
         writeln!(
             text,
             "invalid {file} {} {stage}",

@@ -98,7 +98,8 @@ fn static_c(s: &'static str) -> *const c_char {
 
 impl Archive {
     fn tensor(&self, index: usize, func: &str) -> Result<&TensorInfo> {
-        let tensors = self.reader.tensors();
+        // Listed (and checked) by bpz_open.
+        let tensors = self.reader.tensors()?;
         tensors.get(index).ok_or_else(|| {
             Failure::invalid(format!(
                 "{func}: tensor index {index} is out of range: {} holds {} tensor(s)",
@@ -201,8 +202,12 @@ pub unsafe extern "C" fn bpz_open(
             .to_str()
             .map_err(|_| Failure::invalid(format!("{F}: the path is not UTF-8")))?;
         let reader = Reader::open_with(path, backend)?;
+        // Everything a C caller can ask for is checked here, as a 1.0 index is on open: a
+        // 1.1 index is otherwise read as it is used.
+        reader.tree_json()?;
+        reader.metadata_json()?;
         let names = reader
-            .tensors()
+            .tensors()?
             .iter()
             .map(|t| {
                 // The core refuses names with NUL on open (spec §9).
@@ -253,7 +258,7 @@ pub unsafe extern "C" fn bpz_tensor_count(archive: *const Archive) -> usize {
     guard(0, || {
         // SAFETY: the caller's contract.
         let a = unsafe { deref(archive, "bpz_tensor_count", "archive") }?;
-        Ok(a.reader.tensors().len())
+        Ok(a.reader.tensor_count())
     })
 }
 
@@ -275,23 +280,14 @@ pub unsafe extern "C" fn bpz_tensor_find(
         // SAFETY: the caller's contract.
         let name = unsafe { c_str(name, F, "name") }?;
         let index = out_ptr(index, F, "index")?;
-        let found = match name.to_str() {
-            Ok(name) => a.reader.tensor(name).map(|t| t as *const TensorInfo),
+        let position = match name.to_str() {
+            Ok(name) => a.reader.position(name),
             // Names are UTF-8: other bytes name no tensor.
             Err(_) => Err(bpz_core::Error::TensorNotFound {
                 path: a.reader.path().to_owned(),
                 name: name.to_string_lossy().into_owned(),
             }),
         }?;
-        // `Reader::tensor` returns an element of `Reader::tensors`: its
-        // position follows from the addresses, in O(1).
-        let tensors = a.reader.tensors();
-        let position =
-            (found as usize - tensors.as_ptr() as usize) / std::mem::size_of::<TensorInfo>().max(1);
-        assert!(
-            std::ptr::eq(&tensors[position], found),
-            "Reader::tensor returned a foreign element"
-        );
         // SAFETY: checked non-NULL and aligned; the caller provides the memory.
         unsafe { index.write(position) };
         Ok(())
@@ -349,8 +345,9 @@ pub unsafe extern "C" fn bpz_metadata_json(archive: *const Archive) -> *const c_
     guard(std::ptr::null(), || {
         // SAFETY: the caller's contract.
         let a = unsafe { deref(archive, "bpz_metadata_json", "archive") }?;
+        let text = a.reader.metadata_json()?;
         Ok(a.metadata_json
-            .get_or_init(|| json_c_string(&a.reader.metadata_json()))
+            .get_or_init(|| json_c_string(&text))
             .as_ptr())
     })
 }
@@ -364,9 +361,8 @@ pub unsafe extern "C" fn bpz_tree_json(archive: *const Archive) -> *const c_char
     guard(std::ptr::null(), || {
         // SAFETY: the caller's contract.
         let a = unsafe { deref(archive, "bpz_tree_json", "archive") }?;
-        Ok(a.tree_json
-            .get_or_init(|| json_c_string(&a.reader.tree_json()))
-            .as_ptr())
+        let text = a.reader.tree_json()?;
+        Ok(a.tree_json.get_or_init(|| json_c_string(&text)).as_ptr())
     })
 }
 

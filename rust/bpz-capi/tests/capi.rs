@@ -580,8 +580,11 @@ fn golden_vectors_read_as_the_core_reads_them() {
         let reader = Reader::open(&path).unwrap();
         for backend in [BPZ_BACKEND_MMAP, BPZ_BACKEND_PREAD] {
             let a = open(&path, backend);
-            assert_eq!(unsafe { bpz_tensor_count(a.0) }, reader.tensors().len());
-            for (i, t) in reader.tensors().iter().enumerate() {
+            assert_eq!(
+                unsafe { bpz_tensor_count(a.0) },
+                reader.tensors().unwrap().len()
+            );
+            for (i, t) in reader.tensors().unwrap().iter().enumerate() {
                 let c = info(&a, i);
                 assert_eq!(text(c.name), t.name);
                 assert_eq!(text(c.dtype_name), t.dtype.name());

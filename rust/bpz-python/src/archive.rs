@@ -103,6 +103,7 @@ impl Archive {
     fn writer<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyDict>>> {
         self.reader
             .writer()
+            .py()?
             .map(|w| {
                 let d = PyDict::new(py);
                 d.set_item("name", &w.name)?;
@@ -112,16 +113,18 @@ impl Archive {
             .transpose()
     }
 
-    fn names(&self) -> Vec<String> {
-        self.reader
+    fn names(&self) -> PyResult<Vec<String>> {
+        Ok(self
+            .reader
             .tensors()
+            .py()?
             .iter()
             .map(|t| t.name.clone())
-            .collect()
+            .collect())
     }
 
     fn __len__(&self) -> usize {
-        self.reader.tensors().len()
+        self.reader.tensor_count()
     }
 
     fn __contains__(&self, name: &str) -> bool {
@@ -135,19 +138,20 @@ impl Archive {
     fn infos<'py>(&self, py: Python<'py>) -> PyResult<Vec<Bound<'py, PyDict>>> {
         self.reader
             .tensors()
+            .py()?
             .iter()
             .map(|t| info_dict(py, t))
             .collect()
     }
 
     /// The tree as JSON text (`null` if none).
-    fn tree_json(&self) -> String {
-        self.reader.tree_json().to_owned()
+    fn tree_json(&self) -> PyResult<String> {
+        Ok(self.reader.tree_json().py()?.to_owned())
     }
 
     /// The metadata as JSON text (`null` if none).
-    fn metadata_json(&self) -> String {
-        self.reader.metadata_json().to_owned()
+    fn metadata_json(&self) -> PyResult<String> {
+        Ok(self.reader.metadata_json().py()?.to_owned())
     }
 
     /// `(bytes, dtype, shape)` of a tensor: a zero-copy view of a raw tensor in a mapped
@@ -159,7 +163,7 @@ impl Archive {
     ) -> PyResult<(Buffer, &'static str, Bound<'py, PyTuple>)> {
         let reader = &self.reader;
         let index = reader.position(name).py()?;
-        let t = &reader.tensors()[index];
+        let t = reader.tensor_at(index).py()?;
         let bytes = if t.is_raw() && reader.mapping().is_some() {
             Buffer::view(reader.view_at(index).py()?)
         } else {
@@ -175,6 +179,7 @@ impl Archive {
     ) -> PyResult<Vec<(&str, &'static str, Bound<'py, PyTuple>)>> {
         self.reader
             .tensors()
+            .py()?
             .iter()
             .map(|t| Ok((t.name.as_str(), t.dtype.name(), PyTuple::new(py, &t.shape)?)))
             .collect()
@@ -274,7 +279,7 @@ impl Archive {
         format!(
             "<bpz._bpz.Archive {:?}: {} tensors>",
             self.reader.path(),
-            self.reader.tensors().len()
+            self.reader.tensor_count()
         )
     }
 }

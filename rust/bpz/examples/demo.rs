@@ -54,7 +54,7 @@ fn main() -> bpz::Result<()> {
         view.len(),
         t0.elapsed()
     );
-    for t in reader.tensors() {
+    for t in reader.tensors()? {
         println!(
             "  {:<16} {:<5} {:>12?} {:<8} {:<14} {:>10} -> {:>10} bytes",
             t.name,

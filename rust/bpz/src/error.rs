@@ -44,7 +44,7 @@ pub enum Error {
     #[error("{path}: uses a feature this reader does not support: {detail}")]
     UnsupportedFeature { path: String, detail: String },
     #[error(
-        "{path}: checksum mismatch in {part} (stored crc32c {expected:08x}, computed {actual:08x}): \
+        "{path}: checksum mismatch in {part} (stored {expected:08x}, computed {actual:08x}): \
          the file is corrupt"
     )]
     ChecksumMismatch {

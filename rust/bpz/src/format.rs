@@ -19,8 +19,11 @@ pub const TRAILER_LEN: usize = 32;
 /// The version this crate writes, and the newest it reads.
 pub const FORMAT_VERSION: Version = Version { major: 1, minor: 0 };
 
-/// Required-feature bits known to this reader (none are defined in 1.0).
-pub const KNOWN_REQUIRED_FEATURES: u32 = 0;
+/// The newest format version this crate reads.
+pub const READER_VERSION: Version = Version { major: 1, minor: 1 };
+
+/// Required-feature bits known to this reader: bit 0, the binary index of 1.1 (spec §16.1).
+pub const KNOWN_REQUIRED_FEATURES: u32 = crate::binindex::REQUIRED_BINARY_INDEX;
 
 pub const DEFAULT_ALIGNMENT: u32 = 64;
 pub const MIN_ALIGNMENT: u32 = 16;
@@ -401,11 +404,11 @@ impl Superblock {
             major: u16::from_le_bytes([b[8], b[9]]),
             minor: u16::from_le_bytes([b[10], b[11]]),
         };
-        if version.major != FORMAT_VERSION.major {
+        if version.major != READER_VERSION.major {
             return Err(Error::UnsupportedVersion {
                 path: path.into(),
                 found: version,
-                supported: FORMAT_VERSION,
+                supported: READER_VERSION,
             });
         }
         let required_features = u32_at(b, 12);
@@ -415,7 +418,7 @@ impl Superblock {
                 path: path.into(),
                 detail: format!(
                     "required feature flags {unknown:#010x} (file version {version}, \
-                     reader version {FORMAT_VERSION})"
+                     reader version {READER_VERSION})"
                 ),
             });
         }

@@ -345,6 +345,71 @@ pub(crate) fn parse_index(
     })
 }
 
+/// Runs `scan` over a JSON section of a 1.1 index (`what` names it in errors) and checks
+/// that nothing follows the value: the JSON rules of the spec's section 7 for one value.
+fn scan_section<'a, T>(
+    path: &str,
+    bytes: &'a [u8],
+    what: &str,
+    scan: impl FnOnce(&mut Scanner<'a>) -> JResult<T>,
+) -> Result<T> {
+    let mut s = Scanner::new(bytes, MAX_JSON_DEPTH);
+    let result = scan(&mut s).and_then(|v| s.end().map(|()| v));
+    result.map_err(|e| match e {
+        JsonError::TooDeep => Error::limit(
+            path,
+            format!("the nesting depth of the {what}"),
+            json_depth(bytes) as u64,
+            MAX_JSON_DEPTH as u64,
+        ),
+        JsonError::Invalid { at, detail } => Error::invalid_index(
+            path,
+            format!("the {what} is not valid JSON: {detail} (at byte {at} of its section)"),
+        ),
+    })
+}
+
+fn section_text(bytes: &[u8]) -> String {
+    std::str::from_utf8(bytes)
+        .expect("checked by the scanner")
+        .to_owned()
+}
+
+/// A JSON section (metadata) checked and returned as text.
+pub(crate) fn check_json_section(path: &str, bytes: &[u8], what: &str) -> Result<String> {
+    scan_section(path, bytes, what, |s| s.skip_value())?;
+    Ok(section_text(bytes))
+}
+
+/// The tree section checked as the spec's section 8 asks on open (an object or `null`,
+/// every `tensor` member a string): its text and the tensor names it refers to.
+pub(crate) fn check_tree_section(path: &str, bytes: &[u8]) -> Result<(String, Vec<String>)> {
+    let mut shape_ok = true;
+    let refs = scan_section(path, bytes, "tree", |s| {
+        let mut refs = Vec::new();
+        if !matches!(s.peek(), Some(b'{' | b'n')) {
+            shape_ok = false;
+            s.skip_value()?;
+            return Ok(refs);
+        }
+        tree_value(s, &mut refs)?;
+        Ok(refs)
+    })?;
+    if !shape_ok {
+        return Err(Error::invalid_index(
+            path,
+            "the tree is neither an object nor null",
+        ));
+    }
+    let refs = refs.into_iter().map(|(_, n)| n.into_owned()).collect();
+    Ok((section_text(bytes), refs))
+}
+
+/// The writer section: `{"name": …, "version": …}` (or `null`).
+pub(crate) fn check_writer_section(path: &str, bytes: &[u8]) -> Result<Option<WriterInfo>> {
+    scan_section(path, bytes, "writer", parse_writer)
+}
+
 /// Where a tree `"tensor"` node's name starts, and the name.
 type TreeRef<'a> = (usize, Cow<'a, str>);
 
@@ -616,6 +681,59 @@ fn validate_tensor(
     data_end: u64,
 ) -> Result<TensorInfo> {
     let name = rt.name;
+    let unsupported = |what: &str, value: &str| Error::UnsupportedFeature {
+        path: path.into(),
+        detail: format!("tensor {name:?} has {what} {value:?}"),
+    };
+    let dtype = DType::from_name(&rt.dtype).ok_or_else(|| unsupported("dtype", &rt.dtype))?;
+    let storage = match &*rt.storage {
+        "raw" => Storage::Raw,
+        "chunked" => Storage::Chunked,
+        other => return Err(unsupported("storage", other)),
+    };
+    let filter = Filter::from_name(&rt.filter).ok_or_else(|| unsupported("filter", &rt.filter))?;
+    let parts = TensorParts {
+        name,
+        dtype,
+        shape: rt.shape,
+        storage,
+        filter,
+        chunk_elems: rt.chunk_elems,
+    };
+    check_tensor(path, parts, &rt.chunks, None, alignment, data_end)
+}
+
+/// A tensor's description with its dtype, storage and filter known, before the rules
+/// of the spec's validation step 9 (shared by the 1.0 JSON index and the 1.1 binary one).
+pub(crate) struct TensorParts {
+    pub name: String,
+    pub dtype: DType,
+    pub shape: Vec<u64>,
+    pub storage: Storage,
+    pub filter: Filter,
+    pub chunk_elems: u64,
+}
+
+/// Checks one tensor against the spec's validation step 9 with `SUPERBLOCK_LEN..data_end`
+/// as the data region. `chunks` are `[offset, stored_length, crc32c, encoded]` as stored;
+/// `hashes`, if given, are their content hashes (format 1.1), one per chunk.
+pub(crate) fn check_tensor(
+    path: &str,
+    parts: TensorParts,
+    chunks: &[[u64; 4]],
+    hashes: Option<&[[u8; 16]]>,
+    alignment: u32,
+    data_end: u64,
+) -> Result<TensorInfo> {
+    let TensorParts {
+        name,
+        dtype,
+        shape,
+        storage,
+        filter,
+        chunk_elems,
+    } = parts;
+    debug_assert!(hashes.map_or(true, |h| h.len() == chunks.len()));
     let bad = |detail: String| Error::invalid_index(path, format!("tensor {name:?}: {detail}"));
     if name.len() > MAX_NAME_BYTES {
         return Err(Error::limit(
@@ -631,20 +749,15 @@ fn validate_tensor(
     if name.contains('\0') {
         return Err(bad("the name contains a NUL character".into()));
     }
-    let dtype = DType::from_name(&rt.dtype).ok_or_else(|| Error::UnsupportedFeature {
-        path: path.into(),
-        detail: format!("tensor {name:?} has dtype {:?}", rt.dtype),
-    })?;
-    if rt.shape.len() > MAX_RANK {
+    if shape.len() > MAX_RANK {
         return Err(Error::limit(
             path,
             format!("the rank of tensor {name:?}"),
-            rt.shape.len() as u64,
+            shape.len() as u64,
             MAX_RANK as u64,
         ));
     }
-    let nelems = rt
-        .shape
+    let nelems = shape
         .iter()
         .try_fold(1u64, |acc, &d| acc.checked_mul(d))
         .filter(|&n| n <= MAX_SAFE_INTEGER);
@@ -653,8 +766,7 @@ fn validate_tensor(
         .filter(|&n| n <= MAX_SAFE_INTEGER);
     let (Some(nelems), Some(nbytes)) = (nelems, nbytes) else {
         // The scanner saturates numbers too large for 64 bits: say so rather than print u64::MAX.
-        let dims: Vec<String> = rt
-            .shape
+        let dims: Vec<String> = shape
             .iter()
             .map(|&d| {
                 if d == u64::MAX {
@@ -670,20 +782,6 @@ fn validate_tensor(
         );
         return Err(Error::limit(path, what, u64::MAX, MAX_SAFE_INTEGER));
     };
-    let storage = match &*rt.storage {
-        "raw" => Storage::Raw,
-        "chunked" => Storage::Chunked,
-        other => {
-            return Err(Error::UnsupportedFeature {
-                path: path.into(),
-                detail: format!("tensor {name:?} has storage {other:?}"),
-            })
-        }
-    };
-    let filter = Filter::from_name(&rt.filter).ok_or_else(|| Error::UnsupportedFeature {
-        path: path.into(),
-        detail: format!("tensor {name:?} has filter {:?}", rt.filter),
-    })?;
     if !filter.applies_to(dtype) {
         return Err(bad(format!(
             "filter {} is not defined for dtype {dtype}",
@@ -693,7 +791,6 @@ fn validate_tensor(
     if storage == Storage::Raw && filter != Filter::None {
         return Err(bad("a raw tensor must have filter \"none\"".into()));
     }
-    let chunk_elems = rt.chunk_elems;
     if chunk_elems > MAX_SAFE_INTEGER {
         return Err(Error::limit(
             path,
@@ -728,22 +825,22 @@ fn validate_tensor(
             MAX_CHUNKS_PER_TENSOR as u64,
         ));
     }
-    if rt.chunks.len() as u64 != expected_chunks {
+    if chunks.len() as u64 != expected_chunks {
         return Err(bad(format!(
             "{} chunks listed, but {nelems} elements in chunks of {chunk_elems} need {expected_chunks}",
-            rt.chunks.len()
+            chunks.len()
         )));
     }
     let mut info = TensorInfo {
         name: String::new(),
         dtype,
-        shape: rt.shape,
+        shape,
         storage,
         filter,
         chunk_elems,
-        chunks: Vec::with_capacity(rt.chunks.len()),
+        chunks: Vec::with_capacity(chunks.len()),
     };
-    for (i, c) in rt.chunks.iter().enumerate() {
+    for (i, c) in chunks.iter().enumerate() {
         let [offset, stored_len, crc, encoded] = *c;
         let decoded = info.chunk_decoded_len(i);
         let end = offset.checked_add(stored_len);
@@ -794,7 +891,7 @@ fn validate_tensor(
             stored_len,
             crc32c: crc as u32,
             encoded,
-            hash: None,
+            hash: hashes.map(|h| h[i]),
         });
     }
     info.name = name;

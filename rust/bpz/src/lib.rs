@@ -23,6 +23,7 @@
 
 pub mod alloc;
 pub mod binindex;
+mod binindex_read;
 mod binindex_write;
 pub mod codec;
 pub mod error;
@@ -41,5 +42,8 @@ pub use error::{Error, Result, Version};
 pub use format::{
     ChunkInfo, DType, Filter, Storage, Superblock, TensorInfo, Trailer, WriterInfo, FORMAT_VERSION,
 };
-pub use read::{Backend, FileSource, Reader, Source, VerifyOptions, VerifyReport, View};
+pub use read::{
+    Backend, FileSource, Reader, Recovery, Source, VerifyOptions, VerifyReport, VersionInfo,
+    VersionSelector, View,
+};
 pub use write::{Compression, FormatVersion, Summary, TensorOptions, Writer, WriterOptions};

@@ -15,6 +15,9 @@ use crate::alloc;
 pub use crate::alloc::{
     memory_available, try_zeroed_vec, Zeroed, MEMORY_CHECK_MIN, MEMORY_CHECK_VAR,
 };
+use crate::binindex::REQUIRED_BINARY_INDEX;
+use crate::binindex_read::{self, BinIndex, Ctx, Tail};
+pub use crate::binindex_read::{Recovery, VersionInfo, VersionSelector};
 use crate::codec;
 use crate::error::{Error, Result, Version};
 use crate::format::*;
@@ -39,6 +42,12 @@ pub trait Source: Send + Sync {
     /// A hint: the reader is about to read these byte ranges, each once, from several
     /// threads. A remote source fetches them together, ahead of the reads.
     fn prefetch(&self, _ranges: &[Range<u64>]) {}
+    /// Whether each read is a round trip to another machine (an object store, HTTP): then
+    /// opening reads the file's tail first and, for a 1.1 archive whose tail holds the
+    /// index head, takes the superblock from its copy there (one read instead of two).
+    fn is_remote(&self) -> bool {
+        false
+    }
     /// Fills `bufs`, one after the other, with the bytes from `offset` on: a scattered read,
     /// in one system call where the source can.
     fn read_exact_vectored_at(&self, mut offset: u64, bufs: &mut [&mut [u8]]) -> io::Result<()> {
@@ -168,9 +177,6 @@ impl Source for FileSource {
     }
 }
 
-/// Bytes read from the end of a file on open: the trailer and, for most archives, the index.
-const TAIL_READ_BYTES: u64 = 64 << 10;
-
 fn is_a_directory() -> io::Error {
     #[cfg(unix)]
     return io::Error::from_raw_os_error(21); // EISDIR on Linux and the BSDs
@@ -253,7 +259,7 @@ impl PartialEq<&[u8]> for View {
     }
 }
 
-/// An open archive. Cheap to share between threads (`&Reader` is `Sync`).
+/// An open archive — one version of it. Cheap to share between threads (`&Reader` is `Sync`).
 pub struct Reader {
     /// Where every copying read and every check reads from: positioned reads of the file
     /// with either backend, so that a file truncated under an open archive gives
@@ -264,105 +270,156 @@ pub struct Reader {
     map: Option<Arc<Mmap>>,
     path: String,
     superblock: Superblock,
+    /// The opened version's trailer.
     trailer: Trailer,
-    tensors: Vec<TensorInfo>,
-    by_name: foldhash::HashMap<String, usize>,
-    tree_json: String,
-    metadata_json: String,
-    writer: Option<WriterInfo>,
+    catalog: Catalog,
+    /// Every version of the file, oldest first.
+    versions: Vec<VersionInfo>,
+    /// The opened one's place in `versions`.
+    selected: usize,
+    recovered: Option<Recovery>,
     parallel: bool,
+}
+
+/// The opened version's index: a 1.0 JSON index, validated whole on open, or a 1.1
+/// binary index, read as it is used.
+enum Catalog {
+    Json(Index),
+    Binary(Box<BinIndex>),
+}
+
+/// What [`read_structure`] found.
+struct Structure {
+    superblock: Superblock,
+    trailer: Trailer,
+    catalog: Catalog,
+    versions: Vec<VersionInfo>,
+    selected: usize,
+    recovered: Option<Recovery>,
 }
 
 impl std::fmt::Debug for Reader {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Reader")
             .field("path", &self.path)
-            .field("tensors", &self.tensors.len())
+            .field("version", &self.version_number())
+            .field("tensors", &self.tensor_count())
             .finish()
     }
 }
 
 impl Reader {
-    /// Opens `path` with the mmap backend.
+    /// Opens the latest version of `path` with the mmap backend.
     pub fn open(path: impl AsRef<Path>) -> Result<Reader> {
         Reader::open_with(path, Backend::Mmap)
     }
 
+    /// Opens the latest version of `path`.
     pub fn open_with(path: impl AsRef<Path>, backend: Backend) -> Result<Reader> {
+        Reader::open_version(path, backend, VersionSelector::Latest)
+    }
+
+    /// Opens version `which` of `path` (a version not in the file is
+    /// [`Error::InvalidArgument`] naming the versions present).
+    pub fn open_version(
+        path: impl AsRef<Path>,
+        backend: Backend,
+        which: VersionSelector,
+    ) -> Result<Reader> {
         let label = path.as_ref().display().to_string();
         let file = File::open(path.as_ref()).map_err(|e| Error::io(&label, e))?;
         let meta = file.metadata().map_err(|e| Error::io(&label, e))?;
         if meta.is_dir() {
             return Err(Error::io(&label, is_a_directory()));
         }
-        match backend {
-            Backend::Mmap => {
-                // The structure is read with positioned reads, not through the map: touching
-                // the map would fault its pages in, and every open would pay for that again
-                // when the map is torn down.
-                let src = FileSource {
-                    file,
-                    len: meta.len(),
-                };
-                let (superblock, trailer, index) = read_structure(&src, &label)?;
-                let len = usize::try_from(meta.len())
-                    .map_err(|_| Error::io(&label, io::ErrorKind::OutOfMemory.into()))?;
-                // SAFETY: the map is read-only and only zero-copy views read it. bpz writers
-                // never modify a file in place (they rename a new file over it), so its bytes
-                // are stable; a third party truncating it makes a view fault (documented).
-                // The length is known: saves memmap2 another stat.
-                let map = unsafe { memmap2::MmapOptions::new().len(len).map(&src.file) }
-                    .map_err(|e| Error::io(&label, e))?;
-                let mut r = Reader::assemble(Arc::new(src), label, superblock, trailer, index);
-                r.map = Some(Arc::new(map));
-                Ok(r)
-            }
-            Backend::Pread => {
-                let src = FileSource {
-                    file,
-                    len: meta.len(),
-                };
-                Reader::from_source_labeled(Arc::new(src), label)
-            }
+        let src = Arc::new(FileSource {
+            file,
+            len: meta.len(),
+        });
+        // The structure is read with positioned reads, not through the map: touching the
+        // map would fault its pages in, and every open would pay for that again when the
+        // map is torn down.
+        let source: Arc<dyn Source> = src.clone();
+        let structure = read_structure(&source, &label, which)?;
+        let mut r = Reader::assemble(source, label, structure);
+        if backend == Backend::Mmap {
+            let len = usize::try_from(meta.len())
+                .map_err(|_| Error::io(&r.path, io::ErrorKind::OutOfMemory.into()))?;
+            // SAFETY: the map is read-only and only zero-copy views read it. bpz writers
+            // never modify committed bytes (a save renames a new file over the old one, an
+            // append writes past the end), so the bytes a view shows are stable; a third
+            // party truncating the file makes a view fault (documented). The length is
+            // known: saves memmap2 another stat.
+            let map = unsafe { memmap2::MmapOptions::new().len(len).map(&src.file) }
+                .map_err(|e| Error::io(&r.path, e))?;
+            r.map = Some(Arc::new(map));
         }
+        Ok(r)
     }
 
-    /// Opens an archive held in memory.
+    /// Opens an archive held in memory (its latest version).
     pub fn from_bytes(bytes: Vec<u8>) -> Result<Reader> {
         Reader::from_source_labeled(Arc::new(bytes), "<memory>".into())
     }
 
-    /// Opens an archive from any [`Source`]; `label` names it in errors.
+    /// Opens the latest version of an archive from any [`Source`]; `label` names it in errors.
     pub fn from_source_labeled(source: Arc<dyn Source>, label: String) -> Result<Reader> {
-        let (superblock, trailer, index) = read_structure(&*source, &label)?;
-        Ok(Reader::assemble(source, label, superblock, trailer, index))
+        Reader::from_source_version(source, label, VersionSelector::Latest)
     }
 
-    fn assemble(
+    /// Opens version `which` of an archive from any [`Source`].
+    pub fn from_source_version(
         source: Arc<dyn Source>,
-        path: String,
-        superblock: Superblock,
-        trailer: Trailer,
-        index: Index,
-    ) -> Reader {
-        let Index {
-            tensors,
-            by_name,
-            tree_json,
-            metadata_json,
-            writer,
-        } = index;
+        label: String,
+        which: VersionSelector,
+    ) -> Result<Reader> {
+        let structure = read_structure(&source, &label, which)?;
+        Ok(Reader::assemble(source, label, structure))
+    }
+
+    /// Another version of the same file, as this reader saw it when it was opened (the
+    /// same versions, even if the file was appended to since), sharing its source and map.
+    pub fn at_version(&self, which: VersionSelector) -> Result<Reader> {
+        let k = which.pick(&self.path, &self.versions)?;
+        let catalog = match &self.catalog {
+            Catalog::Binary(ix) => {
+                Catalog::Binary(Box::new(ix.sibling(&self.versions, k, false)?))
+            }
+            Catalog::Json(_) => {
+                // One version: this one, parsed again.
+                let again = read_structure(&self.source, &self.path, VersionSelector::Latest)?;
+                again.catalog
+            }
+        };
+        let trailer = match &catalog {
+            Catalog::Binary(ix) => ix.trailer(),
+            Catalog::Json(_) => self.trailer,
+        };
+        Ok(Reader {
+            source: self.source.clone(),
+            map: self.map.clone(),
+            path: self.path.clone(),
+            superblock: self.superblock,
+            trailer,
+            catalog,
+            versions: self.versions.clone(),
+            selected: k,
+            recovered: self.recovered,
+            parallel: self.parallel,
+        })
+    }
+
+    fn assemble(source: Arc<dyn Source>, path: String, s: Structure) -> Reader {
         Reader {
             source,
             map: None,
             path,
-            superblock,
-            trailer,
-            tensors,
-            by_name,
-            tree_json,
-            metadata_json,
-            writer,
+            superblock: s.superblock,
+            trailer: s.trailer,
+            catalog: s.catalog,
+            versions: s.versions,
+            selected: s.selected,
+            recovered: s.recovered,
             parallel: true,
         }
     }
@@ -379,75 +436,155 @@ impl Reader {
     pub fn path(&self) -> &str {
         &self.path
     }
+    /// The format version in the superblock (1.0, 1.1, …), not a version of the contents:
+    /// see [`version_number`](Self::version_number).
     pub fn version(&self) -> Version {
         self.superblock.version
     }
     pub fn superblock(&self) -> &Superblock {
         &self.superblock
     }
+    /// The opened version's trailer (where its index is).
     pub fn trailer(&self) -> &Trailer {
         &self.trailer
     }
+    /// The file's length when it was opened (an unfinished append included).
     pub fn file_len(&self) -> u64 {
         self.source.len()
     }
-    pub fn tensors(&self) -> &[TensorInfo] {
-        &self.tensors
+    /// Every version of the file, oldest first (a 1.0 file has one, number 1).
+    pub fn versions(&self) -> &[VersionInfo] {
+        &self.versions
+    }
+    /// The number of the version this reader reads.
+    pub fn version_number(&self) -> u64 {
+        self.versions[self.selected].number
+    }
+    /// The version this reader reads.
+    pub fn version_info(&self) -> &VersionInfo {
+        &self.versions[self.selected]
+    }
+    /// `Some` if the file ends in an unfinished append (a writer was killed, or is writing
+    /// one now) that opening skipped: the file is not intact, though every committed
+    /// version reads correctly. The next append truncates it.
+    pub fn recovered(&self) -> Option<Recovery> {
+        self.recovered
+    }
+    /// How many tensors the opened version has (known on open, without a listing).
+    pub fn tensor_count(&self) -> usize {
+        match &self.catalog {
+            Catalog::Json(ix) => ix.tensors.len(),
+            Catalog::Binary(ix) => ix.tensor_count(),
+        }
+    }
+    /// Every tensor, in the order they were saved. A 1.1 index is read and checked whole on
+    /// the first call (the spec's listing rules), which can fail on a damaged file.
+    pub fn tensors(&self) -> Result<&[TensorInfo]> {
+        match &self.catalog {
+            Catalog::Json(ix) => Ok(&ix.tensors),
+            Catalog::Binary(ix) => ix.tensors(),
+        }
     }
     /// The pytree skeleton (spec, "Tree") exactly as stored: a JSON object, or `null`.
-    pub fn tree_json(&self) -> &str {
-        &self.tree_json
+    /// (In a 1.1 file it is read and checked on the first call.)
+    pub fn tree_json(&self) -> Result<&str> {
+        match &self.catalog {
+            Catalog::Json(ix) => Ok(&ix.tree_json),
+            Catalog::Binary(ix) => ix.tree_json(),
+        }
     }
-    /// The user metadata exactly as stored (any JSON value; `null` if none).
-    pub fn metadata_json(&self) -> &str {
-        &self.metadata_json
+    /// The opened version's user metadata exactly as stored (any JSON value; `null` if
+    /// none).
+    pub fn metadata_json(&self) -> Result<&str> {
+        match &self.catalog {
+            Catalog::Json(ix) => Ok(&ix.metadata_json),
+            Catalog::Binary(ix) => ix.metadata_json(),
+        }
+    }
+    /// The metadata of version `number` of the file, without opening it as a reader.
+    pub fn version_metadata_json(&self, number: u64) -> Result<String> {
+        let k = VersionSelector::Number(number).pick(&self.path, &self.versions)?;
+        if k == self.selected {
+            return self.metadata_json().map(str::to_owned);
+        }
+        match &self.catalog {
+            Catalog::Binary(ix) => Ok(ix
+                .sibling(&self.versions, k, false)?
+                .metadata_json()?
+                .to_owned()),
+            Catalog::Json(_) => unreachable!("a 1.0 file has one version"),
+        }
     }
     /// The pytree skeleton as a JSON value (built on each call).
     pub fn tree(&self) -> Result<Value> {
-        self.json_value(&self.tree_json)
+        self.json_value(self.tree_json()?)
     }
     /// The user metadata as a JSON value (built on each call).
     pub fn metadata(&self) -> Result<Value> {
-        self.json_value(&self.metadata_json)
+        self.json_value(self.metadata_json()?)
     }
     fn json_value(&self, text: &str) -> Result<Value> {
-        // The text passed the index checks on open; this can only fail for want of memory.
+        // The text passed the index checks; this can only fail for want of memory.
         let mut de = serde_json::Deserializer::from_str(text);
         de.disable_recursion_limit();
         serde::Deserialize::deserialize(&mut de)
             .map_err(|e| Error::invalid_index(&self.path, e.to_string()))
     }
-    pub fn writer(&self) -> Option<&WriterInfo> {
-        self.writer.as_ref()
+    /// Who wrote the opened version, if the index says.
+    pub fn writer(&self) -> Result<Option<&WriterInfo>> {
+        match &self.catalog {
+            Catalog::Json(ix) => Ok(ix.writer.as_ref()),
+            Catalog::Binary(ix) => ix.writer(),
+        }
     }
     /// The memory map, for bindings that hand out views which must outlive the reader.
     pub fn mapping(&self) -> Option<&Arc<Mmap>> {
         self.map.as_ref()
     }
 
+    fn not_found(&self, name: &str) -> Error {
+        Error::TensorNotFound {
+            path: self.path.clone(),
+            name: name.into(),
+        }
+    }
+
+    /// The tensor `name`. In a 1.1 file, a binary search of the index that reads
+    /// O(log n) small blocks of it, each record on the way checked.
     pub fn tensor(&self, name: &str) -> Result<&TensorInfo> {
-        Ok(&self.tensors[self.position(name)?])
+        match &self.catalog {
+            Catalog::Json(ix) => ix.by_name.get(name).map(|&k| &ix.tensors[k]),
+            Catalog::Binary(ix) => ix.lookup(name)?.map(|(_, t)| t),
+        }
+        .ok_or_else(|| self.not_found(name))
     }
 
     /// The position of tensor `name` in [`tensors`](Self::tensors): one lookup, after which
     /// the `*_at` methods take the position.
     pub fn position(&self, name: &str) -> Result<usize> {
-        self.by_name
-            .get(name)
-            .copied()
-            .ok_or_else(|| Error::TensorNotFound {
-                path: self.path.clone(),
-                name: name.into(),
-            })
+        match &self.catalog {
+            Catalog::Json(ix) => ix.by_name.get(name).copied(),
+            Catalog::Binary(ix) => ix.lookup(name)?.map(|(k, _)| k),
+        }
+        .ok_or_else(|| self.not_found(name))
     }
 
     /// The tensor at `index` of [`tensors`](Self::tensors), or an error naming the count.
+    /// (A tensor found by name before needs no listing of a 1.1 index.)
     pub fn tensor_at(&self, index: usize) -> Result<&TensorInfo> {
-        self.tensors.get(index).ok_or_else(|| {
+        let known = match &self.catalog {
+            Catalog::Json(ix) => ix.tensors.get(index),
+            Catalog::Binary(ix) if index < ix.tensor_count() => match ix.known_at(index) {
+                Some(t) => Some(t),
+                None => ix.tensors()?.get(index),
+            },
+            Catalog::Binary(_) => None,
+        };
+        known.ok_or_else(|| {
             Error::InvalidArgument(format!(
                 "{}: no tensor {index} (the archive has {})",
                 self.path,
-                self.tensors.len()
+                self.tensor_count()
             ))
         })
     }
@@ -496,9 +633,10 @@ impl Reader {
 
     /// Reads every tensor, in index order (see [`read_many`](Self::read_many)).
     pub fn read_all(&self) -> Result<Vec<Vec<u8>>> {
+        let tensors = self.tensors()?;
         self.read_infos(
-            self.tensors.iter().collect(),
-            &format!("its {} tensors", self.tensors.len()),
+            tensors.iter().collect(),
+            &format!("its {} tensors", tensors.len()),
             try_zeroed_vec,
         )
     }
@@ -517,9 +655,10 @@ impl Reader {
     /// [`read_all`](Self::read_all) into [`Zeroed`] buffers: what a binding hands out
     /// without a copy (large ones are huge-page maps, see [`Zeroed::new`]).
     pub fn read_all_zeroed(&self) -> Result<Vec<Zeroed>> {
+        let tensors = self.tensors()?;
         self.read_infos(
-            self.tensors.iter().collect(),
-            &format!("its {} tensors", self.tensors.len()),
+            tensors.iter().collect(),
+            &format!("its {} tensors", tensors.len()),
             Zeroed::new,
         )
     }
@@ -576,15 +715,16 @@ impl Reader {
     /// its byte size): for callers that allocate their own buffers (and check the memory
     /// with [`ensure_memory`](Self::ensure_memory) once for all of them).
     pub fn read_all_into(&self, outs: Vec<&mut [u8]>) -> Result<()> {
-        if outs.len() != self.tensors.len() {
+        let tensors = self.tensors()?;
+        if outs.len() != tensors.len() {
             return Err(Error::InvalidArgument(format!(
                 "{}: {} buffers for {} tensors",
                 self.path,
                 outs.len(),
-                self.tensors.len()
+                tensors.len()
             )));
         }
-        let requests: Vec<(&TensorInfo, &mut [u8])> = self.tensors.iter().zip(outs).collect();
+        let requests: Vec<(&TensorInfo, &mut [u8])> = tensors.iter().zip(outs).collect();
         for (t, out) in &requests {
             self.check_out_len(t, out.len() as u64, t.nbytes())?;
         }
@@ -1007,22 +1147,28 @@ impl Reader {
     /// if their decoded size is within the budget (else [`Error::LimitExceeded`] before
     /// any is decoded): a small valid file can declare terabytes of zeros.
     pub fn verify_with(&self, opts: &VerifyOptions) -> Result<VerifyReport> {
-        let decoded_bytes: u64 = self.tensors.iter().map(|t| t.nbytes()).sum();
+        let tensors = match &self.catalog {
+            Catalog::Binary(ix) => return self.verify_versions(ix, opts),
+            Catalog::Json(ix) => &ix.tensors,
+        };
+        let decoded_bytes: u64 = tensors.iter().map(|t| t.nbytes()).sum();
         if opts.decode {
-            let encoded: u64 = self.tensors.iter().map(encoded_decoded_bytes).sum();
+            let encoded: u64 = tensors.iter().map(encoded_decoded_bytes).sum();
             self.check_decode_budget(opts, encoded, "its compressed chunks")?;
         }
         self.verify_structure()?;
-        for t in &self.tensors {
+        for t in tensors {
             self.verify_info(t, opts.decode)?;
         }
         self.verify_padding()?;
         Ok(VerifyReport {
-            tensors: self.tensors.len(),
-            chunks: self.tensors.iter().map(|t| t.chunks.len()).sum(),
-            stored_bytes: self.tensors.iter().map(|t| t.stored_bytes()).sum(),
+            tensors: tensors.len(),
+            chunks: tensors.iter().map(|t| t.chunks.len()).sum(),
+            stored_bytes: tensors.iter().map(|t| t.stored_bytes()).sum(),
             decoded_bytes,
             decoded: opts.decode,
+            versions: 1,
+            recovered: None,
         })
     }
 
@@ -1095,10 +1241,14 @@ impl Reader {
                 actual: crc,
             });
         }
-        // Positioned reads past the end would say so too, but a file cut inside
-        // padding or grown since is worth naming.
+        self.check_not_cut(self.file_len())
+    }
+
+    /// Positioned reads past the end would say so too, but a file cut inside padding is
+    /// worth naming. (It may have grown: an append.)
+    fn check_not_cut(&self, committed_end: u64) -> Result<()> {
         if let Some(now) = self.source.current_len() {
-            if now < self.file_len() {
+            if now < committed_end {
                 return Err(Error::Truncated {
                     path: self.path.clone(),
                     detail: format!(
@@ -1221,15 +1371,35 @@ pub struct VerifyOptions {
     pub max_decoded_bytes: Option<u64>,
 }
 
-/// Reads and checks superblock, trailer and index (the spec's validation on open).
-fn read_structure(source: &dyn Source, path: &str) -> Result<(Superblock, Trailer, Index)> {
+/// Reads and checks the superblock, the trailer and the index of version `which` (the
+/// spec's validation on open): a 1.0 JSON index whole, a 1.1 binary index's head.
+fn read_structure(
+    source: &Arc<dyn Source>,
+    path: &str,
+    which: VersionSelector,
+) -> Result<Structure> {
     let len = source.len();
+    let mut tail: Option<Arc<Tail>> = None;
+    if source.is_remote() && len > TRAILER_LEN as u64 {
+        // One round trip: the tail holds the trailer, and in a 1.1 file the index head
+        // with its copy of the superblock.
+        let t = Arc::new(Tail::read(&**source, path)?);
+        if let Some((superblock, copy)) = binindex_read::superblock_copy_in_tail(path, &t, len) {
+            // The copy is compared with the file's first bytes on verification.
+            let _ = copy;
+            return open_binary(source, path, superblock, None, t, which);
+        }
+        tail = Some(t);
+    }
     let head_len = len.min(SUPERBLOCK_LEN as u64) as usize;
-    let mut head = vec![0u8; head_len];
-    source
-        .read_exact_at(0, &mut head)
-        .map_err(|e| Error::io(path, e))?;
-    let superblock = Superblock::decode(path, &head, len)?;
+    let mut head = [0u8; SUPERBLOCK_LEN];
+    match tail.as_ref().and_then(|t| t.get(0, head_len as u64)) {
+        Some(b) => head[..head_len].copy_from_slice(b),
+        None => source
+            .read_exact_at(0, &mut head[..head_len])
+            .map_err(|e| Error::io(path, e))?,
+    }
+    let superblock = Superblock::decode(path, &head[..head_len], len)?;
     let min_len = (SUPERBLOCK_LEN + TRAILER_LEN) as u64;
     if len < min_len {
         return Err(Error::Truncated {
@@ -1241,36 +1411,41 @@ fn read_structure(source: &dyn Source, path: &str) -> Result<(Superblock, Traile
     }
     // One read for the trailer and, usually, the index before it: on a cold cache every
     // read is a disk round trip.
-    let tail_len = len.min(TAIL_READ_BYTES);
-    let mut tail = vec![0u8; tail_len as usize];
-    source
-        .read_exact_at(len - tail_len, &mut tail)
-        .map_err(|e| Error::io(path, e))?;
-    let trailer_bytes: &[u8; TRAILER_LEN] = tail[tail.len() - TRAILER_LEN..]
+    let tail = match tail {
+        Some(t) => t,
+        None => Arc::new(Tail::read(&**source, path)?),
+    };
+    if superblock.required_features & REQUIRED_BINARY_INDEX != 0 {
+        return open_binary(source, path, superblock, Some(head), tail, which);
+    }
+    let trailer_bytes: &[u8; TRAILER_LEN] = tail.bytes[tail.bytes.len() - TRAILER_LEN..]
         .try_into()
         .expect("TRAILER_LEN bytes");
     let trailer = Trailer::decode(path, trailer_bytes, len)?;
     let owned_index;
     let index: &[u8] = match source.as_slice() {
-        // A map's index is parsed in place.
-        Some(map) => {
-            &map[trailer.index_offset as usize..(trailer.index_offset + trailer.index_len) as usize]
+        // An index in memory is parsed in place.
+        Some(memory) => {
+            &memory
+                [trailer.index_offset as usize..(trailer.index_offset + trailer.index_len) as usize]
         }
         // The trailer check placed the index right before the trailer.
-        None if trailer.index_len + TRAILER_LEN as u64 <= tail_len => {
-            &tail[tail.len() - TRAILER_LEN - trailer.index_len as usize..tail.len() - TRAILER_LEN]
-        }
-        None => {
-            let mut buf = usize::try_from(trailer.index_len)
-                .ok()
-                .and_then(try_zeroed_vec)
-                .ok_or_else(|| Error::out_of_memory(path, trailer.index_len, "for the index"))?;
-            source
-                .read_exact_at(trailer.index_offset, &mut buf)
-                .map_err(|e| Error::io(path, e))?;
-            owned_index = buf;
-            &owned_index
-        }
+        None => match tail.get(trailer.index_offset, trailer.index_len) {
+            Some(b) => b,
+            None => {
+                let mut buf = usize::try_from(trailer.index_len)
+                    .ok()
+                    .and_then(try_zeroed_vec)
+                    .ok_or_else(|| {
+                        Error::out_of_memory(path, trailer.index_len, "for the index")
+                    })?;
+                source
+                    .read_exact_at(trailer.index_offset, &mut buf)
+                    .map_err(|e| Error::io(path, e))?;
+                owned_index = buf;
+                &owned_index
+            }
+        },
     };
     let actual = crc32c::crc32c(index);
     if actual != trailer.index_crc32c {
@@ -1282,27 +1457,86 @@ fn read_structure(source: &dyn Source, path: &str) -> Result<(Superblock, Traile
         });
     }
     let index = parse_index(path, index, superblock.alignment, trailer.index_offset)?;
-    Ok((superblock, trailer, index))
+    let versions = vec![VersionInfo {
+        number: 1,
+        time_ns: 0,
+        data_start: SUPERBLOCK_LEN as u64,
+        index_offset: trailer.index_offset,
+        index_length: trailer.index_len,
+        index_crc: trailer.index_crc32c,
+        bytes_added: len - SUPERBLOCK_LEN as u64,
+    }];
+    let selected = which.pick(path, &versions)?;
+    Ok(Structure {
+        superblock,
+        trailer,
+        catalog: Catalog::Json(index),
+        versions,
+        selected,
+        recovered: None,
+    })
+}
+
+/// [`read_structure`] of a file with a binary index (spec §16).
+fn open_binary(
+    source: &Arc<dyn Source>,
+    path: &str,
+    superblock: Superblock,
+    first_bytes: Option<[u8; SUPERBLOCK_LEN]>,
+    tail: Arc<Tail>,
+    which: VersionSelector,
+) -> Result<Structure> {
+    let ctx = Ctx {
+        source,
+        path,
+        alignment: superblock.alignment,
+        superblock: first_bytes,
+        tail: &tail,
+    };
+    let opened = binindex_read::open(&ctx, which)?;
+    Ok(Structure {
+        superblock,
+        trailer: opened.index.trailer(),
+        catalog: Catalog::Binary(Box::new(opened.index)),
+        versions: opened.versions,
+        selected: opened.selected,
+        recovered: opened.recovered,
+    })
 }
 
 impl Reader {
     /// Bytes of the data region outside every chunk (alignment padding) must
-    /// be zero, so that no byte of the file can change unnoticed.
+    /// be zero, so that no byte of the file can change unnoticed. In a 1.1 file, the data
+    /// region of every version (spec §16.5, "Verify").
     pub fn verify_padding(&self) -> Result<()> {
-        let mut extents: Vec<(u64, u64)> = self
-            .tensors
-            .iter()
-            .flat_map(|t| t.chunks.iter().map(|c| (c.offset, c.offset + c.stored_len)))
+        match &self.catalog {
+            Catalog::Json(ix) => self.check_zero_gaps(
+                SUPERBLOCK_LEN as u64..self.trailer.index_offset,
+                ix.tensors.iter().flat_map(|t| t.chunks.iter()),
+            ),
+            Catalog::Binary(ix) => {
+                let indexes = self.reopen_versions(ix)?;
+                self.check_versions_padding(&indexes)
+            }
+        }
+    }
+
+    /// The bytes of `region` outside every chunk among `chunks` must be zero.
+    fn check_zero_gaps<'a>(
+        &self,
+        region: Range<u64>,
+        chunks: impl Iterator<Item = &'a ChunkInfo>,
+    ) -> Result<()> {
+        let mut extents: Vec<(u64, u64)> = chunks
+            .map(|c| (c.offset, c.offset + c.stored_len))
+            .filter(|&(start, end)| start < region.end && end > region.start)
             .collect();
         extents.sort_unstable();
-        let mut pos = SUPERBLOCK_LEN as u64;
+        let mut pos = region.start;
         // A gap can be as long as the file (a hostile, sparse one): check it in blocks.
         const BLOCK: u64 = 1 << 20;
         let mut buf = Vec::new();
-        for (start, end) in extents
-            .into_iter()
-            .chain([(self.trailer.index_offset, self.trailer.index_offset)])
-        {
+        for (start, end) in extents.into_iter().chain([(region.end, region.end)]) {
             let mut at = pos;
             while at < start {
                 let n = (start - at).min(BLOCK);
@@ -1327,6 +1561,173 @@ impl Reader {
         }
         Ok(())
     }
+
+    /// Every version's index, read again from the file and checked whole (each version's
+    /// trailer, head, sections, listing rules, tree, metadata and writer).
+    fn reopen_versions(&self, ix: &BinIndex) -> Result<Vec<BinIndex>> {
+        let mut indexes = Vec::with_capacity(self.versions.len());
+        for (k, v) in self.versions.iter().enumerate() {
+            let expected = Trailer {
+                index_offset: v.index_offset,
+                index_len: v.index_length,
+                index_crc32c: v.index_crc,
+            }
+            .encode();
+            let mut tail = [0u8; TRAILER_LEN];
+            self.read_at(v.end() - TRAILER_LEN as u64, &mut tail)?;
+            if tail != expected {
+                return Err(Error::ChecksumMismatch {
+                    path: self.path.clone(),
+                    part: format!(
+                        "the trailer of version {} (it differs from what the latest index \
+                         records, or changed since the archive was opened)",
+                        v.number
+                    ),
+                    expected: crc32c::crc32c(&expected),
+                    actual: crc32c::crc32c(&tail),
+                });
+            }
+            let index = ix.sibling(&self.versions, k, true)?;
+            index.tensors()?;
+            index.metadata_json()?;
+            index.writer()?;
+            indexes.push(index);
+        }
+        Ok(indexes)
+    }
+
+    /// The padding rule per version, and nothing between one version's trailer and the
+    /// next one's data.
+    fn check_versions_padding(&self, indexes: &[BinIndex]) -> Result<()> {
+        let mut previous_end = SUPERBLOCK_LEN as u64;
+        for (index, v) in indexes.iter().zip(&self.versions) {
+            self.check_zero_gaps(previous_end..v.data_start, std::iter::empty())?;
+            let tensors = index.tensors()?;
+            self.check_zero_gaps(
+                index.data_range(),
+                tensors.iter().flat_map(|t| t.chunks.iter()),
+            )?;
+            previous_end = v.end();
+        }
+        Ok(())
+    }
+
+    /// [`verify_with`](Self::verify_with) of a 1.1 file: every version.
+    fn verify_versions(&self, ix: &BinIndex, opts: &VerifyOptions) -> Result<VerifyReport> {
+        let mut first = [0u8; SUPERBLOCK_LEN];
+        self.read_at(0, &mut first)?;
+        if Superblock::decode(&self.path, &first, self.file_len())? != self.superblock {
+            return Err(Error::CorruptData {
+                path: self.path.clone(),
+                part: "the superblock".into(),
+                detail: "it changed since the archive was opened".into(),
+            });
+        }
+        if first != ix.head.superblock {
+            return Err(Error::invalid_index(
+                &self.path,
+                "the superblock copy in the index head differs from the file's first 64 bytes",
+            ));
+        }
+        let indexes = self.reopen_versions(ix)?;
+        // Each stored chunk once, however many tensors and versions share it (and once per
+        // way of reading it, should two records disagree).
+        let mut claims: Vec<(&TensorInfo, usize)> = Vec::new();
+        for index in &indexes {
+            for t in index.tensors()? {
+                claims.extend((0..t.chunks.len()).map(|i| (t, i)));
+            }
+        }
+        let key = |&(t, i): &(&TensorInfo, usize)| {
+            let c = &t.chunks[i];
+            (
+                c.offset,
+                c.stored_len,
+                c.crc32c,
+                c.encoded,
+                c.hash,
+                t.filter.code(),
+                t.dtype.size(),
+                t.chunk_decoded_len(i),
+            )
+        };
+        claims.sort_unstable_by_key(key);
+        claims.dedup_by(|b, a| key(a) == key(b));
+        if opts.decode {
+            let encoded: u64 = claims
+                .iter()
+                .filter(|(t, i)| t.chunks[*i].encoded)
+                .map(|(t, i)| t.chunk_decoded_len(*i))
+                .sum();
+            self.check_decode_budget(opts, encoded, "its compressed chunks")?;
+        }
+        let check = |&(t, i): &(&TensorInfo, usize)| self.verify_chunk(t, i, opts.decode);
+        if self.parallel && claims.len() > 1 {
+            claims.par_iter().try_for_each(check)?;
+        } else {
+            claims.iter().try_for_each(check)?;
+        }
+        self.check_versions_padding(&indexes)?;
+        self.check_not_cut(self.versions.last().map_or(0, VersionInfo::end))?;
+        let tensors = self.tensors()?;
+        Ok(VerifyReport {
+            tensors: tensors.len(),
+            chunks: claims.len(),
+            stored_bytes: claims.iter().map(|(t, i)| t.chunks[*i].stored_len).sum(),
+            decoded_bytes: tensors.iter().map(|t| t.nbytes()).sum(),
+            decoded: opts.decode,
+            versions: self.versions.len(),
+            recovered: self.recovered,
+        })
+    }
+
+    /// One chunk: its crc32c, and the content hash of its decoded bytes where they are at
+    /// hand (a plain chunk, or an encoded one decoded on request).
+    fn verify_chunk(&self, t: &TensorInfo, i: usize, decode: bool) -> Result<()> {
+        let c = &t.chunks[i];
+        self.with_stored(t, i, |stored| {
+            self.check_crc(t, i, stored)?;
+            if !c.encoded {
+                return self.check_hash(t, i, stored);
+            }
+            if !decode {
+                return Ok(());
+            }
+            let decoded = t.chunk_decoded_len(i);
+            codec::with_scratch(codec::Scratch::Chunk, decoded as usize, |sink| {
+                self.decode_stored(t, i, stored, 0..decoded, sink)?;
+                self.check_hash(t, i, sink)
+            })
+            .unwrap_or_else(|| {
+                let mut sink = self.alloc_chunk(t, i, decoded)?;
+                self.decode_stored(t, i, stored, 0..decoded, &mut sink)?;
+                self.check_hash(t, i, &sink)
+            })
+        })
+    }
+
+    fn check_hash(&self, t: &TensorInfo, i: usize, decoded: &[u8]) -> Result<()> {
+        let Some(expected) = t.chunks[i].hash else {
+            return Ok(());
+        };
+        let actual = crate::binindex::content_hash(decoded);
+        if actual != expected {
+            let hex = |h: &[u8; 16]| h.iter().map(|b| format!("{b:02x}")).collect::<String>();
+            let first = |h: &[u8; 16]| u32::from_be_bytes(h[..4].try_into().unwrap());
+            return Err(Error::ChecksumMismatch {
+                path: self.path.clone(),
+                part: format!(
+                    "the content hash (BLAKE3) of {}: stored {}, computed {}",
+                    Self::part(t, i),
+                    hex(&expected),
+                    hex(&actual)
+                ),
+                expected: first(&expected),
+                actual: first(&actual),
+            });
+        }
+        Ok(())
+    }
 }
 
 /// What [`Reader::verify`] checked.
@@ -1339,6 +1740,13 @@ pub struct VerifyReport {
     pub decoded_bytes: u64,
     /// Whether the encoded chunks were decoded ([`VerifyOptions::decode`]).
     pub decoded: bool,
+    /// Versions checked: every version of the file (1 for a 1.0 file). `tensors` and
+    /// `decoded_bytes` are the opened version's; `chunks` and `stored_bytes` count every
+    /// stored chunk of every version once.
+    pub versions: usize,
+    /// The unfinished append opening skipped, if any: the committed versions are intact,
+    /// the file is not.
+    pub recovered: Option<Recovery>,
 }
 
 #[cfg(test)]

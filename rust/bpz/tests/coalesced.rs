@@ -174,6 +174,7 @@ fn a_damaged_chunk_inside_a_joint_read_is_named() {
         let r = Reader::open(&path).unwrap();
         let small: Vec<_> = r
             .tensors()
+            .unwrap()
             .iter()
             .filter(|t| {
                 t.chunks.len() == 1

@@ -405,8 +405,11 @@ fn tree_and_metadata_round_trip_and_refs_are_checked() {
     let r = Reader::from_bytes(bytes).unwrap();
     assert_eq!(r.tree().unwrap(), tree);
     assert_eq!(r.metadata().unwrap()["epoch"], 3);
-    assert_eq!(r.tree_json(), serde_json::to_string(&tree).unwrap());
-    assert_eq!(r.writer().unwrap().name, "bpz-rs");
+    assert_eq!(
+        r.tree_json().unwrap(),
+        serde_json::to_string(&tree).unwrap()
+    );
+    assert_eq!(r.writer().unwrap().unwrap().name, "bpz-rs");
 
     let mut w = Writer::new(Vec::new(), WriterOptions::default()).unwrap();
     w.set_tree(serde_json::json!({"tensor": "nope"}));

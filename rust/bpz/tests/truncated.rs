@@ -81,6 +81,7 @@ fn cuts(path: &Path) -> Vec<u64> {
     let mut out = vec![4096, len / 2, t.index_offset + t.index_len / 2, len - 1];
     let chunks: Vec<_> = r
         .tensors()
+        .unwrap()
         .iter()
         .flat_map(|t| t.chunks.iter().copied())
         .collect();
@@ -157,7 +158,7 @@ fn child_truncates_then_reads() {
                 );
             }
         };
-        for t in r.tensors() {
+        for t in r.tensors().unwrap() {
             let want = truth.read(&t.name).unwrap();
             check("read", &t.name, r.read(&t.name), want.clone());
             let mut out = vec![0u8; want.len()];
@@ -196,7 +197,12 @@ fn child_truncates_then_reads() {
             }
         }
         // Whole loads (joint reads of neighbouring chunks): all the bytes, or truncated.
-        let names: Vec<&str> = r.tensors().iter().map(|t| t.name.as_str()).collect();
+        let names: Vec<&str> = r
+            .tensors()
+            .unwrap()
+            .iter()
+            .map(|t| t.name.as_str())
+            .collect();
         let truths: Vec<Vec<u8>> = names.iter().map(|n| truth.read(n).unwrap()).collect();
         match r.read_all() {
             Ok(all) => assert!(all == truths, "{}", ctx("read_all")),

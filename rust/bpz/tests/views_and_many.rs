@@ -51,7 +51,7 @@ fn a_view_shares_the_map_and_outlives_the_reader() {
     let (path, data) = archive(dir.path());
     let r = Reader::open(&path).unwrap();
     let i = r.position("t2").unwrap();
-    assert_eq!(r.tensors()[i].name, "t2");
+    assert_eq!(r.tensors().unwrap()[i].name, "t2");
     let view = r.view_at(i).unwrap();
     let map = view
         .map()
@@ -60,7 +60,7 @@ fn a_view_shares_the_map_and_outlives_the_reader() {
     assert!(std::sync::Arc::ptr_eq(&map, r.mapping().unwrap()));
     assert_eq!(
         view.range().start as u64,
-        r.tensors()[i].raw_range().unwrap().start
+        r.tensors().unwrap()[i].raw_range().unwrap().start
     );
     assert_eq!(&map[view.range()], &data[2][..]);
     drop(r);

@@ -284,6 +284,7 @@ pub fn expected(bytes: &[u8]) -> Value {
     let r = Reader::from_bytes(bytes.to_vec()).unwrap();
     let tensors: Vec<Value> = r
         .tensors()
+        .unwrap()
         .iter()
         .map(|t| {
             let data = r.read(&t.name).unwrap();

@@ -26,6 +26,7 @@ pub mod binindex;
 mod binindex_read;
 mod binindex_write;
 pub mod codec;
+pub mod diff;
 pub mod error;
 pub mod filter_choice;
 pub mod format;
@@ -38,6 +39,7 @@ pub mod remote;
 pub mod write;
 
 pub use alloc::Zeroed;
+pub use diff::{diff, Diff};
 pub use error::{Error, Result, Version};
 pub use format::{
     ChunkInfo, DType, Filter, Storage, Superblock, TensorInfo, Trailer, WriterInfo, FORMAT_VERSION,

@@ -223,3 +223,237 @@ fn compressed_tensors_and_a_tree_read_back() {
         .unwrap();
     assert!(report.decoded);
 }
+
+/// Where the sections of the (latest) index of `file` are: (absolute offset, length) by kind.
+fn sections(file: &[u8]) -> Vec<(bpz::binindex::SectionKind, u64, u64)> {
+    let end = file.len();
+    let trailer: [u8; 32] = file[end - 32..].try_into().unwrap();
+    let t = bpz::Trailer::decode("f", &trailer, end as u64).unwrap();
+    let at = t.index_offset as usize;
+    let head = bpz::binindex::IndexHead::decode(&file[at..at + t.index_len as usize]).unwrap();
+    head.sections
+        .iter()
+        .map(|s| (s.kind, t.index_offset + s.offset, s.length))
+        .collect()
+}
+
+fn section(file: &[u8], kind: bpz::binindex::SectionKind) -> std::ops::Range<usize> {
+    let (_, at, len) = sections(file).into_iter().find(|s| s.0 == kind).unwrap();
+    at as usize..(at + len) as usize
+}
+
+/// Damage anywhere in a record or a name never makes a lookup return another tensor or
+/// say a present tensor is absent: every record on the search path is checked.
+#[test]
+fn a_damaged_record_on_the_search_path_is_an_error_never_a_wrong_answer() {
+    use bpz::binindex::SectionKind;
+    let tensors = many(200);
+    let file = write(v11(), &tensors);
+    let records = section(&file, SectionKind::Tensors);
+    let names = section(&file, SectionKind::Names);
+    let mut positions: Vec<usize> = records.clone().step_by(7).collect();
+    positions.extend(names.clone().step_by(5));
+    let mut errors = 0;
+    for at in positions {
+        let mut bad = file.clone();
+        bad[at] ^= 0x10;
+        let r = Reader::from_bytes(bad).unwrap();
+        for (name, _, _, data) in &tensors {
+            match r.tensor(name) {
+                Ok(t) => {
+                    assert_eq!(&t.name, name, "byte {at}");
+                    assert_eq!(&r.read(name).unwrap(), data, "byte {at}: {name}");
+                }
+                Err(e) => {
+                    assert!(
+                        ["checksum_mismatch", "invalid_index", "limit_exceeded"]
+                            .contains(&e.kind()),
+                        "byte {at}: {name}: {e}"
+                    );
+                    errors += 1;
+                }
+            }
+        }
+        // The listing sees the damage, whatever it hit.
+        let e = r.tensors().unwrap_err();
+        assert!(
+            ["checksum_mismatch", "invalid_index", "limit_exceeded"].contains(&e.kind()),
+            "{e}"
+        );
+    }
+    assert!(errors > 0);
+}
+
+/// A flipped bit in the record a search visits first (the middle one) fails every lookup
+/// with checksum_mismatch.
+#[test]
+fn the_middle_record_damaged_fails_every_lookup_with_a_checksum_mismatch() {
+    use bpz::binindex::SectionKind;
+    let tensors = many(1001);
+    let mut file = write(v11(), &tensors);
+    let records = section(&file, SectionKind::Tensors);
+    // chunk_elems of record 500, a field that moves no bounds.
+    file[records.start + 500 * 64 + 24] ^= 1;
+    let r = Reader::from_bytes(file).unwrap();
+    for (name, _, _, _) in tensors.iter().step_by(37) {
+        let e = r.tensor(name).unwrap_err();
+        assert_eq!(e.kind(), "checksum_mismatch", "{e}");
+        assert!(e.to_string().contains("tensor record 500"), "{e}");
+    }
+    assert_eq!(r.tensor("absent").unwrap_err().kind(), "checksum_mismatch");
+}
+
+#[test]
+fn a_damaged_chunk_table_is_a_checksum_mismatch_of_that_tensor_only() {
+    use bpz::binindex::SectionKind;
+    let tensors = many(10);
+    let mut file = write(v11(), &tensors);
+    let chunks = section(&file, SectionKind::Chunks);
+    file[chunks.start + 3 * 40 + 30] ^= 4; // a hash byte of the fourth chunk record
+    let r = Reader::from_bytes(file).unwrap();
+    let mut failed = Vec::new();
+    for (name, _, _, data) in &tensors {
+        match r.read(name) {
+            Ok(got) => assert_eq!(&got, data),
+            Err(e) => {
+                assert_eq!(e.kind(), "checksum_mismatch", "{e}");
+                failed.push(name.clone());
+            }
+        }
+    }
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    assert_eq!(r.tensors().unwrap_err().kind(), "checksum_mismatch");
+}
+
+#[test]
+fn diff_compares_by_hashes_in_1_1_and_by_reading_in_1_0() {
+    let base: Vec<Spec> = vec![
+        ("same".into(), DType::U8, vec![4], vec![1, 2, 3, 4]),
+        ("content".into(), DType::U8, vec![4], vec![1, 2, 3, 4]),
+        ("shape".into(), DType::U8, vec![4], vec![1, 2, 3, 4]),
+        ("dtype".into(), DType::U8, vec![4], vec![1, 2, 3, 4]),
+        ("gone".into(), DType::U8, vec![1], vec![9]),
+    ];
+    let next: Vec<Spec> = vec![
+        ("content".into(), DType::U8, vec![4], vec![1, 2, 3, 5]),
+        ("same".into(), DType::U8, vec![4], vec![1, 2, 3, 4]),
+        ("shape".into(), DType::U8, vec![2, 2], vec![1, 2, 3, 4]),
+        ("dtype".into(), DType::I8, vec![4], vec![1, 2, 3, 4]),
+        ("new".into(), DType::U8, vec![1], vec![9]),
+    ];
+    let v10 = WriterOptions {
+        format: FormatVersion::V1_0,
+        ..v11()
+    };
+    let want = bpz::Diff {
+        added: vec!["new".into()],
+        removed: vec!["gone".into()],
+        changed: vec!["content".into(), "dtype".into(), "shape".into()],
+        unchanged: vec!["same".into()],
+        compared_by_reading: 0,
+    };
+    let open =
+        |opts: &WriterOptions, t: &[Spec]| Reader::from_bytes(write(opts.clone(), t)).unwrap();
+    let d = bpz::diff(&open(&v11(), &base), &open(&v11(), &next)).unwrap();
+    assert_eq!(d, want);
+    let d = bpz::diff(&open(&v10, &base), &open(&v11(), &next)).unwrap();
+    assert_eq!(
+        d,
+        bpz::Diff {
+            compared_by_reading: 2,
+            ..want.clone()
+        }
+    );
+    let d = bpz::diff(&open(&v10, &base), &open(&v10, &base)).unwrap();
+    assert_eq!(d.unchanged.len(), 5);
+    assert_eq!(d.compared_by_reading, 5);
+    // Split into chunks differently: hashes of different ranges, so compared by reading.
+    let big: Vec<u8> = (0..50_000u32).map(|i| (i % 251) as u8).collect();
+    let t: Vec<Spec> = vec![("x".into(), DType::U8, vec![50_000], big)];
+    let small_chunks = WriterOptions {
+        chunk_bytes: 4096,
+        compression: Compression::Zstd,
+        ..v11()
+    };
+    let d = bpz::diff(&open(&v11(), &t), &open(&small_chunks, &t)).unwrap();
+    assert_eq!((d.unchanged.len(), d.compared_by_reading), (1, 1));
+}
+
+/// A one-version 1.1 file cut anywhere has no committed version: truncated, never
+/// "recovered" and never another error.
+#[test]
+fn a_one_version_file_cut_short_is_truncated() {
+    let file = write(v11(), &many(20));
+    let mut cuts: Vec<usize> = (0..file.len()).step_by(64).collect();
+    cuts.extend((1..file.len()).step_by(37));
+    for cut in cuts {
+        let e = Reader::from_bytes(file[..cut].to_vec()).unwrap_err();
+        assert_eq!(e.kind(), "truncated", "cut at {cut}: {e}");
+    }
+}
+
+/// A real file followed by as many bytes as asked: zeros, or a repeated block of noise.
+struct Extended {
+    data: Vec<u8>,
+    len: u64,
+    noise: Option<Vec<u8>>,
+}
+
+impl Source for Extended {
+    fn len(&self) -> u64 {
+        self.len
+    }
+    fn read_exact_at(&self, mut offset: u64, mut buf: &mut [u8]) -> std::io::Result<()> {
+        while !buf.is_empty() {
+            let (src, at): (&[u8], usize) = match self.data.get(offset as usize..) {
+                Some(rest) if !rest.is_empty() => (rest, 0),
+                _ => match &self.noise {
+                    Some(block) => (block, (offset % block.len() as u64) as usize),
+                    None => {
+                        buf.fill(0);
+                        return Ok(());
+                    }
+                },
+            };
+            let n = (src.len() - at).min(buf.len());
+            buf[..n].copy_from_slice(&src[at..at + n]);
+            buf = &mut buf[n..];
+            offset += n as u64;
+        }
+        Ok(())
+    }
+}
+
+/// A torn tail of a gigabyte (an append killed late, or a preallocated file) is scanned in
+/// bounded blocks: the last committed version opens, with the bytes it ignored reported.
+#[test]
+fn a_gigabyte_of_torn_tail_is_skipped_in_bounded_time() {
+    let tensors = many(20);
+    let file = write(v11(), &tensors);
+    let committed = file.len() as u64;
+    let mut x = 7u64;
+    let noise: Vec<u8> = (0..4099)
+        .map(|_| {
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
+            (x >> 56) as u8
+        })
+        .collect();
+    for noise in [None, Some(noise)] {
+        let len = committed + (1 << 30) + 17;
+        let src = Arc::new(Extended {
+            data: file.clone(),
+            len,
+            noise,
+        });
+        let r = Reader::from_source_labeled(src, "torn".into()).unwrap();
+        let rec = r.recovered().expect("recovered");
+        assert_eq!(rec.committed_end, committed);
+        assert_eq!(rec.ignored_bytes, len - committed);
+        assert_eq!(r.version_number(), 1);
+        for (name, _, _, data) in &tensors {
+            assert_eq!(&r.read(name).unwrap(), data);
+        }
+        let report = r.verify().unwrap();
+        assert_eq!(report.recovered, Some(rec));
+    }
+}

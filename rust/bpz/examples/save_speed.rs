@@ -10,17 +10,19 @@
 //! * `decode`: zstd decompress + unshuffle of the codec's chunks into reused buffers.
 //!
 //! Prints medians of `repeats` runs (wall time, its minimum, and CPU time of all
-//! threads); `SAVE_SPEED_ONLY=<step>` runs one step only, for a profiler. The
+//! threads); `SAVE_SPEED_ONLY=<step>[,<step>...]` runs those steps only, for a profiler;
+//! `SAVE_SPEED_FORMAT=1.0|1.1` picks the format written (default: the writer's). The
 //! data are deterministic:
 //! * w1: float32 N(0, 0.02), 32 tensors (W1-dense), `Compression::Zstd`;
 //! * w2: spiking-network state + CSR int32 indices sorted within rows (W2-snn-like), `AUTO`;
 //!   w2shuffle: the same with `Zstd` and shuffle for every tensor (the codec's own transform);
-//! * w3: 20,000 small arrays of mixed dtypes (W3-small-like), `AUTO`.
+//! * w3: 20,000 small arrays of mixed dtypes (W3-small-like), `AUTO`;
+//! * tiny: 1,000,000 0-d float32 tensors (the writer's per-tensor overhead), `AUTO`.
 
 use std::cell::RefCell;
 use std::time::Instant;
 
-use bpz::{codec, Compression, DType, Filter, Reader, Writer, WriterOptions};
+use bpz::{codec, Compression, DType, Filter, FormatVersion, Reader, Writer, WriterOptions};
 use rayon::prelude::*;
 
 const CHUNK: usize = 2 << 20;
@@ -163,6 +165,26 @@ fn w2(mib: usize) -> Vec<Tensor> {
         out.push(i32t(format!("synapses/{proj}/conn/indices"), indices));
     }
     out
+}
+
+fn tiny() -> Vec<Tensor> {
+    (0..1_000_000)
+        .map(|i| Tensor {
+            name: format!("state/{i}"),
+            dtype: DType::F32,
+            shape: vec![],
+            data: (i as f32).to_le_bytes().to_vec(),
+        })
+        .collect()
+}
+
+fn format() -> FormatVersion {
+    match std::env::var("SAVE_SPEED_FORMAT").as_deref() {
+        Ok("1.0") => FormatVersion::V1_0,
+        Ok("1.1") => FormatVersion::V1_1,
+        Ok(other) => panic!("SAVE_SPEED_FORMAT={other}: not 1.0 or 1.1"),
+        Err(_) => FormatVersion::default(),
+    }
 }
 
 fn w3() -> Vec<Tensor> {
@@ -345,7 +367,10 @@ fn run(
     // SAVE_SPEED_ONLY=codec|save|sink|load|read_into|decode runs just that step
     // (for a profiler); the file is written once first if the step reads it.
     let only = std::env::var("SAVE_SPEED_ONLY").ok();
-    let want = |step: &str| only.as_deref().map_or(true, |o| o == step);
+    let want = |step: &str| {
+        only.as_deref()
+            .map_or(true, |o| o.split(',').any(|s| s == step))
+    };
     // As bench/worker.py: the old file removed and the page cache synced before the timed
     // save (renaming over a file makes ext4 flush the new one in the rename; freeing the
     // old one's pages is no part of writing the new one).
@@ -358,6 +383,7 @@ fn run(
             compression,
             filter,
             sync: false,
+            format: format(),
             ..Default::default()
         };
         let mut w = Writer::create(path, opts).unwrap();
@@ -389,6 +415,7 @@ fn run(
                 let opts = WriterOptions {
                     compression,
                     filter,
+                    format: format(),
                     ..Default::default()
                 };
                 let mut w = Writer::new(std::io::sink(), opts).unwrap();
@@ -427,6 +454,11 @@ fn run(
     }
     if only.is_some() {
         let _ = std::fs::remove_file(&path);
+        for (name, times) in [("save          ", &ts), ("save to a sink", &tsink)] {
+            if !times.is_empty() {
+                println!("{label}  {}", show(name, bytes, times));
+            }
+        }
         return;
     }
     for (x, out) in ts_data.iter().zip(&reads) {
@@ -485,6 +517,7 @@ fn main() {
             ),
             "w2zstd" => run("w2zstd", &w2(mib), Compression::Zstd, None, repeats),
             "w3" => run("w3", &w3(), Compression::AUTO, None, repeats),
+            "tiny" => run("tiny", &tiny(), Compression::AUTO, None, repeats),
             other => panic!("unknown case {other}"),
         }
     }

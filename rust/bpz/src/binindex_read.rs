@@ -1329,6 +1329,38 @@ fn check_shared_overlaps(path: &str, version: u64, tensors: &[TensorInfo]) -> Re
 }
 
 impl BinIndex {
+    /// Verification: the bytes of the index outside its head and its sections (known or
+    /// not) hold nothing, so they must be zero, like the padding between chunks.
+    pub(crate) fn check_unused_bytes_zero(&self) -> Result<()> {
+        let mut used: Vec<(u64, u64)> = self
+            .head
+            .sections
+            .iter()
+            .map(|s| (s.offset, s.offset + s.length))
+            .collect();
+        used.push((0, self.head.head_len() as u64));
+        used.sort_unstable();
+        let mut pos = 0;
+        for (start, end) in used.into_iter().chain([(self.index_len, self.index_len)]) {
+            if start > pos {
+                let gap = self.read_direct(pos, start - pos, "unused index bytes")?;
+                if let Some(i) = gap.iter().position(|&b| b != 0) {
+                    return Err(Error::CorruptData {
+                        path: self.path.clone(),
+                        part: format!(
+                            "the index of version {} at offset {}",
+                            self.head.version,
+                            self.index_offset + pos + i as u64
+                        ),
+                        detail: "bytes outside the head and the sections must be zero".into(),
+                    });
+                }
+            }
+            pos = pos.max(end);
+        }
+        Ok(())
+    }
+
     /// The bytes this version added before its index: its chunks and their padding.
     pub(crate) fn data_range(&self) -> Range<u64> {
         self.head.data_start..self.index_offset

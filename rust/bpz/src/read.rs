@@ -1591,6 +1591,7 @@ impl Reader {
             index.tensors()?;
             index.metadata_json()?;
             index.writer()?;
+            index.check_unused_bytes_zero()?;
             indexes.push(index);
         }
         Ok(indexes)

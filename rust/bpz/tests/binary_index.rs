@@ -457,3 +457,65 @@ fn a_gigabyte_of_torn_tail_is_skipped_in_bounded_time() {
         assert_eq!(report.recovered, Some(rec));
     }
 }
+
+/// Every byte of a 1.1 file is checked by open, listing, reading or verification: random
+/// damage is always an error (and never a panic).
+#[test]
+fn random_damage_of_a_1_1_file_never_goes_unnoticed() {
+    let mut w = Writer::new(
+        Vec::new(),
+        WriterOptions {
+            compression: Compression::Zstd,
+            chunk_bytes: 1024,
+            ..v11()
+        },
+    )
+    .unwrap();
+    let zeros = vec![0u8; 5000];
+    let ramp: Vec<u8> = (0..3000u32).map(|i| (i / 3) as u8).collect();
+    w.add_tensor("z", DType::U8, &[5000], &zeros).unwrap();
+    w.add_tensor_with(
+        "raw",
+        DType::U16,
+        &[1500],
+        &ramp,
+        &bpz::TensorOptions {
+            compression: Some(Compression::None),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    w.add_tensor("s", DType::F64, &[], &1.5f64.to_le_bytes())
+        .unwrap();
+    w.set_tree(serde_json::json!({"dict": [["z", {"tensor": "z"}], ["s", {"tensor": "s"}]]}));
+    w.set_metadata(serde_json::json!({"note": "damage"}));
+    let file = w.finish().unwrap().1.unwrap();
+    let check = |b: Vec<u8>| -> bpz::Result<()> {
+        let r = Reader::from_bytes(b)?;
+        r.tree()?;
+        r.metadata()?;
+        for t in r.tensors()? {
+            r.read(&t.name)?;
+        }
+        r.verify_with(&bpz::VerifyOptions {
+            decode: true,
+            max_decoded_bytes: None,
+        })?;
+        Ok(())
+    };
+    check(file.clone()).unwrap();
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    // Every byte once, with one bit flipped.
+    for at in 0..file.len() {
+        let mut b = file.clone();
+        b[at] ^= 1 << (next() % 8);
+        let e = check(b).expect_err(&format!("damage at {at} went unnoticed"));
+        assert!(!e.kind().is_empty());
+    }
+}

@@ -362,7 +362,8 @@ fn a_broken_chain_is_an_invalid_index() {
         file[end - 32..].copy_from_slice(&trailer.encode());
         file
     };
-    let cases: [(&str, &dyn Fn(&mut Vec<VersionRecord>)); 5] = [
+    type Change<'a> = &'a dyn Fn(&mut Vec<VersionRecord>);
+    let cases: [(&str, Change); 5] = [
         ("points forward", &|r| r[1].index_offset += 64),
         ("overlaps", &|r| r[1].data_start -= 64),
         ("numbers not increasing", &|r| r[1].version = 1),
@@ -455,4 +456,93 @@ proptest! {
             prop_assert_eq!(d.compared_by_reading, 0);
         }
     }
+}
+
+/// §16.6: a reader that opened version k keeps reading it while versions are appended, and
+/// an open made during an append sees the old latest or the new one, never a mix. The
+/// appends here are written in three pieces (chunks, index, trailer), with readers opening
+/// the file between them.
+#[test]
+fn readers_see_whole_versions_while_another_thread_appends() {
+    use std::io::Write;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("growing.bpz");
+    let data =
+        |k: u64, n: usize| -> Vec<u8> { (0..n).map(|i| (i as u64 * 31 + k) as u8).collect() };
+    let mut c = Chain::new();
+    let versions = 12u64;
+    let mut ends = Vec::new();
+    for k in 1..=versions {
+        // "fixed" never changes (shared), "state" changes every time, "k{k}" is new.
+        let tensors = vec![
+            t("fixed", &data(0, 5000)),
+            t("state", &data(k, 3000 + k as usize)),
+            t(&format!("k{k}"), &data(k * 7, 100)),
+        ];
+        c.append(k, &tensors, &format!("{{\"step\":{k}}}"));
+        ends.push((c.records[k as usize - 1], c.end()));
+    }
+    let first_end = ends[0].1 as usize;
+    std::fs::write(&path, &c.file[..first_end]).unwrap();
+    let expected = |r: &Reader| {
+        let (_, tensors, metadata) = &c.versions[r.version_number() as usize - 1];
+        assert_eq!(r.metadata_json().unwrap(), metadata);
+        for (name, _, _, bytes) in tensors {
+            assert_eq!(&r.read(name).unwrap(), bytes);
+            if let Ok(v) = r.view(name) {
+                assert_eq!(&v[..], &bytes[..]);
+            }
+        }
+        assert_eq!(r.tensors().unwrap().len(), tensors.len());
+    };
+    let done = AtomicBool::new(false);
+    let first = Reader::open(&path).unwrap();
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let mut f = std::fs::OpenOptions::new()
+                .append(true)
+                .open(&path)
+                .unwrap();
+            let mut at = first_end;
+            for (record, end) in &ends[1..] {
+                let end = *end as usize;
+                for piece_end in [record.index_offset as usize, end - 32, end] {
+                    f.write_all(&c.file[at..piece_end]).unwrap();
+                    f.flush().unwrap();
+                    at = piece_end;
+                    // Between the pieces, deterministically: the previous version,
+                    // recovered, until the trailer is written.
+                    let r = Reader::open_with(&path, bpz::Backend::Pread).unwrap();
+                    let committed = piece_end == end;
+                    assert_eq!(r.version_number(), record.version - !committed as u64);
+                    assert_eq!(r.recovered().is_some(), !committed);
+                    expected(&r);
+                    std::thread::sleep(std::time::Duration::from_millis(3));
+                }
+            }
+            done.store(true, Ordering::Release);
+        });
+        for backend in [bpz::Backend::Mmap, bpz::Backend::Pread] {
+            let (path, first, done, expected) = (&path, &first, &done, &expected);
+            s.spawn(move || {
+                let mut seen = Vec::new();
+                while !done.load(Ordering::Acquire) {
+                    let r = Reader::open_with(path, backend).unwrap();
+                    expected(&r);
+                    r.verify().unwrap();
+                    seen.push(r.version_number());
+                    // The reader opened before any append still reads version 1.
+                    assert_eq!(first.version_number(), 1);
+                    expected(first);
+                }
+                assert!(seen.windows(2).all(|w| w[0] <= w[1]), "{seen:?}");
+            });
+        }
+    });
+    let r = Reader::open(&path).unwrap();
+    assert_eq!(r.version_number(), versions);
+    assert!(r.recovered().is_none());
+    check_all(&c, &std::fs::read(&path).unwrap());
+    first.verify().unwrap();
 }

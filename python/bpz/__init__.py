@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from . import errors
 from ._bpz import FORMAT_VERSION, __version__
+from ._legacy._common import set_legacy_limits
 from .errors import (
     BpzError,
     CheckpointNotFoundError,
@@ -20,7 +21,6 @@ from .errors import (
     InvalidCheckpointPath,
     TensorNotFoundError,
 )
-from ._legacy._common import set_legacy_limits
 from .read import Archive, TensorInfo, TensorSlice, load_pytree, open
 from .write import AsyncManager, save_pytree
 

@@ -1,7 +1,7 @@
 """Type stubs of the native module ``bpz._bpz`` (a thin layer over the Rust crate)."""
 
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, ClassVar, Literal, TypedDict, final
 
@@ -75,11 +75,51 @@ class Buffer:
     def mapped(self) -> bool: ...
     def __len__(self) -> int: ...
 
+class _VersionDict(TypedDict):
+    version: int
+    time_ns: int
+    bytes_added: int
+    data_start: int
+    index_offset: int
+    index_length: int
+
+class _RecoveryDict(TypedDict):
+    ignored_bytes: int
+    committed_end: int
+
+class _ChunkDict(TypedDict):
+    offset: int
+    stored_length: int
+    crc32c: int
+    encoded: bool
+    hash: bytes | None
+
+class _DiffDict(TypedDict):
+    added: list[str]
+    removed: list[str]
+    changed: list[str]
+    unchanged: list[str]
+    compared_by_reading: int
+
 @final
 class Archive:
     def __new__(
-        cls, path: str | os.PathLike[str], backend: Literal["mmap", "pread"] = "mmap", parallel: bool = True
+        cls,
+        path: str | os.PathLike[str],
+        backend: Literal["mmap", "pread"] = "mmap",
+        parallel: bool = True,
+        version: int | None = None,
     ) -> Self: ...
+    def at_version(self, version: int | None = None) -> Archive: ...
+    @property
+    def versions(self) -> list[_VersionDict]: ...
+    @property
+    def version_number(self) -> int: ...
+    @property
+    def recovered(self) -> _RecoveryDict | None: ...
+    def version_metadata_json(self, number: int) -> str: ...
+    def chunks(self, name: str) -> list[_ChunkDict]: ...
+    def diff(self, other: Archive) -> _DiffDict: ...
     @property
     def path(self) -> str: ...
     @property
@@ -215,7 +255,10 @@ class RemoteStats:
         """The URL as shown in messages (no credentials, no query)."""
 
 def open_remote(
-    url: str, storage_options: dict[str, str | int | float | bool] | None = None, parallel: bool = True
+    url: str,
+    storage_options: Mapping[str, str | int | float | bool] | None = None,
+    parallel: bool = True,
+    version: int | None = None,
 ) -> tuple[Archive, RemoteStats]:
     """Opens the archive at ``url`` (``http(s)://``, ``s3://``, ``gs://``, ``az://``) with one
     request: a range of its end holding the trailer and index."""

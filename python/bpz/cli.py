@@ -22,14 +22,20 @@ import sys
 import time
 import traceback
 import unicodedata
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
 from . import formats
 from .errors import (
-    BpzError, CheckpointNotFoundError, FormatError, InvalidCheckpointPath, LimitExceededError,
-    OutOfMemoryError, TensorNotFoundError,
+    BpzError,
+    CheckpointNotFoundError,
+    FormatError,
+    InvalidCheckpointPath,
+    LimitExceededError,
+    OutOfMemoryError,
+    TensorNotFoundError,
 )
 from .pytree import flatten, unflatten
 from .read import open as open_archive

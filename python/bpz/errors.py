@@ -49,6 +49,7 @@ __all__ = [
     "InvalidCheckpointError",
     "CheckpointNotFoundError",
     "InvalidCheckpointPath",
+    "RecoveredArchiveWarning",
 ]
 
 
@@ -62,3 +63,9 @@ class InvalidCheckpointPath(BpzError, ValueError):
 
 class InvalidCheckpointError(BpzError, ValueError):
     """A numbered checkpoint would be older than one already in the directory."""
+
+
+class RecoveredArchiveWarning(UserWarning):
+    """An archive ends in an unfinished append (a save killed while appending a version):
+    its last committed version is read, and the bytes after it are ignored. The next append
+    removes them."""

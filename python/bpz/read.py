@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
+import datetime
 import os
 import warnings
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, Iterator, Literal, Mapping
+from typing import Any, Literal
 
 import numpy as np
 
 from . import _bpz, dtypes
-from .errors import CheckpointNotFoundError, FormatError, NotAnArchiveError
+from .errors import CheckpointNotFoundError, FormatError, NotAnArchiveError, RecoveredArchiveWarning
 from .formats import MAGIC, SNIFF_BYTES, sniff
 from .pytree import no_gc, parse_json, quantity_from_node, restore_into, unflatten, wrap_key
 
-__all__ = ["load_pytree", "open", "Archive", "TensorInfo", "TensorSlice", "MAGIC", "is_bpz_file"]
+__all__ = [
+    "load_pytree", "open", "Archive", "TensorInfo", "TensorSlice", "VersionInfo", "ChunkInfo", "ArchiveDiff",
+    "MAGIC", "is_bpz_file",
+]
 
 
 def is_bpz_file(path: str | os.PathLike[str]) -> bool:
@@ -58,6 +63,49 @@ class TensorInfo:
     def compression_ratio(self) -> float:
         """Decoded bytes per stored byte (1.0 for an empty tensor)."""
         return self.nbytes / self.stored_bytes if self.stored_bytes else 1.0
+
+
+@dataclass(frozen=True)
+class VersionInfo:
+    """One version of an archive. A file saved with ``append=True`` holds several, numbered
+    1, 2, ... in the order they were written (``bpz compact`` may drop early ones, keeping
+    the numbers of the rest); any other archive holds one, version 1."""
+
+    number: int
+    #: When it was written (UTC), or None if the file does not say (format 1.0).
+    time: datetime.datetime | None
+    #: The metadata saved with this version.
+    metadata: Any
+    #: Bytes this version added to the file: its new chunks, index and trailer (chunks equal
+    #: to ones already in the file are referenced, not written again).
+    bytes_added: int
+    #: Size of this version's index in bytes.
+    index_length: int
+
+
+@dataclass(frozen=True)
+class ChunkInfo:
+    """Where one chunk of a tensor is stored, and its checksums."""
+
+    offset: int
+    stored_length: int
+    crc32c: int
+    encoded: bool
+    #: BLAKE3-128 of the chunk's decoded bytes (format 1.1; None in a 1.0 file).
+    hash: bytes | None
+
+
+@dataclass(frozen=True)
+class ArchiveDiff:
+    """Tensors of two archives (or versions) compared by name, dtype, shape and content."""
+
+    added: list[str]
+    removed: list[str]
+    changed: list[str]
+    unchanged: list[str]
+    #: How many tensors had to be compared by reading their data (no content hashes to compare:
+    #: a format-1.0 file, or the two chunked differently).
+    compared_by_reading: int
 
 
 def _info(d: Mapping[str, Any]) -> TensorInfo:
@@ -139,7 +187,7 @@ class TensorSlice:
         else:
             lo, hi = min(picked[0], picked[-1]), max(picked[0], picked[-1]) + 1
             out = self._rows(lo, hi)[picked[0] - lo :: step] if step > 0 else self._rows(lo, hi)[picked[0] - lo :: step]
-        return out[(slice(None), *rest)] if rest else out
+        return out[(slice(None),) + tuple(rest)] if rest else out
 
     def _rows(self, start: int, stop: int) -> np.ndarray:
         if not self.info.shape:
@@ -162,24 +210,103 @@ class Archive:
         backend: Literal["mmap", "pread"] = "mmap",
         parallel: bool = True,
         storage_options: Mapping[str, Any] | None = None,
+        *,
+        version: int | None = None,
     ) -> None:
         self.filename = os.fspath(filename)
+        _check_version_argument(version)
         # Requests made by a remote archive (None for a local file).
         self._remote: Any = None
         if _is_url(self.filename):
             # One request reads the trailer and index; tensors are fetched by ranged GETs.
             self._archive: Any
-            self._archive, self._remote = _bpz.open_remote(self.filename, storage_options, parallel)
+            self._archive, self._remote = _bpz.open_remote(self.filename, storage_options, parallel, version)
         elif storage_options is not None:
             raise TypeError(f"storage_options apply to URLs (https://..., s3://...), not to the path {self.filename!r}")
         else:
             # Nothing is built per tensor here: opening costs the native index parse only.
-            self._archive = _bpz.Archive(self.filename, backend=backend, parallel=parallel)
+            self._archive = _bpz.Archive(self.filename, backend=backend, parallel=parallel, version=version)
+        self._init_caches()
+        recovered = self._archive.recovered
+        if recovered is not None:
+            warnings.warn(
+                f"{self.filename} ends in an unfinished append: {recovered['ignored_bytes']:,} bytes after version "
+                f"{self._archive.version_number} are ignored (the next append removes them)",
+                RecoveredArchiveWarning,
+                stacklevel=3,
+            )
+
+    def _init_caches(self) -> None:
         self._info_cache: dict[str, TensorInfo] = {}
+        self._versions: list[VersionInfo] | None = None
         self._names: list[str] | None = None
         self._tree: Any = None
         self._metadata: Any = None
         self._parsed = False
+
+    @classmethod
+    def _wrap(cls, filename: str, native: Any, remote: Any) -> Archive:
+        self = cls.__new__(cls)
+        self.filename = filename
+        self._archive = native
+        self._remote = remote
+        self._init_caches()
+        return self
+
+    # -- versions
+    @property
+    def version_number(self) -> int:
+        """The number of the version this archive reads (the latest unless ``version=`` said
+        otherwise)."""
+        return int(self._native().version_number)
+
+    @property
+    def versions(self) -> list[VersionInfo]:
+        """Every version in the file, oldest first (one for a file never appended to)."""
+        if self._versions is None:
+            native = self._native()
+            out = []
+            for v in native.versions:
+                number = int(v["version"])
+                text = native.version_metadata_json(number)
+                out.append(VersionInfo(
+                    number=number,
+                    time=(datetime.datetime.fromtimestamp(v["time_ns"] / 1e9, tz=datetime.timezone.utc)
+                          if v["time_ns"] else None),
+                    metadata=parse_json(text, self.filename, f"metadata of version {number}"),
+                    bytes_added=int(v["bytes_added"]),
+                    index_length=int(v["index_length"]),
+                ))
+            self._versions = out
+        return list(self._versions)
+
+    @property
+    def recovered(self) -> dict[str, int] | None:
+        """None, or — when the file ends in an unfinished append (a save killed while
+        appending) — ``{"ignored_bytes": n, "committed_end": offset}``: the last committed
+        version is read and the ``n`` bytes after it are ignored (opening also warns with
+        :class:`~bpz.errors.RecoveredArchiveWarning`)."""
+        r = self._native().recovered
+        return None if r is None else {k: int(v) for k, v in r.items()}
+
+    def at_version(self, version: int | None) -> Archive:
+        """The same file at another version (a number, or negative counted back from the latest;
+        None = the latest), sharing this archive's open file."""
+        _check_version_argument(version)
+        return Archive._wrap(self.filename, self._native().at_version(version), self._remote)
+
+    def chunks(self, name: str) -> list[ChunkInfo]:
+        """One tensor's chunk table: offsets, stored lengths, checksums and content hashes."""
+        return [ChunkInfo(offset=int(c["offset"]), stored_length=int(c["stored_length"]), crc32c=int(c["crc32c"]),
+                          encoded=bool(c["encoded"]), hash=c["hash"]) for c in self._native().chunks(name)]
+
+    def diff(self, other: Archive) -> ArchiveDiff:
+        """What changed from this archive (or version) to ``other``: tensors added, removed,
+        changed (dtype, shape or content) and unchanged. Format-1.1 archives are compared by
+        their chunks' content hashes, without reading tensor data."""
+        d = self._native().diff(other._native())
+        return ArchiveDiff(added=list(d["added"]), removed=list(d["removed"]), changed=list(d["changed"]),
+                           unchanged=list(d["unchanged"]), compared_by_reading=int(d["compared_by_reading"]))
 
     def _native(self) -> Any:
         if self._archive is None:
@@ -272,7 +399,8 @@ class Archive:
     @property
     def version(self) -> tuple[int, int]:
         """The file's format version, ``(major, minor)``."""
-        return tuple(self._native().version)  # type: ignore[return-value]
+        major, minor = self._native().version
+        return (int(major), int(minor))
 
     @property
     def writer(self) -> dict[str, str] | None:
@@ -356,8 +484,15 @@ def open(  # noqa: A001
     backend: Literal["mmap", "pread"] = "mmap",
     parallel: bool = True,
     storage_options: Mapping[str, Any] | None = None,
+    *,
+    version: int | None = None,
 ) -> Archive:
     """Opens an archive lazily: only its index is read.
+
+    ``version`` picks a version of an archive saved with ``append=True``: a number (as
+    :attr:`Archive.versions` lists them), or negative to count back from the latest (-1 is
+    the latest, -2 the one before); None (default) is the latest. Opening any version costs
+    the same as opening the latest.
 
     ``backend="mmap"`` maps the file (raw tensors are zero-copy views);
     ``backend="pread"`` reads only what is asked for (network filesystems).
@@ -370,7 +505,7 @@ def open(  # noqa: A001
     ``allow_http``, ``timeout``) add to the standard environment variables (``AWS_*``...).
     Arrays of a remote archive are copies (no zero-copy views).
     """
-    return Archive(filename, backend=backend, parallel=parallel, storage_options=storage_options)
+    return Archive(filename, backend=backend, parallel=parallel, storage_options=storage_options, version=version)
 
 
 def load_pytree(
@@ -378,8 +513,13 @@ def load_pytree(
     target: Any = None,
     parallel: bool = True,
     storage_options: Mapping[str, Any] | None = None,
+    *,
+    version: int | None = None,
 ) -> Any:
     """Loads a pytree saved by :func:`bpz.save_pytree` (or a BrainPy ``.bp`` file).
+
+    ``version`` loads an earlier version of an archive saved with ``append=True`` (see
+    :func:`open`); None (default) loads the latest.
 
     Without ``target`` the structure is rebuilt faithfully (lists stay lists, tuples tuples,
     int keys ints; a brainstate ``FlattedDict`` was saved nested, so its keys come back as
@@ -414,8 +554,11 @@ def load_pytree(
     archive (see :func:`open`, which also says what ``storage_options`` holds).
     """
     filename = os.fspath(filename)
+    _check_version_argument(version)
     if not _is_url(filename) and not os.path.exists(filename):
         raise CheckpointNotFoundError(f"Checkpoint not found: {filename}")
+    fmt: str | None
+    head = b""
     if os.path.isdir(filename):
         # A sharded checkpoint written by bpz.jax.save (bpz.sharded): its arrays whole, as NumPy.
         from .sharded import load_numpy
@@ -428,10 +571,12 @@ def load_pytree(
         with builtins_open(filename, "rb") as f:
             head = f.read(SNIFF_BYTES)
         fmt = sniff(head)
+    if fmt != "bpz" and version not in (None, 1, -1):
+        raise ValueError(f"{filename}: a {fmt} checkpoint has one version; version={version} does not exist")
     if fmt == "sharded":
         pass
     elif fmt == "bpz":
-        with open(filename, parallel=parallel, storage_options=storage_options) as archive:
+        with open(filename, parallel=parallel, storage_options=storage_options, version=version) as archive:
             loaded = archive.load()
     elif fmt == "bp":
         from ._legacy import bp_msgpack
@@ -456,9 +601,16 @@ def load_pytree(
     return result
 
 
+def _check_version_argument(version: Any) -> None:
+    if version is not None and (isinstance(version, bool) or not isinstance(version, (int, np.integer))):
+        raise TypeError(f"version must be an int (negative counts back from the latest) or None, not {version!r}")
+
+
 def _refuse(filename: str, head: bytes) -> None:
     if head[1:4] == b"BPZ":
         # A damaged bpz header (text-mode or 7-bit mangling): let the native reader say which.
         _bpz.Archive(filename)
     head = head[:8]
-    raise NotAnArchiveError(f"{filename}: neither a bpz archive nor a BrainPy .bp checkpoint (first bytes {head.hex(' ')})")
+    raise NotAnArchiveError(
+        f"{filename}: neither a bpz archive nor a BrainPy .bp checkpoint (first bytes {head.hex(' ')})"
+    )

@@ -11,8 +11,9 @@ import sys
 import threading
 import traceback
 import warnings
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
-from typing import Any, Callable
+from typing import Any
 
 from . import _bpz, pytree
 from .errors import InvalidCheckpointPath, LimitExceededError

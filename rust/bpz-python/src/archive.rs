@@ -3,10 +3,10 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use bpz::{Backend, Reader, TensorInfo, VerifyOptions};
+use bpz::{Backend, Reader, TensorInfo, VerifyOptions, VersionInfo, VersionSelector};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyTuple};
+use pyo3::types::{PyBytes, PyDict, PyTuple};
 
 use crate::buffer::Buffer;
 use crate::errors::IntoPyResult;
@@ -42,6 +42,34 @@ fn read_at(py: Python<'_>, reader: &Reader, index: usize) -> PyResult<Buffer> {
     Ok(Buffer::zeroed(one.pop().expect("one buffer per index")))
 }
 
+/// `None` = the latest version, `k > 0` = version number `k`, `k < 0` = counted back from the
+/// latest (-1 = the latest).
+pub fn version_selector(version: Option<i64>) -> PyResult<VersionSelector> {
+    Ok(match version {
+        None => VersionSelector::Latest,
+        Some(k) if k > 0 => VersionSelector::Number(k as u64),
+        Some(k) if k < 0 => VersionSelector::FromLatest(k),
+        Some(_) => {
+            return Err(bpz::Error::InvalidArgument(
+                "version 0 does not exist: versions are numbered from 1 (negative counts back from the latest)"
+                    .into(),
+            ))
+            .py()
+        }
+    })
+}
+
+fn version_dict<'py>(py: Python<'py>, v: &VersionInfo) -> PyResult<Bound<'py, PyDict>> {
+    let d = PyDict::new(py);
+    d.set_item("version", v.number)?;
+    d.set_item("time_ns", v.time_ns)?;
+    d.set_item("bytes_added", v.bytes_added)?;
+    d.set_item("data_start", v.data_start)?;
+    d.set_item("index_offset", v.index_offset)?;
+    d.set_item("index_length", v.index_length)?;
+    Ok(d)
+}
+
 impl Archive {
     /// An archive over a reader opened elsewhere (a remote one).
     pub fn from_reader(reader: Reader) -> Self {
@@ -54,8 +82,14 @@ impl Archive {
 #[pymethods]
 impl Archive {
     #[new]
-    #[pyo3(signature = (path, backend = "mmap", parallel = true))]
-    fn new(py: Python<'_>, path: PathBuf, backend: &str, parallel: bool) -> PyResult<Self> {
+    #[pyo3(signature = (path, backend = "mmap", parallel = true, version = None))]
+    fn new(
+        py: Python<'_>,
+        path: PathBuf,
+        backend: &str,
+        parallel: bool,
+        version: Option<i64>,
+    ) -> PyResult<Self> {
         let backend = match backend {
             "mmap" => Backend::Mmap,
             "pread" => Backend::Pread,
@@ -65,11 +99,92 @@ impl Archive {
                 )))
             }
         };
-        let mut reader = py.detach(|| Reader::open_with(&path, backend)).py()?;
+        let which = version_selector(version)?;
+        let mut reader = py
+            .detach(|| Reader::open_version(&path, backend, which))
+            .py()?;
         reader.set_parallel(parallel);
         Ok(Archive {
             reader: Arc::new(reader),
         })
+    }
+
+    /// Another version of the same file, sharing its open file and map.
+    #[pyo3(signature = (version = None))]
+    fn at_version(&self, py: Python<'_>, version: Option<i64>) -> PyResult<Self> {
+        let which = version_selector(version)?;
+        let mut reader = py.detach(|| self.reader.at_version(which)).py()?;
+        reader.set_parallel(self.reader.is_parallel());
+        Ok(Archive {
+            reader: Arc::new(reader),
+        })
+    }
+
+    /// Every version in the file, oldest first.
+    #[getter]
+    fn versions<'py>(&self, py: Python<'py>) -> PyResult<Vec<Bound<'py, PyDict>>> {
+        self.reader
+            .versions()
+            .iter()
+            .map(|v| version_dict(py, v))
+            .collect()
+    }
+
+    /// The number of the version this archive reads.
+    #[getter]
+    fn version_number(&self) -> u64 {
+        self.reader.version_number()
+    }
+
+    /// `None`, or what was skipped when the file ends in an unfinished append.
+    #[getter]
+    fn recovered<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyDict>>> {
+        self.reader
+            .recovered()
+            .map(|r| {
+                let d = PyDict::new(py);
+                d.set_item("ignored_bytes", r.ignored_bytes)?;
+                d.set_item("committed_end", r.committed_end)?;
+                Ok(d)
+            })
+            .transpose()
+    }
+
+    fn version_metadata_json(&self, py: Python<'_>, number: u64) -> PyResult<String> {
+        py.detach(|| self.reader.version_metadata_json(number))
+            .py()
+    }
+
+    /// One tensor's chunk table: where each chunk is, its checksums and content hash.
+    fn chunks<'py>(&self, py: Python<'py>, name: &str) -> PyResult<Vec<Bound<'py, PyDict>>> {
+        let t = self.reader.tensor(name).py()?;
+        t.chunks
+            .iter()
+            .map(|c| {
+                let d = PyDict::new(py);
+                d.set_item("offset", c.offset)?;
+                d.set_item("stored_length", c.stored_len)?;
+                d.set_item("crc32c", c.crc32c)?;
+                d.set_item("encoded", c.encoded)?;
+                d.set_item("hash", c.hash.map(|h| PyBytes::new(py, &h)))?;
+                Ok(d)
+            })
+            .collect()
+    }
+
+    /// Tensors added, removed, changed and unchanged from this archive to `other`, by name,
+    /// dtype, shape and the chunks' content hashes (data read only where hashes are missing).
+    fn diff<'py>(&self, py: Python<'py>, other: &Archive) -> PyResult<Bound<'py, PyDict>> {
+        let d = py
+            .detach(|| bpz::diff(&self.reader, &other.reader))
+            .py()?;
+        let out = PyDict::new(py);
+        out.set_item("added", d.added)?;
+        out.set_item("removed", d.removed)?;
+        out.set_item("changed", d.changed)?;
+        out.set_item("unchanged", d.unchanged)?;
+        out.set_item("compared_by_reading", d.compared_by_reading)?;
+        Ok(out)
     }
 
     #[getter]

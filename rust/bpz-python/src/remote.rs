@@ -85,15 +85,26 @@ fn options(storage_options: Option<&Bound<'_, PyDict>>) -> PyResult<Vec<(String,
 /// Opens the archive at `url` (http(s)://, s3://, gs://, az://) with one request; returns
 /// it with its request counter.
 #[pyfunction]
-#[pyo3(signature = (url, storage_options = None, parallel = true))]
+#[pyo3(signature = (url, storage_options = None, parallel = true, version = None))]
 pub fn open_remote(
     py: Python<'_>,
     url: &str,
     storage_options: Option<&Bound<'_, PyDict>>,
     parallel: bool,
+    version: Option<i64>,
 ) -> PyResult<(Archive, RemoteStats)> {
     let opts = options(storage_options)?;
-    let (mut reader, source) = py.detach(|| bpz::remote::open(url, &opts)).py()?;
+    let which = crate::archive::version_selector(version)?;
+    let (mut reader, source) = py
+        .detach(|| {
+            let (latest, source) = bpz::remote::open(url, &opts)?;
+            // An older version costs one more request: its index, located by the latest's.
+            match which {
+                bpz::VersionSelector::Latest => Ok((latest, source)),
+                which => Ok((latest.at_version(which)?, source)),
+            }
+        })
+        .py()?;
     reader.set_parallel(parallel);
     Ok((Archive::from_reader(reader), RemoteStats { source }))
 }

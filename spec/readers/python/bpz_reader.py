@@ -435,8 +435,9 @@ def open_archive(path: str | os.PathLike, version: int | None = None, **limits) 
 
 
 class _NotCommitted(Exception):
-    """A trailer, or the index head it points to, that does not check (sections 3, 16.5
-    step 1): at the file's end this is an unfinished append, recovered from (16.7)."""
+    """A trailer that is not valid (end magic, crc, or not ending where its index says), or
+    an index head that does not check: at the file's end the former means an unfinished
+    append, recovered from (16.7)."""
 
     def __init__(self, kind: str, message: str):
         super().__init__(message)
@@ -611,31 +612,35 @@ class Archive:
     # ---- 1.1: the binary index and versions (section 16)
     def _trailer_at(self, end: int) -> tuple[int, int, int]:
         """The trailer ending at ``end`` as (index_offset, index_length, index_crc), or
-        _NotCommitted if it is not one that a committed 1.1 version ends with (3, 16.1)."""
+        _NotCommitted if it is not a valid trailer for an index ending there (16.7)."""
         trailer = self._pread(end - TRAILER_SIZE, TRAILER_SIZE)
         if trailer[24:] != END_MAGIC:
             raise _NotCommitted("truncated", "the file does not end with BPZ_END")
         if crc32c(trailer[:20]) != int.from_bytes(trailer[20:24], "little"):
             raise _NotCommitted("checksum_mismatch", "trailer crc32c mismatch")
         index_offset, index_length, index_crc = struct.unpack("<QQI", trailer[:20])
-        if end % 64:
-            raise _NotCommitted("invalid_index", f"trailer ends at {end}, not a multiple of 64")
-        if index_offset < SUPERBLOCK_SIZE or index_length < MIN_INDEX_LENGTH or \
-                index_offset + index_length + TRAILER_SIZE != end:
+        if index_offset + index_length + TRAILER_SIZE != end:
             raise _NotCommitted("invalid_index", f"index [{index_offset}, +{index_length}) does not end at the "
                                                  f"trailer at {end - TRAILER_SIZE}")
         return index_offset, index_length, index_crc
 
     def _committed_at(self, end: int) -> _BinaryIndex:
-        """The version whose trailer ends at ``end``; _NotCommitted if the trailer or the head
-        crc does not check. Once both do, the version was committed: any other fault is an
-        error of the file (BpzFormatError), never a reason to fall back to an older version."""
+        """The version whose valid trailer ends at ``end`` (16.5 steps 1-4 checked): any
+        failure raises its error (section 10 step 6, 16.5). The caller has checked the trailer."""
         index_offset, index_length, index_crc = self._trailer_at(end)
+        where = f"trailer at {end - TRAILER_SIZE}"
+        if end % 64:
+            raise self._fail("invalid_index", f"{where}: ends at {end}, not a multiple of 64 (16.1)")
         if index_length > MAX_INDEX_BYTES:  # step 6
-            raise self._fail("limit_exceeded", f"trailer at {end - TRAILER_SIZE}: index of {index_length} bytes "
-                                               f"exceeds 256 MiB")
+            raise self._fail("limit_exceeded", f"{where}: index of {index_length} bytes exceeds 256 MiB")
         self._check_index_budget(index_length)
-        head = _read_head(self, index_offset, index_length, index_crc)
+        if index_offset < SUPERBLOCK_SIZE or index_length < MIN_INDEX_LENGTH:
+            raise self._fail("invalid_index", f"{where}: index [{index_offset}, +{index_length}) starts before 64 "
+                                              f"or is shorter than {MIN_INDEX_LENGTH} bytes")
+        try:
+            head = _read_head(self, index_offset, index_length, index_crc)
+        except _NotCommitted as exc:
+            raise self._fail(exc.kind, str(exc)) from None
         return _BinaryIndex(self, index_offset, index_length, head, latest_end=end)
 
     def _check_index_budget(self, index_length: int) -> None:
@@ -650,9 +655,11 @@ class Archive:
         tail_start = max(0, size - (64 << 10))  # the trailer and, usually, the head and versions: one read
         self._tail = (tail_start, self._pread(tail_start, size - tail_start))
         try:
-            latest = self._committed_at(size)
-        except _NotCommitted as exc:
+            self._trailer_at(size)
+        except _NotCommitted as exc:  # an unfinished append (16.7); a valid trailer is checked as is
             latest = self._recover(exc)
+        else:
+            latest = self._committed_at(size)
         self._latest = latest
         self._indexes = {latest.number: latest}
         records = latest.records
@@ -683,9 +690,13 @@ class Archive:
                 end = lo + at + len(END_MAGIC)
                 if end % 64 or end >= size or end < smallest_end:
                     continue
-                try:
+                try:  # a candidate whose trailer or head (16.5 steps 1-4) does not check is passed over
                     found = self._committed_at(end)
                 except _NotCommitted:
+                    continue
+                except BpzFormatError as exc:
+                    if exc.kind == "io" or "(max_index_bytes)" in str(exc):
+                        raise  # the machine or this reader's cap, not the file: never a reason to fall back
                     continue
                 self.recovered = Recovery(end, size - end, f"the last {size - end} bytes are an unfinished append "
                                                            f"({last}); version {found.number}, ending at {end}, "

@@ -332,9 +332,11 @@ def overlap_chunks(model):
 
 
 STAGES = {  # name: (build, stage, kind): stage is where it must fail
-    "head_crc": (lambda: one_version(tamper=setter(("head_crc",), 1)), "open", "truncated"),
+    # a valid last trailer whose index does not check is damage, not an unfinished append (16.7)
+    "head_crc": (lambda: one_version(tamper=setter(("head_crc",), 1)), "open", "checksum_mismatch"),
+    "head_crc_of_latest": (lambda: two_versions(tamper=setter(("head_crc",), 1)), "open", "checksum_mismatch"),
     "index_magic": (lambda: one_version(tamper=setter(("head", "magic"), b"BPZINDEY")), "open", "invalid_index"),
-    "section_count_5": (lambda: one_version(tamper=setter(("head", "section_count"), 5)), "open", "truncated"),
+    "section_count_5": (lambda: one_version(tamper=setter(("head", "section_count"), 5)), "open", "invalid_index"),
     "superblock_copy": (lambda: one_version(tamper=setter(("superblock",), superblock(alignment=128))),
                         "open", "invalid_index"),
     "version_0": (lambda: one_version(number=0), "open", "invalid_index"),
@@ -538,12 +540,30 @@ def test_caps_and_streaming(tmp_path):
 
 
 def test_trailer_must_end_at_a_multiple_of_64(tmp_path):
+    """A valid trailer ending where its index says, but not at a multiple of 64: section 10
+    step 6 (invalid_index), not an unfinished append."""
     w = one_version()
     data = w.bytes()
     r = w.records[0]
-    # the same index, moved one byte later: a committed-looking trailer at a non-multiple of 64
     moved = data[:r["index_offset"]] + b"\0" + data[r["index_offset"]:-32] + \
         trailer(r["index_offset"] + 1, r["index_length"], r["index_crc"])
     path = tmp_path / "m.bpz"
     path.write_bytes(moved)
-    assert kind_of(lambda: open_archive(path)) == "truncated"
+    assert kind_of(lambda: open_archive(path)) == "invalid_index"
+
+
+def test_recovery_passes_over_a_version_whose_head_does_not_check(tmp_path):
+    """16.7: the scan wants a valid trailer AND a head passing 16.5 steps 1-4; version 2's
+    versions chain points forward, so a torn version 3 recovers to version 1."""
+    w = V11Writer()
+    w.append([{"name": "a", "array": arr(10)}])
+    v1 = len(w.buf)
+    w.append([{"name": "a", "array": arr(10, seed=2)}],
+             tamper=lambda m: m["versions"][0].update(index_offset=1 << 20))
+    v2 = w.bytes()
+    path = tmp_path / "v2.bpz"
+    path.write_bytes(v2)
+    assert kind_of(lambda: open_archive(path)) == "invalid_index"  # as the latest: an error
+    path.write_bytes(v2 + b"\1" * 100)  # a torn version 3 after it: passed over
+    with open_archive(path) as ar:
+        assert ar.version_number == 1 and ar.recovered.committed_end == v1

@@ -1110,25 +1110,9 @@ impl Reader {
         self.verify_info(t, opts.decode)
     }
 
+    /// Every chunk of `t`: crc32c, and content hashes where the decoded bytes are at hand.
     fn verify_info(&self, t: &TensorInfo, decode: bool) -> Result<()> {
-        let check = |i: usize| -> Result<()> {
-            if !(decode && t.chunks[i].encoded) {
-                return self.with_stored(t, i, |stored| self.check_crc(t, i, stored));
-            }
-            self.with_stored(t, i, |stored| {
-                self.check_crc(t, i, stored)?;
-                let decoded = t.chunk_decoded_len(i);
-                // Into a per-thread buffer reused from chunk to chunk (a whole-chunk
-                // decode does not use this one itself).
-                codec::with_scratch(codec::Scratch::Chunk, decoded as usize, |sink| {
-                    self.decode_stored(t, i, stored, 0..decoded, sink)
-                })
-                .unwrap_or_else(|| {
-                    let mut sink = self.alloc_chunk(t, i, decoded)?;
-                    self.decode_stored(t, i, stored, 0..decoded, &mut sink)
-                })
-            })
-        };
+        let check = |i: usize| self.verify_chunk(t, i, decode);
         if self.parallel && t.chunks.len() > 1 {
             (0..t.chunks.len()).into_par_iter().try_for_each(check)
         } else {

@@ -237,8 +237,8 @@ impl Sums {
     /// The sealed tensor records, in saving order, and the sections' sums; blocks of
     /// tensors on the thread pool, their crcs combined.
     fn of(label: &str, tensors: &[TensorInfo]) -> Result<(Vec<[u8; TENSOR_RECORD_LEN]>, Sums)> {
-        // Where each block's names, dimensions and chunks start.
-        let mut starts: Vec<Cursor> = tensors
+        // How much of each section each block holds, and where that starts.
+        let sizes: Vec<Cursor> = tensors
             .par_chunks(BLOCK)
             .map(|block| {
                 let mut c = Cursor::default();
@@ -247,8 +247,9 @@ impl Sums {
             })
             .collect();
         let mut total = Cursor::default();
-        for c in &mut starts {
-            let size = std::mem::replace(c, total);
+        let mut starts = Vec::with_capacity(sizes.len());
+        for size in &sizes {
+            starts.push(total);
             total.name_offset += size.name_offset;
             total.shape_offset += size.shape_offset;
             total.first_chunk += size.first_chunk;
@@ -265,11 +266,13 @@ impl Sums {
         let blocks: Vec<Sums> = tensors
             .par_chunks(BLOCK)
             .zip(records.par_chunks_mut(BLOCK))
-            .zip(starts)
+            .zip(starts.into_par_iter().zip(sizes))
             .enumerate()
-            .map(|(b, ((block, out), mut cursor))| {
+            .map(|(b, ((block, out), (mut cursor, size)))| {
                 // The block's part of each section, gathered so that each gets one crc.
-                let (mut names, mut shapes, mut chunks) = (Vec::new(), Vec::new(), Vec::new());
+                let mut names = Vec::with_capacity(size.name_offset as usize);
+                let mut shapes = Vec::with_capacity(size.shape_offset as usize * 8);
+                let mut chunks = Vec::with_capacity(size.first_chunk as usize * CHUNK_RECORD_LEN);
                 for (k, (t, out)) in block.iter().zip(out).enumerate() {
                     let own = chunks.len();
                     for c in &t.chunks {
@@ -283,12 +286,11 @@ impl Sums {
                     }
                 }
                 let sum = |bytes: &[u8]| (crc32c::crc32c(bytes), bytes.len() as u64);
-                let sums = Sums {
+                Sums {
                     names: sum(&names),
                     shapes: sum(&shapes),
                     chunks: sum(&chunks),
-                };
-                sums
+                }
             })
             .collect();
         let join = |(crc, len): &mut (u32, u64), (part, part_len): (u32, u64)| {

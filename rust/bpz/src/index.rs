@@ -384,6 +384,17 @@ pub(crate) fn check_json_section(path: &str, bytes: &[u8], what: &str) -> Result
 /// The tree section checked as the spec's section 8 asks on open (an object or `null`,
 /// every `tensor` member a string): its text and the tensor names it refers to.
 pub(crate) fn check_tree_section(path: &str, bytes: &[u8]) -> Result<(String, Vec<String>)> {
+    let refs = tree_refs(path, bytes)?
+        .into_iter()
+        .map(Cow::into_owned)
+        .collect();
+    Ok((section_text(bytes), refs))
+}
+
+/// The names a tree's `tensor` nodes refer to, after the checks of the spec's section 8
+/// (an object or `null`, every `tensor` member a string): the one rule, applied by the
+/// reader to a stored tree and by the writer to the tree it is given.
+pub(crate) fn tree_refs<'a>(path: &str, bytes: &'a [u8]) -> Result<Vec<Cow<'a, str>>> {
     let mut shape_ok = true;
     let refs = scan_section(path, bytes, "tree", |s| {
         let mut refs = Vec::new();
@@ -401,8 +412,7 @@ pub(crate) fn check_tree_section(path: &str, bytes: &[u8]) -> Result<(String, Ve
             "the tree is neither an object nor null",
         ));
     }
-    let refs = refs.into_iter().map(|(_, n)| n.into_owned()).collect();
-    Ok((section_text(bytes), refs))
+    Ok(refs.into_iter().map(|(_, n)| n).collect())
 }
 
 /// The writer section: `{"name": …, "version": …}` (or `null`).

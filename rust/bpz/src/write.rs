@@ -16,7 +16,7 @@ use crate::codec;
 use crate::error::{Error, Result};
 use crate::filter_choice;
 use crate::format::*;
-use crate::index::{IndexEmitter, JsonPart};
+use crate::index::{self, IndexEmitter, JsonPart};
 use crate::json::{self, JsonError, Scanner};
 use crate::persist::TempFile;
 pub use crate::persist::STALE_TEMP_AGE;
@@ -66,11 +66,11 @@ impl Compression {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum FormatVersion {
     /// Format 1.0: a JSON index, one version, no content hashes: exactly the bytes
-    /// writers made before 1.1 (spec sections 2–15).
-    #[default]
+    /// writers made before 1.1 (spec sections 2–15), for readers that know only 1.0.
     V1_0,
     /// Format 1.1: a binary index, a content hash per chunk, appendable versions
     /// (spec section 16).
+    #[default]
     V1_1,
 }
 
@@ -869,10 +869,15 @@ impl<W: Write> Writer<W> {
                 check_nesting(&self.label, what, json::value_depth(v))?;
             }
         }
+        let tree = match std::mem::take(&mut self.tree) {
+            JsonPart::Value(v) => serde_json::to_string(&v).expect("a JSON value serializes"),
+            JsonPart::Text(t) => t,
+        };
+        self.check_tree_refs(tree.as_bytes())?;
+        let tree = JsonPart::Text(tree);
         let index_offset = self.pos;
-        let (tensors, tree, metadata) = (
+        let (tensors, metadata) = (
             std::mem::take(&mut self.tensors),
-            std::mem::take(&mut self.tree),
             std::mem::take(&mut self.metadata),
         );
         self.names = NameTable::default();
@@ -908,6 +913,26 @@ impl<W: Write> Writer<W> {
             chunks_shared: self.chunks_shared,
         };
         Ok((summary, record))
+    }
+
+    /// Refuses a tree the reader would refuse (spec section 8): its `tensor` nodes must be
+    /// strings naming tensors of this version.
+    fn check_tree_refs(&self, tree: &[u8]) -> Result<()> {
+        let refs = index::tree_refs(&self.label, tree).map_err(|e| match e {
+            Error::InvalidIndex { detail, .. } => {
+                Error::InvalidArgument(format!("the tree cannot be stored: {detail}"))
+            }
+            other => other,
+        })?;
+        match refs
+            .iter()
+            .find(|name| self.names.vacancy(name, &self.tensors).is_some())
+        {
+            Some(missing) => Err(Error::InvalidArgument(format!(
+                "the tree refers to tensor {missing:?}, which is not among the tensors added"
+            ))),
+            None => Ok(()),
+        }
     }
 
     /// What [`seal`](Self::seal) needs done between the index and the trailer.
@@ -960,13 +985,7 @@ impl<W: Write> Writer<W> {
         tree: &JsonPart,
         metadata: &JsonPart,
     ) -> Result<(u64, u32)> {
-        let text = |part: &JsonPart| -> Vec<u8> {
-            match part {
-                JsonPart::Value(v) => serde_json::to_vec(v).expect("a JSON value serializes"),
-                JsonPart::Text(t) => t.as_bytes().to_vec(),
-            }
-        };
-        let (tree, metadata) = (text(tree), text(metadata));
+        let (tree, metadata) = (json_bytes(tree), json_bytes(metadata));
         let writer = serde_json::to_vec(&self.opts.writer).expect("writer info serializes");
         let previous = std::mem::take(&mut self.plan.previous);
         let head = VersionHead {
@@ -1244,6 +1263,16 @@ impl Dedup {
                 .zip(hashes)
                 .all(|(c, h)| c.hash.as_ref() == Some(h));
         same.then_some(t)
+    }
+}
+
+/// The text of a JSON part.
+fn json_bytes(part: &JsonPart) -> std::borrow::Cow<'_, [u8]> {
+    match part {
+        JsonPart::Value(v) => serde_json::to_vec(v)
+            .expect("a JSON value serializes")
+            .into(),
+        JsonPart::Text(t) => t.as_bytes().into(),
     }
 }
 

@@ -86,6 +86,8 @@ fn write(compression: Compression, chunk_bytes: usize) -> Vec<u8> {
     let opts = WriterOptions {
         compression,
         chunk_bytes,
+        // The same version time in every save, so that the bytes can be compared.
+        time_ns: Some(0),
         ..Default::default()
     };
     let mut w = Writer::new(Vec::new(), opts).unwrap();

@@ -411,12 +411,28 @@ fn tree_and_metadata_round_trip_and_refs_are_checked() {
     );
     assert_eq!(r.writer().unwrap().unwrap().name, "bpz-rs");
 
-    let mut w = Writer::new(Vec::new(), WriterOptions::default()).unwrap();
-    w.set_tree(serde_json::json!({"tensor": "nope"}));
-    let bytes = w.finish().unwrap().1.unwrap();
-    let e = Reader::from_bytes(bytes).unwrap_err();
-    assert_eq!(e.kind(), "invalid_index");
-    assert!(e.to_string().contains("\"nope\""), "{e}");
+    // A tree the reader would refuse is refused by the writer, in either format.
+    for format in [FormatVersion::V1_0, FormatVersion::V1_1] {
+        let opts = WriterOptions {
+            format,
+            ..WriterOptions::default()
+        };
+        for (tree, says) in [
+            (serde_json::json!({"tensor": "nope"}), "\"nope\""),
+            (
+                serde_json::json!({"a": {"tensor": 3}}),
+                "does not hold a string",
+            ),
+            (serde_json::json!([1]), "neither an object nor null"),
+        ] {
+            let mut w = Writer::new(Vec::new(), opts.clone()).unwrap();
+            w.add_tensor("a/b", DType::U8, &[1], &[9]).unwrap();
+            w.set_tree(tree);
+            let e = w.finish().unwrap_err();
+            assert_eq!(e.kind(), "invalid_argument");
+            assert!(e.to_string().contains(says), "{e}");
+        }
+    }
 }
 
 #[test]

@@ -80,13 +80,20 @@ pub fn sample_values(dtype: DType, n: usize, seed: u64) -> Vec<u8> {
     }
 }
 
+/// A writer of a 1.0 vector (the 1.0 vectors stay byte-identical).
 fn vector_writer(opts: WriterOptions) -> Writer<Vec<u8>> {
+    vector_writer_as(FormatVersion::V1_0, opts)
+}
+
+fn vector_writer_as(format: FormatVersion, opts: WriterOptions) -> Writer<Vec<u8>> {
     let opts = WriterOptions {
         // A fixed writer name keeps the vectors byte-stable across releases.
         writer: WriterInfo {
             name: "bpz-spec-vectors".into(),
             version: "1".into(),
         },
+        format,
+        time_ns: Some(1_700_000_000_000_000_000),
         ..opts
     };
     Writer::new(Vec::new(), opts).unwrap()

@@ -519,3 +519,34 @@ fn random_damage_of_a_1_1_file_never_goes_unnoticed() {
         assert!(!e.kind().is_empty());
     }
 }
+
+/// The index is read with positioned reads, never through the map: a file cut short under
+/// an open 1.1 archive gives `truncated` on lookups, listings and reads, never a signal.
+#[test]
+fn a_file_cut_under_an_open_archive_gives_truncated_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cut.bpz");
+    let tensors = many(5000);
+    std::fs::write(&path, write(v11(), &tensors)).unwrap();
+    for backend in [bpz::Backend::Mmap, bpz::Backend::Pread] {
+        let r = Reader::open_with(&path, backend).unwrap();
+        let len = r.file_len();
+        // Keep the data of the first tensors, lose the index (before the tail read on open).
+        let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        f.set_len(len / 2).unwrap();
+        let mut truncated = 0;
+        for (name, _, _, _) in tensors.iter().step_by(97) {
+            match r.tensor(name) {
+                Ok(_) => {}
+                Err(e) => {
+                    assert_eq!(e.kind(), "truncated", "{e}");
+                    truncated += 1;
+                }
+            }
+        }
+        assert!(truncated > 0);
+        assert_eq!(r.tensors().unwrap_err().kind(), "truncated");
+        assert_eq!(r.verify().unwrap_err().kind(), "truncated");
+        std::fs::write(&path, write(v11(), &tensors)).unwrap();
+    }
+}

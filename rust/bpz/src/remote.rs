@@ -30,6 +30,7 @@ use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures::StreamExt;
 use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::azure::{AzureConfigKey, MicrosoftAzureBuilder};
 use object_store::client::{
@@ -59,7 +60,7 @@ pub const WHOLE_BODY_MAX: u64 = 64 << 20;
 pub const MERGE_GAP: u64 = 64 << 10;
 /// Bounds of one ranged GET of a load: large enough that a request's overhead is small
 /// next to its transfer, small enough to have several in flight (AWS advises 8-16 MB).
-pub const PART_MIN: u64 = 1 << 20;
+pub const PART_MIN: u64 = 4 << 20;
 pub const PART_MAX: u64 = 16 << 20;
 /// Requests in flight at once for one load.
 pub const MAX_CONCURRENCY: usize = 8;
@@ -73,6 +74,56 @@ const DEFAULT_RETRY_TIMEOUT: Duration = Duration::from_secs(20);
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const SHORT_BODY_RETRIES: u32 = 2;
+
+/// A response body as the frames it arrived in: not copied into one buffer (a full load
+/// would copy every byte once more), read out by offset.
+#[derive(Clone, Default)]
+struct Body {
+    frames: Vec<Bytes>,
+    starts: Vec<usize>,
+    len: usize,
+}
+
+impl Body {
+    fn push(&mut self, frame: Bytes) {
+        if !frame.is_empty() {
+            self.starts.push(self.len);
+            self.len += frame.len();
+            self.frames.push(frame);
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Copies bytes `at..at + out.len()` (within the body) into `out`.
+    fn copy_to(&self, at: usize, out: &mut [u8]) {
+        if out.is_empty() {
+            return;
+        }
+        let mut k = self.starts.partition_point(|&s| s <= at) - 1;
+        let (mut pos, mut done) = (at, 0);
+        while done < out.len() {
+            let frame = &self.frames[k];
+            let from = pos - self.starts[k];
+            let n = (frame.len() - from).min(out.len() - done);
+            out[done..done + n].copy_from_slice(&frame[from..from + n]);
+            done += n;
+            pos += n;
+            k += 1;
+        }
+    }
+}
+
+async fn read_body(result: object_store::GetResult) -> object_store::Result<Body> {
+    let mut stream = result.into_stream();
+    let mut body = Body::default();
+    while let Some(frame) = stream.next().await {
+        body.push(frame?);
+    }
+    Ok(body)
+}
 
 /// Whether `s` looks like a URL this module reads (`scheme://...`), not a file path.
 pub fn is_url(s: &str) -> bool {
@@ -604,7 +655,7 @@ struct Inner {
     counters: Arc<Counters>,
     /// Bytes `tail_start..len` from the open request (the whole object when it is small).
     tail_start: u64,
-    tail: Bytes,
+    tail: Body,
     plan: Mutex<Arc<Plan>>,
     /// Bytes fetched by the plan and not read yet ([`PREFETCH_WINDOW`] bounds it).
     buffered: AtomicU64,
@@ -630,7 +681,7 @@ enum SlotState {
     Planned,
     Loading,
     Ready {
-        data: Bytes,
+        data: Body,
         unread: u64,
     },
     /// Every announced byte was read: the data is dropped.
@@ -659,7 +710,7 @@ struct Opened {
     etag: Option<String>,
     last_modified: Option<String>,
     tail_start: u64,
-    tail: Bytes,
+    tail: Body,
 }
 
 /// ETag and modification time of a response (a missing Last-Modified reads as the epoch:
@@ -782,7 +833,7 @@ impl Inner {
 
     /// One ranged GET pinned to the opened object, its body checked for length; short
     /// bodies are retried.
-    async fn fetch(self: Arc<Self>, range: Range<u64>) -> Result<Bytes, RemoteError> {
+    async fn fetch(self: Arc<Self>, range: Range<u64>) -> Result<Body, RemoteError> {
         let want = range.end - range.start;
         let mut attempt = 0;
         loop {
@@ -798,7 +849,9 @@ impl Inner {
             let got = self.store.get_opts(&self.path, options).await;
             let result = got.map_err(|e| self.err(&e, slot.get()))?;
             self.check_same(&result.meta)?;
-            let body = result.bytes().await.map_err(|e| self.err(&e, slot.get()))?;
+            let body = read_body(result)
+                .await
+                .map_err(|e| self.err(&e, slot.get()))?;
             self.counters
                 .bytes
                 .fetch_add(body.len() as u64, Ordering::Relaxed);
@@ -908,7 +961,7 @@ impl RemoteSource {
         let skip = (from - offset) as usize;
         let at = (from - inner.tail_start) as usize;
         let n = buf.len() - skip;
-        buf[skip..].copy_from_slice(&inner.tail[at..at + n]);
+        inner.tail.copy_to(at, &mut buf[skip..skip + n]);
         skip
     }
 
@@ -942,7 +995,8 @@ impl RemoteSource {
         })??;
         let mut at = 0;
         for (_, body) in bodies {
-            buf[at..at + body.len()].copy_from_slice(&body);
+            let n = body.len();
+            body.copy_to(0, &mut buf[at..at + n]);
             at += body.len();
         }
         Ok(())
@@ -1007,7 +1061,7 @@ impl RemoteSource {
                 }
                 SlotState::Ready { data, unread } => {
                     let at = (offset - slot.range.start) as usize;
-                    buf.copy_from_slice(&data[at..at + buf.len()]);
+                    data.copy_to(at, buf);
                     *unread = unread.saturating_sub(buf.len() as u64);
                     if *unread == 0 {
                         *state = SlotState::Consumed;
@@ -1036,7 +1090,7 @@ impl RemoteSource {
     }
 }
 
-fn finish_slot(slot: &Slot, result: Result<Bytes, RemoteError>) {
+fn finish_slot(slot: &Slot, result: Result<Body, RemoteError>) {
     let mut state = slot.state.lock().unwrap_or_else(|e| e.into_inner());
     *state = match result {
         Ok(data) => SlotState::Ready {
@@ -1048,8 +1102,35 @@ fn finish_slot(slot: &Slot, result: Result<Bytes, RemoteError>) {
     slot.ready.notify_all();
 }
 
-/// Bytes per GET for a load of `total` bytes: enough parts to keep every connection busy.
+/// Marks a slot failed if its fetch task ends without settling it (a panic, a runtime
+/// shutting down), so that no reader waits for it forever.
+struct SettleOnDrop(Arc<Slot>);
+
+impl Drop for SettleOnDrop {
+    fn drop(&mut self) {
+        let loading = matches!(
+            *self.0.state.lock().unwrap_or_else(|e| e.into_inner()),
+            SlotState::Loading
+        );
+        if loading {
+            finish_slot(
+                &self.0,
+                Err(RemoteError::new(
+                    io::ErrorKind::Other,
+                    EIO,
+                    "internal error: a remote read task stopped before its answer",
+                )),
+            );
+        }
+    }
+}
+
+/// Bytes per GET for a read of `total` bytes. Up to [`PART_MAX`] it is one request (one
+/// tensor = one request); beyond, parts enough to keep every connection busy.
 fn part_len(total: u64) -> u64 {
+    if total <= PART_MAX {
+        return total.max(1);
+    }
     (total / (2 * MAX_CONCURRENCY as u64)).clamp(PART_MIN, PART_MAX)
 }
 
@@ -1143,8 +1224,11 @@ async fn drive(inner: Arc<Inner>, plan: Arc<Plan>, generation: u64) {
         inner.buffered.fetch_add(slot.wanted, Ordering::Relaxed);
         let (inner, slot) = (inner.clone(), slot.clone());
         tokio::spawn(async move {
+            // Readers wait on the slot: it is settled even if this task ends early.
+            let guard = SettleOnDrop(slot.clone());
             let result = inner.clone().fetch(slot.range.clone()).await;
             finish_slot(&slot, result);
+            drop(guard);
             drop(permit);
         });
     }
@@ -1206,7 +1290,7 @@ async fn open_tail(
                 ));
             }
             let (etag, modified) = meta_identity(&r.meta);
-            let body = r.bytes().await.map_err(|e| err(&e, slot.get()))?;
+            let body = read_body(r).await.map_err(|e| err(&e, slot.get()))?;
             count(body.len());
             if body.len() as u64 != len {
                 return Err(short(body.len(), len));
@@ -1232,7 +1316,7 @@ async fn open_tail(
                     etag,
                     last_modified: modified,
                     tail_start: 0,
-                    tail: Bytes::new(),
+                    tail: Body::default(),
                 });
             }
             let (slot, request) = get(Some(GetRange::Bounded(start..len)), etag.clone(), false);
@@ -1240,7 +1324,7 @@ async fn open_tail(
             if r.meta.size != len {
                 return Err(changed("its length changed between two requests"));
             }
-            let body = r.bytes().await.map_err(|e| err(&e, slot.get()))?;
+            let body = read_body(r).await.map_err(|e| err(&e, slot.get()))?;
             count(body.len());
             if body.len() as u64 != len - start {
                 return Err(short(body.len(), len - start));
@@ -1258,7 +1342,7 @@ async fn open_tail(
     let len = result.meta.size;
     let range = result.range.clone();
     let (etag, modified) = meta_identity(&result.meta);
-    let body = result.bytes().await.map_err(|e| err(&e, slot.get()))?;
+    let body = read_body(result).await.map_err(|e| err(&e, slot.get()))?;
     count(body.len());
     let want = range.end - range.start;
     if body.len() as u64 != want || range.end != len {
@@ -1366,12 +1450,29 @@ mod tests {
         let ranges: Vec<_> = slots.iter().map(|s| s.range.clone()).collect();
         assert_eq!(ranges, vec![0..300, (1 << 20)..(1 << 20) + 10]);
         assert_eq!(slots[0].wanted, 250);
+        assert_eq!(plan_slots(&[0..(16 << 20)], u64::MAX).len(), 1);
         let big = plan_slots(&[0..(40 << 20)], u64::MAX);
         assert!(big.len() >= 2, "{}", big.len());
         assert_eq!(big.iter().map(|s| s.wanted).sum::<u64>(), 40 << 20);
         // What the open request holds is not planned again.
         assert!(plan_slots(&[1000..2000], 500).is_empty());
         assert_eq!(plan_slots(&[0..2000], 500)[0].range, 0..500);
+    }
+
+    #[test]
+    fn bodies_read_across_frames() {
+        let mut body = Body::default();
+        for frame in [&b"abc"[..], b"", b"defg", b"h"] {
+            body.push(Bytes::copy_from_slice(frame));
+        }
+        assert_eq!(body.len(), 8);
+        for at in 0..8 {
+            for n in 0..=8 - at {
+                let mut out = vec![0u8; n];
+                body.copy_to(at, &mut out);
+                assert_eq!(out, &b"abcdefgh"[at..at + n]);
+            }
+        }
     }
 
     #[test]

@@ -34,8 +34,8 @@ pub struct VersionInfo {
     pub index_length: u64,
     /// The crc32c of its index head (1.1) or of its whole JSON index (1.0).
     pub index_crc: u32,
-    /// The bytes this version added to the file: chunks not shared with an earlier
-    /// version, its index and its trailer (the superblock too, for the first).
+    /// The bytes this version added to the file, `end() - data_start`: its new chunks and
+    /// their padding, its index and its trailer (spec §16.4).
     pub bytes_added: u64,
 }
 

@@ -951,7 +951,7 @@ impl RemoteSource {
     }
 
     /// Copies what the open request already holds; returns the part of `range` before it.
-    fn from_tail(&self, offset: u64, buf: &mut [u8]) -> usize {
+    fn copy_from_tail(&self, offset: u64, buf: &mut [u8]) -> usize {
         let inner = &self.inner;
         let end = offset + buf.len() as u64;
         if end <= inner.tail_start || buf.is_empty() {
@@ -1003,7 +1003,7 @@ impl RemoteSource {
     }
 
     fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), RemoteError> {
-        let before_tail = self.from_tail(offset, buf);
+        let before_tail = self.copy_from_tail(offset, buf);
         if before_tail == 0 {
             return Ok(());
         }
@@ -1445,6 +1445,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::single_range_in_vec_init)]
     fn plans_merge_neighbours_and_split_large_ranges() {
         let slots = plan_slots(&[0..100, 150..300, (1 << 20)..(1 << 20) + 10], u64::MAX);
         let ranges: Vec<_> = slots.iter().map(|s| s.range.clone()).collect();

@@ -22,6 +22,7 @@
 //! ```
 
 pub mod alloc;
+mod append;
 pub mod binindex;
 mod binindex_read;
 mod binindex_write;
@@ -39,6 +40,7 @@ pub mod remote;
 pub mod write;
 
 pub use alloc::Zeroed;
+pub use append::compact;
 pub use diff::{diff, Diff};
 pub use error::{Error, Result, Version};
 pub use format::{

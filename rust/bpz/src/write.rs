@@ -10,6 +10,7 @@ use std::sync::Arc;
 use rayon::prelude::*;
 use serde_json::Value;
 
+use crate::append::AppendFile;
 use crate::binindex::{self, content_hash, VersionRecord};
 use crate::binindex_write::{self, JsonSections, VersionHead};
 use crate::codec;
@@ -151,6 +152,8 @@ pub struct Summary {
 pub(crate) enum Sink<W: Write> {
     File(TempFile),
     Stream(W),
+    /// The end of an existing archive, for a new version (see [`crate::append`]).
+    Append(AppendFile),
 }
 
 /// Writes one archive. Dropping an unfinished file writer deletes its
@@ -309,6 +312,7 @@ impl<W: Write> Writer<W> {
         let r = match self.sink.as_mut().expect("writer used after finish") {
             Sink::File(file) => file.out.write_all(bytes),
             Sink::Stream(out) => out.write_all(bytes),
+            Sink::Append(file) => file.write_all(bytes),
         };
         r.map_err(|e| Error::io(&self.label, e))
     }
@@ -841,7 +845,7 @@ impl<W: Write> Writer<W> {
     /// Writes the index and trailer; for a file writer, flushes, fsyncs and
     /// renames the temporary file over the destination.
     pub fn finish(mut self) -> Result<(Summary, Option<W>)> {
-        let (summary, _) = self.seal()?;
+        let (summary, ..) = self.seal()?;
         match self.sink.take().unwrap() {
             Sink::Stream(mut out) => {
                 out.flush().map_err(|e| Error::io(&self.label, e))?;
@@ -857,12 +861,22 @@ impl<W: Write> Writer<W> {
                     None,
                 ))
             }
+            Sink::Append(file) => {
+                let path = file.commit()?;
+                Ok((
+                    Summary {
+                        path: Some(path),
+                        ..summary
+                    },
+                    None,
+                ))
+            }
         }
     }
 
     /// Ends the version: writes its index and trailer (the sink is not committed). The
     /// tensors, tree and metadata are taken out of the writer.
-    pub(crate) fn seal(&mut self) -> Result<(Summary, VersionRecord)> {
+    pub(crate) fn seal(&mut self) -> Result<(Summary, VersionRecord, Vec<TensorInfo>)> {
         // Checked before serializing, which recurses as deep as the value.
         for (what, part) in [("tree", &self.tree), ("metadata", &self.metadata)] {
             if let JsonPart::Value(v) = part {
@@ -912,7 +926,7 @@ impl<W: Write> Writer<W> {
             chunks_written: self.chunks_written,
             chunks_shared: self.chunks_shared,
         };
-        Ok((summary, record))
+        Ok((summary, record, tensors))
     }
 
     /// Refuses a tree the reader would refuse (spec section 8): its `tensor` nodes must be
@@ -935,9 +949,14 @@ impl<W: Write> Writer<W> {
         }
     }
 
-    /// What [`seal`](Self::seal) needs done between the index and the trailer.
+    /// What [`seal`](Self::seal) needs done between the index and the trailer: an
+    /// append makes its chunks and index durable before the trailer commits them (§16.6).
     fn before_trailer(&mut self) -> Result<()> {
-        self.flush_pending()
+        self.flush_pending()?;
+        if let Some(Sink::Append(file)) = &mut self.sink {
+            file.make_durable()?;
+        }
+        Ok(())
     }
 
     /// The version's time, fixed at the first call.
@@ -1010,7 +1029,21 @@ impl<W: Write> Writer<W> {
         Ok((emitted.length, emitted.head_crc))
     }
 
-    #[allow(dead_code)] // until compaction (append.rs) uses it
+    /// Puts a file whose last version [`seal`](Self::seal) wrote in place.
+    pub(crate) fn commit_sealed(mut self) -> Result<PathBuf> {
+        self.flush_pending()?;
+        match self.sink.take().expect("writer used after finish") {
+            Sink::File(file) => file.commit(),
+            Sink::Append(file) => file.commit(),
+            Sink::Stream(_) => unreachable!("only files are committed"),
+        }
+    }
+
+    /// The number of the version being written.
+    pub(crate) fn set_version_number(&mut self, number: u64) {
+        self.plan.number = number;
+    }
+
     /// Starts the next version in the same file, after [`seal`](Self::seal) wrote
     /// `sealed` (compaction writes several versions into one new file).
     pub(crate) fn next_version(
@@ -1189,7 +1222,6 @@ struct ChunkKey {
 
 impl Dedup {
     /// Indexes a version's tensors (those without hashes, from 1.0 files, are skipped).
-    #[allow(dead_code)] // until append.rs uses it
     pub(crate) fn of(tensors: Vec<TensorInfo>) -> Dedup {
         let mut d = Dedup::default();
         for t in tensors {

@@ -332,6 +332,8 @@ class Fault:
     # Only to requests after the first `skip` ones (the open request, typically).
     skip: int = 0
     etag: str = '"v1"'
+    # Seconds every response waits before its headers (so that parallel requests overlap).
+    delay: float = 0.0
 
 
 @dataclass
@@ -341,6 +343,10 @@ class FaultServer:
     fault: Fault = field(default_factory=Fault)
     log: list[tuple[str, str, str]] = field(default_factory=list)  # (method, path, range)
     etags: dict[str, str] = field(default_factory=dict)
+    # Requests being answered now, and the most ever at once.
+    in_flight: int = 0
+    max_in_flight: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
 
     def url(self, name: str) -> str:
         return f"http://127.0.0.1:{self.port}/{name}"
@@ -412,6 +418,14 @@ def _serve_fault_client(server: FaultServer, conn: socket.socket, stopped: threa
                 status, part = "206 Partial Content", body[a:b]
                 extra = f"Content-Range: bytes {a}-{b - 1}/{size}\r\n"
             header = f"HTTP/1.1 {status}\r\n{common}{extra}Content-Length: {len(part)}\r\n\r\n".encode()
+            with server.lock:
+                server.in_flight += 1
+                server.max_in_flight = max(server.max_in_flight, server.in_flight)
+            try:
+                time.sleep(fault.delay)
+            finally:
+                with server.lock:
+                    server.in_flight -= 1
             if mode == "reset":
                 conn.sendall(header + part[: len(part) // 2])
                 conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")

@@ -66,11 +66,11 @@ def small_tree() -> dict[str, Any]:
             "nested": {"x": np.full((5,), 3, dtype=np.int16)}}
 
 
-def big_tree() -> dict[str, Any]:
-    """About 12 MiB in 24 tensors, raw and compressed, large and small."""
+def big_tree(dense: int = 8) -> dict[str, Any]:
+    """About 4 + `dense` MiB in 16 + `dense` tensors, raw and compressed, large and small."""
     rng = np.random.default_rng(1)
     tree: dict[str, Any] = {}
-    for i in range(8):
+    for i in range(dense):
         tree[f"dense{i}"] = rng.standard_normal((256, 1024)).astype(np.float32)  # 1 MiB, noisy
     for i in range(8):
         tree[f"smooth{i}"] = np.tile(np.arange(4096, dtype=np.float32), 64).reshape(256, 1024)  # compresses
@@ -152,7 +152,7 @@ def test_row_range_fetches_only_the_chunks_it_needs(remote: Remote, tmp_path: Pa
 
 
 def test_full_load_equals_the_local_load_with_parallel_coalesced_requests(remote: Remote, tmp_path: Path) -> None:
-    tree = big_tree()
+    tree = big_tree(dense=40)  # 44 MiB: more than one 16 MiB request
     data = save(tmp_path, tree, compression="auto")
     remote.put("full.bpz", data)
     local = bpz.load_pytree(str(tmp_path / "a.bpz"))
@@ -162,12 +162,28 @@ def test_full_load_equals_the_local_load_with_parallel_coalesced_requests(remote
         stats = a._request_stats()
     assert_trees_equal(loaded, local)
     assert_trees_equal(loaded, tree)
-    # 24 tensors in dozens of chunks, fetched in a few large ranges (1..16 MiB each).
-    assert 2 <= stats["requests"] <= 2 + len(data) // (1 << 20) + 1, stats
+    # 56 tensors in dozens of chunks, fetched in a few large ranges (4..16 MiB each).
+    assert 4 <= stats["requests"] <= 2 + len(data) // (4 << 20) + 1, stats
     assert stats["bytes"] <= len(data) + OPEN_TAIL_BYTES
     assert len(remote.logged(mark, "full.bpz")) == stats["requests"]
     # load_pytree takes URLs as well.
     assert_trees_equal(bpz.load_pytree(remote.url("full.bpz"), storage_options=remote.options()), tree)
+
+
+def test_full_load_runs_its_requests_in_parallel(fault_server: FaultServer, tmp_path: Path) -> None:
+    tree = big_tree(dense=40)
+    fault_server.files["p.bpz"] = save(tmp_path, tree)
+    fault_server.fault.delay = 0.1  # each response waits 100 ms: overlapping requests show
+    t = time.monotonic()
+    with bpz.open(fault_server.url("p.bpz")) as a:
+        loaded = a.load()
+        requests = a._request_stats()["requests"]
+    elapsed = time.monotonic() - t
+    assert_trees_equal(loaded, tree)
+    assert requests >= 5
+    assert fault_server.max_in_flight >= 4, fault_server.max_in_flight
+    # Sequential requests would take requests x 100 ms at least.
+    assert elapsed < (requests - 1) * 0.1, (elapsed, requests)
 
 
 def test_jax_load_reads_urls(nginx: Nginx, tmp_path: Path) -> None:

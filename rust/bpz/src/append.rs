@@ -19,7 +19,7 @@ use std::sync::Arc;
 use crate::binindex::{VersionRecord, REQUIRED_BINARY_INDEX};
 use crate::error::{Error, Result};
 use crate::format::{TensorInfo, SUPERBLOCK_LEN};
-use crate::read::{Backend, Reader, VersionSelector};
+use crate::read::{Backend, Reader, VersionInfo, VersionSelector};
 use crate::write::{
     Compression, Dedup, FormatVersion, Sink, Summary, TensorOptions, VersionPlan, Writer,
     WriterOptions,
@@ -338,19 +338,56 @@ fn upgrade(path: &Path, r: &Reader, opts: &WriterOptions) -> Result<()> {
 /// same lock as [`Writer::append`]). Returns the summary of the latest version, with
 /// the new file's size.
 pub fn compact(path: impl AsRef<Path>, keep_last: usize, opts: WriterOptions) -> Result<Summary> {
-    let path = path.as_ref();
     if keep_last == 0 {
         return Err(Error::InvalidArgument(
             "keep_last must be at least 1 (compaction keeps the latest version)".into(),
         ));
     }
+    compact_to(path, Keep::Last(keep_last), opts)
+}
+
+/// Which versions a compaction keeps.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Keep {
+    /// The last `n` versions.
+    Last(usize),
+    /// These version numbers, and every version newer than the newest of them: a caller
+    /// that chose them from an earlier look at the file never drops a version another
+    /// process appended since. Numbers not in the file are ignored.
+    Versions(Vec<u64>),
+}
+
+/// [`compact`] with any [`Keep`] rule; the versions are chosen under the append lock.
+pub fn compact_to(path: impl AsRef<Path>, keep: Keep, opts: WriterOptions) -> Result<Summary> {
+    let path = path.as_ref();
     opts.check()?;
     let label = path.display().to_string();
     let _locked =
         Locked::open(path)?.ok_or_else(|| Error::io(&label, io::ErrorKind::NotFound.into()))?;
     let reader = Reader::open_version(path, Backend::Pread, VersionSelector::Latest)?;
     let versions = reader.versions().to_vec();
-    let kept = &versions[versions.len().saturating_sub(keep_last)..];
+    let kept: Vec<VersionInfo> = match &keep {
+        Keep::Last(n) => versions[versions.len().saturating_sub(*n)..].to_vec(),
+        Keep::Versions(numbers) => {
+            let newest_named = numbers.iter().copied().max().unwrap_or(0);
+            versions
+                .iter()
+                .filter(|v| numbers.contains(&v.number) || v.number > newest_named)
+                .cloned()
+                .collect()
+        }
+    };
+    if kept.is_empty() {
+        return Err(Error::InvalidArgument(format!(
+            "{label}: compaction would keep no version (the archive holds versions {})",
+            versions
+                .iter()
+                .map(|v| v.number.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )));
+    }
+    let kept = &kept[..];
     let opts = WriterOptions {
         format: FormatVersion::V1_1,
         alignment: reader.superblock().alignment,

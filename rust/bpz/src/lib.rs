@@ -40,7 +40,7 @@ pub mod remote;
 pub mod write;
 
 pub use alloc::Zeroed;
-pub use append::compact;
+pub use append::{compact, compact_to, Keep};
 pub use diff::{diff, Diff};
 pub use error::{Error, Result, Version};
 pub use format::{

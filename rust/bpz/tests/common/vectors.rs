@@ -283,7 +283,171 @@ pub fn golden() -> Vec<Golden> {
         bytes,
     });
 
+    golden_v11(&mut out);
     out
+}
+
+fn v11_opts(opts: WriterOptions) -> WriterOptions {
+    WriterOptions {
+        format: FormatVersion::V1_1,
+        writer: WriterInfo {
+            name: "bpz-spec-vectors".into(),
+            version: "1".into(),
+        },
+        sync: false,
+        ..opts
+    }
+}
+
+/// Appends a version to `path`: `tensors` as (name, dtype, shape, bytes).
+fn append_version(
+    path: &std::path::Path,
+    compression: Compression,
+    time_ns: u64,
+    tensors: &[(&str, DType, &[u64], &[u8])],
+    metadata: Value,
+) {
+    let opts = v11_opts(WriterOptions {
+        time_ns: Some(time_ns),
+        chunk_bytes: 256,
+        compression,
+        level: 3,
+        ..Default::default()
+    });
+    let mut w = Writer::append(path, opts).unwrap();
+    for (name, dtype, shape, data) in tensors {
+        w.add_tensor(name, *dtype, shape, data).unwrap();
+    }
+    w.set_metadata(metadata);
+    w.finish().unwrap();
+}
+
+/// The 1.1 goldens (spec section 16): the 1.0 ones' contents with a binary index, and
+/// files of several versions.
+fn golden_v11(out: &mut Vec<Golden>) {
+    let mut w = vector_writer_as(FormatVersion::V1_1, zstd_opts(8, None));
+    for (i, dtype) in DType::ALL.into_iter().enumerate() {
+        let data = sample_values(dtype, 12, i as u64);
+        w.add_tensor(dtype.name(), dtype, &[4, 3], &data).unwrap();
+    }
+    out.push(Golden {
+        name: "v11_all_dtypes_zstd",
+        bytes: finish(w),
+    });
+
+    // The nested tree, its tensors and metadata, in a 1.1 file.
+    let nested = out.iter().find(|g| g.name == "nested_tree").unwrap();
+    let r = Reader::from_bytes(nested.bytes.clone()).unwrap();
+    let mut w = vector_writer_as(
+        FormatVersion::V1_1,
+        WriterOptions {
+            compression: Compression::AUTO,
+            ..Default::default()
+        },
+    );
+    for t in r.tensors().unwrap() {
+        w.add_tensor(&t.name, t.dtype, &t.shape, &r.read(&t.name).unwrap())
+            .unwrap();
+    }
+    w.set_tree_json_verbatim(r.tree_json().unwrap().into())
+        .unwrap();
+    w.set_metadata_json_verbatim(r.metadata_json().unwrap().into())
+        .unwrap();
+    out.push(Golden {
+        name: "v11_nested_tree",
+        bytes: finish(w),
+    });
+
+    let dir = tempfile::tempdir().unwrap();
+    // Three versions: `conn` unchanged (shared), `V` changed in one chunk, `spikes`
+    // removed in version 3, `w_new` added in version 2; metadata per version.
+    let path = dir.path().join("versions.bpz");
+    let conn: Vec<u8> = (0..512i32)
+        .flat_map(|i| (i * 3 / 7).to_le_bytes())
+        .collect();
+    let v1: Vec<u8> = (0..256)
+        .flat_map(|i| (-65.0f32 + (i % 5) as f32).to_le_bytes())
+        .collect();
+    let mut v2 = v1.clone();
+    v2[700..704].copy_from_slice(&(-50.0f32).to_le_bytes());
+    let spikes: Vec<u8> = prng_bytes(300, 4).iter().map(|b| b & 1).collect();
+    let w_new = sample_values(DType::F64, 4, 2);
+    let t0 = 1_700_000_000_000_000_000u64;
+    append_version(
+        &path,
+        Compression::Zstd,
+        t0,
+        &[
+            ("conn", DType::I32, &[512], &conn),
+            ("V", DType::F32, &[256], &v1),
+            ("spikes", DType::Bool, &[300], &spikes),
+        ],
+        json!({"step": 100}),
+    );
+    append_version(
+        &path,
+        Compression::Zstd,
+        t0 + 1_000_000_000,
+        &[
+            ("conn", DType::I32, &[512], &conn),
+            ("V", DType::F32, &[256], &v2),
+            ("spikes", DType::Bool, &[300], &spikes),
+            ("w_new", DType::F64, &[2, 2], &w_new),
+        ],
+        json!({"step": 200}),
+    );
+    append_version(
+        &path,
+        Compression::Zstd,
+        t0 + 2_000_000_000,
+        &[
+            ("conn", DType::I32, &[512], &conn),
+            ("V", DType::F32, &[256], &v2),
+            ("w_new", DType::F64, &[2, 2], &w_new),
+        ],
+        json!({"step": 300}),
+    );
+    let versions = std::fs::read(&path).unwrap();
+
+    // A raw tensor shared by the next version as a whole run.
+    let path = dir.path().join("raw.bpz");
+    let raw = prng_bytes(1000, 6);
+    for (k, extra) in [(0u64, 1u8), (1, 2)] {
+        append_version(
+            &path,
+            Compression::None,
+            t0 + k,
+            &[
+                ("raw", DType::U8, &[1000], &raw),
+                ("step", DType::U8, &[], &[extra]),
+            ],
+            json!({"step": k}),
+        );
+    }
+    out.push(Golden {
+        name: "v11_raw_shared",
+        bytes: std::fs::read(&path).unwrap(),
+    });
+
+    // An unfinished append after two committed versions: chunks and part of an index
+    // that no trailer commits.
+    let two = {
+        let r = Reader::from_bytes(versions.clone()).unwrap();
+        let v2 = r.versions()[1];
+        (v2.index_offset + v2.index_length + TRAILER_LEN as u64) as usize
+    };
+    let mut torn = versions[..two].to_vec();
+    torn.extend_from_slice(&prng_bytes(300, 8));
+    torn.extend_from_slice(b"BPZINDEX");
+    torn.extend_from_slice(&[0; 77]);
+    out.push(Golden {
+        name: "v11_torn_append",
+        bytes: torn,
+    });
+    out.push(Golden {
+        name: "v11_versions",
+        bytes: versions,
+    });
 }
 
 /// Expected contents of a golden archive, as written to `<name>.json`.
@@ -308,14 +472,56 @@ pub fn expected(bytes: &[u8]) -> Value {
             })
         })
         .collect();
-    json!({
+    let mut e = json!({
         "version": [r.version().major, r.version().minor],
         "alignment": r.superblock().alignment,
         "file_bytes": bytes.len(),
         "tensors": tensors,
         "tree": r.tree().expect("tree"),
         "metadata": r.metadata().expect("metadata"),
-    })
+    });
+    if r.superblock().required_features & bpz::binindex::REQUIRED_BINARY_INDEX != 0 {
+        let versions: Vec<Value> = r
+            .versions()
+            .iter()
+            .map(|v| {
+                let at = r.at_version(VersionSelector::Number(v.number)).unwrap();
+                json!({
+                    "version": v.number,
+                    "time_ns": v.time_ns,
+                    "metadata": at.metadata().unwrap(),
+                    "bytes_added": v.bytes_added,
+                    "tensors": describe_all(&at),
+                })
+            })
+            .collect();
+        e["versions"] = json!(versions);
+        if r.recovered().is_some() {
+            e["recovered"] = json!(true);
+        }
+    }
+    e
+}
+
+fn describe_all(r: &Reader) -> Vec<Value> {
+    r.tensors()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            let data = r.read(&t.name).unwrap();
+            json!({
+                "name": t.name,
+                "dtype": t.dtype.name(),
+                "shape": t.shape,
+                "storage": t.storage.name(),
+                "filter": t.filter.name(),
+                "chunks": t.chunks.len(),
+                "encoded_chunks": t.chunks.iter().filter(|c| c.encoded).count(),
+                "nbytes": t.nbytes(),
+                "sha256": hex(&Sha256::digest(&data)),
+            })
+        })
+        .collect()
 }
 
 pub fn hex(b: &[u8]) -> String {

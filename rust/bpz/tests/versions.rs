@@ -546,3 +546,117 @@ fn readers_see_whole_versions_while_another_thread_appends() {
     check_all(&c, &std::fs::read(&path).unwrap());
     first.verify().unwrap();
 }
+
+/// Appends a version of `tensors` with the crate's writer (§16.6).
+fn append_with_writer(path: &std::path::Path, step: u64, tensors: &[Spec]) -> bpz::Summary {
+    let opts = bpz::WriterOptions {
+        sync: false,
+        time_ns: Some(step),
+        compression: bpz::Compression::Zstd,
+        chunk_bytes: 4096,
+        ..Default::default()
+    };
+    let mut w = bpz::Writer::append(path, opts).unwrap();
+    for (name, dtype, shape, data) in tensors {
+        w.add_tensor(name, *dtype, shape, data).unwrap();
+    }
+    w.set_metadata(serde_json::json!({ "step": step }));
+    w.finish().unwrap().0
+}
+
+/// The versions of the state of a run: "fixed" never changes, "state" every time.
+fn run_state(step: u64) -> Vec<Spec> {
+    let data =
+        |k: u64, n: usize| -> Vec<u8> { (0..n).map(|i| ((i as u64 / 3) * 31 + k) as u8).collect() };
+    vec![
+        t("fixed", &data(0, 20_000)),
+        t("state", &data(step, 9000)),
+        t(&format!("only{}", step % 3), &data(step * 7, 500)),
+    ]
+}
+
+/// Appends made by the crate's writer, cut at every 64-byte boundary of the last one:
+/// the previous version opens, recovered, and reads back exactly.
+#[test]
+fn a_torn_append_of_the_crate_writer_reads_back_the_previous_version() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("run.bpz");
+    for step in 1..=3 {
+        append_with_writer(&path, step, &run_state(step));
+    }
+    let file = std::fs::read(&path).unwrap();
+    let r = Reader::from_bytes(file.clone()).unwrap();
+    assert_eq!(r.version_number(), 3);
+    let previous_end = r.versions()[1].end() as usize;
+    let check = |bytes: &[u8], want_recovered: bool| {
+        let r = Reader::from_bytes(bytes.to_vec()).unwrap();
+        assert_eq!(r.version_number(), 2);
+        assert_eq!(r.recovered().is_some(), want_recovered);
+        for (name, _, _, data) in run_state(2) {
+            assert_eq!(r.read(&name).unwrap(), data);
+        }
+        assert_eq!(r.metadata().unwrap()["step"], 2);
+        r.verify().unwrap();
+    };
+    check(&file[..previous_end], false);
+    let mut cuts: Vec<usize> = (previous_end + 64..file.len()).step_by(64).collect();
+    cuts.extend((previous_end + 1..file.len()).step_by(101));
+    for cut in cuts {
+        check(&file[..cut], true);
+    }
+}
+
+/// §16.6 with the crate's writer: readers opening, reading and verifying while another
+/// thread appends always get a whole version, and a reader opened at version 1 keeps
+/// reading it.
+#[test]
+fn readers_see_whole_versions_while_the_writer_appends() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("run.bpz");
+    append_with_writer(&path, 1, &run_state(1));
+    let first = Reader::open(&path).unwrap();
+    let steps = 15;
+    let done = AtomicBool::new(false);
+    let check = |r: &Reader| {
+        let step = r.version_number();
+        assert_eq!(r.metadata().unwrap()["step"], step);
+        for (name, _, _, data) in run_state(step) {
+            assert_eq!(r.read(&name).unwrap(), data, "version {step}: {name}");
+        }
+        assert_eq!(r.tensors().unwrap().len(), 3);
+    };
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            for step in 2..=steps {
+                let summary = append_with_writer(&path, step, &run_state(step));
+                assert_eq!(summary.version, step);
+            }
+            done.store(true, Ordering::Release);
+        });
+        for backend in [bpz::Backend::Mmap, bpz::Backend::Pread] {
+            let (path, first, done, check) = (&path, &first, &done, &check);
+            s.spawn(move || {
+                let mut last = 0;
+                while !done.load(Ordering::Acquire) {
+                    let r = Reader::open_with(path, backend).unwrap();
+                    assert!(r.version_number() >= last);
+                    last = r.version_number();
+                    check(&r);
+                    r.verify().unwrap();
+                    if let Ok(v) = first.view("fixed") {
+                        assert_eq!(&v[..], &run_state(1)[0].3[..]);
+                    }
+                    check(first);
+                }
+            });
+        }
+    });
+    let r = Reader::open(&path).unwrap();
+    assert_eq!(r.versions().len(), steps as usize);
+    for step in 1..=steps {
+        check(&r.at_version(VersionSelector::Number(step)).unwrap());
+    }
+    r.verify().unwrap();
+    first.verify().unwrap();
+}

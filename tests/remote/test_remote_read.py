@@ -186,6 +186,21 @@ def test_full_load_runs_its_requests_in_parallel(fault_server: FaultServer, tmp_
     assert elapsed < (requests - 1) * 0.1, (elapsed, requests)
 
 
+def test_loads_from_several_threads_share_one_archive(nginx: Nginx, tmp_path: Path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    tree = big_tree(dense=24)
+    (nginx.root / "threads.bpz").write_bytes(save(tmp_path, tree))
+    with bpz.open(nginx.url("threads.bpz")) as a:
+        with ThreadPoolExecutor(3) as pool:
+            results = list(pool.map(lambda _: a.load(), range(3)))
+        stats = a._request_stats()
+    for loaded in results:
+        assert_trees_equal(loaded, tree)
+    # Each load fetched its own ranges; none fell back to chunk-by-chunk requests.
+    assert stats["requests"] <= 2 + 3 * (len(tree) // 4), stats
+
+
 def test_jax_load_reads_urls(nginx: Nginx, tmp_path: Path) -> None:
     jax_mod = pytest.importorskip("bpz.jax")
     (nginx.root / "j.bpz").write_bytes(save(tmp_path, small_tree()))

@@ -66,6 +66,9 @@ pub const PART_MAX: u64 = 16 << 20;
 pub const MAX_CONCURRENCY: usize = 8;
 /// Bytes fetched ahead of the readers at most: bounds the memory of a full load.
 pub const PREFETCH_WINDOW: u64 = 256 << 20;
+/// Loads of one archive that prefetch at once (threads reading the same archive); an older
+/// one is dropped (its readers then fetch what they still need themselves).
+const MAX_PLANS: usize = 4;
 
 /// Retries of a request that failed transiently (object_store retries connection errors,
 /// timeouts and 5xx itself; this module retries short bodies).
@@ -656,17 +659,20 @@ struct Inner {
     /// Bytes `tail_start..len` from the open request (the whole object when it is small).
     tail_start: u64,
     tail: Body,
-    plan: Mutex<Arc<Plan>>,
-    /// Bytes fetched by the plan and not read yet ([`PREFETCH_WINDOW`] bounds it).
-    buffered: AtomicU64,
-    released: tokio::sync::Notify,
-    generation: AtomicU64,
+    /// The loads in progress, oldest first.
+    plans: Mutex<Vec<Arc<Plan>>>,
 }
 
-/// Ranges announced by the reader, fetched ahead: sorted, disjoint slots.
-#[derive(Default)]
+/// Ranges announced by the reader for one load, fetched ahead: sorted, disjoint slots.
 struct Plan {
     slots: Vec<Arc<Slot>>,
+    /// Bytes fetched and not read yet ([`PREFETCH_WINDOW`] bounds it).
+    buffered: AtomicU64,
+    released: tokio::sync::Notify,
+    /// Announced bytes not read yet: at zero the load is over and the plan retires.
+    unread: AtomicU64,
+    /// Set when the plan retires: its planner stops.
+    retired: std::sync::atomic::AtomicBool,
 }
 
 struct Slot {
@@ -925,10 +931,7 @@ impl RemoteSource {
                 counters,
                 tail_start: opened.tail_start,
                 tail: opened.tail,
-                plan: Mutex::new(Arc::new(Plan::default())),
-                buffered: AtomicU64::new(0),
-                released: tokio::sync::Notify::new(),
-                generation: AtomicU64::new(0),
+                plans: Mutex::new(Vec::new()),
             }),
         }))
     }
@@ -1008,14 +1011,25 @@ impl RemoteSource {
             return Ok(());
         }
         let buf = &mut buf[..before_tail];
+        let end = offset + buf.len() as u64;
+        let overlaps = |p: &Plan| {
+            let k = p.slots.partition_point(|s| s.range.end <= offset);
+            p.slots.get(k).is_some_and(|s| s.range.start < end)
+        };
+        // The newest load that planned these bytes.
         let plan = self
             .inner
-            .plan
+            .plans
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .clone();
+            .iter()
+            .rev()
+            .find(|p| overlaps(p))
+            .cloned();
+        let Some(plan) = plan else {
+            return self.fetch_direct(offset, buf);
+        };
         // Walk the planned slots over the range; fetch what none covers.
-        let end = offset + buf.len() as u64;
         let mut at = offset;
         let first = plan.slots.partition_point(|s| s.range.end <= offset);
         for slot in &plan.slots[first..] {
@@ -1029,7 +1043,7 @@ impl RemoteSource {
             }
             let stop = slot.range.end.min(end);
             let piece = &mut buf[(at - offset) as usize..(stop - offset) as usize];
-            self.read_slot(slot, at, piece)?;
+            self.read_slot(&plan, slot, at, piece)?;
             at = stop;
         }
         if at < end {
@@ -1040,16 +1054,20 @@ impl RemoteSource {
 
     /// Copies `buf.len()` bytes at `offset` from a planned slot: waits for its fetch,
     /// or fetches it now if the planner has not started it yet.
-    fn read_slot(&self, slot: &Arc<Slot>, offset: u64, buf: &mut [u8]) -> Result<(), RemoteError> {
+    fn read_slot(
+        &self,
+        plan: &Arc<Plan>,
+        slot: &Arc<Slot>,
+        offset: u64,
+        buf: &mut [u8],
+    ) -> Result<(), RemoteError> {
         let mut state = slot.state.lock().unwrap_or_else(|e| e.into_inner());
         loop {
             match &mut *state {
                 SlotState::Planned => {
                     *state = SlotState::Loading;
                     drop(state);
-                    self.inner
-                        .buffered
-                        .fetch_add(slot.wanted, Ordering::Relaxed);
+                    plan.buffered.fetch_add(slot.wanted, Ordering::Relaxed);
                     let inner = self.inner.clone();
                     let range = slot.range.clone();
                     let result = block_on(inner.fetch(range)).and_then(|r| r);
@@ -1062,10 +1080,26 @@ impl RemoteSource {
                 SlotState::Ready { data, unread } => {
                     let at = (offset - slot.range.start) as usize;
                     data.copy_to(at, buf);
-                    *unread = unread.saturating_sub(buf.len() as u64);
+                    let n = buf.len() as u64;
+                    *unread = unread.saturating_sub(n);
                     if *unread == 0 {
                         *state = SlotState::Consumed;
-                        self.release(slot.wanted);
+                        let _ =
+                            plan.buffered
+                                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| {
+                                    Some(b.saturating_sub(slot.wanted))
+                                });
+                        plan.released.notify_one();
+                    }
+                    drop(state);
+                    let left = plan
+                        .unread
+                        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |u| {
+                            Some(u.saturating_sub(n))
+                        })
+                        .map_or(0, |before| before.saturating_sub(n));
+                    if left == 0 {
+                        self.retire(plan);
                     }
                     return Ok(());
                 }
@@ -1074,19 +1108,26 @@ impl RemoteSource {
                     drop(state);
                     return self.fetch_direct(offset, buf);
                 }
-                SlotState::Failed(e) => return Err(e.clone()),
+                SlotState::Failed(e) => {
+                    // The load fails with it: what else was fetched for it is dropped.
+                    let e = e.clone();
+                    drop(state);
+                    self.retire(plan);
+                    return Err(e);
+                }
             }
         }
     }
 
-    fn release(&self, bytes: u64) {
-        let _ = self
-            .inner
-            .buffered
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| {
-                Some(b.saturating_sub(bytes))
-            });
-        self.inner.released.notify_one();
+    /// Stops a plan's fetching and drops it with what it holds.
+    fn retire(&self, plan: &Arc<Plan>) {
+        plan.retired.store(true, Ordering::Relaxed);
+        plan.released.notify_one();
+        self.inner
+            .plans
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|p| !Arc::ptr_eq(p, plan));
     }
 }
 
@@ -1195,21 +1236,20 @@ fn plan_slots(ranges: &[Range<u64>], tail_start: u64) -> Vec<Arc<Slot>> {
 }
 
 /// Fetches the planned slots in order, [`MAX_CONCURRENCY`] at a time, keeping at most
-/// [`PREFETCH_WINDOW`] bytes ahead of the readers; stops when a newer plan replaces it.
-async fn drive(inner: Arc<Inner>, plan: Arc<Plan>, generation: u64) {
+/// [`PREFETCH_WINDOW`] bytes ahead of the readers; stops when the plan retires.
+async fn drive(inner: Arc<Inner>, plan: Arc<Plan>) {
     let permits = Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENCY));
     for slot in &plan.slots {
         loop {
-            if inner.generation.load(Ordering::Relaxed) != generation {
+            if plan.retired.load(Ordering::Relaxed) {
                 return;
             }
-            let buffered = inner.buffered.load(Ordering::Relaxed);
+            let buffered = plan.buffered.load(Ordering::Relaxed);
             if buffered == 0 || buffered + slot.wanted <= PREFETCH_WINDOW {
                 break;
             }
-            // Readers release as they consume; the timeout re-checks for a new plan.
-            let _ =
-                tokio::time::timeout(Duration::from_millis(50), inner.released.notified()).await;
+            // Readers release as they consume; the timeout re-checks for retirement.
+            let _ = tokio::time::timeout(Duration::from_millis(50), plan.released.notified()).await;
         }
         let Ok(permit) = permits.clone().acquire_owned().await else {
             return;
@@ -1221,7 +1261,7 @@ async fn drive(inner: Arc<Inner>, plan: Arc<Plan>, generation: u64) {
             }
             *state = SlotState::Loading;
         }
-        inner.buffered.fetch_add(slot.wanted, Ordering::Relaxed);
+        plan.buffered.fetch_add(slot.wanted, Ordering::Relaxed);
         let (inner, slot) = (inner.clone(), slot.clone());
         tokio::spawn(async move {
             // Readers wait on the slot: it is settled even if this task ends early.
@@ -1374,15 +1414,27 @@ impl Source for RemoteSource {
 
     fn prefetch(&self, ranges: &[Range<u64>]) {
         let slots = plan_slots(ranges, self.inner.tail_start);
-        let plan = Arc::new(Plan { slots });
-        let generation = self.inner.generation.fetch_add(1, Ordering::Relaxed) + 1;
-        // Bytes of the plan replaced are no longer held for readers.
-        self.inner.buffered.store(0, Ordering::Relaxed);
-        *self.inner.plan.lock().unwrap_or_else(|e| e.into_inner()) = plan.clone();
-        if plan.slots.is_empty() {
+        if slots.is_empty() {
             return;
         }
-        runtime().spawn(drive(self.inner.clone(), plan, generation));
+        let unread = slots.iter().map(|s| s.wanted).sum();
+        let plan = Arc::new(Plan {
+            slots,
+            buffered: AtomicU64::new(0),
+            released: tokio::sync::Notify::new(),
+            unread: AtomicU64::new(unread),
+            retired: Default::default(),
+        });
+        let dropped = {
+            let mut plans = self.inner.plans.lock().unwrap_or_else(|e| e.into_inner());
+            plans.push(plan.clone());
+            let excess = plans.len().saturating_sub(MAX_PLANS);
+            plans.drain(..excess).collect::<Vec<_>>()
+        };
+        for old in dropped {
+            old.retired.store(true, Ordering::Relaxed);
+        }
+        runtime().spawn(drive(self.inner.clone(), plan));
     }
 }
 

@@ -39,7 +39,7 @@ def test_ls_and_info(archive, capsys):
     rows = json.loads(out)
     assert {r["name"] for r in rows} == {"net/W", "spike"} and rows[0]["shape"] == [3, 4]
     code, out, _ = run(capsys, "info", path)
-    assert code == 0 and "bpz 1.0" in out and "tensors:     2" in out and '"epoch": int 3' in out and '"note": "hi"' in out
+    assert code == 0 and "bpz 1.1" in out and "tensors:     2" in out and '"epoch": int 3' in out and '"note": "hi"' in out
     info = json.loads(run(capsys, "info", path, "--json")[1])
     assert info["tensors"] == 2 and info["metadata"] == {"note": "hi"} and info["compression_ratio"] > 1
 

@@ -77,7 +77,7 @@ def test_mapping_protocol_metadata_tree_and_load(archive_path):
     with bpz.open(path) as a:
         assert len(a) == 3 and "W" in a and "nope" not in a and sorted(a) == ["V", "W", "spike"]
         assert a.metadata == {"epoch": 1}
-        assert a.version == (1, 0) and a.writer["name"] == "bpz-python"
+        assert a.version == (1, 1) == bpz.FORMAT_VERSION and a.writer["name"] == "bpz-python"
         lazy = a.tree()
         assert lazy["step"] == 12 and not lazy["W"].flags.writeable
         full = a.load()

@@ -21,8 +21,8 @@ from .errors import (
     InvalidCheckpointPath,
     TensorNotFoundError,
 )
-from .read import Archive, TensorInfo, TensorSlice, load_pytree, open
-from .write import AsyncManager, save_pytree
+from .read import Archive, ArchiveDiff, ChunkInfo, TensorInfo, TensorSlice, VersionInfo, load_pytree, open
+from .write import AsyncManager, compact, save_pytree
 
 __all__ = [
     "__version__",
@@ -33,6 +33,10 @@ __all__ = [
     "Archive",
     "TensorInfo",
     "TensorSlice",
+    "VersionInfo",
+    "ChunkInfo",
+    "ArchiveDiff",
+    "compact",
     "AsyncManager",
     "set_legacy_limits",
     "errors",

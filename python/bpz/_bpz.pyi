@@ -12,6 +12,7 @@ __all__ = [
     "NotAnArchiveError", "TruncatedError", "ChecksumError", "UnsupportedVersionError", "UnsupportedFeatureError",
     "LimitExceededError", "CorruptDataError", "NotZeroCopyError", "TensorNotFoundError", "InvalidArgumentError",
     "OutOfMemoryError", "ERROR_KINDS", "ERROR_CLASSES", "RemoteStats", "open_remote",
+    "compact",
 ]
 
 __version__: str
@@ -199,6 +200,7 @@ class Writer:
         overwrite: bool | None = None,
         writer_name: str = "bpz-python",
         writer_version: str = ...,
+        append: bool = False,
     ) -> Self: ...
     def add_tensors(
         self,
@@ -262,3 +264,13 @@ def open_remote(
 ) -> tuple[Archive, RemoteStats]:
     """Opens the archive at ``url`` (``http(s)://``, ``s3://``, ``gs://``, ``az://``) with one
     request: a range of its end holding the trailer and index."""
+
+class _CompactSummary(TypedDict):
+    versions_kept: list[int]
+    file_bytes: int
+
+def compact(
+    path: str | os.PathLike[str], *, keep_last: int | None = None, keep: list[int] | None = None, sync: bool = True
+) -> _CompactSummary:
+    """Rewrites the archive keeping its last ``keep_last`` versions, or those numbered in ``keep``
+    and every newer one; the new file replaces the old atomically."""

@@ -3,7 +3,9 @@
 ``import bpz.checkpoints as checkpoints`` gives ``save_pytree``, ``load_pytree``
 and ``AsyncManager`` as in ``brainpy.checkpoints`` (2.7–2.9), plus the
 numbered-step checkpoints of BrainPy 2.3–2.6 and flax: ``save_checkpoint`` /
-``restore_checkpoint`` in a directory of ``{prefix}{step}`` files.
+``restore_checkpoint`` in a directory of ``{prefix}{step}`` files — or, when the
+destination is a ``.bpz`` file, as versions of that one archive (each version's metadata
+holds its step; unchanged chunks are stored once).
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ from ._legacy._common import fsync_path
 from .errors import CheckpointNotFoundError, InvalidCheckpointError, InvalidCheckpointPath
 from .formats import SNIFF_BYTES, sniff
 from .read import load_pytree
-from .write import AsyncManager, absolute_path, fspath_str, save_pytree, save_tree
+from .read import open as open_archive
+from .write import AsyncManager, absolute_path, compact_versions, fspath_str, save_pytree, save_tree
 
 __all__ = [
     "save_pytree",
@@ -182,6 +185,16 @@ def save_checkpoint(
 ) -> str:
     """Saves ``target`` as ``{ckpt_dir}/{prefix}{step}`` and keeps the newest ``keep`` files.
 
+    When ``ckpt_dir`` names a ``.bpz`` file (not a directory), the checkpoint is appended
+    to that one archive as a new version whose metadata is ``{"step": step}`` (with a
+    ``metadata=`` option: ``{"step": step, "metadata": ...}``): chunks equal to the
+    previous version's are stored once. ``keep`` / ``keep_every_n_steps`` name the steps
+    kept as for files; the space of the others is reclaimed by compacting the archive
+    (rewriting the kept versions, atomically) once they number ``keep`` or more, so the
+    file holds at most about twice ``keep`` versions. ``overwrite=True`` with an earlier
+    step drops the later steps' versions at once. :func:`restore_checkpoint` with the same
+    file name loads a step.
+
     Saving a step at or below the newest existing one raises
     :class:`InvalidCheckpointError` unless ``overwrite=True``, which then also
     removes the checkpoints of later steps. ``keep_every_n_steps`` also keeps
@@ -199,6 +212,9 @@ def save_checkpoint(
     name = _check_step(step, prefix)
     if keep < 1:
         raise ValueError(f"keep must be at least 1, not {keep}")
+    if is_archive_destination(ckpt_dir):
+        return _save_version(ckpt_dir, target, step, keep, overwrite, keep_every_n_steps, async_manager,
+                             save_options)
     if async_manager is not None:
         if isinstance(async_manager, AsyncManager):
             async_manager._check_open()
@@ -244,6 +260,8 @@ def restore_checkpoint(
     """
     ckpt_dir = fspath_str(ckpt_dir)
     _check_prefix(prefix)
+    if is_archive_destination(ckpt_dir) and os.path.isfile(ckpt_dir):
+        return _restore_version(ckpt_dir, target, step, parallel)
     if not os.path.isdir(ckpt_dir or "."):
         logger.info("Found no checkpoint directory at %s", ckpt_dir)
         return target
@@ -259,3 +277,89 @@ def restore_checkpoint(
             warnings.warn(f"Found no checkpoint files in {ckpt_dir} with prefix {prefix}", stacklevel=2)
             return target
     return load_pytree(path, target=target, parallel=parallel)
+
+
+# -- numbered checkpoints as versions of one archive (format 1.1)
+
+
+def is_archive_destination(ckpt_dir: str) -> bool:
+    """Whether ``save_checkpoint``/``restore_checkpoint`` keep their steps as versions of one
+    ``.bpz`` archive (the name ends in ``.bpz`` and is not a directory)."""
+    return ckpt_dir.endswith(".bpz") and not os.path.isdir(ckpt_dir)
+
+
+def archive_steps(path: str) -> list[tuple[float, int]]:
+    """``(step, version)`` of every checkpoint version in the archive, by step."""
+    if not os.path.exists(path):
+        return []
+    with open_archive(path) as a:
+        versions = a.versions
+    steps = [(v.metadata["step"], v.number) for v in versions
+             if isinstance(v.metadata, dict) and isinstance(v.metadata.get("step"), (int, float))
+             and not isinstance(v.metadata.get("step"), bool)]
+    return sorted(steps)
+
+
+def _versions_to_keep(steps: list[tuple[float, int]], keep: int, keep_every_n_steps: int | None) -> list[int]:
+    newest = {v for _, v in steps[-keep:]}
+    every = {v for s, v in steps if keep_every_n_steps and s % keep_every_n_steps == 0}
+    return sorted(newest | every)
+
+
+def _save_version(path_shown: str, target: Any, step: int | float, keep: int, overwrite: bool,
+                  keep_every_n_steps: int | None, async_manager: AsyncManager | None,
+                  save_options: dict[str, Any]) -> str:
+    if async_manager is not None:
+        if isinstance(async_manager, AsyncManager):
+            async_manager._check_open()
+        async_manager.wait_previous_save()  # the steps below must include its version
+    path = absolute_path(path_shown)
+    if os.path.lexists(path) and not is_checkpoint_file(path):
+        raise InvalidCheckpointPath(
+            f'Invalid checkpoint at "{path_shown}": a file that is not a checkpoint is there; not appending to it.'
+        )
+    steps = archive_steps(path)
+    if steps and step <= steps[-1][0] and not overwrite:
+        raise InvalidCheckpointError(
+            f'Trying to save an outdated checkpoint at step: "{step}" and path: "{path_shown}".'
+        )
+    user_metadata = save_options.pop("metadata", None)
+    metadata = {"step": step} if user_metadata is None else {"step": step, "metadata": user_metadata}
+    if save_options.pop("verbose", False):
+        print(f"Saving checkpoint into {path_shown} (step {step})")
+    sync = save_options.get("sync", True)
+
+    def retention() -> None:
+        # Runs once the new version is committed; compaction replaces the file atomically,
+        # so a failure here leaves every version in place (and the save succeeded).
+        now = archive_steps(path)
+        newest_version = max(v for _, v in now)
+        live = [(s, v) for s, v in now if s < step or v == newest_version]  # a rollback drops later steps
+        kept = _versions_to_keep(live, keep, keep_every_n_steps)
+        dropped = len(now) - len(kept)
+        if dropped and (len(live) < len(now) or dropped >= keep):
+            try:
+                compact_versions(path, kept, sync=sync)
+            except OSError as e:
+                warnings.warn(f"Saved step {step} into {path_shown}, but could not compact it: {e}",
+                              RuntimeWarning, stacklevel=2)
+
+    save_tree(path_shown, target, overwrite=True, async_manager=async_manager, path=path, after_write=retention,
+              metadata=metadata, append=True, **save_options)
+    return path_shown
+
+
+def _restore_version(path: str, target: Any, step: int | float | None, parallel: bool) -> Any:
+    steps = archive_steps(path)
+    if step is None:
+        if not steps:
+            warnings.warn(f"Found no checkpoint versions in {path}", stacklevel=3)
+            return target
+        version = max(v for _, v in steps if _ == steps[-1][0])
+    else:
+        matches = [v for s, v in steps if s == step]
+        if not matches:
+            raise CheckpointNotFoundError(f"Matching checkpoint not found: step {step} in {path} "
+                                          f"(steps {', '.join(str(s) for s, _ in steps) or 'none'})")
+        version = max(matches)
+    return load_pytree(path, target=target, parallel=parallel, version=version)

@@ -7,6 +7,10 @@
                            --decode also decodes, within one budget per file
     bpz convert SRC DST    between .bpz, BrainPy .bp, .safetensors and .npz;
                            SRC may be a directory of .bp checkpoints to migrate
+    bpz log FILE           the versions of an archive saved with append=True
+    bpz diff A[@V] B[@V]   tensors added, removed and changed between two archives or
+                           versions, from their content hashes (no tensor data read)
+    bpz compact FILE --keep-last N   keep the last N versions, reclaiming the rest
 Add --json for machine-readable output. Exit codes and conversion rules: :data:`EPILOG`.
 """
 
@@ -290,7 +294,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         raw = sum(1 for i in infos if i.storage == "raw")
         summary = {
             "file": a.filename,
-            "format_version": "%d.%d" % a.version,
+            "format_version": "{}.{}".format(*a.version),
             "writer": a.writer,
             "file_bytes": a.file_size,
             "tensors": len(infos),
@@ -310,7 +314,8 @@ def cmd_info(args: argparse.Namespace) -> int:
     else:
         w = summary["writer"]
         print(f"file:        {summary['file']}")
-        print(f"format:      bpz {summary['format_version']}" + (f" (written by {w['name']} {w['version']})" if w else ""))
+        written_by = f" (written by {w['name']} {w['version']})" if w else ""
+        print(f"format:      bpz {summary['format_version']}{written_by}")
         print(f"size:        {_human(summary['file_bytes'])}")
         print(f"tensors:     {len(infos)} ({raw} raw, {len(infos) - raw} compressed)")
         print(f"data:        {_human(nbytes)} stored in {_human(stored)} (ratio {summary['compression_ratio']:.2f})")
@@ -367,7 +372,8 @@ def cmd_cat(args: argparse.Namespace) -> int:
     with open_archive(args.file) as a:
         arr = a.read(args.name)
     if args.json:
-        print(json.dumps({"name": args.name, "dtype": str(arr.dtype), "shape": list(arr.shape), "data": _jsonable(arr)}))
+        print(json.dumps({"name": args.name, "dtype": str(arr.dtype), "shape": list(arr.shape),
+                          "data": _jsonable(arr)}))
     else:
         with np.printoptions(threshold=args.threshold):
             print(arr)
@@ -680,18 +686,117 @@ def build_parser() -> argparse.ArgumentParser:
                         "at least 4 GiB)")
     s.add_argument("--json", action="store_true")
     s = sub.add_parser("convert", help="convert between .bpz, .bp, .safetensors and .npz",
-                       epilog=EPILOG[EPILOG.index("conversions"):], formatter_class=argparse.RawDescriptionHelpFormatter)
+                       epilog=EPILOG[EPILOG.index("conversions"):],
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     s.add_argument("src", help="a file, or a directory of BrainPy .bp checkpoints to migrate")
     s.add_argument("dst", help="a file (format from its suffix), or a directory")
-    s.add_argument("--to", choices=["bpz", "bp", "safetensors", "npz"], help="output format (default: from DST's suffix)")
+    s.add_argument("--to", choices=["bpz", "bp", "safetensors", "npz"],
+                   help="output format (default: from DST's suffix)")
     s.add_argument("--compression", choices=["auto", "zstd", "none"], default="auto")
     s.add_argument("--level", type=int, default=1, help="zstd level")
     s.add_argument("--force", action="store_true", help="replace an existing DST")
     s.add_argument("--lossy", action="store_true",
                    help="convert even if the target format cannot hold everything (what is dropped is printed)")
     s.add_argument("--json", action="store_true")
+    s = sub.add_parser("log", help="list the versions of an archive (number, time, size added, metadata)")
+    s.add_argument("file")
+    s.add_argument("--json", action="store_true")
+    s = sub.add_parser("diff", help="tensors added, removed and changed between two archives or versions",
+                       description="A and B are archives, each optionally with @VERSION (a number, or negative "
+                                   "from the latest): `bpz diff run.bpz@3 run.bpz` compares version 3 with the "
+                                   "latest. Format-1.1 archives are compared by their chunks' content hashes "
+                                   "without reading tensor data.")
+    s.add_argument("a", metavar="A[@V]")
+    s.add_argument("b", metavar="B[@V]")
+    s.add_argument("--json", action="store_true")
+    s = sub.add_parser("compact", help="rewrite an archive keeping only its last N versions",
+                       description="Writes the kept versions (with their numbers, times and metadata) to a new "
+                                   "file that atomically replaces FILE: a failed or interrupted compaction leaves "
+                                   "FILE as it was.")
+    s.add_argument("file")
+    s.add_argument("--keep-last", type=int, required=True, metavar="N")
+    s.add_argument("--json", action="store_true")
     _add_sharded_commands(sub)
     return p
+
+
+# -- versions (format 1.1)
+
+
+def _at_version(spec: str) -> tuple[str, int | None]:
+    """``FILE@V`` -> (FILE, V); a name that exists as given, or without an integer after its
+    last ``@``, is a plain file name."""
+    base, at, version = spec.rpartition("@")
+    if not at or os.path.lexists(spec):
+        return spec, None
+    try:
+        return base, int(version)
+    except ValueError:
+        return spec, None
+
+
+def _metadata_text(metadata: Any, limit: int = 60) -> str:
+    text = "" if metadata is None else json.dumps(metadata, ensure_ascii=False, separators=(",", ":"))
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def cmd_log(args: argparse.Namespace) -> int:
+    _check_input(args.file)
+    with open_archive(args.file) as a:
+        versions = a.versions
+        recovered = a.recovered
+        size = a.file_size
+    if args.json:
+        print(json.dumps({
+            "file": args.file, "file_bytes": size, "recovered": recovered,
+            "versions": [{"version": v.number, "time": v.time.isoformat() if v.time else None,
+                          "bytes_added": v.bytes_added, "metadata": v.metadata} for v in versions],
+        }, indent=2))
+        return EXIT_OK
+    rows = [[str(v.number), v.time.strftime("%Y-%m-%d %H:%M:%S") if v.time else "-", _human(v.bytes_added),
+             _metadata_text(v.metadata)] for v in versions]
+    print(_table(rows, ["version", "written (UTC)", "added", "metadata"], {0, 2}))
+    print(f"{len(versions)} version(s), {_human(size)}")
+    if recovered is not None:
+        _notice("log", args.file, f"ends in an unfinished append: {recovered['ignored_bytes']:,} bytes after the "
+                                  "last version are ignored (the next append removes them)")
+    return EXIT_OK
+
+
+def cmd_diff(args: argparse.Namespace) -> int:
+    (path_a, va), (path_b, vb) = _at_version(args.a), _at_version(args.b)
+    for path in (path_a, path_b):
+        _check_input(path)
+    with open_archive(path_a, version=va) as a, open_archive(path_b, version=vb) as b:
+        d = a.diff(b)
+    if args.json:
+        print(json.dumps({"added": d.added, "removed": d.removed, "changed": d.changed,
+                          "unchanged": len(d.unchanged), "compared_by_reading": d.compared_by_reading}, indent=2))
+        return EXIT_OK
+    for mark, names in (("+", d.added), ("-", d.removed), ("~", d.changed)):
+        for name in names:
+            print(f"{mark} {_printable(name, 4096)}")
+    print(f"{len(d.added)} added, {len(d.removed)} removed, {len(d.changed)} changed, {len(d.unchanged)} unchanged"
+          + (f" ({d.compared_by_reading} compared by reading their data)" if d.compared_by_reading else ""))
+    return EXIT_OK
+
+
+def cmd_compact(args: argparse.Namespace) -> int:
+    from .write import compact
+
+    _check_input(args.file)
+    if args.keep_last < 1:
+        raise _Failure(args.file, f"--keep-last must be at least 1, not {args.keep_last}", EXIT_USAGE)
+    before = os.path.getsize(args.file)
+    start = time.perf_counter()
+    kept = compact(args.file, keep_last=args.keep_last)
+    after = os.path.getsize(args.file)
+    if args.json:
+        print(json.dumps({"file": args.file, "kept": kept, "bytes_before": before, "bytes_after": after}))
+    else:
+        print(f"{args.file}: kept version(s) {', '.join(map(str, kept))}; {_human(before)} -> {_human(after)} "
+              f"in {time.perf_counter() - start:.2f} s")
+    return EXIT_OK
 
 
 # -- issue 16: sharded checkpoints (directories written by bpz.jax.save; bpz.sharded) ----------------
@@ -741,7 +846,7 @@ def cmd_unpack(args: argparse.Namespace) -> int:
 
 
 _HANDLERS = {"ls": cmd_ls, "info": cmd_info, "cat": cmd_cat, "verify": cmd_verify, "convert": cmd_convert,
-             "pack": cmd_pack, "unpack": cmd_unpack}
+             "pack": cmd_pack, "unpack": cmd_unpack, "log": cmd_log, "diff": cmd_diff, "compact": cmd_compact}
 
 
 def _stdout_closed() -> None:

@@ -19,7 +19,7 @@ from . import _bpz, pytree
 from .errors import InvalidCheckpointPath, LimitExceededError
 from .pytree import Leaf, flatten, no_gc
 
-__all__ = ["save_pytree", "AsyncManager", "DEFAULT_CHUNK_SIZE", "DEFAULT_LEVEL"]
+__all__ = ["save_pytree", "compact", "AsyncManager", "DEFAULT_CHUNK_SIZE", "DEFAULT_LEVEL"]
 
 # The defaults are the core's (an option left None takes them); named here for the documentation.
 #: Target uncompressed size of a compressed chunk.
@@ -310,8 +310,12 @@ def write_archive(
     sync: bool | None = None,
     progress: Callable[[int, int], None] | None = None,
     shown_name: str | None = None,
+    append: bool = False,
 ) -> dict[str, Any]:
     """Writes flattened leaves; the destination changes only if everything succeeds.
+
+    ``append``: add a version to the archive at ``path`` (creating it if missing) instead
+    of replacing it; only bytes after its last committed version are written.
 
     ``shown_name`` is the name errors give for ``path`` (the caller's spelling).
 
@@ -327,6 +331,7 @@ def write_archive(
         sync=sync,
         overwrite=overwrite,
         writer_name="bpz-python",
+        append=append,
     )
     try:
         # One native call for all tensors: it holds every array's buffer and
@@ -356,6 +361,7 @@ def save_pytree(
     chunk_size: int | None = None,
     metadata: Any = None,
     sync: bool = True,
+    append: bool = False,
 ) -> str:
     """Saves a pytree of arrays and scalars to ``filename``; returns the filename.
 
@@ -378,6 +384,18 @@ def save_pytree(
     JSON value stored alongside. ``sync=False`` skips the fsync of the file
     and its directory: faster, but after a power failure the new file may be
     missing or incomplete (the rename stays atomic for running programs).
+
+    ``append=True`` adds ``target`` as a new **version** of the archive at ``filename``
+    (a missing file is created with version 1) instead of replacing it: chunks equal to
+    ones the latest version already stores are referenced, not written again, so a
+    simulation's constant connectivity is stored once however often its state is saved.
+    Versions are numbered 1, 2, ...; ``metadata`` is per version; ``bpz.open(filename,
+    version=k)`` / ``load_pytree(..., version=k)`` read any of them, and
+    :attr:`Archive.versions` lists them. An append writes only past the end of the last
+    version (a save killed while appending loses nothing committed: the next open reads
+    the last complete version, the next append removes the unfinished bytes); appends to
+    one file are serialised by a lock. Appending to a format-1.0 archive first rewrites it
+    as 1.1 (once, atomically). ``bpz compact`` (or :func:`compact`) drops old versions.
     """
     filename = fspath_str(filename)
     if verbose:
@@ -385,6 +403,7 @@ def save_pytree(
     save_tree(
         filename, target, overwrite=overwrite, async_manager=async_manager,
         compression=compression, level=level, chunk_size=chunk_size, metadata=metadata, sync=sync,
+        append=append,
     )
     return filename
 
@@ -460,6 +479,7 @@ def save_tree(
     sync: bool = True,
     path: str | None = None,
     after_write: Callable[[], Any] | None = None,
+    append: bool = False,
 ) -> None:
     """``save_pytree`` without the message: the part ``save_checkpoint`` shares.
 
@@ -477,11 +497,14 @@ def save_tree(
     if path is None:
         path = absolute_path(filename)
     _check_file_name(filename, path)
-    if not overwrite and os.path.lexists(path):
+    if not isinstance(append, bool):
+        raise TypeError(f"append must be True or False, not {append!r}")
+    # Appending replaces nothing, so overwrite=False does not forbid it.
+    if not overwrite and not append and os.path.lexists(path):
         raise InvalidCheckpointPath(f'Invalid checkpoint at "{filename}".')
     options = dict(
         metadata_json=metadata_json, compression=compression, level=level, chunk_size=chunk_size,
-        overwrite=overwrite, sync=sync, shown_name=filename,
+        overwrite=overwrite or append, sync=sync, shown_name=filename, append=append,
     )
     parent, shown_parent = os.path.dirname(path), os.path.dirname(filename) or "."
     if async_manager is None:
@@ -524,3 +547,22 @@ def save_tree(
     except BaseException:
         _remove_created(created)
         raise
+
+
+def compact(filename: str | os.PathLike[str], keep_last: int, *, sync: bool = True) -> list[int]:
+    """Rewrites the archive at ``filename`` keeping only its last ``keep_last`` versions
+    (with their numbers, times and metadata) and returns the numbers kept. The new file
+    replaces the old one atomically, as a save does: a failed compaction leaves the file as
+    it was. This is how the space of dropped versions is reclaimed."""
+    filename = fspath_str(filename)
+    if isinstance(keep_last, bool) or not isinstance(keep_last, int) or keep_last < 1:
+        raise ValueError(f"keep_last must be a positive int, not {keep_last!r}")
+    summary = _bpz.compact(absolute_path(filename), keep_last=keep_last, sync=sync)
+    return [int(v) for v in summary["versions_kept"]]
+
+
+def compact_versions(filename: str, versions: list[int], *, sync: bool = True) -> list[int]:
+    """Like :func:`compact`, keeping the listed versions — and any version appended after the
+    newest of them, so that a version another process appended meanwhile is never dropped."""
+    summary = _bpz.compact(absolute_path(filename), keep=sorted(versions), sync=sync)
+    return [int(v) for v in summary["versions_kept"]]

@@ -151,8 +151,7 @@ impl Archive {
     }
 
     fn version_metadata_json(&self, py: Python<'_>, number: u64) -> PyResult<String> {
-        py.detach(|| self.reader.version_metadata_json(number))
-            .py()
+        py.detach(|| self.reader.version_metadata_json(number)).py()
     }
 
     /// One tensor's chunk table: where each chunk is, its checksums and content hash.
@@ -175,9 +174,7 @@ impl Archive {
     /// Tensors added, removed, changed and unchanged from this archive to `other`, by name,
     /// dtype, shape and the chunks' content hashes (data read only where hashes are missing).
     fn diff<'py>(&self, py: Python<'py>, other: &Archive) -> PyResult<Bound<'py, PyDict>> {
-        let d = py
-            .detach(|| bpz::diff(&self.reader, &other.reader))
-            .py()?;
+        let d = py.detach(|| bpz::diff(&self.reader, &other.reader)).py()?;
         let out = PyDict::new(py);
         out.set_item("added", d.added)?;
         out.set_item("removed", d.removed)?;

@@ -621,8 +621,10 @@ impl Writer {
 
     /// Options left None take the core's defaults ([`Writer::DEFAULTS`]); `compression=None`
     /// is no compression, left out the core's default.
+    /// `append=True` adds a version to the archive at `path` (created if missing) instead
+    /// of replacing it (spec §16.6).
     #[new]
-    #[pyo3(signature = (path, *, alignment = None, chunk_bytes = None, compression = Some(WriterOptions::default().compression.name()), level = None, filter = None, sync = None, overwrite = None, writer_name = "bpz-python", writer_version = env!("CARGO_PKG_VERSION")))]
+    #[pyo3(signature = (path, *, alignment = None, chunk_bytes = None, compression = Some(WriterOptions::default().compression.name()), level = None, filter = None, sync = None, overwrite = None, writer_name = "bpz-python", writer_version = env!("CARGO_PKG_VERSION"), append = false))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -636,6 +638,7 @@ impl Writer {
         overwrite: Option<bool>,
         writer_name: &str,
         writer_version: &str,
+        append: bool,
     ) -> PyResult<Self> {
         let mut opts = options(
             alignment,
@@ -650,7 +653,15 @@ impl Writer {
             name: writer_name.into(),
             version: writer_version.into(),
         };
-        let inner = py.detach(|| bpz::Writer::create(&path, opts)).py()?;
+        let inner = py
+            .detach(|| {
+                if append {
+                    bpz::Writer::append(&path, opts)
+                } else {
+                    bpz::Writer::create(&path, opts)
+                }
+            })
+            .py()?;
         Ok(Writer {
             inner: Some(inner),
             path,
@@ -764,6 +775,10 @@ impl Writer {
         d.set_item("tensors", summary.tensors)?;
         d.set_item("file_bytes", summary.file_bytes)?;
         d.set_item("data_bytes", summary.data_bytes)?;
+        d.set_item("version", summary.version)?;
+        d.set_item("bytes_added", summary.bytes_added)?;
+        d.set_item("chunks_written", summary.chunks_written)?;
+        d.set_item("chunks_shared", summary.chunks_shared)?;
         Ok(d)
     }
 
@@ -776,4 +791,50 @@ impl Writer {
     fn finished(&self) -> bool {
         self.inner.is_none()
     }
+}
+
+/// Rewrites the archive at `path` keeping its last `keep_last` versions, or the versions
+/// numbered in `keep` and every newer one (spec §16.8); the new file replaces the old
+/// atomically. Returns `{"versions_kept": [...], "file_bytes": n}`.
+#[pyfunction]
+#[pyo3(signature = (path, *, keep_last = None, keep = None, sync = true))]
+pub fn compact<'py>(
+    py: Python<'py>,
+    path: PathBuf,
+    keep_last: Option<usize>,
+    keep: Option<Vec<u64>>,
+    sync: bool,
+) -> PyResult<Bound<'py, PyDict>> {
+    let rule = match (keep_last, keep) {
+        (Some(0), None) => {
+            return Err(bpz::Error::InvalidArgument(
+                "keep_last must be at least 1 (compaction keeps the latest version)".into(),
+            ))
+            .py()
+        }
+        (Some(n), None) => bpz::Keep::Last(n),
+        (None, Some(list)) => bpz::Keep::Versions(list),
+        _ => {
+            return Err(bpz::Error::InvalidArgument(
+                "give exactly one of keep_last and keep".into(),
+            ))
+            .py()
+        }
+    };
+    let opts = WriterOptions {
+        sync,
+        ..WriterOptions::default()
+    };
+    let summary = py.detach(|| bpz::compact_to(&path, rule, opts)).py()?;
+    let kept = py
+        .detach(|| bpz::Reader::open_with(&path, bpz::Backend::Pread))
+        .py()?
+        .versions()
+        .iter()
+        .map(|v| v.number)
+        .collect::<Vec<_>>();
+    let d = PyDict::new(py);
+    d.set_item("versions_kept", kept)?;
+    d.set_item("file_bytes", summary.file_bytes)?;
+    Ok(d)
 }

@@ -16,8 +16,8 @@ pub const END_MAGIC: [u8; 8] = *b"BPZ_END\n";
 pub const SUPERBLOCK_LEN: usize = 64;
 pub const TRAILER_LEN: usize = 32;
 
-/// The version this crate writes, and the newest it reads.
-pub const FORMAT_VERSION: Version = Version { major: 1, minor: 0 };
+/// The version this crate writes by default (spec §16), and the newest it reads.
+pub const FORMAT_VERSION: Version = Version { major: 1, minor: 1 };
 
 /// The newest format version this crate reads.
 pub const READER_VERSION: Version = Version { major: 1, minor: 1 };
@@ -126,7 +126,11 @@ impl DType {
 
     /// The code of a 1.1 tensor record (spec §16.2): 1 + the place in [`DType::ALL`].
     pub fn code(self) -> u8 {
-        DType::ALL.iter().position(|&d| d == self).expect("every dtype is listed") as u8 + 1
+        DType::ALL
+            .iter()
+            .position(|&d| d == self)
+            .expect("every dtype is listed") as u8
+            + 1
     }
 
     pub fn from_code(code: u8) -> Option<DType> {
@@ -355,9 +359,10 @@ pub struct Superblock {
 }
 
 impl Superblock {
+    /// A 1.0 superblock (no required features): what a [`FormatVersion::V1_0`](crate::FormatVersion) writer writes.
     pub fn new(alignment: u32) -> Self {
         Superblock {
-            version: FORMAT_VERSION,
+            version: Version { major: 1, minor: 0 },
             required_features: 0,
             optional_features: 0,
             alignment,

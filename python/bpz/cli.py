@@ -42,6 +42,7 @@ from .errors import (
     TensorNotFoundError,
 )
 from .pytree import flatten, unflatten
+from .read import _is_url
 from .read import open as open_archive
 
 __all__ = ["main", "EXIT_OK", "EXIT_DATA", "EXIT_USAGE", "EXIT_IO", "EXIT_INTERNAL", "EXIT_INTERRUPTED"]
@@ -193,7 +194,10 @@ def _notice(command: str, file: str, text: str) -> None:
 
 
 def _check_input(path: str) -> None:
-    """A regular file: a directory or a FIFO/device (which could block forever) is refused."""
+    """A regular file: a directory or a FIFO/device (which could block forever) is refused.
+    A URL (https://, s3://...) is checked by the remote reader when opened."""
+    if _is_url(path):
+        return
     mode = os.stat(path).st_mode
     if stat.S_ISDIR(mode):
         raise _Failure(path, "is a directory", EXIT_IO)
@@ -727,7 +731,7 @@ def _at_version(spec: str) -> tuple[str, int | None]:
     """``FILE@V`` -> (FILE, V); a name that exists as given, or without an integer after its
     last ``@``, is a plain file name."""
     base, at, version = spec.rpartition("@")
-    if not at or os.path.lexists(spec):
+    if not at or (not _is_url(spec) and os.path.lexists(spec)):
         return spec, None
     try:
         return base, int(version)

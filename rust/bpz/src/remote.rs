@@ -1402,6 +1402,10 @@ impl Source for RemoteSource {
         self.inner.len
     }
 
+    fn is_remote(&self) -> bool {
+        true
+    }
+
     fn read_exact_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
         let end = offset
             .checked_add(buf.len() as u64)

@@ -23,10 +23,11 @@ fn main() -> std::io::Result<()> {
     let mut table = serde_json::Map::new();
     for v in vectors::invalid(&golden) {
         fs::write(invalid_dir.join(format!("{}.bpz", v.name)), &v.bytes)?;
-        table.insert(
-            format!("{}.bpz", v.name),
-            serde_json::json!({"error": v.error, "stage": v.stage, "note": v.note}),
-        );
+        let mut entry = serde_json::json!({"error": v.error, "stage": v.stage, "note": v.note});
+        if let Some(version) = v.version {
+            entry["version"] = version.into();
+        }
+        table.insert(format!("{}.bpz", v.name), entry);
     }
     let text = serde_json::to_string_pretty(&serde_json::Value::Object(table)).unwrap();
     fs::write(invalid_dir.join("expected.json"), text + "\n")?;

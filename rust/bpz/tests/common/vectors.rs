@@ -20,9 +20,12 @@ pub struct Invalid {
     pub bytes: Vec<u8>,
     /// `Error::kind()` the reader must give.
     pub error: &'static str,
-    /// `"open"`: opening fails; `"read"`: opening succeeds, reading (or verifying) fails.
+    /// `"open"`: opening fails; `"read"`: opening succeeds, reading (or verifying) fails;
+    /// `"list"`: opening may fail, else listing every tensor fails (spec §13).
     pub stage: &'static str,
     pub note: &'static str,
+    /// The version to open instead of the latest (`"version"` in expected.json).
+    pub version: Option<u64>,
 }
 
 /// Deterministic bytes (splitmix64).
@@ -585,6 +588,7 @@ pub fn invalid(golden: &[Golden]) -> Vec<Invalid> {
             error,
             stage,
             note,
+            version: None,
         })
     };
 
@@ -966,5 +970,766 @@ pub fn invalid(golden: &[Golden]) -> Vec<Invalid> {
         "a chunk with stored length 0",
     );
     let _ = Superblock::new(64);
+    invalid_v11(golden, &mut out);
     out
+}
+
+// ---------------------------------------------------------------- format 1.1 (spec §16)
+
+use bpz::binindex::{
+    IndexHead, SectionEntry, SectionKind, TensorRecord, VersionRecord, CHUNK_RECORD_LEN,
+    DIRECTORY_AT, SUPERBLOCK_COPY_AT, TENSOR_RECORD_LEN, VERSION_RECORD_LEN,
+};
+
+/// Where one version's index lies in a file.
+#[derive(Debug, Clone, Copy)]
+struct At {
+    offset: usize,
+    len: usize,
+}
+
+impl At {
+    fn of(v: &VersionInfo) -> At {
+        At {
+            offset: v.index_offset as usize,
+            len: v.index_length as usize,
+        }
+    }
+
+    /// Every version of a valid file, oldest first.
+    fn all(file: &[u8]) -> Vec<At> {
+        let r = Reader::from_bytes(file.to_vec()).unwrap();
+        r.versions().iter().map(At::of).collect()
+    }
+
+    fn latest(file: &[u8]) -> At {
+        *At::all(file).last().unwrap()
+    }
+
+    /// File offsets of a section of this index.
+    fn section(&self, s: &SectionEntry) -> std::ops::Range<usize> {
+        self.offset + s.offset as usize..self.offset + (s.offset + s.length) as usize
+    }
+}
+
+fn head_at(file: &[u8], at: At) -> IndexHead {
+    IndexHead::decode(&file[at.offset..at.offset + at.len]).unwrap()
+}
+
+/// Which checksums [`reseal`] recomputes (the others are left as they are).
+#[derive(Clone, Copy)]
+struct Seal {
+    chunks_crc: bool,
+    record_crc: bool,
+    sections: bool,
+}
+
+const SEAL_ALL: Seal = Seal {
+    chunks_crc: true,
+    record_crc: true,
+    sections: true,
+};
+
+/// Recomputes the checksums of the index at `at` after an edit, in place: tensor
+/// records (`chunks_crc`, `record_crc`), section crcs, then the head crc into the trailer
+/// that follows the index. Returns the head crc.
+fn reseal(file: &mut [u8], at: At, seal: Seal) -> u32 {
+    let mut head = head_at(file, at);
+    if seal.chunks_crc || seal.record_crc {
+        let range = |k| at.section(head.section(k).unwrap());
+        let (tensors, names, shapes, chunks) = (
+            range(SectionKind::Tensors),
+            range(SectionKind::Names),
+            range(SectionKind::Shapes),
+            range(SectionKind::Chunks),
+        );
+        for i in 0..tensors.len() / TENSOR_RECORD_LEN {
+            let rec = tensors.start + i * TENSOR_RECORD_LEN;
+            let mut r =
+                TensorRecord::decode(file[rec..rec + TENSOR_RECORD_LEN].try_into().unwrap());
+            if seal.chunks_crc {
+                let from = chunks.start + r.first_chunk as usize * CHUNK_RECORD_LEN;
+                let to = from + r.chunk_count as usize * CHUNK_RECORD_LEN;
+                r.chunks_crc = crc32c::crc32c(&file[from..to]);
+            }
+            if seal.record_crc {
+                let from = names.start + r.name_offset as usize;
+                let name = file[from..from + r.name_length as usize].to_vec();
+                let from = shapes.start + r.shape_offset as usize * 8;
+                let shape: Vec<u64> = file[from..from + r.rank as usize * 8]
+                    .chunks_exact(8)
+                    .map(|d| u64::from_le_bytes(d.try_into().unwrap()))
+                    .collect();
+                r.seal(&name, &shape);
+            }
+            file[rec..rec + TENSOR_RECORD_LEN].copy_from_slice(&r.encode());
+        }
+    }
+    if seal.sections {
+        for s in head.sections.iter_mut() {
+            s.crc = crc32c::crc32c(&file[at.section(s)]);
+        }
+        // The magic is rewritten as it was (an edit of it survives).
+        let magic: [u8; 8] = file[at.offset..at.offset + 8].try_into().unwrap();
+        let bytes = head.encode();
+        file[at.offset..at.offset + bytes.len()].copy_from_slice(&bytes);
+        file[at.offset..at.offset + 8].copy_from_slice(&magic);
+    }
+    write_trailer(file, at)
+}
+
+/// Writes the trailer after the index at `at` with the crc of its head as it stands.
+fn write_trailer(file: &mut [u8], at: At) -> u32 {
+    let count = u32::from_le_bytes(file[at.offset + 48..at.offset + 52].try_into().unwrap());
+    let head_len = IndexHead::len_for(count as usize).min(at.len);
+    let crc = crc32c::crc32c(&file[at.offset..at.offset + head_len]);
+    let trailer = Trailer {
+        index_offset: at.offset as u64,
+        index_len: at.len as u64,
+        index_crc32c: crc,
+    };
+    let end = at.offset + at.len;
+    file[end..end + TRAILER_LEN].copy_from_slice(&trailer.encode());
+    crc
+}
+
+/// Reseals every version from `from` on, oldest first, so that the later versions'
+/// records of the earlier ones hold their new head crcs.
+fn reseal_chain(file: &mut [u8], ats: &[At], from: usize) {
+    let mut crcs = std::collections::HashMap::new();
+    for at in &ats[from..] {
+        let head = head_at(file, *at);
+        let versions = at.section(head.section(SectionKind::Versions).unwrap());
+        for rec in versions.step_by(VERSION_RECORD_LEN) {
+            let mut r =
+                VersionRecord::decode(file[rec..rec + VERSION_RECORD_LEN].try_into().unwrap());
+            if let Some(&crc) = crcs.get(&r.version) {
+                r.index_crc = crc;
+                file[rec..rec + VERSION_RECORD_LEN].copy_from_slice(&r.encode());
+            }
+        }
+        crcs.insert(head.version, reseal(file, *at, SEAL_ALL));
+    }
+}
+
+/// File offset of the tensor record named `name` in the index at `at`, and the record.
+fn record_named(file: &[u8], at: At, name: &str) -> (usize, TensorRecord) {
+    let head = head_at(file, at);
+    let names = at.section(head.section(SectionKind::Names).unwrap());
+    let tensors = at.section(head.section(SectionKind::Tensors).unwrap());
+    tensors
+        .step_by(TENSOR_RECORD_LEN)
+        .map(|rec| {
+            let r = TensorRecord::decode(file[rec..rec + TENSOR_RECORD_LEN].try_into().unwrap());
+            (rec, r)
+        })
+        .find(|(_, r)| {
+            let from = names.start + r.name_offset as usize;
+            &file[from..from + r.name_length as usize] == name.as_bytes()
+        })
+        .unwrap_or_else(|| panic!("no tensor {name:?}"))
+}
+
+/// File offset of chunk record `k` of tensor `name` in the index at `at`.
+fn chunk_record_at(file: &[u8], at: At, name: &str, k: usize) -> usize {
+    let head = head_at(file, at);
+    let chunks = at.section(head.section(SectionKind::Chunks).unwrap());
+    let (_, r) = record_named(file, at, name);
+    chunks.start + (r.first_chunk as usize + k) * CHUNK_RECORD_LEN
+}
+
+/// Sets the bytes of `[data_start, index_offset)` of the version at `at` that none of its
+/// chunks references to zero (the padding rule), after chunks were moved.
+fn zero_unreferenced(file: &mut [u8], at: At) {
+    let head = head_at(file, at);
+    let chunks = at.section(head.section(SectionKind::Chunks).unwrap());
+    let mut used = vec![false; at.offset];
+    for rec in chunks.step_by(CHUNK_RECORD_LEN) {
+        let offset = u64::from_le_bytes(file[rec..rec + 8].try_into().unwrap()) as usize;
+        let len = u64::from_le_bytes(file[rec + 8..rec + 16].try_into().unwrap()) as usize;
+        used[offset..offset + len]
+            .iter_mut()
+            .for_each(|u| *u = true);
+    }
+    for i in head.data_start as usize..at.offset {
+        if !used[i] {
+            file[i] = 0;
+        }
+    }
+}
+
+/// An index taken apart into its head and section bodies, to be laid out again (for
+/// edits that change its size).
+struct Parts {
+    head: IndexHead,
+    bodies: Vec<Vec<u8>>,
+}
+
+impl Parts {
+    fn of(file: &[u8], at: At) -> Parts {
+        let head = head_at(file, at);
+        let bodies = head
+            .sections
+            .iter()
+            .map(|s| file[at.section(s)].to_vec())
+            .collect();
+        Parts { head, bodies }
+    }
+
+    fn body(&mut self, kind: SectionKind) -> &mut Vec<u8> {
+        let i = self
+            .head
+            .sections
+            .iter()
+            .position(|s| s.kind == kind)
+            .unwrap();
+        &mut self.bodies[i]
+    }
+
+    /// The index bytes: the head, then the sections one after another with their crcs,
+    /// then zero padding so that the trailer ends at a multiple of 64. `fix` edits the
+    /// directory (and the bytes) after the layout.
+    fn encode(
+        &self,
+        index_offset: usize,
+        fix: impl FnOnce(&mut [SectionEntry], &mut Vec<u8>),
+    ) -> Vec<u8> {
+        let mut head = self.head.clone();
+        let mut out = vec![0u8; head.head_len()];
+        for (s, body) in head.sections.iter_mut().zip(&self.bodies) {
+            s.offset = out.len() as u64;
+            s.length = body.len() as u64;
+            s.crc = crc32c::crc32c(body);
+            out.extend_from_slice(body);
+        }
+        let pad = bpz::binindex::index_padding(index_offset as u64, out.len() as u64);
+        out.resize(out.len() + pad as usize, 0);
+        fix(&mut head.sections, &mut out);
+        let bytes = head.encode();
+        out[..bytes.len()].copy_from_slice(&bytes);
+        out
+    }
+}
+
+/// `file` up to its latest index, then `index` and a trailer for it.
+fn with_index11(file: &[u8], index: &[u8]) -> Vec<u8> {
+    let at = At::latest(file);
+    let mut out = file[..at.offset].to_vec();
+    out.extend_from_slice(index);
+    out.extend_from_slice(&[0; TRAILER_LEN]);
+    write_trailer(
+        &mut out,
+        At {
+            offset: at.offset,
+            len: index.len(),
+        },
+    );
+    out
+}
+
+/// The single-version 1.1 file the 1.1 invalid vectors break: plain and encoded chunks,
+/// a raw tensor, names whose sorted order differs from their saving order.
+fn v11_base() -> Vec<u8> {
+    let mut w = vector_writer_as(FormatVersion::V1_1, zstd_opts(128, Some(Filter::None)));
+    w.add_tensor("noise", DType::U8, &[2, 128], &prng_bytes(256, 11))
+        .unwrap();
+    let ones: Vec<u8> = std::iter::repeat(1.0f32.to_le_bytes())
+        .take(64)
+        .flatten()
+        .collect();
+    w.add_tensor("ones", DType::F32, &[64], &ones).unwrap();
+    let raw = TensorOptions {
+        compression: Some(Compression::None),
+        ..Default::default()
+    };
+    w.add_tensor_with("raw", DType::U8, &[100], &prng_bytes(100, 12), &raw)
+        .unwrap();
+    let mask: Vec<u8> = prng_bytes(32, 13).iter().map(|b| b & 1).collect();
+    w.add_tensor("mask", DType::Bool, &[32], &mask).unwrap();
+    finish(w)
+}
+
+fn invalid_v11(golden: &[Golden], out: &mut Vec<Invalid>) {
+    let versions = golden
+        .iter()
+        .find(|g| g.name == "v11_versions")
+        .unwrap()
+        .bytes
+        .clone();
+    let base = v11_base();
+    let at = At::latest(&base);
+    let mut add = |name: &str, bytes: Vec<u8>, error, stage, note, version| {
+        out.push(Invalid {
+            name: format!("v11_{name}"),
+            bytes,
+            error,
+            stage,
+            note,
+            version,
+        })
+    };
+    let edited = |file: &[u8], at: At, seal: Seal, edit: &dyn Fn(&mut Vec<u8>)| {
+        let mut b = file.to_vec();
+        edit(&mut b);
+        reseal(&mut b, at, seal);
+        b
+    };
+    let head = head_at(&base, at);
+    let section = |kind| at.section(head.section(kind).unwrap());
+    let record = |i: usize| section(SectionKind::Tensors).start + i * TENSOR_RECORD_LEN;
+
+    // The head and the directory (§16.5 steps 1–3): on open.
+    let mut b = base.clone();
+    let end = b.len();
+    b[end - TRAILER_LEN + 16] ^= 0x01;
+    let t = Trailer::decode(
+        "vector",
+        b[end - TRAILER_LEN..].try_into().unwrap(),
+        end as u64,
+    );
+    assert!(t.is_err(), "the trailer crc must now be wrong");
+    let crc = u32::from_le_bytes(
+        b[end - TRAILER_LEN + 16..end - TRAILER_LEN + 20]
+            .try_into()
+            .unwrap(),
+    );
+    let trailer = Trailer {
+        index_offset: at.offset as u64,
+        index_len: at.len as u64,
+        index_crc32c: crc,
+    };
+    b[end - TRAILER_LEN..].copy_from_slice(&trailer.encode());
+    add(
+        "head_crc",
+        b,
+        "checksum_mismatch",
+        "open",
+        "the trailer's index_crc is not the crc32c of the index head (the trailer itself checks)",
+        None,
+    );
+    let mut b = versions.clone();
+    let latest = At::latest(&b);
+    b[latest.offset + 16] ^= 0x01;
+    add(
+        "latest_head_damaged",
+        b,
+        "checksum_mismatch",
+        "open",
+        "a bit of the latest version's index head (time_ns) flipped under a valid trailer: \
+         damage, not an unfinished append, so no recovery to version 2 (16.7)",
+        None,
+    );
+    add(
+        "index_magic",
+        edited(&base, at, SEAL_ALL, &|b| b[at.offset + 7] = b'Y'),
+        "invalid_index",
+        "open",
+        "the index starts with BPZINDEY",
+        None,
+    );
+    add(
+        "superblock_copy",
+        edited(&base, at, SEAL_ALL, &|b| {
+            let copy = at.offset + SUPERBLOCK_COPY_AT;
+            patch_superblock(&mut b[copy..copy + SUPERBLOCK_LEN], |s| s[30] = 1)
+        }),
+        "invalid_index",
+        "open",
+        "the superblock copy in the index head differs from bytes 0-63 (a reserved byte, \
+         itself a valid superblock)",
+        None,
+    );
+    let parts = Parts::of(&base, at);
+    let metadata_at = parts
+        .head
+        .sections
+        .iter()
+        .position(|s| s.kind == SectionKind::Metadata)
+        .unwrap();
+    let tree_at = parts
+        .head
+        .sections
+        .iter()
+        .position(|s| s.kind == SectionKind::Tree)
+        .unwrap();
+    assert_eq!(
+        parts.bodies[tree_at], parts.bodies[metadata_at],
+        "tree and metadata both null"
+    );
+    let index = parts.encode(at.offset, |s, bytes| {
+        let m = &mut s[metadata_at];
+        let old = m.offset as usize..(m.offset + m.length) as usize;
+        bytes[old].iter_mut().for_each(|b| *b = 0);
+        m.offset = bytes.len() as u64;
+    });
+    add(
+        "section_outside",
+        with_index11(&base, &index),
+        "invalid_index",
+        "open",
+        "the metadata section starts at the index's end",
+        None,
+    );
+    let index = parts.encode(at.offset, |s, bytes| {
+        let m = s[metadata_at];
+        bytes[m.offset as usize..(m.offset + m.length) as usize]
+            .iter_mut()
+            .for_each(|b| *b = 0);
+        let t = s[tree_at];
+        s[metadata_at] = SectionEntry {
+            kind: SectionKind::Metadata,
+            ..t
+        };
+    });
+    add(
+        "sections_overlap",
+        with_index11(&base, &index),
+        "invalid_index",
+        "open",
+        "the metadata and tree sections are the same bytes (both null)",
+        None,
+    );
+    let mut p = Parts::of(&base, at);
+    p.head.sections.remove(metadata_at);
+    p.bodies.remove(metadata_at);
+    add(
+        "section_missing",
+        with_index11(&base, &p.encode(at.offset, |_, _| {})),
+        "invalid_index",
+        "open",
+        "no metadata section (a required kind)",
+        None,
+    );
+    let mut p = Parts::of(&base, at);
+    p.head.sections.push(p.head.sections[metadata_at]);
+    p.bodies.push(p.bodies[metadata_at].clone());
+    add(
+        "section_twice",
+        with_index11(&base, &p.encode(at.offset, |_, _| {})),
+        "invalid_index",
+        "open",
+        "two metadata sections (same contents, no overlap)",
+        None,
+    );
+    let mut p = Parts::of(&base, at);
+    while p.head.sections.len() < 65 {
+        let kind = SectionKind::Unknown(1000 + p.head.sections.len() as u32);
+        p.head.sections.push(SectionEntry {
+            kind,
+            offset: 0,
+            length: 0,
+            crc: 0,
+        });
+        p.bodies.push(Vec::new());
+    }
+    add(
+        "section_count",
+        with_index11(&base, &p.encode(at.offset, |_, _| {})),
+        "invalid_index",
+        "open",
+        "65 directory entries (57 of unknown kinds, empty), over the limit of 64",
+        None,
+    );
+    add(
+        "tensors_length",
+        edited(&base, at, SEAL_ALL, &|b| {
+            let count = head.tensor_count + 1;
+            b[at.offset + 32..at.offset + 40].copy_from_slice(&count.to_le_bytes())
+        }),
+        "invalid_index",
+        "open",
+        "tensor_count one more than the tensors section's records",
+        None,
+    );
+    let mut b = versions.clone();
+    let latest = At::latest(&b);
+    let h = head_at(&b, latest);
+    let s = h.section(SectionKind::Versions).unwrap();
+    b[latest.section(s).start + 9] ^= 0x01;
+    reseal(
+        &mut b,
+        latest,
+        Seal {
+            sections: false,
+            ..SEAL_ALL
+        },
+    );
+    add(
+        "versions_crc",
+        b,
+        "checksum_mismatch",
+        "open",
+        "a bit of the versions section (version 1's time_ns) flipped, its crc not updated",
+        None,
+    );
+
+    // Per-tensor and listing rules (§16.5): a lookup or a listing finds them.
+    add(
+        "record_crc",
+        edited(
+            &base,
+            at,
+            Seal {
+                record_crc: false,
+                ..SEAL_ALL
+            },
+            &|b| b[record(1) + 60] ^= 0x01,
+        ),
+        "checksum_mismatch",
+        "list",
+        "a bit of tensor record 1's record_crc flipped",
+        None,
+    );
+    add(
+        "chunks_crc",
+        edited(
+            &base,
+            at,
+            Seal {
+                chunks_crc: false,
+                ..SEAL_ALL
+            },
+            &|b| b[record(2) + 48] ^= 0x01,
+        ),
+        "checksum_mismatch",
+        "list",
+        "a bit of tensor record 2's chunks_crc flipped (its record_crc updated)",
+        None,
+    );
+    let names = head.section(SectionKind::Names).unwrap();
+    add(
+        "section_crc",
+        edited(
+            &base,
+            at,
+            Seal {
+                sections: false,
+                ..SEAL_ALL
+            },
+            &|b| {
+                let e = at.offset
+                    + DIRECTORY_AT
+                    + head.sections.iter().position(|s| s == names).unwrap() * 32;
+                b[e + 24] ^= 0x01
+            },
+        ),
+        "checksum_mismatch",
+        "list",
+        "a bit of the names section's crc in the directory flipped",
+        None,
+    );
+    add(
+        "names_unsorted",
+        edited(&base, at, SEAL_ALL, &|b| {
+            let (r0, r1) = (record(0), record(1));
+            let first = b[r0..r0 + TENSOR_RECORD_LEN].to_vec();
+            b.copy_within(r1..r1 + TENSOR_RECORD_LEN, r0);
+            b[r1..r1 + TENSOR_RECORD_LEN].copy_from_slice(&first);
+        }),
+        "invalid_index",
+        "list",
+        "tensor records 0 and 1 swapped: names not in increasing order",
+        None,
+    );
+    add(
+        "duplicate_names",
+        edited(&base, at, SEAL_ALL, &|b| {
+            let (r0, r1) = (record(0), record(1));
+            b.copy_within(r0..r0 + 12, r1)
+        }),
+        "invalid_index",
+        "list",
+        "tensor record 1 has record 0's name",
+        None,
+    );
+    add(
+        "position_not_permutation",
+        edited(&base, at, SEAL_ALL, &|b| {
+            let (r0, r1) = (record(0), record(1));
+            b.copy_within(r0 + 12..r0 + 16, r1 + 12)
+        }),
+        "invalid_index",
+        "list",
+        "tensor records 0 and 1 have the same position",
+        None,
+    );
+    let mut p = Parts::of(&base, at);
+    *p.body(SectionKind::Tree) = br#"{"tensor": "nope"}"#.to_vec();
+    add(
+        "missing_tree_ref",
+        with_index11(&base, &p.encode(at.offset, |_, _| {})),
+        "invalid_index",
+        "list",
+        "the tree names a tensor that the version does not hold",
+        None,
+    );
+    let mut b = base.clone();
+    let (p0, p1) = (
+        chunk_record_at(&b, at, "noise", 0),
+        chunk_record_at(&b, at, "noise", 1),
+    );
+    let c0 = bpz::binindex::ChunkRecord::decode(b[p0..p0 + CHUNK_RECORD_LEN].try_into().unwrap());
+    let mut c1 =
+        bpz::binindex::ChunkRecord::decode(b[p1..p1 + CHUNK_RECORD_LEN].try_into().unwrap());
+    assert!(
+        c0.encoded == 0 && c1.encoded == 0,
+        "noise's chunks are plain"
+    );
+    // Chunk 1 moved to start inside chunk 0, its crc and hash those of its new bytes.
+    c1.offset = c0.offset + 64;
+    let stored = &b[c1.offset as usize..(c1.offset + c1.stored_len) as usize];
+    c1.crc32c = crc32c::crc32c(stored);
+    c1.hash = bpz::binindex::content_hash(stored);
+    b[p1..p1 + CHUNK_RECORD_LEN].copy_from_slice(&c1.encode());
+    zero_unreferenced(&mut b, at);
+    reseal(&mut b, at, SEAL_ALL);
+    add(
+        "overlapping_chunks",
+        b,
+        "invalid_index",
+        "list",
+        "chunk 1 of noise starts in the middle of chunk 0 (overlapping, not the same range)",
+        None,
+    );
+    add(
+        "reserved_nonzero",
+        edited(&base, at, SEAL_ALL, &|b| b[record(0) + 55] = 1),
+        "invalid_index",
+        "list",
+        "a reserved byte of tensor record 0 is 1",
+        None,
+    );
+    add(
+        "unknown_dtype",
+        edited(&base, at, SEAL_ALL, &|b| b[record(0) + 44] = 200),
+        "unsupported_feature",
+        "list",
+        "dtype code 200",
+        None,
+    );
+    add(
+        "unknown_filter",
+        edited(&base, at, SEAL_ALL, &|b| b[record(1) + 46] = 9),
+        "unsupported_feature",
+        "list",
+        "filter code 9",
+        None,
+    );
+
+    // Data (§16.3): found on reading or verifying.
+    let p0 = chunk_record_at(&base, at, "noise", 0);
+    add(
+        "hash_mismatch",
+        edited(&base, at, SEAL_ALL, &|b| b[p0 + 24] ^= 0x01),
+        "checksum_mismatch",
+        "read",
+        "a bit of the content hash of noise's first (plain) chunk flipped",
+        None,
+    );
+
+    // The superblock (§16.1).
+    let mut b = base.clone();
+    let feature = |s: &mut [u8]| s[12..16].copy_from_slice(&(1u32 | 1 << 3).to_le_bytes());
+    patch_superblock(&mut b, feature);
+    let copy = at.offset + SUPERBLOCK_COPY_AT;
+    patch_superblock(&mut b[copy..copy + SUPERBLOCK_LEN], feature);
+    reseal(&mut b, at, SEAL_ALL);
+    add(
+        "unknown_required_feature",
+        b,
+        "unsupported_feature",
+        "open",
+        "required feature bits 0 and 3 (bit 3 unknown), in the superblock and its copy",
+        None,
+    );
+
+    // Versions (§16.4): the chain, and a version's own end.
+    let ats = At::all(&versions);
+    let (v1, v2, v3) = (ats[0], ats[1], ats[2]);
+    let records = at_versions_section(&versions, v3);
+    let chain = |f: &dyn Fn(&mut [VersionRecord])| {
+        let mut b = versions.clone();
+        let mut r = records.clone();
+        f(&mut r);
+        let range = v3.section(head_at(&b, v3).section(SectionKind::Versions).unwrap());
+        let bytes: Vec<u8> = r.iter().flat_map(|r| r.encode()).collect();
+        b[range].copy_from_slice(&bytes);
+        reseal(&mut b, v3, SEAL_ALL);
+        b
+    };
+    add(
+        "chain_forward",
+        chain(&|r| {
+            r[0].index_offset = r[1].index_offset;
+            r[0].index_length = r[1].index_length;
+            r[0].index_crc = r[1].index_crc;
+        }),
+        "invalid_index",
+        "open",
+        "version 1's record points to version 2's index, after version 2's data start",
+        None,
+    );
+    add(
+        "chain_loop",
+        chain(&|r| r[1] = VersionRecord { version: 2, ..r[0] }),
+        "invalid_index",
+        "open",
+        "version 2's record is version 1's bytes again (the chain loops back)",
+        None,
+    );
+    add(
+        "chain_overlap",
+        chain(&|r| r[1].data_start = r[0].index_offset),
+        "invalid_index",
+        "open",
+        "version 2's data starts inside version 1's index",
+        None,
+    );
+    // Version 1's V references the chunk that version 2 wrote in its place.
+    let r = Reader::from_bytes(versions.clone()).unwrap();
+    let old = r.at_version(VersionSelector::Number(1)).unwrap();
+    let new = r.at_version(VersionSelector::Number(2)).unwrap();
+    let (a, z) = (old.tensor("V").unwrap(), new.tensor("V").unwrap());
+    let k = (0..a.chunks.len())
+        .find(|&k| a.chunks[k].offset != z.chunks[k].offset)
+        .unwrap();
+    assert!(z.chunks[k].offset >= v1.offset as u64 + v1.len as u64);
+    let mut b = versions.clone();
+    let from = chunk_record_at(&b, v2, "V", k);
+    let to = chunk_record_at(&b, v1, "V", k);
+    b.copy_within(from..from + CHUNK_RECORD_LEN, to);
+    reseal_chain(&mut b, &ats, 0);
+    let _ = v3;
+    add(
+        "chunk_past_version_end",
+        b,
+        "invalid_index",
+        "list",
+        "version 1's V references a chunk that version 2 wrote, past version 1's index",
+        Some(1),
+    );
+
+    // Torn files: a single version cut short has no committed version.
+    for (what, cut) in [
+        ("index", at.offset + at.len / 2),
+        ("data", at.offset / 2),
+        ("trailer", base.len() - 1),
+    ] {
+        add(
+            &format!("truncated_{what}"),
+            base[..cut].to_vec(),
+            "truncated",
+            "open",
+            "a one-version 1.1 file cut short: no committed version to open",
+            None,
+        );
+    }
+}
+
+fn at_versions_section(file: &[u8], at: At) -> Vec<VersionRecord> {
+    let range = at.section(head_at(file, at).section(SectionKind::Versions).unwrap());
+    file[range]
+        .chunks_exact(VERSION_RECORD_LEN)
+        .map(|b| VersionRecord::decode(b.try_into().unwrap()))
+        .collect()
 }

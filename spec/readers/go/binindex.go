@@ -42,9 +42,6 @@ func (a *Archive) openBinary() error {
 	if err != nil {
 		return err
 	}
-	if err := a.validateHead(latest); err != nil {
-		return err
-	}
 	latest.pos = len(latest.bin.records)
 	a.versions = append(append([]versionRecord(nil), latest.bin.records...), latest.versionRecord)
 	a.views = map[uint64]*view{latest.number: latest}
@@ -52,21 +49,53 @@ func (a *Archive) openBinary() error {
 	return a.pickVersion()
 }
 
-// findLatest scans back from the end of the file for the last offset p, a multiple of
-// 64, where a committed version ends: a valid trailer (section 3) that ends at p and
-// points to an index ending where it starts, whose head checks (16.5 step 1).
+// findLatest finds the latest committed version, validated (16.5 steps 1–4). If the
+// file's last 32 bytes are a valid trailer that ends the file, that is it, and any
+// fault of its index is an error (damage: a writer makes the index durable before
+// the trailer). Otherwise the file ends in an unfinished append (16.7): scan back for
+// the last offset p, a multiple of 64, where a valid trailer ends whose index ends
+// where it starts and whose head checks.
 func (a *Archive) findLatest() (*view, error) {
-	// Why the file's own end is no committed version, for the messages.
-	var why *Error
-	p := a.size &^ (trailerBoundary - 1)
-	if p != a.size {
-		why = newErr(KindTruncated, a.name, "trailer",
-			"the file length %d is not a multiple of 64, so it does not end with a committed trailer", a.size)
+	le := binary.LittleEndian
+	tr, err := a.readFull("trailer", a.size-trailerSize, trailerSize, nil)
+	if err != nil {
+		return nil, err
 	}
-	block := uint64(trailerSize) // the common case: the file ends with a committed trailer
+	var why string // why the file's end is no committed trailer
+	if !bytes.Equal(tr[24:32], endMagic[:]) {
+		why = "the last 8 bytes are not BPZ_END\\n"
+	} else if got, want := crc32c(tr[:20]), le.Uint32(tr[20:24]); got != want {
+		why = fmt.Sprintf("trailer_crc is 0x%08X, the crc32c of the last trailer's bytes 0..20 is 0x%08X", want, got)
+	} else if end, ok := trailerEnd(le.Uint64(tr[0:8]), le.Uint64(tr[8:16])); !ok || end != a.size {
+		why = fmt.Sprintf("index_offset %d + index_length %d + 32 is not the file length %d",
+			le.Uint64(tr[0:8]), le.Uint64(tr[8:16]), a.size)
+	} else {
+		v := &view{}
+		v.indexOffset, v.indexLength, v.indexCRC = le.Uint64(tr[0:8]), le.Uint64(tr[8:16]), le.Uint32(tr[16:20])
+		if err := a.checkIndexLimit(v.indexLength); err != nil {
+			return nil, err
+		}
+		if v.indexOffset < superblockSize {
+			return nil, newErr(KindInvalidIndex, a.name, "trailer", "index_offset %d is below 64", v.indexOffset)
+		}
+		if a.size%trailerBoundary != 0 {
+			return nil, newErr(KindInvalidIndex, a.name, "trailer",
+				"the trailer ends at offset %d, not a multiple of 64", a.size)
+		}
+		if _, err := a.readHead(v, v.indexCRC); err != nil {
+			return nil, err
+		}
+		if err := a.validateHead(v); err != nil {
+			return nil, err
+		}
+		return v, nil
+	}
+	// An unfinished append: scan back in large blocks.
+	const block = 1 << 20
 	var buf []byte
 	var bufStart uint64
 	minEnd := uint64(superblockSize + indexHeadMin + dirEntrySize*minSections + trailerSize)
+	p := (a.size - 1) &^ (trailerBoundary - 1) // the last multiple of 64 before the file's end
 	for ; p >= minEnd; p -= trailerBoundary {
 		if p-trailerSize < bufStart || p > bufStart+uint64(len(buf)) {
 			lo := max(p, block) - block
@@ -75,13 +104,8 @@ func (a *Archive) findLatest() (*view, error) {
 				return nil, err
 			}
 			buf, bufStart = b, lo
-			block = 1 << 20 // scanning an unfinished append: read back in large blocks
 		}
-		tr := buf[p-trailerSize-bufStart : p-bufStart]
-		if why != nil && !bytes.Equal(tr[24:32], endMagic[:]) {
-			continue // the common case while scanning: no trailer here
-		}
-		v, reason, err := a.tryTrailer(p, tr)
+		v, err := a.tryTrailer(p, buf[p-trailerSize-bufStart:p-bufStart])
 		if err != nil {
 			return nil, err
 		}
@@ -89,56 +113,48 @@ func (a *Archive) findLatest() (*view, error) {
 			a.ignored = a.size - p
 			return v, nil
 		}
-		if why == nil {
-			why = reason
-		}
-	}
-	if why == nil {
-		why = newErr(KindTruncated, a.name, "trailer", "the file is too short for a committed version")
 	}
 	return nil, newErr(KindTruncated, a.name, "trailer",
-		"no committed version found scanning back from the end of the file (%s): the file was cut short or never finished",
-		why.Msg)
+		"%s, and no committed version is found scanning back from the end: the file was cut short or never finished", why)
 }
 
-// tryTrailer checks whether a committed version ends at p, tr being the 32 bytes before
-// p. It returns the version's view, or why there is none, or a fatal error (an I/O
-// error, or a limit: a committed trailer whose index is too large is refused, not skipped).
-func (a *Archive) tryTrailer(p uint64, tr []byte) (v *view, reason *Error, fatal error) {
+// checkIndexLimit applies the format's limit to a binary index's length. The caller's
+// Options.MaxIndexBytes bounds what each call reads of it, not its length.
+func (a *Archive) checkIndexLimit(n uint64) error {
+	if n > MaxIndexBytes {
+		return newErr(KindLimitExceeded, a.name, "trailer",
+			"index_length %d is over the limit of %d bytes", n, MaxIndexBytes)
+	}
+	return nil
+}
+
+// tryTrailer returns the committed version that ends at p, tr being the 32 bytes
+// before p, or nil if there is none; an error only for what must not be skipped (an
+// I/O error, a limit).
+func (a *Archive) tryTrailer(p uint64, tr []byte) (*view, error) {
 	le := binary.LittleEndian
-	at := func(format string, args ...any) *Error {
-		return newErr(KindTruncated, a.name, "trailer", "at offset %d: %s", p-trailerSize, fmt.Sprintf(format, args...))
+	if !bytes.Equal(tr[24:32], endMagic[:]) || crc32c(tr[:20]) != le.Uint32(tr[20:24]) {
+		return nil, nil
 	}
-	if !bytes.Equal(tr[24:32], endMagic[:]) {
-		return nil, at("the last 8 bytes are not BPZ_END\\n"), nil
-	}
-	if got, want := crc32c(tr[:20]), le.Uint32(tr[20:24]); got != want {
-		return nil, at("trailer_crc is 0x%08X, the crc32c of trailer bytes 0..20 is 0x%08X", want, got), nil
-	}
-	v = &view{}
+	v := &view{}
 	v.indexOffset, v.indexLength, v.indexCRC = le.Uint64(tr[0:8]), le.Uint64(tr[8:16]), le.Uint32(tr[16:20])
-	if end, ok := trailerEnd(v.indexOffset, v.indexLength); !ok || end != p {
-		return nil, at("index_offset %d + index_length %d + 32 is not the trailer's end %d",
-			v.indexOffset, v.indexLength, p), nil
+	if end, ok := trailerEnd(v.indexOffset, v.indexLength); !ok || end != p || v.indexOffset < superblockSize {
+		return nil, nil
 	}
-	if v.indexOffset < superblockSize {
-		return nil, at("index_offset %d is below 64", v.indexOffset), nil
+	if err := a.checkIndexLimit(v.indexLength); err != nil {
+		return nil, err
 	}
-	if v.indexLength > MaxIndexBytes {
-		return nil, nil, newErr(KindLimitExceeded, a.name, "trailer",
-			"index_length %d is over the limit of %d bytes", v.indexLength, MaxIndexBytes)
+	_, err := a.readHead(v, v.indexCRC)
+	if err == nil {
+		err = a.validateHead(v)
 	}
-	bin, err := a.readHead(v, v.indexCRC)
+	if k := KindOf(err); k == KindInvalidIndex || k == KindChecksumMismatch {
+		return nil, nil // not a committed version: keep scanning
+	}
 	if err != nil {
-		if k := KindOf(err); k == KindInvalidIndex || k == KindChecksumMismatch {
-			var e *Error
-			errors.As(err, &e)
-			return nil, at("its index does not check: %s", e.Msg), nil
-		}
-		return nil, nil, err
+		return nil, err
 	}
-	v.bin = bin
-	return v, nil, nil
+	return v, nil
 }
 
 // readHead reads and checks the head of the index v locates (16.5 step 1) and fills in
@@ -283,6 +299,9 @@ func (a *Archive) validateHead(v *view) error {
 		r := raw[i*versionRecSize:]
 		b.records[i] = versionRecord{number: le.Uint64(r[0:]), timeNS: le.Uint64(r[8:]), dataStart: le.Uint64(r[16:]),
 			indexOffset: le.Uint64(r[24:]), indexLength: le.Uint64(r[32:]), indexCRC: le.Uint32(r[40:])}
+		if !allZero(r[44:48]) {
+			return newErr(KindInvalidIndex, a.name, part, "versions record %d: reserved bytes are not zero", i)
+		}
 	}
 	return a.checkChain(v, part)
 }
@@ -295,7 +314,6 @@ func (a *Archive) checkChain(v *view, part string) error {
 			i, recs[i].number, fmt.Sprintf(format, args...))
 	}
 	if len(recs) == 0 && v.dataStart != superblockSize {
-		// 16.2: data_start is 64 for the first version written to the file.
 		return newErr(KindInvalidIndex, a.name, part,
 			"no earlier version is listed, but data_start is %d, not 64", v.dataStart)
 	}
@@ -314,8 +332,8 @@ func (a *Archive) checkChain(v *view, part string) error {
 			next = recs[i+1].dataStart
 		}
 		end, ok := trailerEnd(r.indexOffset, r.indexLength)
-		if !ok || end%trailerBoundary != 0 || end > next {
-			return bad(i, "its trailer would end at %s: not a multiple of 64 at or before the next version's data_start %d",
+		if !ok || end%trailerBoundary != 0 || end != next {
+			return bad(i, "its trailer would end at %s, not a multiple of 64 equal to the next version's data_start %d",
 				fmtUint(end), next)
 		}
 	}
@@ -616,7 +634,11 @@ func (a *Archive) listView(v *view) (*listing, error) {
 		if err != nil {
 			return nil, err
 		}
-		if i > 0 && bytes.Compare(prev, r.name) >= 0 {
+		if i > 0 && bytes.Equal(prev, r.name) {
+			return nil, newErr(KindInvalidIndex, a.name, tensorPart(string(r.name)),
+				"two tensor records (%d and %d) have this name", i-1, i)
+		}
+		if i > 0 && bytes.Compare(prev, r.name) > 0 {
 			return nil, newErr(KindInvalidIndex, a.name, tensorPart(string(r.name)),
 				"tensor records are not sorted by name: record %d follows %s", i, shortName(string(prev)))
 		}

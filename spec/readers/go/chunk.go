@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"sort"
 	"sync"
 
 	"github.com/klauspost/compress/zstd"
@@ -113,14 +114,44 @@ func (a *Archive) verifyView(v *view, checked map[checkedChunk]bool) error {
 		}
 		if sp.off >= v.dataStart {
 			if sp.off > pos {
-				if err := a.checkZero(pos, sp.off); err != nil {
+				if err := a.checkZero("data region", pos, sp.off); err != nil {
 					return err
 				}
 			}
 			pos = max(pos, sp.end)
 		}
 	}
-	return a.checkZero(pos, v.indexOffset)
+	if err := a.checkZero("data region", pos, v.indexOffset); err != nil {
+		return err
+	}
+	if v.bin != nil {
+		return a.checkIndexPadding(v)
+	}
+	return nil
+}
+
+// checkIndexPadding checks that the bytes of v's binary index that no directory entry
+// covers (between sections, and the padding at its end) are zero (16.2).
+func (a *Archive) checkIndexPadding(v *view) error {
+	type interval struct{ lo, hi uint64 }
+	covered := []interval{{0, v.bin.headLen}}
+	for _, e := range v.bin.dir {
+		if end, ok := addChecked(e.off, e.length); ok && e.off >= v.bin.headLen && end <= v.indexLength {
+			covered = append(covered, interval{e.off, end})
+		}
+	}
+	sort.Slice(covered, func(i, j int) bool { return covered[i].lo < covered[j].lo })
+	part := fmt.Sprintf("index of version %d", v.number)
+	pos := uint64(0)
+	for _, c := range covered {
+		if c.lo > pos {
+			if err := a.checkZero(part, v.indexOffset+pos, v.indexOffset+c.lo); err != nil {
+				return err
+			}
+		}
+		pos = max(pos, c.hi)
+	}
+	return a.checkZero(part, v.indexOffset+pos, v.indexOffset+v.indexLength)
 }
 
 // checkEarlierTrailer checks, for a version that is not the latest, that its trailer
@@ -147,7 +178,7 @@ func (a *Archive) checkEarlierTrailer(v *view) error {
 	if le.Uint64(tr[0:]) != v.indexOffset || le.Uint64(tr[8:]) != v.indexLength || le.Uint32(tr[16:]) != v.indexCRC {
 		return newErr(KindInvalidIndex, a.name, part, "it does not point to the index the versions record gives")
 	}
-	return a.checkZero(at+trailerSize, a.versions[v.pos+1].dataStart)
+	return a.checkZero("data region", at+trailerSize, a.versions[v.pos+1].dataStart)
 }
 
 func (a *Archive) lookup(name string) (*TensorInfo, error) {
@@ -162,11 +193,11 @@ func (a *Archive) lookup(name string) (*TensorInfo, error) {
 	return a.lookupBinary(v, name)
 }
 
-func (a *Archive) checkZero(from, to uint64) error {
+func (a *Archive) checkZero(part string, from, to uint64) error {
 	var buf []byte
 	for from < to {
 		n := min(to-from, 64<<10)
-		b, err := a.readFull("data region", from, n, buf)
+		b, err := a.readFull(part, from, n, buf)
 		if err != nil {
 			return err
 		}
@@ -175,7 +206,7 @@ func (a *Archive) checkZero(from, to uint64) error {
 			if v == 0 {
 				continue
 			}
-			return newErr(KindCorruptData, a.name, "data region",
+			return newErr(KindCorruptData, a.name, part,
 				"padding byte at offset %d is 0x%02X, not zero", from+uint64(i), v)
 		}
 		from += n

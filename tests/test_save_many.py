@@ -19,6 +19,7 @@ from bpz import _bpz
 from bpz.pytree import flatten
 from bpz.write import write_archive
 
+from file_bytes import without_write_time
 from stored_json import assert_stored_as_json, write_tree
 
 DTYPES = [np.float32, np.float64, np.float16, ml_dtypes.bfloat16, np.int8, np.int16, np.int32, np.int64, np.uint8,
@@ -61,8 +62,9 @@ def per_tensor(path: str, tree: object, **opts: object) -> None:
 
 
 def read(path: str) -> bytes:
+    """The file's bytes but for the time it was written."""
     with open(path, "rb") as f:
-        return f.read()
+        return without_write_time(f.read())
 
 
 @pytest.mark.parametrize("compression", ["auto", "zstd", None])

@@ -13,6 +13,7 @@ import pytest
 import bpz
 from bpz import _bpz
 from bpz.errors import InvalidArgumentError
+from file_bytes import without_write_time
 
 
 def _write(path, **options):
@@ -21,7 +22,7 @@ def _write(path, **options):
     w.set_tree({"a": 0, "b": 1})
     w.finish()
     with open(path, "rb") as f:
-        return f.read()
+        return without_write_time(f.read())
 
 
 def test_the_python_constants_are_the_cores_defaults():

@@ -26,6 +26,7 @@ import sys
 import time
 import traceback
 import unicodedata
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -36,9 +37,11 @@ from .errors import (
     BpzError,
     CheckpointNotFoundError,
     FormatError,
+    InvalidArgumentError,
     InvalidCheckpointPath,
     LimitExceededError,
     OutOfMemoryError,
+    RecoveredArchiveWarning,
     TensorNotFoundError,
 )
 from .pytree import flatten, unflatten
@@ -171,7 +174,9 @@ def _as_failure(file: str, exc: BaseException) -> _Failure:
     other = getattr(exc, "filename", None)
     if isinstance(exc, OSError) and other is not None and os.fsdecode(other) != file:
         cause = f"{os.fsdecode(other)}: {cause}"
-    for name in (file, os.path.abspath(file)):  # library messages name the file already: once is enough
+    # Library messages name the file already: once is enough (the absolute spelling first, since
+    # the relative one is its tail).
+    for name in (os.path.abspath(file), file):
         tag = f"{name}: "
         if tag in cause[:len(tag) + len("out of memory: ")]:
             cause = cause.replace(tag, "", 1)
@@ -761,17 +766,25 @@ def cmd_log(args: argparse.Namespace) -> int:
              _metadata_text(v.metadata)] for v in versions]
     print(_table(rows, ["version", "written (UTC)", "added", "metadata"], {0, 2}))
     print(f"{len(versions)} version(s), {_human(size)}")
-    if recovered is not None:
-        _notice("log", args.file, f"ends in an unfinished append: {recovered['ignored_bytes']:,} bytes after the "
-                                  "last version are ignored (the next append removes them)")
-    return EXIT_OK
+    return EXIT_OK  # an unfinished append at the end was reported by the open (main's warning handler)
+
+
+def _open_at(path: str, version: int | None) -> Any:
+    """Opens ``path`` at ``version``; a failure names that file (diff has two), and a version
+    the file does not hold is a usage error."""
+    try:
+        return open_archive(path, version=version)
+    except InvalidArgumentError as e:
+        raise _Failure(path, _as_failure(path, e).cause, EXIT_USAGE) from e
+    except Exception as e:
+        raise _as_failure(path, e) from e
 
 
 def cmd_diff(args: argparse.Namespace) -> int:
     (path_a, va), (path_b, vb) = _at_version(args.a), _at_version(args.b)
     for path in (path_a, path_b):
         _check_input(path)
-    with open_archive(path_a, version=va) as a, open_archive(path_b, version=vb) as b:
+    with _open_at(path_a, va) as a, _open_at(path_b, vb) as b:
         d = a.diff(b)
     if args.json:
         print(json.dumps({"added": d.added, "removed": d.removed, "changed": d.changed,
@@ -872,7 +885,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         except SystemExit as e:  # --help, or a usage error argparse has printed
             return e.code if isinstance(e.code, int) else (EXIT_OK if e.code is None else EXIT_USAGE)
         command = args.command
-        status = _HANDLERS[command](args)
+        with warnings.catch_warnings():
+            # A file ending in an unfinished append still reads (its last committed version):
+            # say so as one line of the command's own, not as a Python warning with a source line.
+            show = warnings.showwarning
+
+            def notice(message: Any, category: Any, *rest: Any, **kw: Any) -> None:
+                if issubclass(category, RecoveredArchiveWarning):
+                    print(f"bpz {command}: {_printable(str(message))}", file=sys.stderr)
+                else:
+                    show(message, category, *rest, **kw)
+
+            warnings.showwarning = notice
+            status = _HANDLERS[command](args)
         sys.stdout.flush()  # here, not at exit, so a closed pipe is caught below
         return status
     except BrokenPipeError:

@@ -557,12 +557,24 @@ def compact(filename: str | os.PathLike[str], keep_last: int, *, sync: bool = Tr
     filename = fspath_str(filename)
     if isinstance(keep_last, bool) or not isinstance(keep_last, int) or keep_last < 1:
         raise ValueError(f"keep_last must be a positive int, not {keep_last!r}")
-    summary = _bpz.compact(absolute_path(filename), keep_last=keep_last, sync=sync)
+    summary = _compact(filename, keep_last=keep_last, sync=sync)
     return [int(v) for v in summary["versions_kept"]]
+
+
+def _compact(filename: str, **options: Any) -> dict[str, Any]:
+    path = absolute_path(filename)
+    try:
+        return _bpz.compact(path, **options)  # type: ignore[no-any-return]
+    except OSError as e:
+        # The core reports a missing file without an errno: make it the FileNotFoundError
+        # every other call gives.
+        if e.errno is None and not os.path.lexists(path):
+            raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), filename) from None
+        raise
 
 
 def compact_versions(filename: str, versions: list[int], *, sync: bool = True) -> list[int]:
     """Like :func:`compact`, keeping the listed versions — and any version appended after the
     newest of them, so that a version another process appended meanwhile is never dropped."""
-    summary = _bpz.compact(absolute_path(filename), keep=sorted(versions), sync=sync)
+    summary = _compact(filename, keep=sorted(versions), sync=sync)
     return [int(v) for v in summary["versions_kept"]]

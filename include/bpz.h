@@ -8,8 +8,12 @@
  * Conventions
  * -----------
  * - Every function returning `int` returns BPZ_OK (0) on success or a
- *   negative BPZ_ERR_* code. bpz_last_error_message() then describes the
- *   failure (naming the file and the tensor at fault).
+ *   negative BPZ_ERR_* code (bpz_recovered() answers 1 or 0 instead of
+ *   BPZ_OK). bpz_last_error_message() then describes the failure (naming
+ *   the file and the tensor at fault).
+ * - Versions: a format 1.1 archive holds every version appended to it.
+ *   bpz_open() opens the latest, bpz_open_version() any other; the
+ *   versions are listed by bpz_version_count() and bpz_version_info().
  * - Every pointer argument is checked: NULL gives BPZ_ERR_NULL_ARGUMENT
  *   (except where NULL is documented as accepted). Indices, row ranges and
  *   buffer lengths are checked against the archive: a mismatch gives
@@ -152,12 +156,34 @@ typedef struct bpz_archive bpz_archive;
  * Opens the archive at `path` (a NUL-terminated path, bytes as the OS takes
  * them; UTF-8 on Windows) and validates its superblock, trailer and index —
  * cost proportional to the index, not the data. `backend` is a BPZ_BACKEND_*.
+ * A versioned archive (format 1.1) opens at its latest committed version;
+ * a file that ends in an unfinished append opens at its last committed
+ * version, which bpz_recovered() reports. Same as
+ * bpz_open_version(path, backend, 0, out).
  *
  * On success `*out` receives the archive, which the caller owns and must
  * release with bpz_close(). On failure `*out` is set to NULL (when `out` is
  * not NULL) and the code says why (BPZ_ERR_IO, BPZ_ERR_BAD_MAGIC, ...).
  */
 int bpz_open(const char *path, int backend, bpz_archive **out);
+
+/**
+ * Opens one version of the archive at `path`, as bpz_open() opens the latest.
+ * `version` selects it:
+ *   0       the latest committed version (as bpz_open());
+ *   k > 0   the version numbered k (numbers are those of bpz_version_info(),
+ *           1 for the first version written; compaction may leave gaps);
+ *   k < 0   counting back from the latest: -1 is the latest, -2 the one
+ *           before it, and so on.
+ * A 1.0 file holds one version, number 1. Opening an older version costs
+ * one more read of its index; everything else (tensors, tree, metadata,
+ * reads, views) then describes that version. A version the file does not
+ * hold gives BPZ_ERR_INVALID_ARGUMENT, whose message lists the versions
+ * present; damage to that version's index gives its error kind as
+ * bpz_open() does. Ownership of `*out` as for bpz_open(); `*out` is set to
+ * NULL on failure.
+ */
+int bpz_open_version(const char *path, int backend, int64_t version, bpz_archive **out);
 
 /**
  * Closes an archive and frees everything it owns: every pointer obtained from
@@ -224,6 +250,69 @@ const char *bpz_metadata_json(const bpz_archive *archive);
  * bpz_close(). NULL only if `archive` is NULL.
  */
 const char *bpz_tree_json(const bpz_archive *archive);
+
+/* --------------------------------------------------------------- versions */
+
+/**
+ * The number of versions in the file (0 if `archive` is NULL): every
+ * committed version still in the file, whichever one `archive` was opened
+ * at. 1 for a 1.0 file. Versions are indexed 0..count-1, oldest first.
+ */
+size_t bpz_version_count(const bpz_archive *archive);
+
+/**
+ * One version of an archive, filled in by bpz_version_info(). Spelled with
+ * its tag, like struct bpz_tensor_info.
+ */
+struct bpz_version_info {
+    /** Its number: 1, 2, ... in the order written (compaction may leave gaps).
+        What bpz_open_version() takes. */
+    uint64_t number;
+    /** When it was written: nanoseconds since 1970-01-01 UTC; 0 if unknown
+        (always 0 in a 1.0 file). */
+    uint64_t time_ns;
+    /** Bytes this version added to the file: its new chunks and their
+        padding, its index and trailer (spec/FORMAT.md §16.4). Chunks it
+        shares with the version before it are not counted. */
+    uint64_t bytes_added;
+};
+
+/**
+ * Fills `*out` with version `index` (0 = the oldest; bpz_version_count() - 1
+ * = the latest). BPZ_ERR_INVALID_ARGUMENT if `index` >= bpz_version_count()
+ * (`*out` unchanged). `index` is a position, not a version number.
+ */
+int bpz_version_info(const bpz_archive *archive, size_t index, struct bpz_version_info *out);
+
+/**
+ * Stores in `*json` the metadata of version `index` (a position, as for
+ * bpz_version_info()) as compact JSON text ("null" if it has none). For the
+ * version the archive was opened at, it is bpz_metadata_json(); for another,
+ * that version's index is read and checked (once: later calls return the
+ * same string), so it can fail with that index's error kind. The string is
+ * owned by the archive and valid until bpz_close(); never free() it. On
+ * failure `*json` is set to NULL (when `json` is not NULL).
+ */
+int bpz_version_metadata_json(const bpz_archive *archive, size_t index, const char **json);
+
+/**
+ * The number of the version `archive` was opened at (the latest unless
+ * bpz_open_version() chose another); 0 if `archive` is NULL.
+ */
+uint64_t bpz_version_number(const bpz_archive *archive);
+
+/**
+ * Whether opening skipped an unfinished append at the end of the file (a
+ * writer killed while appending, spec/FORMAT.md §16.7): 1 if it did — the
+ * archive then shows the last committed version, and the bytes after it are
+ * ignored — 0 if the file ends with a committed version. When
+ * `ignored_bytes` is not NULL it receives the number of bytes ignored (0
+ * when the answer is 0). Readers never change the file; the next append
+ * cuts the unfinished tail. Unlike other functions returning `int`, the
+ * answer is 1 or 0; a negative BPZ_ERR_* code (BPZ_ERR_NULL_ARGUMENT for a
+ * NULL `archive`) reports a failure, so test the result with `> 0`.
+ */
+int bpz_recovered(const bpz_archive *archive, uint64_t *ignored_bytes);
 
 /* ------------------------------------------------------------------- data */
 

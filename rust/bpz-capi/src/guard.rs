@@ -110,6 +110,15 @@ pub(crate) fn status(body: impl FnOnce() -> Result<()>) -> c_int {
     }
 }
 
+/// For functions that return a non-negative answer or a status: the answer, or the
+/// failure's (negative) code.
+pub(crate) fn answer(body: impl FnOnce() -> Result<c_int>) -> c_int {
+    match run(body) {
+        Ok(value) => value,
+        Err(code) => code,
+    }
+}
+
 // ------------------------------------------------------------ pointers from C
 
 /// A shared reference from a C pointer: NULL is an error.

@@ -14,13 +14,13 @@
 use std::ffi::{c_char, c_int, c_void, CString};
 use std::sync::OnceLock;
 
-use bpz_core::{Backend, Reader, Storage, TensorInfo, VerifyOptions};
+use bpz_core::{Backend, Reader, Storage, TensorInfo, VerifyOptions, VersionSelector};
 
 pub mod codes;
 mod guard;
 
 pub use codes::*;
-use guard::{c_str, deref, guard, out_buffer, out_ptr, status, Failure, Result};
+use guard::{answer, c_str, deref, guard, out_buffer, out_ptr, status, Failure, Result};
 
 /// The type a C declaration spells as given (for the header check).
 #[doc(hidden)]
@@ -78,6 +78,16 @@ c_struct! {
     }
 }
 
+c_struct! {
+    /// `struct bpz_version_info`: one version of an archive (spec/FORMAT.md §16.4).
+    #[allow(non_camel_case_types)]
+    pub struct bpz_version_info {
+        pub number: u64,
+        pub time_ns: u64,
+        pub bytes_added: u64,
+    }
+}
+
 /// The opaque `bpz_archive` of C: an open reader plus the C strings handed
 /// out for it, which live exactly as long as it does.
 pub struct Archive {
@@ -86,6 +96,9 @@ pub struct Archive {
     names: Vec<CString>,
     tree_json: OnceLock<CString>,
     metadata_json: OnceLock<CString>,
+    /// Each version's metadata as C string, by index in `reader.versions()`, made on
+    /// first request.
+    version_metadata_json: Vec<OnceLock<CString>>,
 }
 
 /// What `shape` points to for a 0-d tensor: a valid address, never read.
@@ -97,6 +110,70 @@ fn static_c(s: &'static str) -> *const c_char {
 }
 
 impl Archive {
+    /// Opens `path` at `which` and checks everything a C caller can ask for of that
+    /// version, as a 1.0 index is checked on open (a 1.1 index is otherwise read as it
+    /// is used): the listing, the tree and the metadata.
+    fn open(
+        path: &std::ffi::CStr,
+        backend: c_int,
+        which: VersionSelector,
+        func: &str,
+    ) -> Result<Archive> {
+        let backend = match backend {
+            BPZ_BACKEND_MMAP => Backend::Mmap,
+            BPZ_BACKEND_PREAD => Backend::Pread,
+            other => {
+                return Err(Failure::invalid(format!(
+                    "{func}: unknown backend {other} (BPZ_BACKEND_MMAP = 0, BPZ_BACKEND_PREAD = 1)"
+                )))
+            }
+        };
+        #[cfg(unix)]
+        let path = <std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(path.to_bytes());
+        #[cfg(not(unix))]
+        let path = path
+            .to_str()
+            .map_err(|_| Failure::invalid(format!("{func}: the path is not UTF-8")))?;
+        let reader = Reader::open_version(path, backend, which)?;
+        reader.tree_json()?;
+        reader.metadata_json()?;
+        let names = reader
+            .tensors()?
+            .iter()
+            .map(|t| {
+                // The core refuses names with NUL on open (spec §9).
+                CString::new(t.name.as_bytes()).map_err(|_| {
+                    Failure::new(
+                        BPZ_ERR_INVALID_INDEX,
+                        format!("{}: a tensor name contains NUL", reader.path()),
+                    )
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let version_metadata_json = reader.versions().iter().map(|_| OnceLock::new()).collect();
+        Ok(Archive {
+            reader,
+            names,
+            tree_json: OnceLock::new(),
+            metadata_json: OnceLock::new(),
+            version_metadata_json,
+        })
+    }
+
+    /// Version `index` (oldest first) of the file.
+    fn version(&self, index: usize, func: &str) -> Result<&bpz_core::VersionInfo> {
+        let versions = self.reader.versions();
+        versions.get(index).ok_or_else(|| {
+            Failure::invalid(format!(
+                "{func}: version index {index} is out of range: {} holds {} version(s) \
+                 (indices 0..{}; version numbers are another thing: see bpz_version_info)",
+                self.reader.path(),
+                versions.len(),
+                versions.len()
+            ))
+        })
+    }
+
     fn tensor(&self, index: usize, func: &str) -> Result<&TensorInfo> {
         // Listed (and checked) by bpz_open.
         let tensors = self.reader.tensors()?;
@@ -186,45 +263,42 @@ pub unsafe extern "C" fn bpz_open(
         unsafe { out.write(std::ptr::null_mut()) };
         // SAFETY: the caller's contract.
         let path = unsafe { c_str(path, F, "path") }?;
-        let backend = match backend {
-            BPZ_BACKEND_MMAP => Backend::Mmap,
-            BPZ_BACKEND_PREAD => Backend::Pread,
-            other => {
-                return Err(Failure::invalid(format!(
-                    "{F}: unknown backend {other} (BPZ_BACKEND_MMAP = 0, BPZ_BACKEND_PREAD = 1)"
-                )))
-            }
-        };
-        #[cfg(unix)]
-        let path = <std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(path.to_bytes());
-        #[cfg(not(unix))]
-        let path = path
-            .to_str()
-            .map_err(|_| Failure::invalid(format!("{F}: the path is not UTF-8")))?;
-        let reader = Reader::open_with(path, backend)?;
-        // Everything a C caller can ask for is checked here, as a 1.0 index is on open: a
-        // 1.1 index is otherwise read as it is used.
-        reader.tree_json()?;
-        reader.metadata_json()?;
-        let names = reader
-            .tensors()?
-            .iter()
-            .map(|t| {
-                // The core refuses names with NUL on open (spec §9).
-                CString::new(t.name.as_bytes()).map_err(|_| {
-                    Failure::new(
-                        BPZ_ERR_INVALID_INDEX,
-                        format!("{}: a tensor name contains NUL", reader.path()),
-                    )
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let archive = Box::new(Archive {
-            reader,
-            names,
-            tree_json: OnceLock::new(),
-            metadata_json: OnceLock::new(),
-        });
+        let archive = Box::new(Archive::open(path, backend, VersionSelector::Latest, F)?);
+        // SAFETY: as above.
+        unsafe { out.write(Box::into_raw(archive)) };
+        Ok(())
+    })
+}
+
+/// The selector of a C version argument: 0 the latest, k > 0 number k, k < 0 from the
+/// latest (-1 the latest).
+fn version_selector(version: i64) -> VersionSelector {
+    match version {
+        0 => VersionSelector::Latest,
+        k if k > 0 => VersionSelector::Number(k as u64),
+        k => VersionSelector::FromLatest(k),
+    }
+}
+
+/// `int bpz_open_version(const char *path, int backend, int64_t version, bpz_archive **out)`
+///
+/// # Safety
+/// `path` is NULL or a NUL-terminated string; `out` is NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn bpz_open_version(
+    path: *const c_char,
+    backend: c_int,
+    version: i64,
+    out: *mut *mut Archive,
+) -> c_int {
+    const F: &str = "bpz_open_version";
+    status(|| {
+        let out = out_ptr(out, F, "out")?;
+        // SAFETY: checked non-NULL and aligned; the caller provides the memory.
+        unsafe { out.write(std::ptr::null_mut()) };
+        // SAFETY: the caller's contract.
+        let path = unsafe { c_str(path, F, "path") }?;
+        let archive = Box::new(Archive::open(path, backend, version_selector(version), F)?);
         // SAFETY: as above.
         unsafe { out.write(Box::into_raw(archive)) };
         Ok(())
@@ -363,6 +437,123 @@ pub unsafe extern "C" fn bpz_tree_json(archive: *const Archive) -> *const c_char
         let a = unsafe { deref(archive, "bpz_tree_json", "archive") }?;
         let text = a.reader.tree_json()?;
         Ok(a.tree_json.get_or_init(|| json_c_string(&text)).as_ptr())
+    })
+}
+
+// ---------------------------------------------------------------- versions
+
+/// `size_t bpz_version_count(const bpz_archive *archive)`
+///
+/// # Safety
+/// `archive` is NULL or an open archive.
+#[no_mangle]
+pub unsafe extern "C" fn bpz_version_count(archive: *const Archive) -> usize {
+    guard(0, || {
+        // SAFETY: the caller's contract.
+        let a = unsafe { deref(archive, "bpz_version_count", "archive") }?;
+        Ok(a.reader.versions().len())
+    })
+}
+
+/// `int bpz_version_info(const bpz_archive *archive, size_t index, struct bpz_version_info *out)`
+///
+/// # Safety
+/// `archive` is NULL or an open archive; `out` is NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn bpz_version_info(
+    archive: *const Archive,
+    index: usize,
+    out: *mut bpz_version_info,
+) -> c_int {
+    const F: &str = "bpz_version_info";
+    status(|| {
+        // SAFETY: the caller's contract.
+        let a = unsafe { deref(archive, F, "archive") }?;
+        let out = out_ptr(out, F, "out")?;
+        let v = a.version(index, F)?;
+        let info = bpz_version_info {
+            number: v.number,
+            time_ns: v.time_ns,
+            bytes_added: v.bytes_added,
+        };
+        // SAFETY: checked non-NULL and aligned; the caller provides the memory.
+        unsafe { out.write(info) };
+        Ok(())
+    })
+}
+
+/// `int bpz_version_metadata_json(const bpz_archive *archive, size_t index, const char **json)`
+///
+/// # Safety
+/// `archive` is NULL or an open archive; `json` is NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn bpz_version_metadata_json(
+    archive: *const Archive,
+    index: usize,
+    json: *mut *const c_char,
+) -> c_int {
+    const F: &str = "bpz_version_metadata_json";
+    status(|| {
+        let json = out_ptr(json, F, "json")?;
+        // SAFETY: checked non-NULL and aligned; the caller provides the memory.
+        unsafe { json.write(std::ptr::null()) };
+        // SAFETY: the caller's contract.
+        let a = unsafe { deref(archive, F, "archive") }?;
+        let number = a.version(index, F)?.number;
+        let slot = &a.version_metadata_json[index];
+        let text = match slot.get() {
+            Some(text) => text,
+            None => {
+                // Another version's index is read (and checked) here, once.
+                let text = json_c_string(&a.reader.version_metadata_json(number)?);
+                let _ = slot.set(text);
+                slot.get().expect("set")
+            }
+        };
+        // SAFETY: as above; the string lives in the archive until bpz_close.
+        unsafe { json.write(text.as_ptr()) };
+        Ok(())
+    })
+}
+
+/// `uint64_t bpz_version_number(const bpz_archive *archive)`
+///
+/// # Safety
+/// `archive` is NULL or an open archive.
+#[no_mangle]
+pub unsafe extern "C" fn bpz_version_number(archive: *const Archive) -> u64 {
+    guard(0, || {
+        // SAFETY: the caller's contract.
+        let a = unsafe { deref(archive, "bpz_version_number", "archive") }?;
+        Ok(a.reader.version_number())
+    })
+}
+
+/// `int bpz_recovered(const bpz_archive *archive, uint64_t *ignored_bytes)`
+///
+/// # Safety
+/// `archive` is NULL or an open archive; `ignored_bytes` is NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn bpz_recovered(archive: *const Archive, ignored_bytes: *mut u64) -> c_int {
+    const F: &str = "bpz_recovered";
+    answer(|| {
+        let ignored = (!ignored_bytes.is_null())
+            .then(|| out_ptr(ignored_bytes, F, "ignored_bytes"))
+            .transpose()?;
+        // SAFETY: checked non-NULL and aligned; the caller provides the memory.
+        if let Some(p) = &ignored {
+            unsafe { p.write(0) };
+        }
+        // SAFETY: the caller's contract.
+        let a = unsafe { deref(archive, F, "archive") }?;
+        let Some(r) = a.reader.recovered() else {
+            return Ok(0);
+        };
+        // SAFETY: as above.
+        if let Some(p) = ignored {
+            unsafe { p.write(r.ignored_bytes) };
+        }
+        Ok(1)
     })
 }
 

@@ -1,6 +1,6 @@
 //! `include/bpz.h` is written by hand: these tests read it and fail when it
 //! drifts from the Rust side — a constant's value, the fields of
-//! `bpz_tensor_info`, the set of functions — or when the error kinds drift
+//! `bpz_tensor_info` or `bpz_version_info`, the set of functions — or when the error kinds drift
 //! from spec/FORMAT.md §10.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -89,16 +89,15 @@ fn c_type(t: &str) -> String {
         .join(" ")
 }
 
-#[test]
-fn header_struct_matches_the_rust_struct() {
-    let h = header();
-    let open = "struct bpz_tensor_info {";
-    let start = h.find(open).expect("struct bpz_tensor_info") + open.len();
+/// `(C type, field name)` of the fields of `struct NAME { ... };` in the header.
+fn header_struct(h: &str, name: &str) -> Vec<(String, String)> {
+    let open = format!("struct {name} {{");
+    let start = h.find(&open).unwrap_or_else(|| panic!("struct {name}")) + open.len();
     let end = start
         + h[start..]
             .find("};")
-            .expect("end of struct bpz_tensor_info");
-    let fields: Vec<(String, String)> = h[start..end]
+            .unwrap_or_else(|| panic!("end of struct {name}"));
+    h[start..end]
         .split(';')
         .map(str::trim)
         .filter(|d| !d.is_empty())
@@ -109,12 +108,22 @@ fn header_struct_matches_the_rust_struct() {
                 + 1;
             (c_type(&decl[..name_at]), decl[name_at..].to_owned())
         })
-        .collect();
-    let rust: Vec<(String, String)> = bpz::bpz_tensor_info::C_FIELDS
-        .iter()
-        .map(|(t, n)| (c_type(t), n.to_string()))
-        .collect();
-    assert_eq!(fields, rust);
+        .collect()
+}
+
+#[test]
+fn header_structs_match_the_rust_structs() {
+    let h = header();
+    for (name, fields) in [
+        ("bpz_tensor_info", bpz::bpz_tensor_info::C_FIELDS),
+        ("bpz_version_info", bpz::bpz_version_info::C_FIELDS),
+    ] {
+        let rust: Vec<(String, String)> = fields
+            .iter()
+            .map(|(t, n)| (c_type(t), n.to_string()))
+            .collect();
+        assert_eq!(header_struct(&h, name), rust, "struct {name}");
+    }
 }
 
 /// Names of the functions a text declares or defines with the C ABI.

@@ -603,6 +603,12 @@ impl BinIndex {
                 Some(n) => (n.data_start, n.version),
                 None => (self.head.data_start, self.head.version),
             };
+            if r.reserved != 0 {
+                return Err(bad(format!(
+                    "the record of version {} has reserved bytes that are not zero",
+                    r.version
+                )));
+            }
             if r.version == 0 || r.version >= next_version {
                 return Err(bad(format!(
                     "version {} is listed before version {next_version}: numbers must start \
@@ -629,15 +635,22 @@ impl BinIndex {
                     r.version, r.index_offset, r.index_length, r.data_start
                 )));
             };
-            if end % VERSION_END_ALIGN != 0 || end > next_start {
+            if end % VERSION_END_ALIGN != 0 || end != next_start {
                 return Err(bad(format!(
                     "version {} ends at {end}, {} the next version's data start {next_start}: \
-                     the chain points forward or overlaps",
+                     {}",
                     r.version,
                     if end > next_start {
                         "past"
-                    } else {
+                    } else if end % VERSION_END_ALIGN != 0 {
                         "not a multiple of 64 before"
+                    } else {
+                        "before"
+                    },
+                    if end > next_start {
+                        "the chain points forward or overlaps"
+                    } else {
+                        "versions must follow one another without gaps"
                     }
                 )));
             }
@@ -925,6 +938,27 @@ impl BinIndex {
             }
             chunks.push([c.offset, c.stored_len, c.crc32c as u64, c.encoded as u64]);
             hashes.push(c.hash);
+        }
+        // §16.2: a chunk lies inside the data of this version or of an earlier one listed,
+        // never inside an index or trailer (those bytes are checked by their own crcs, not
+        // as chunk contents).
+        let in_some_version = |offset: u64, len: u64| {
+            let end = offset.checked_add(len);
+            let inside = |start: u64, stop: u64| end.is_some_and(|e| offset >= start && e <= stop);
+            inside(self.head.data_start, self.index_offset)
+                || self
+                    .records
+                    .iter()
+                    .any(|r| inside(r.data_start, r.index_offset))
+        };
+        for (k, c) in chunks.iter().enumerate() {
+            if !in_some_version(c[0], c[1]) {
+                return Err(at(format!(
+                    "chunk {k} of tensor {name:?} at {}..+{} lies outside the data of every \
+                     version (it points into an index, a trailer or past the version's end)",
+                    c[0], c[1]
+                )));
+            }
         }
         let parts = TensorParts {
             name,

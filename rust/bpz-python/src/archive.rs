@@ -239,8 +239,13 @@ impl Archive {
         self.reader.tensor_count()
     }
 
-    fn __contains__(&self, name: &str) -> bool {
-        self.reader.tensor(name).is_ok()
+    /// A damaged index met on the way raises (it is not "absent").
+    fn __contains__(&self, name: &str) -> PyResult<bool> {
+        match self.reader.tensor(name) {
+            Ok(_) => Ok(true),
+            Err(bpz::Error::TensorNotFound { .. }) => Ok(false),
+            Err(e) => Err(e).py(),
+        }
     }
 
     fn info<'py>(&self, py: Python<'py>, name: &str) -> PyResult<Bound<'py, PyDict>> {

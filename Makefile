@@ -53,7 +53,7 @@ lint: $(STAMP) ## static checks: cargo fmt --check, clippy -D warnings, ruff, my
 	exit $$failed
 
 test-rust: ## the format crate's tests (unit, property, conformance vectors)
-	$(SUITE) rust-core cargo -- cargo test -p bpz
+	$(SUITE) rust-core cargo -- cargo test -p bpz --features remote
 	$(SUITE) rust-capi cargo -- cargo test -p bpz-capi
 
 test-python: $(STAMP) remote-servers ## the Python API tests and the independent spec reader

@@ -1131,6 +1131,18 @@ impl Reader {
     /// if their decoded size is within the budget (else [`Error::LimitExceeded`] before
     /// any is decoded): a small valid file can declare terabytes of zeros.
     pub fn verify_with(&self, opts: &VerifyOptions) -> Result<VerifyReport> {
+        if self.source.is_remote() {
+            // Verify reads every chunk once: announced together, a remote source fetches
+            // them in a few parallel requests instead of one round trip per chunk.
+            let mut ranges: Vec<Range<u64>> = self
+                .tensors()?
+                .iter()
+                .flat_map(|t| t.chunks.iter().map(|c| c.offset..c.offset + c.stored_len))
+                .collect();
+            ranges.sort_unstable_by_key(|r| (r.start, r.end));
+            ranges.dedup();
+            self.source.prefetch(&ranges);
+        }
         let tensors = match &self.catalog {
             Catalog::Binary(ix) => return self.verify_versions(ix, opts),
             Catalog::Json(ix) => &ix.tensors,

@@ -575,6 +575,260 @@ def bpz_cases() -> dict[str, tuple[bytes, dict]]:
     return cases
 
 
+# ------------------------------------------------------------------ format 1.1 (spec §16)
+_B3_IV = [0x6A09E667, 0xBB67AE85, 0x3C6EF372, 0xA54FF53A, 0x510E527F, 0x9B05688C, 0x1F83D9AB, 0x5BE0CD19]
+_B3_PERM = [2, 6, 3, 10, 7, 0, 4, 13, 1, 11, 12, 5, 9, 14, 15, 8]
+
+
+def _b3_compress(cv: list[int], block: bytes, block_len: int, flags: int) -> list[int]:
+    m = list(struct.unpack("<16I", block))
+    v = cv[:] + _B3_IV[:4] + [0, 0, block_len, flags]
+    M = 0xFFFFFFFF
+
+    def g(a: int, b: int, c: int, d: int, x: int, y: int) -> None:
+        v[a] = (v[a] + v[b] + x) & M
+        v[d] = ((v[d] ^ v[a]) >> 16 | (v[d] ^ v[a]) << 16) & M
+        v[c] = (v[c] + v[d]) & M
+        v[b] = ((v[b] ^ v[c]) >> 12 | (v[b] ^ v[c]) << 20) & M
+        v[a] = (v[a] + v[b] + y) & M
+        v[d] = ((v[d] ^ v[a]) >> 8 | (v[d] ^ v[a]) << 24) & M
+        v[c] = (v[c] + v[d]) & M
+        v[b] = ((v[b] ^ v[c]) >> 7 | (v[b] ^ v[c]) << 25) & M
+
+    for r in range(7):
+        g(0, 4, 8, 12, m[0], m[1]); g(1, 5, 9, 13, m[2], m[3]); g(2, 6, 10, 14, m[4], m[5])  # noqa: E702
+        g(3, 7, 11, 15, m[6], m[7]); g(0, 5, 10, 15, m[8], m[9]); g(1, 6, 11, 12, m[10], m[11])  # noqa: E702
+        g(2, 7, 8, 13, m[12], m[13]); g(3, 4, 9, 14, m[14], m[15])  # noqa: E702
+        if r < 6:
+            m = [m[i] for i in _B3_PERM]
+    return [v[i] ^ v[i + 8] for i in range(8)]
+
+
+def blake3_128(data: bytes) -> bytes:
+    """BLAKE3 (default mode) truncated to 16 bytes, for inputs of one BLAKE3 chunk (≤ 1024 bytes):
+    every chunk of this corpus is that small."""
+    assert len(data) <= 1024
+    blocks = [data[i:i + 64] for i in range(0, len(data), 64)] or [b""]
+    cv = _B3_IV[:]
+    for i, block in enumerate(blocks):
+        flags = (1 if i == 0 else 0) | (2 | 8 if i == len(blocks) - 1 else 0)  # CHUNK_START, CHUNK_END|ROOT
+        cv = _b3_compress(cv, block.ljust(64, b"\0"), len(block), flags)
+    return struct.pack("<8I", *cv)[:16]
+
+
+assert blake3_128(b"").hex() == "af1349b9f5f9a1a6a0404dea36dcc949"  # the BLAKE3 spec's empty-input digest
+
+V11_DTYPES = {"F32": (12, 4), "I64": (9, 8), "U8": (2, 1)}
+SECTION_KINDS = {"versions": 1, "tensors": 2, "names": 3, "shapes": 4, "chunks": 5, "tree": 6, "metadata": 7}
+
+
+class V11:
+    """A 1.1 file built version by version from §16: raw tensors of one chunk each, a chunk
+    equal to one the previous version stored referenced instead of written. Each version's
+    index is a dict of fields a case may change before ``finish`` serialises it (crcs are
+    computed unless a case set them)."""
+
+    def __init__(self) -> None:
+        self.sb = superblock(minor=1, required=1)
+        self.data = bytearray(self.sb)
+        self.records: list[dict] = []  # version records of the committed versions
+        self.stored: dict[bytes, tuple[int, int]] = {}  # hash -> (offset, length), latest version's
+
+    def add_version(self, tensors: list[tuple[str, str, bytes]], metadata: object = None,
+                    tamper=None) -> None:
+        data_start = len(self.data)
+        chunks, trecs, names, shapes = [], [], bytearray(), []
+        stored: dict[bytes, tuple[int, int]] = {}
+        for position, (name, dtype, payload) in enumerate(tensors):
+            h = blake3_128(payload)
+            if h in self.stored:
+                off = self.stored[h][0]
+            else:
+                self.data += bytes(-len(self.data) % 64)
+                off = len(self.data)
+                self.data += payload
+            stored[h] = (off, len(payload))
+            code, size = V11_DTYPES[dtype]
+            trecs.append(dict(name=name.encode(), position=position, shape=[len(payload) // size],
+                              chunk_elems=len(payload) // size, first_chunk=len(chunks), chunk_count=1,
+                              dtype=code, storage=0, filter=0))
+            chunks.append(dict(offset=off, stored_length=len(payload), crc32c=crc32c(payload), encoded=0, hash=h))
+        self.stored = stored
+        trecs.sort(key=lambda t: t["name"])
+        self.data += bytes(-len(self.data) % 64)
+        index_offset = len(self.data)
+        model = dict(version=(self.records[-1]["version"] + 1) if self.records else 1, time_ns=1_700_000_000 * 10**9
+                     + len(self.records), data_start=data_start, tensors=trecs, chunks=chunks,
+                     versions=[dict(r) for r in self.records], tree=None, metadata=metadata, extra_sections=[],
+                     section_count=None, tensor_count=None, chunk_count=None, crc={})
+        if tamper:
+            tamper(model)
+        index, head_len = self._serialise(model, index_offset)
+        head_crc = model["crc"].get("head", crc32c(index[:min(head_len, len(index))]))
+        pad = -(index_offset + len(index) + 32) % 64
+        index += bytes(pad)
+        self.data += index + trailer(index_offset, len(index), head_crc)
+        self.records.append(dict(version=model["version"], time_ns=model["time_ns"], data_start=data_start,
+                                 index_offset=index_offset, index_length=len(index), index_crc=head_crc))
+
+    def _serialise(self, model: dict, index_offset: int) -> tuple[bytes, int]:
+        names, shapes, trec_bytes = bytearray(), bytearray(), bytearray()
+        chunk_bytes = b"".join(struct.pack("<QQIB3x", c["offset"], c["stored_length"], c["crc32c"], c["encoded"])
+                               + c["hash"] for c in model["chunks"])
+        for t in model["tensors"]:
+            name_offset = t.get("name_offset", len(names))
+            names += t["name"]
+            shape_offset = t.get("shape_offset", len(shapes) // 8)
+            shape = b"".join(struct.pack("<Q", d) for d in t["shape"])
+            shapes += shape
+            first = t["first_chunk"]
+            mine = chunk_bytes[first * 40:(first + t["chunk_count"]) * 40]
+            rec = struct.pack("<QIIQQQIBBBBI8x", name_offset, len(t["name"]), t["position"], shape_offset,
+                              t["chunk_elems"], first, t["chunk_count"], t["dtype"], t["storage"], t["filter"],
+                              len(t["shape"]), t.get("chunks_crc", crc32c(mine)))
+            trec_bytes += rec + struct.pack("<I", t.get("record_crc", crc32c(rec + t["name"] + shape)))
+        vers = b"".join(struct.pack("<QQQQQI4x", r["version"], r["time_ns"], r["data_start"], r["index_offset"],
+                                    r["index_length"], r["index_crc"]) for r in model["versions"])
+        sections = [("versions", vers), ("tensors", bytes(trec_bytes)), ("names", bytes(names)),
+                    ("shapes", bytes(shapes)), ("chunks", chunk_bytes),
+                    ("tree", json.dumps(model["tree"]).encode()), ("metadata", json.dumps(model["metadata"]).encode())]
+        sections += model["extra_sections"]
+        count = len(sections)
+        body, directory = bytearray(), bytearray()
+        head_len = 160 + 32 * count
+        for name, content in sections:
+            kind = SECTION_KINDS.get(name, name) if isinstance(name, str) else name
+            where = model.get("section_at", {}).get(name, (head_len + len(body), len(content)))
+            directory += struct.pack("<IIQQII", kind, 0, where[0], where[1],
+                                     model["crc"].get(name, crc32c(content)), 0)
+            body += content
+        fixed = INDEX_MAGIC + struct.pack("<QQQQQI44x", model["version"], model["time_ns"], model["data_start"],
+                                          model["tensor_count"] if model["tensor_count"] is not None
+                                          else len(model["tensors"]),
+                                          model["chunk_count"] if model["chunk_count"] is not None
+                                          else len(model["chunks"]),
+                                          model["section_count"] if model["section_count"] is not None else count)
+        return fixed + self.sb + bytes(directory) + bytes(body), head_len
+
+    def finish(self) -> bytes:
+        return bytes(self.data)
+
+
+INDEX_MAGIC = b"BPZINDEX"
+
+
+def v11_cases() -> dict[str, tuple[bytes, dict]]:
+    cases: dict[str, tuple[bytes, dict]] = {}
+
+    def add(name: str, data: bytes, expect: dict) -> None:
+        assert name not in cases, name
+        cases[name] = (data, expect)
+
+    W = struct.pack("<8f", *range(8))
+    conn = struct.pack("<16q", *range(16))
+
+    def chain(last_tamper=None, versions: int = 3) -> bytes:
+        f = V11()
+        for v in range(1, versions + 1):
+            tensors = [("conn", "I64", conn), ("V", "F32", struct.pack("<8f", *[v] * 8))]
+            if v % 2:
+                tensors.append(("odd", "U8", bytes([v]) * 5))
+            f.add_version(tensors, metadata={"v": v}, tamper=last_tamper if v == versions else None)
+        return f.finish()
+
+    add("v11_valid_three_versions.bpz", chain(), E(note="a valid 1.1 file of three versions (conn shared): reads"))
+
+    def rec(i, **fields):
+        def t(m):
+            m["versions"][i].update(fields)
+        return t
+
+    add("v11_chain_points_forward.bpz", chain(rec(1, index_offset=10**6)),
+        E("invalid_index", note="version 2's record points past the latest version's data start"))
+    add("v11_chain_loops_to_latest.bpz", chain(rec(0, data_start=64 * 40)),
+        E("invalid_index", note="version 1's record starts after its own index (a loop/overlap)"))
+    add("v11_chain_not_from_64.bpz", chain(rec(0, data_start=128)),
+        E("invalid_index", note="the first version's record does not start at 64"))
+
+    def same_number(m):
+        m["versions"][1]["version"] = m["version"]
+    add("v11_chain_number_repeats.bpz", chain(same_number),
+        E("invalid_index", note="an earlier version has the latest's number (numbers must increase)"))
+
+    def huge_sections(m):
+        m["section_count"] = 0xFFFFFFFF
+    add("v11_section_count_2_32.bpz", chain(huge_sections),
+        E("invalid_index", note="section_count 2^32-1: refused before any allocation"))
+
+    def tensor_count(m):
+        m["tensor_count"] = 2**40
+    add("v11_tensor_count_2_40.bpz", chain(tensor_count),
+        E("limit_exceeded", note="tensor_count 2^40 (the tensors section holds 3 records): over the 2^20 limit"))
+
+    def chunk_count(m):
+        m["chunk_count"] = 2**63
+    add("v11_chunk_count_2_63.bpz", chain(chunk_count),
+        E("invalid_index", note="chunk_count 2^63 (count x 40 overflows 64 bits)"))
+
+    def section_huge(m):
+        m["section_at"] = {"names": (2**63, 2**63)}
+    add("v11_section_at_2_63.bpz", chain(section_huge),
+        E("invalid_index", note="the names section at offset 2^63, length 2^63 (sum overflows)"))
+
+    def name_outside(m):
+        m["tensors"][0]["name_offset"] = 2**62
+    add("v11_name_outside_names.bpz", chain(name_outside),
+        E(load="invalid_index", verify="invalid_index", note="a tensor record's name at 2^62 in a tiny names section"))
+
+    def shape_outside(m):
+        m["tensors"][1]["shape_offset"] = 2**61
+    add("v11_shape_outside_shapes.bpz", chain(shape_outside),
+        E(load="invalid_index", verify="invalid_index", note="a tensor record's shape far outside the shapes section"))
+
+    def first_chunk_outside(m):
+        m["tensors"][0]["first_chunk"] = 2**40
+    add("v11_first_chunk_outside.bpz", chain(first_chunk_outside),
+        E(load="invalid_index", verify="invalid_index", note="first_chunk 2^40 of a table of 3 chunk records"))
+
+    def chunk_past_end(m):
+        m["chunks"][0]["offset"] = 2**62
+    add("v11_chunk_offset_2_62.bpz", chain(chunk_past_end),
+        E(load="invalid_index", verify="invalid_index", note="a chunk record at offset 2^62, past the data region"))
+
+    def chunk_length_huge(m):
+        m["chunks"][1]["stored_length"] = 2**62
+    add("v11_chunk_length_2_62.bpz", chain(chunk_length_huge),
+        E(load="invalid_index", verify="invalid_index", note="a chunk record 2^62 bytes long (a raw tensor of 32 B)"))
+
+    def chunk_into_index(m):
+        prev = m["versions"][-1]
+        m["chunks"][0]["offset"] = prev["index_offset"]  # an earlier version's index, not a chunk
+    add("v11_chunk_in_older_index.bpz", chain(chunk_into_index),
+        E(load="checksum_mismatch", verify="checksum_mismatch",
+          note="a chunk record pointing into an older version's index: its crc32c does not match those bytes"))
+
+    def unknown_section(m):
+        m["extra_sections"] = [(999, b"\xff" * 100)]
+    add("v11_unknown_section_kind.bpz", chain(unknown_section),
+        E(note="a section of an unknown kind: ignored (a later minor version may add some)"))
+
+    f = V11()
+    f.add_version([("a", "U8", b"x" * 8)], metadata=None)
+    add("v11_one_version.bpz", f.finish(), E(note="a valid 1.1 file of one version"))
+
+    # An unfinished append after a committed version: the reader recovers the last one.
+    good = chain()
+    add("v11_torn_tail_garbage.bpz", good + b"\xa5" * 3000,
+        E(note="3000 bytes of garbage after the last committed version: recovered, reads version 3"))
+    fake = trailer(len(good), 2**40, 0)
+    add("v11_tail_declares_a_terabyte_index.bpz", good + bytes(64 - 32) + fake,
+        E(note="a last trailer declaring a 2^40-byte index: not a committed trailer, the previous one is read"))
+    add("v11_tail_of_trailers.bpz", good + b"".join(trailer(64, (len(good) + 64 * i) - 64 - 32 - 32, 0)
+                                                    .rjust(64, b"\0") for i in range(1, 200)),
+        E(note="199 trailers with bad index crcs after the last version: scanned past, version 3 read"))
+    return cases
+
+
 # ------------------------------------------------------------------ legacy .bp (msgpack)
 def bp_cases() -> dict[str, tuple[bytes, dict]]:
     import msgpack
@@ -683,7 +937,7 @@ def pkl_cases() -> dict[str, tuple[bytes, dict]]:
 
 def all_cases() -> dict[str, tuple[bytes, dict]]:
     out = {}
-    for part in (bpz_cases(), bp_cases(), pkl_cases()):
+    for part in (bpz_cases(), v11_cases(), bp_cases(), pkl_cases()):
         out.update(part)
     return out
 

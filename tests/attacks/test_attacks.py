@@ -16,6 +16,8 @@ import os
 import struct
 import subprocess
 import sys
+import time
+import warnings
 
 import numpy as np
 import pytest
@@ -76,19 +78,32 @@ def test_no_pickle_ran_code(results):
 
 
 def test_truncated_views_of_every_corpus_file_are_refused_cleanly(tmp_path):
-    """Cut every valid-to-open corpus archive at a few lengths: a clear error, never a crash."""
-    paths = []
+    """Cut every valid-to-open corpus archive at a few lengths: a clear error, never a crash.
+    A format-1.1 file cut after the end of a committed version opens that version (recovered)
+    and reads it whole."""
+    paths: dict[str, tuple[int, list[int] | None]] = {}
     for name, exp in EXPECTED.items():
         if name.endswith(".bpz") and exp.get("open") == "ok":
             data = open(os.path.join(CORPUS, name), "rb").read()
+            committed_ends = None
+            if struct.unpack_from("<I", data, 12)[0] & 1:  # required bit 0: a 1.1 file, maybe of versions
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", bpz.errors.RecoveredArchiveWarning)
+                    with bpz.open(os.path.join(CORPUS, name)) as a:
+                        ends = [v.bytes_added for v in a.versions]
+                committed_ends = [64 + sum(ends[:i + 1]) for i in range(len(ends))]
             for cut in sorted({0, 7, 63, 64, 95, len(data) // 2, len(data) - 33, len(data) - 1}):
                 if 0 <= cut < len(data):
                     p = tmp_path / f"{name}.{cut}"
                     p.write_bytes(data[:cut])
-                    paths.append(str(p))
-    out = harness.run_files(paths)
+                    paths[str(p)] = (cut, committed_ends)
+    out = harness.run_files(list(paths))
     for p, res in out.items():
         assert "crash" not in res, (p, res)
+        cut, committed_ends = paths[p]
+        if committed_ends and cut >= committed_ends[0] and res["open"]["result"] == "ok":
+            assert (res["load"]["result"], res["verify"]["result"]) == ("ok", "ok"), (p, res)
+            continue
         assert res["open"]["result"] in ("truncated", "bad_magic", "checksum_mismatch", "invalid_index"), (p, res)
 
 
@@ -122,6 +137,33 @@ def test_a_gigabyte_sparse_gap_is_verified_in_bounded_memory(tmp_path):
     res = harness.run_files([str(path)])[str(path)]
     assert res["verify"]["result"] == "corrupt_data" and str(64 + gap - 5) in res["verify"]["msg"], res
     assert tampered[:8] == generate.MAGIC
+
+
+def test_a_torn_tail_of_gigabytes_is_recovered_in_bounded_time(tmp_path):
+    """A committed 1.1 version followed by never-written bytes (sparse; an append killed after
+    extending the file): the reader scans back to the last committed trailer in bounded time and
+    memory, and the next append cuts the tail."""
+    good = generate.v11_cases()["v11_valid_three_versions.bpz"][0]
+    path = tmp_path / "torn.bpz"
+    with open(path, "wb") as f:
+        f.write(good)
+        f.truncate(len(good) + (1 << 30))
+    res = harness.run_files([str(path)])[str(path)]  # under the 2 GiB address-space limit, mapped
+    assert {k: v.get("result") for k, v in res.items()} == {"open": "ok", "load": "ok", "verify": "ok"}, res
+    assert res["open"]["seconds"] < 20, res
+    with open(path, "r+b") as f:
+        f.truncate(len(good) + (4 << 30))
+    start = time.monotonic()
+    with pytest.warns(bpz.errors.RecoveredArchiveWarning, match="4,294,967,296 bytes after version 3"):
+        a = bpz.open(path, backend="pread")
+    with a:
+        assert a.recovered == {"ignored_bytes": 4 << 30, "committed_end": len(good)}
+        assert a.version_number == 3 and a.metadata == {"v": 3}
+    assert time.monotonic() - start < 30
+    bpz.save_pytree(path, {"x": np.arange(3)}, verbose=False, append=True)
+    with bpz.open(path) as a:
+        assert a.recovered is None and [v.number for v in a.versions] == [1, 2, 3, 4]
+        assert os.path.getsize(path) == len(good) + a.versions[-1].bytes_added
 
 
 def test_the_cli_refuses_hostile_files_with_status_1(tmp_path):

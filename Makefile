@@ -81,6 +81,7 @@ test-c: ## libbpz from C and C++: the conformance vectors, bpz_dump, the C++ exa
 	$(CXX) $(CAPI_CXXFLAGS) -o $(CAPI_OUT)/example $(CAPI_SRC)/example.cpp $(CAPI_LINK)
 	$(SUITE) c-conformance check -- $(CAPI_OUT)/conformance $(CAPI_OUT)/expectations.txt spec/vectors
 	$(SUITE) c-dump check -- $(CAPI_OUT)/bpz_dump spec/vectors/nested_tree.bpz
+	$(SUITE) c-dump-versions check -- $(CAPI_OUT)/bpz_dump --versions spec/vectors/v11_versions.bpz
 	$(SUITE) cpp-example check -- $(CAPI_OUT)/example spec/vectors/nested_tree.bpz 'net/E~1I/V' net/l1/W
 
 vectors: ## regenerate spec/vectors from the reference writer

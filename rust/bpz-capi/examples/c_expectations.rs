@@ -12,17 +12,20 @@
 //!
 //! ```text
 //! golden FILE TENSOR_COUNT TREE_JSON_HEX METADATA_JSON_HEX
-//! tensor NAME_HEX DTYPE SHAPE STORAGE FILTER CHUNKS NBYTES SHA256   (for the golden line above, in order)
-//! invalid FILE KIND STAGE
+//! tensor NAME_HEX DTYPE SHAPE STORAGE FILTER CHUNKS NBYTES SHA256   (its latest version's, in order)
+//! versions COUNT RECOVERED
+//! version NUMBER TIME_NS BYTES_ADDED TENSOR_COUNT METADATA_JSON_HEX
+//! tensor ...                                                        (that version's, in order)
+//! invalid FILE KIND STAGE VERSION
 //! ```
 //!
 //! SHAPE is `[4,3]` (`[]` for 0-d); the JSON is compact, as `bpz_tree_json` /
-//! `bpz_metadata_json` return it.
-//!
-//! The C ABI opens an archive's latest version and lists its tensors on open: a golden
-//! 1.1 file is described by its latest version (the members of its JSON other than
-//! `versions`), an invalid file of stage `list` fails at `open` in C, and an invalid file
-//! checked at another version (`"version": v`) is left out, with a comment line.
+//! `bpz_metadata_json` return it. Every golden has a `versions` line: COUNT versions,
+//! RECOVERED 1 if the file ends in an unfinished append (else 0); a 1.1 golden then lists
+//! each version, oldest first, with its tensors; a 1.0 golden has one version (number 1)
+//! and no `version` lines (its JSON describes none). STAGE is `open`, `read` or `list`
+//! (spec §13); VERSION is the version to open, as `bpz_open_version` takes it (0 for the
+//! latest).
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -75,6 +78,39 @@ fn files(dir: &Path, ext: &str) -> Vec<String> {
     names
 }
 
+/// The `tensor` lines of tensors as an expected-results file describes them.
+fn tensor_lines(text: &mut String, file: &str, list: &[Value]) {
+    for t in list {
+        let name = t["name"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{file}: tensor without a name"));
+        let what = format!("{file}: tensor {name:?}");
+        let shape: Vec<String> = t["shape"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{what}: no shape"))
+            .iter()
+            .map(|d| number(d, &what).to_string())
+            .collect();
+        let sha = token(&t["sha256"], &what);
+        assert!(
+            sha.len() == 64 && sha.bytes().all(|c| c.is_ascii_hexdigit()),
+            "{what}: sha256 {sha}"
+        );
+        writeln!(
+            text,
+            "tensor {} {} [{}] {} {} {} {} {sha}",
+            hex(name),
+            token(&t["dtype"], &what),
+            shape.join(","),
+            token(&t["storage"], &what),
+            token(&t["filter"], &what),
+            number(&t["chunks"], &what),
+            number(&t["nbytes"], &what),
+        )
+        .unwrap();
+    }
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let [_, dir, out] = &args[..] else {
@@ -86,7 +122,7 @@ fn main() {
         "# bpz C conformance expectations, generated from spec/vectors by\n\
          # `cargo run -p bpz-capi --example c_expectations` (see its source for the format)\n",
     );
-    let (mut golden, mut tensors) = (0, 0);
+    let (mut golden, mut tensors, mut versioned) = (0, 0, 0);
     for file in files(dir, "bpz") {
         let expected = load(&dir.join(&file).with_extension("json"));
         let list = expected["tensors"]
@@ -100,37 +136,36 @@ fn main() {
             hex(&expected["metadata"].to_string())
         )
         .unwrap();
-        for t in list {
-            let name = t["name"]
-                .as_str()
-                .unwrap_or_else(|| panic!("{file}: tensor without a name"));
-            let what = format!("{file}: tensor {name:?}");
-            let shape: Vec<String> = t["shape"]
-                .as_array()
-                .unwrap_or_else(|| panic!("{what}: no shape"))
-                .iter()
-                .map(|d| number(d, &what).to_string())
-                .collect();
-            let sha = token(&t["sha256"], &what);
-            assert!(
-                sha.len() == 64 && sha.bytes().all(|c| c.is_ascii_hexdigit()),
-                "{what}: sha256 {sha}"
-            );
-            writeln!(
-                text,
-                "tensor {} {} [{}] {} {} {} {} {sha}",
-                hex(name),
-                token(&t["dtype"], &what),
-                shape.join(","),
-                token(&t["storage"], &what),
-                token(&t["filter"], &what),
-                number(&t["chunks"], &what),
-                number(&t["nbytes"], &what),
-            )
-            .unwrap();
-        }
+        tensor_lines(&mut text, &file, list);
         golden += 1;
         tensors += list.len();
+        let recovered = expected["recovered"].as_bool().unwrap_or(false) as u8;
+        let Some(versions) = expected.get("versions") else {
+            writeln!(text, "versions 1 {recovered}").unwrap();
+            continue;
+        };
+        let versions = versions
+            .as_array()
+            .unwrap_or_else(|| panic!("{file}: versions is not an array"));
+        writeln!(text, "versions {} {recovered}", versions.len()).unwrap();
+        for v in versions {
+            let what = format!("{file}: a version");
+            let list = v["tensors"]
+                .as_array()
+                .unwrap_or_else(|| panic!("{what}: no tensors"));
+            writeln!(
+                text,
+                "version {} {} {} {} {}",
+                number(&v["version"], &what),
+                number(&v["time_ns"], &what),
+                number(&v["bytes_added"], &what),
+                list.len(),
+                hex(&v["metadata"].to_string())
+            )
+            .unwrap();
+            tensor_lines(&mut text, &file, list);
+        }
+        versioned += 1;
     }
     let invalid_dir = dir.join("invalid");
     let expected = load(&invalid_dir.join("expected.json"));
@@ -154,22 +189,11 @@ fn main() {
             ["open", "read", "list"].contains(&stage.as_str()),
             "{file}: stage {stage}"
         );
-        if let Some(v) = want.get("version") {
-            writeln!(
-                text,
-                "# {file}: skipped, its error is that of version {v} (the C ABI opens the latest)"
-            )
-            .unwrap();
-            continue;
-        }
-        let stage = if stage == "list" {
-            "open".into()
-        } else {
-            stage
-        };
+        let version = want.get("version").map_or(0, |v| number(v, file));
+        assert!(version <= i64::MAX as u64, "{file}: version {version}");
         writeln!(
             text,
-            "invalid {file} {} {stage}",
+            "invalid {file} {} {stage} {version}",
             token(&want["error"], file)
         )
         .unwrap();
@@ -184,7 +208,8 @@ fn main() {
     }
     std::fs::write(out, text).unwrap_or_else(|e| panic!("{out}: {e}"));
     println!(
-        "{out}: {golden} golden archives ({tensors} tensors), {} invalid files",
+        "{out}: {golden} golden archives ({tensors} tensors; {versioned} with versions), {} \
+         invalid files",
         listed.len()
     );
 }

@@ -2,9 +2,19 @@
  * bpz_dump.c — one line per tensor of an archive, for comparing readers
  * written in different languages:
  *
- *   bpz_dump [--pread] ARCHIVE
+ *   bpz_dump [--pread] [--version V] ARCHIVE
+ *   bpz_dump [--pread] --versions ARCHIVE
  *
  *   NAME<TAB>DTYPE<TAB>SHAPE<TAB>SHA256
+ *
+ * for the latest version, or version V (a number; negative counts back from
+ * the latest, -1 being the latest; 0 is the latest). With --versions, one
+ * line per version of the archive instead, oldest first:
+ *
+ *   VERSION<TAB>TIME_NS<TAB>BYTES_ADDED<TAB>TENSORS<TAB>METADATA_JSON
+ *
+ * (TENSORS is that version's tensor count; it opens each version). A file
+ * that ends in an unfinished append is noted on stderr.
  *
  * in file order. NAME is the tensor's name as UTF-8 with `\` written `\\`,
  * tab `\t`, newline `\n`, carriage return `\r` and every other byte below
@@ -16,6 +26,7 @@
  * Exit status: 0, 1 if the archive can't be read (the error on stderr), 2 on
  * bad usage.
  */
+#include <errno.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -82,22 +93,72 @@ static int digest(bpz_archive *a, size_t i, const struct bpz_tensor_info *info, 
     return BPZ_OK;
 }
 
+/* The --versions listing: one line per version, each version opened for its tensor count. */
+static int list_versions(const char *path, int backend, bpz_archive *a) {
+    size_t i, count = bpz_version_count(a);
+    for (i = 0; i < count; i++) {
+        struct bpz_version_info info;
+        const char *metadata;
+        bpz_archive *at;
+        size_t tensors;
+        int rc = bpz_version_info(a, i, &info);
+        if (rc == BPZ_OK) rc = bpz_version_metadata_json(a, i, &metadata);
+        if (rc == BPZ_OK) rc = bpz_open_version(path, backend, (int64_t)info.number, &at);
+        if (rc != BPZ_OK) return report(rc);
+        tensors = bpz_tensor_count(at);
+        bpz_close(at);
+        printf("%llu\t%llu\t%llu\t%lu\t%s\n", (unsigned long long)info.number, (unsigned long long)info.time_ns,
+               (unsigned long long)info.bytes_added, (unsigned long)tensors, metadata);
+    }
+    return 0;
+}
+
+/* A version argument: an integer that fits int64_t. */
+static int parse_version(const char *s, int64_t *out) {
+    char *end;
+    long long v;
+    errno = 0;
+    v = strtoll(s, &end, 10);
+    if (errno != 0 || end == s || *end != '\0') return 0;
+    *out = (int64_t)v;
+    return 1;
+}
+
 int main(int argc, char **argv) {
-    int backend = BPZ_BACKEND_MMAP, rc;
-    const char *path;
+    int backend = BPZ_BACKEND_MMAP, rc, versions = 0, arg;
+    int64_t version = 0;
+    const char *path = NULL;
     bpz_archive *a;
     size_t i, count;
-    if (argc == 3 && strcmp(argv[1], "--pread") == 0) {
-        backend = BPZ_BACKEND_PREAD;
-        path = argv[2];
-    } else if (argc == 2 && argv[1][0] != '-') {
-        path = argv[1];
-    } else {
-        fprintf(stderr, "usage: %s [--pread] ARCHIVE\n", argv[0]);
+    uint64_t ignored;
+    for (arg = 1; arg < argc; arg++) {
+        if (strcmp(argv[arg], "--pread") == 0) {
+            backend = BPZ_BACKEND_PREAD;
+        } else if (strcmp(argv[arg], "--versions") == 0) {
+            versions = 1;
+        } else if (strcmp(argv[arg], "--version") == 0 && arg + 1 < argc && parse_version(argv[arg + 1], &version)) {
+            arg++;
+        } else if (argv[arg][0] != '-' && path == NULL) {
+            path = argv[arg];
+        } else {
+            path = NULL;
+            break;
+        }
+    }
+    if (path == NULL || (versions && version != 0)) {
+        fprintf(stderr, "usage: %s [--pread] [--version V | --versions] ARCHIVE\n", argv[0]);
         return 2;
     }
-    rc = bpz_open(path, backend, &a);
+    rc = bpz_open_version(path, backend, version, &a);
     if (rc != BPZ_OK) return report(rc);
+    if (bpz_recovered(a, &ignored) > 0)
+        fprintf(stderr, "bpz_dump: %s ends in an unfinished append: %llu bytes after the last committed version ignored\n",
+                path, (unsigned long long)ignored);
+    if (versions) {
+        rc = list_versions(path, backend, a);
+        bpz_close(a);
+        return rc != 0 ? rc : fflush(stdout) == 0 ? 0 : 1;
+    }
     count = bpz_tensor_count(a);
     for (i = 0; i < count; i++) {
         struct bpz_tensor_info info;

@@ -9,9 +9,13 @@
  * format). With both backends (mmap, pread), every golden archive must give
  * the expected names, dtypes, shapes, storage, filters, chunk counts, tree and
  * metadata, and the expected SHA-256 of every tensor's bytes — read whole, read
- * by rows, and (raw tensors, mmap) viewed in place. Every invalid file must
- * fail with the code of its error kind at its stage: open, or read/verify.
- * Exit status 0 when everything matched.
+ * by rows, and (raw tensors, mmap) viewed in place. A versioned archive must
+ * list the expected versions (number, time, bytes added, metadata, whether
+ * an unfinished append was skipped), and each version, opened by number and
+ * counting back from the latest, must hold the expected tensors. Every
+ * invalid file, opened at its version, must fail with the code of its error
+ * kind at its stage: open, list (bpz_open lists the tensors, so at open in
+ * C), or read/verify. Exit status 0 when everything matched.
  */
 #include <stdarg.h>
 #include <stdint.h>
@@ -150,20 +154,62 @@ typedef struct expected_tensor {
     uint64_t chunks, nbytes;
 } expected_tensor;
 
+typedef struct tensor_list {
+    expected_tensor *tensors;
+    size_t n, cap;
+} tensor_list;
+
+typedef struct expected_version {
+    uint64_t number, time_ns, bytes_added, count;
+    char *metadata;
+    tensor_list list;
+} expected_version;
+
 typedef struct golden {
     char *file, *tree, *metadata;
     uint64_t count;
     expected_tensor *tensors;
     size_t n, cap;
+    /* From the `versions` line: how many, whether an unfinished append was skipped. */
+    uint64_t version_count;
+    int recovered, has_versions_line;
+    expected_version *versions; /* the `version` lines (none for a 1.0 file) */
+    size_t nv, capv;
 } golden;
+
+/* A new zeroed slot at the end of `list`. */
+static expected_tensor *push_tensor(tensor_list *list) {
+    if (list->n == list->cap) {
+        expected_tensor *bigger;
+        list->cap = list->cap ? 2 * list->cap : 16;
+        bigger = (expected_tensor *)realloc(list->tensors, list->cap * sizeof *bigger);
+        if (!bigger) {
+            fprintf(stderr, "conformance: out of memory\n");
+            exit(2);
+        }
+        list->tensors = bigger;
+    }
+    memset(&list->tensors[list->n], 0, sizeof list->tensors[0]);
+    return &list->tensors[list->n++];
+}
+
+static void tensors_free(expected_tensor *tensors, size_t n) {
+    size_t i;
+    for (i = 0; i < n; i++) {
+        expected_tensor *t = &tensors[i];
+        free(t->name), free(t->dtype), free(t->shape), free(t->storage), free(t->filter), free(t->sha256);
+    }
+    free(tensors);
+}
 
 static void golden_free(golden *g) {
     size_t i;
-    for (i = 0; i < g->n; i++) {
-        expected_tensor *t = &g->tensors[i];
-        free(t->name), free(t->dtype), free(t->shape), free(t->storage), free(t->filter), free(t->sha256);
+    tensors_free(g->tensors, g->n);
+    for (i = 0; i < g->nv; i++) {
+        tensors_free(g->versions[i].list.tensors, g->versions[i].list.n);
+        free(g->versions[i].metadata);
     }
-    free(g->tensors), free(g->file), free(g->tree), free(g->metadata);
+    free(g->versions), free(g->file), free(g->tree), free(g->metadata);
     memset(g, 0, sizeof *g);
 }
 
@@ -327,15 +373,102 @@ static size_t check_golden(const char *dir, const golden *g) {
     return g->n;
 }
 
-static void check_invalid(const char *dir, const char *file, const char *kind, const char *stage) {
+/* One version of a golden archive, opened with bpz_open_version(`selector`). */
+static void check_version_opened(const char *path, const char *file, int backend, int64_t selector,
+                                 const golden *g, const expected_version *v) {
+    bpz_archive *a = NULL;
+    size_t i, count;
+    const char *json;
+    snprintf(context, sizeof context, "%s (%s) version %llu opened as %lld", file, backend_name(backend),
+             (unsigned long long)v->number, (long long)selector);
+    if (!expect_code(bpz_open_version(path, backend, selector, &a), BPZ_OK, "bpz_open_version")) return;
+    if (bpz_version_number(a) != v->number) fail("bpz_version_number gives %llu", (unsigned long long)bpz_version_number(a));
+    if (bpz_version_count(a) != g->version_count)
+        fail("%lu versions listed from an older version, expected %llu", (unsigned long)bpz_version_count(a),
+             (unsigned long long)g->version_count);
+    count = bpz_tensor_count(a);
+    if (count != v->count || count != v->list.n) fail("%lu tensors, expected %llu", (unsigned long)count, (unsigned long long)v->count);
+    json = bpz_metadata_json(a);
+    if (!json || strcmp(json, v->metadata) != 0) fail("metadata %s, expected %s", json ? json : "(NULL)", v->metadata);
+    for (i = 0; i < count && i < v->list.n; i++) {
+        check_tensor(a, backend, i, &v->list.tensors[i]);
+        snprintf(context, sizeof context, "%s (%s) version %llu opened as %lld", file, backend_name(backend),
+                 (unsigned long long)v->number, (long long)selector);
+    }
+    expect_code(bpz_verify(a), BPZ_OK, "bpz_verify");
+    bpz_close(a);
+}
+
+/* The versions of a golden archive: listed from the latest, each opened on its own. */
+static void check_versions(const char *dir, const golden *g) {
+    static const int backends[2] = {BPZ_BACKEND_MMAP, BPZ_BACKEND_PREAD};
+    char *path = join_path(dir, "", g->file);
+    size_t b, i;
+    for (b = 0; b < 2; b++) {
+        bpz_archive *a = NULL, *none = (bpz_archive *)&b;
+        uint64_t ignored = 12345, latest = g->nv ? g->versions[g->nv - 1].number : 1;
+        size_t count;
+        int rc;
+        snprintf(context, sizeof context, "%s (%s) versions", g->file, backend_name(backends[b]));
+        if (!expect_code(bpz_open(path, backends[b], &a), BPZ_OK, "bpz_open")) continue;
+        count = bpz_version_count(a);
+        if (count != g->version_count) fail("%lu versions, expected %llu", (unsigned long)count, (unsigned long long)g->version_count);
+        if (bpz_version_number(a) != latest)
+            fail("opened at version %llu, expected the latest, %llu", (unsigned long long)bpz_version_number(a),
+                 (unsigned long long)latest);
+        rc = bpz_recovered(a, &ignored);
+        if (rc != g->recovered) fail("bpz_recovered gives %d, expected %d", rc, g->recovered);
+        if ((rc == 1) != (ignored > 0)) fail("bpz_recovered gives %d with %llu bytes ignored", rc, (unsigned long long)ignored);
+        if (bpz_recovered(a, NULL) != rc) fail("bpz_recovered with NULL ignored_bytes disagrees");
+        if (g->nv == 0 && count == 1) {
+            /* A 1.0 archive: one version, number 1, written at an unknown time. */
+            struct bpz_version_info info;
+            if (expect_code(bpz_version_info(a, 0, &info), BPZ_OK, "bpz_version_info") &&
+                (info.number != 1 || info.time_ns != 0))
+                fail("1.0 file: version %llu at time %llu", (unsigned long long)info.number, (unsigned long long)info.time_ns);
+        }
+        for (i = 0; i < g->nv && i < count; i++) {
+            const expected_version *v = &g->versions[i];
+            struct bpz_version_info info;
+            const char *json = NULL;
+            if (!expect_code(bpz_version_info(a, i, &info), BPZ_OK, "bpz_version_info")) continue;
+            if (info.number != v->number || info.time_ns != v->time_ns || info.bytes_added != v->bytes_added)
+                fail("version index %lu: number %llu, time %llu, %llu bytes added; expected %llu, %llu, %llu", (unsigned long)i,
+                     (unsigned long long)info.number, (unsigned long long)info.time_ns, (unsigned long long)info.bytes_added,
+                     (unsigned long long)v->number, (unsigned long long)v->time_ns, (unsigned long long)v->bytes_added);
+            if (expect_code(bpz_version_metadata_json(a, i, &json), BPZ_OK, "bpz_version_metadata_json") &&
+                strcmp(json, v->metadata) != 0)
+                fail("version %llu: metadata %s, expected %s", (unsigned long long)v->number, json, v->metadata);
+        }
+        {
+            struct bpz_version_info info;
+            expect_code(bpz_version_info(a, count, &info), BPZ_ERR_INVALID_ARGUMENT, "bpz_version_info past the end");
+        }
+        bpz_close(a);
+        for (i = 0; i < g->nv; i++) {
+            check_version_opened(path, g->file, backends[b], (int64_t)g->versions[i].number, g, &g->versions[i]);
+            check_version_opened(path, g->file, backends[b], (int64_t)i - (int64_t)g->nv, g, &g->versions[i]);
+        }
+        snprintf(context, sizeof context, "%s (%s) versions", g->file, backend_name(backends[b]));
+        rc = bpz_open_version(path, backends[b], (int64_t)latest + 1, &none);
+        if (expect_code(rc, BPZ_ERR_INVALID_ARGUMENT, "bpz_open_version of a version not in the file") && none != NULL)
+            fail("bpz_open_version failed but did not set *out to NULL");
+        if (rc == BPZ_OK) bpz_close(none);
+    }
+    free(path);
+}
+
+static void check_invalid(const char *dir, const char *file, const char *kind, const char *stage, int64_t version) {
     static const int backends[2] = {BPZ_BACKEND_MMAP, BPZ_BACKEND_PREAD};
     char *path = join_path(dir, "invalid", file);
     size_t b;
     for (b = 0; b < 2; b++) {
         bpz_archive *a = (bpz_archive *)&b; /* must be overwritten */
-        int rc = bpz_open(path, backends[b], &a);
-        snprintf(context, sizeof context, "invalid/%s (%s, %s expected at %s)", file, backend_name(backends[b]), kind, stage);
-        if (strcmp(stage, "open") == 0) {
+        int rc = bpz_open_version(path, backends[b], version, &a);
+        snprintf(context, sizeof context, "invalid/%s (%s, version %lld, %s expected at %s)", file, backend_name(backends[b]),
+                 (long long)version, kind, stage);
+        /* bpz_open lists the tensors (and checks tree and metadata): a listing rule fails it. */
+        if (strcmp(stage, "open") == 0 || strcmp(stage, "list") == 0) {
             if (rc == BPZ_OK) {
                 fail("opened");
                 bpz_close(a);
@@ -383,11 +516,27 @@ static int sha256_self_test(void) {
     return strcmp(hex, "248d6a61d20638b8e5c026930c3e6039a33ce45964ff2167f6ecedd419db06c1") == 0;
 }
 
+/* Checks the golden archive read so far (its archive and its versions). */
+static size_t finish_golden(const char *dir, const golden *g) {
+    size_t n = check_golden(dir, g);
+    if (!g->has_versions_line) {
+        fprintf(stderr, "conformance: %s has no versions line\n", g->file);
+        exit(2);
+    }
+    if (g->nv != 0 && g->nv != g->version_count) {
+        fprintf(stderr, "conformance: %s: %lu version lines for %llu versions\n", g->file, (unsigned long)g->nv,
+                (unsigned long long)g->version_count);
+        exit(2);
+    }
+    check_versions(dir, g);
+    return n;
+}
+
 int main(int argc, char **argv) {
     FILE *f;
     char *line, *fields[12];
     golden g;
-    size_t lineno = 0, archives = 0, tensors = 0, invalid = 0;
+    size_t lineno = 0, archives = 0, tensors = 0, invalid = 0, versioned = 0;
     if (argc != 3) {
         fprintf(stderr, "usage: %s EXPECTATIONS VECTORS_DIR\n", argv[0]);
         return 2;
@@ -411,7 +560,7 @@ int main(int argc, char **argv) {
         }
         if (strcmp(fields[0], "golden") == 0 && n == 5) {
             size_t len;
-            if (g.file) tensors += check_golden(argv[2], &g), archives++;
+            if (g.file) tensors += finish_golden(argv[2], &g), archives++, versioned += g.nv > 0;
             golden_free(&g);
             g.file = xstrdup(fields[1]);
             g.tree = unhex(fields[3], &len);
@@ -419,22 +568,44 @@ int main(int argc, char **argv) {
             if (!parse_u64(fields[2], &g.count) || !g.tree || !g.metadata) goto malformed;
         } else if (strcmp(fields[0], "tensor") == 0 && n == 9 && g.file) {
             expected_tensor *t;
-            if (g.n == g.cap) {
-                expected_tensor *bigger;
-                g.cap = g.cap ? 2 * g.cap : 16;
-                bigger = (expected_tensor *)realloc(g.tensors, g.cap * sizeof *bigger);
-                if (!bigger) goto malformed;
-                g.tensors = bigger;
+            if (g.nv > 0) {
+                t = push_tensor(&g.versions[g.nv - 1].list);
+            } else {
+                /* The latest version's tensors: the golden's own list. */
+                tensor_list list;
+                list.tensors = g.tensors, list.n = g.n, list.cap = g.cap;
+                t = push_tensor(&list);
+                g.tensors = list.tensors, g.n = list.n, g.cap = list.cap;
             }
-            t = &g.tensors[g.n];
-            memset(t, 0, sizeof *t);
             t->name = unhex(fields[1], &t->name_len);
             t->dtype = xstrdup(fields[2]), t->shape = xstrdup(fields[3]), t->storage = xstrdup(fields[4]);
             t->filter = xstrdup(fields[5]), t->sha256 = xstrdup(fields[8]);
-            g.n++;
             if (!t->name || !parse_u64(fields[6], &t->chunks) || !parse_u64(fields[7], &t->nbytes)) goto malformed;
-        } else if (strcmp(fields[0], "invalid") == 0 && n == 4) {
-            check_invalid(argv[2], fields[1], fields[2], fields[3]);
+        } else if (strcmp(fields[0], "versions") == 0 && n == 3 && g.file && !g.has_versions_line) {
+            uint64_t recovered;
+            if (!parse_u64(fields[1], &g.version_count) || !parse_u64(fields[2], &recovered) || recovered > 1) goto malformed;
+            g.recovered = (int)recovered;
+            g.has_versions_line = 1;
+        } else if (strcmp(fields[0], "version") == 0 && n == 6 && g.has_versions_line) {
+            expected_version *v;
+            size_t len;
+            if (g.nv == g.capv) {
+                expected_version *bigger;
+                g.capv = g.capv ? 2 * g.capv : 4;
+                bigger = (expected_version *)realloc(g.versions, g.capv * sizeof *bigger);
+                if (!bigger) goto malformed;
+                g.versions = bigger;
+            }
+            v = &g.versions[g.nv++];
+            memset(v, 0, sizeof *v);
+            v->metadata = unhex(fields[5], &len);
+            if (!v->metadata || !parse_u64(fields[1], &v->number) || !parse_u64(fields[2], &v->time_ns) ||
+                !parse_u64(fields[3], &v->bytes_added) || !parse_u64(fields[4], &v->count))
+                goto malformed;
+        } else if (strcmp(fields[0], "invalid") == 0 && n == 5) {
+            uint64_t version;
+            if (!parse_u64(fields[4], &version) || version > (uint64_t)INT64_MAX) goto malformed;
+            check_invalid(argv[2], fields[1], fields[2], fields[3], (int64_t)version);
             invalid++;
         } else {
             goto malformed;
@@ -445,17 +616,21 @@ int main(int argc, char **argv) {
         fprintf(stderr, "%s:%lu: malformed line\n", argv[1], (unsigned long)lineno);
         return 2;
     }
-    if (g.file) tensors += check_golden(argv[2], &g), archives++;
+    if (g.file) tensors += finish_golden(argv[2], &g), archives++, versioned += g.nv > 0;
     golden_free(&g);
     fclose(f);
     if (archives == 0 || invalid == 0) {
         fprintf(stderr, "conformance: %s holds no vectors\n", argv[1]);
         return 2;
     }
-    printf("C conformance (libbpz %s): %lu golden archives (%lu tensors) and %lu invalid files, "
-           "each with the mmap and pread backends: %s\n",
-           bpz_version(), (unsigned long)archives, (unsigned long)tensors, (unsigned long)invalid,
-           failures ? "FAILED" : "all as expected");
+    if (versioned == 0) {
+        fprintf(stderr, "conformance: %s holds no versioned archive\n", argv[1]);
+        return 2;
+    }
+    printf("C conformance (libbpz %s): %lu golden archives (%lu tensors, %lu with versions) and %lu invalid "
+           "files, each with the mmap and pread backends: %s\n",
+           bpz_version(), (unsigned long)archives, (unsigned long)tensors, (unsigned long)versioned,
+           (unsigned long)invalid, failures ? "FAILED" : "all as expected");
     if (failures) fprintf(stderr, "%d check(s) failed\n", failures);
     return failures ? 1 : 0;
 }

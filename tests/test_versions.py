@@ -695,3 +695,30 @@ def _nest(state: dict[str, np.ndarray]) -> dict:
             node = node.setdefault(p, {})
         node[leaf] = arr
     return out
+
+
+def test_an_append_in_progress_is_not_reported_as_unfinished(series):
+    """While another process holds the append lock, the bytes after the last version are an
+    append being written: the archive opens at the last version without a warning."""
+    path, _ = series
+    with bpz.open(path) as a:
+        v4_end = 64 + sum(v.bytes_added for v in a.versions[:4])
+    copy = path + ".live"
+    shutil.copy(path, copy)
+    _cut(copy, v4_end + 100)
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         "import fcntl, os, sys; fd = os.open(sys.argv[1], os.O_RDWR); fcntl.flock(fd, fcntl.LOCK_EX); "
+         "print('locked', flush=True); sys.stdin.read()", copy],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            with bpz.open(copy) as a:
+                assert a.version_number == 4 and a.recovered["ignored_bytes"] == 100
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=30)
+    with pytest.warns(RecoveredArchiveWarning):  # the lock is gone: now it is an unfinished append
+        bpz.open(copy).close()

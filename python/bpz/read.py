@@ -228,7 +228,7 @@ class Archive:
             self._archive = _bpz.Archive(self.filename, backend=backend, parallel=parallel, version=version)
         self._init_caches()
         recovered = self._archive.recovered
-        if recovered is not None:
+        if recovered is not None and not (self._remote is None and _append_in_progress(self.filename)):
             warnings.warn(
                 f"{self.filename} ends in an unfinished append: {recovered['ignored_bytes']:,} bytes after version "
                 f"{self._archive.version_number} are ignored (the next append removes them)",
@@ -599,6 +599,28 @@ def load_pytree(
             stacklevel=2,
         )
     return result
+
+
+def _append_in_progress(path: str) -> bool:
+    """Whether another process holds the append lock of ``path`` now: then the bytes after the
+    last version are an append being written, not one that was killed (nothing to warn about)."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock to ask
+        return False
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)  # closing releases a lock we took
+    return False
 
 
 def _check_version_argument(version: Any) -> None:

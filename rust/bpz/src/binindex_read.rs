@@ -234,7 +234,13 @@ pub(crate) fn open(ctx: &Ctx<'_>, selector: VersionSelector) -> Result<Opened> {
         (open_index_at(ctx, &trailer, len)?, None)
     } else {
         let why = match Trailer::decode(ctx.path, &last, len) {
-            Err(e) => e.to_string(),
+            // The message goes inside one that names the file already.
+            Err(e) => {
+                let text = e.to_string();
+                let prefix = format!("{}: ", ctx.path);
+                text.strip_prefix(&prefix)
+                    .map_or(text.clone(), str::to_owned)
+            }
             Ok(_) => "its end does not hold a trailer".into(),
         };
         match scan_for_committed(ctx, len)? {

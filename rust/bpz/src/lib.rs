@@ -37,6 +37,8 @@ pub mod persist;
 pub mod read;
 #[cfg(feature = "remote")]
 pub mod remote;
+#[cfg(feature = "remote")]
+pub mod remote_write;
 pub mod write;
 
 pub use alloc::Zeroed;

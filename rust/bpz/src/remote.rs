@@ -152,15 +152,15 @@ pub struct RemoteStats {
 }
 
 #[derive(Default)]
-struct Counters {
-    requests: AtomicU64,
-    bytes: AtomicU64,
+pub(crate) struct Counters {
+    pub(crate) requests: AtomicU64,
+    pub(crate) bytes: AtomicU64,
 }
 
 /// One tokio runtime for every remote source: object_store is async, [`Source`] reads
 /// block. Any thread (rayon's included) hands it futures and waits on a channel, so a
 /// read never needs to be inside a runtime (nor panics when called from one).
-fn runtime() -> &'static tokio::runtime::Runtime {
+pub(crate) fn runtime() -> &'static tokio::runtime::Runtime {
     static RUNTIME: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
     RUNTIME.get_or_init(|| {
         tokio::runtime::Builder::new_multi_thread()
@@ -172,7 +172,7 @@ fn runtime() -> &'static tokio::runtime::Runtime {
     })
 }
 
-fn block_on<F>(future: F) -> Result<F::Output, RemoteError>
+pub(crate) fn block_on<F>(future: F) -> Result<F::Output, RemoteError>
 where
     F: Future + Send + 'static,
     F::Output: Send + 'static,
@@ -190,7 +190,7 @@ where
 
 // errno values (Linux numbering; Python picks the OSError subclass from them).
 const ENOENT: i32 = 2;
-const EIO: i32 = 5;
+pub(crate) const EIO: i32 = 5;
 const EACCES: i32 = 13;
 const EINVAL: i32 = 22;
 const ECONNRESET: i32 = 104;
@@ -203,7 +203,7 @@ const ESTALE: i32 = 116;
 /// error number, so that bindings raise `FileNotFoundError`, `PermissionError`,
 /// `TimeoutError`... as for a local file.
 #[derive(Debug, Clone)]
-struct RemoteError {
+pub(crate) struct RemoteError {
     kind: io::ErrorKind,
     errno: Option<i32>,
     message: String,
@@ -228,7 +228,7 @@ impl std::error::Error for ErrnoMessage {
 }
 
 impl RemoteError {
-    fn new(kind: io::ErrorKind, errno: i32, message: impl Into<String>) -> Self {
+    pub(crate) fn new(kind: io::ErrorKind, errno: i32, message: impl Into<String>) -> Self {
         RemoteError {
             kind,
             errno: Some(errno),
@@ -236,7 +236,7 @@ impl RemoteError {
         }
     }
 
-    fn into_io(self) -> io::Error {
+    pub(crate) fn into_io(self) -> io::Error {
         io::Error::new(
             self.kind,
             ErrnoMessage {
@@ -246,7 +246,7 @@ impl RemoteError {
         )
     }
 
-    fn into_error(self, label: &str) -> Error {
+    pub(crate) fn into_error(self, label: &str) -> Error {
         Error::Io {
             path: label.to_owned(),
             source: self.into_io(),
@@ -371,15 +371,15 @@ struct Tuning {
 /// `timeout`, `connect_timeout`, ...; `aws_*`, `google_*`, `azure_*` spellings too), and
 /// bpz's: `anonymous` (= `skip_signature`), `max_retries`, `retry_timeout`, and
 /// `open_tail_bytes`.
-struct Built {
-    store: Arc<dyn ObjectStore>,
-    path: StorePath,
-    label: String,
-    secrets: Vec<String>,
+pub(crate) struct Built {
+    pub(crate) store: Arc<dyn ObjectStore>,
+    pub(crate) path: StorePath,
+    pub(crate) label: String,
+    pub(crate) secrets: Vec<String>,
     tuning: Tuning,
 }
 
-fn invalid(label: &str, detail: impl fmt::Display) -> Error {
+pub(crate) fn invalid(label: &str, detail: impl fmt::Display) -> Error {
     Error::InvalidArgument(format!("{label}: {detail}"))
 }
 
@@ -419,7 +419,7 @@ fn parse_duration(label: &str, key: &str, value: &str) -> Result<Duration> {
         })
 }
 
-fn build_store(url: &str, options: &[(String, String)], counters: &Arc<Counters>) -> Result<Built> {
+pub(crate) fn build_store(url: &str, options: &[(String, String)], counters: &Arc<Counters>) -> Result<Built> {
     let label = redact_url(url);
     let parsed = Url::parse(url).map_err(|e| invalid(&label, format!("not a valid URL ({e})")))?;
     let mut secrets: Vec<String> = Vec::new();
@@ -727,7 +727,7 @@ fn meta_identity(meta: &ObjectMeta) -> (Option<String>, Option<String>) {
 }
 
 /// Maps an object_store error (whose text may hold URLs and headers) to a scrubbed one.
-fn classify(
+pub(crate) fn classify(
     e: &object_store::Error,
     status: Option<u16>,
     label: &str,

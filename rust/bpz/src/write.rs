@@ -154,6 +154,9 @@ pub(crate) enum Sink<W: Write> {
     Stream(W),
     /// The end of an existing archive, for a new version (see [`crate::append`]).
     Append(AppendFile),
+    /// A multipart upload to object storage (see [`crate::remote_write`]).
+    #[cfg(feature = "remote")]
+    Upload(crate::remote_write::Upload),
 }
 
 /// Writes one archive. Dropping an unfinished file writer deletes its
@@ -240,7 +243,7 @@ impl<W: Write> Writer<W> {
         Writer::start(Sink::Stream(out), "<stream>".into(), opts)
     }
 
-    fn start(sink: Sink<W>, label: String, opts: WriterOptions) -> Result<Self> {
+    pub(crate) fn start(sink: Sink<W>, label: String, opts: WriterOptions) -> Result<Self> {
         opts.check()?;
         let superblock = match opts.format {
             FormatVersion::V1_0 => Superblock::new(opts.alignment),
@@ -313,6 +316,8 @@ impl<W: Write> Writer<W> {
             Sink::File(file) => file.out.write_all(bytes),
             Sink::Stream(out) => out.write_all(bytes),
             Sink::Append(file) => file.write_all(bytes),
+            #[cfg(feature = "remote")]
+            Sink::Upload(upload) => upload.write_all(bytes),
         };
         r.map_err(|e| Error::io(&self.label, e))
     }
@@ -871,6 +876,18 @@ impl<W: Write> Writer<W> {
                     None,
                 ))
             }
+            #[cfg(feature = "remote")]
+            Sink::Upload(upload) => {
+                let label = upload.label().to_owned();
+                upload.complete()?;
+                Ok((
+                    Summary {
+                        path: Some(PathBuf::from(label)),
+                        ..summary
+                    },
+                    None,
+                ))
+            }
         }
     }
 
@@ -1035,6 +1052,11 @@ impl<W: Write> Writer<W> {
         match self.sink.take().expect("writer used after finish") {
             Sink::File(file) => file.commit(),
             Sink::Append(file) => file.commit(),
+            #[cfg(feature = "remote")]
+            Sink::Upload(upload) => {
+                let label = upload.label().to_owned();
+                upload.complete().map(|_| PathBuf::from(label))
+            }
             Sink::Stream(_) => unreachable!("only files are committed"),
         }
     }

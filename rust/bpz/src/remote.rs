@@ -419,7 +419,11 @@ fn parse_duration(label: &str, key: &str, value: &str) -> Result<Duration> {
         })
 }
 
-pub(crate) fn build_store(url: &str, options: &[(String, String)], counters: &Arc<Counters>) -> Result<Built> {
+pub(crate) fn build_store(
+    url: &str,
+    options: &[(String, String)],
+    counters: &Arc<Counters>,
+) -> Result<Built> {
     let label = redact_url(url);
     let parsed = Url::parse(url).map_err(|e| invalid(&label, format!("not a valid URL ({e})")))?;
     let mut secrets: Vec<String> = Vec::new();

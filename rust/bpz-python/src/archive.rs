@@ -1,10 +1,11 @@
 //! `Archive`: an open archive (the core `Reader`), shared between threads.
 
+use std::os::raw::{c_char, c_int, c_void};
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use bpz::{Backend, Reader, TensorInfo, VerifyOptions, VersionInfo, VersionSelector};
-use pyo3::exceptions::PyValueError;
+use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyTuple};
 
@@ -326,6 +327,68 @@ impl Archive {
             .py()
     }
 
+    /// Reads rows `start..stop` of tensor `name` into `out`, a writable C-contiguous buffer
+    /// (a NumPy array) of exactly their byte size, checksummed, without the GIL.
+    fn read_rows_into(
+        &self,
+        py: Python<'_>,
+        name: &str,
+        start: u64,
+        stop: u64,
+        out: &Bound<'_, PyAny>,
+    ) -> PyResult<()> {
+        self.read_rows_many_into(py, vec![(name.to_owned(), start, stop, out.clone())])
+    }
+
+    /// Many `(name, start, stop, out)` row reads in one call: the GIL is released once and the
+    /// reads run in parallel (across requests, and across the chunks of each). The buffers
+    /// must not overlap; each is checked (writable, contiguous, item size, byte size) first.
+    fn read_rows_many_into(
+        &self,
+        py: Python<'_>,
+        requests: Vec<(String, u64, u64, Bound<'_, PyAny>)>,
+    ) -> PyResult<()> {
+        let reader = &self.reader;
+        let mut held = Vec::with_capacity(requests.len());
+        let mut targets = Vec::with_capacity(requests.len());
+        for (name, start, stop, out) in &requests {
+            let t = reader.tensor(name).py()?;
+            let view = WritableView::get(name, out)?;
+            let size = t.dtype.size() as u64;
+            if view.itemsize != 0 && view.itemsize != size {
+                return Err(PyValueError::new_err(format!(
+                    "tensor {name:?} is {} ({size} bytes an element); the buffer's elements are \
+                     {} bytes",
+                    t.dtype.name(),
+                    view.itemsize
+                )));
+            }
+            targets.push(RowsTarget {
+                name: name.as_str(),
+                rows: *start..*stop,
+                ptr: view.ptr,
+                len: view.len,
+            });
+            held.push(view);
+        }
+        // Distinct `&mut` slices may not alias: refuse buffers that share bytes.
+        let mut spans: Vec<(usize, usize, &str)> = targets
+            .iter()
+            .filter(|t| t.len > 0)
+            .map(|t| (t.ptr as usize, t.len, t.name))
+            .collect();
+        spans.sort_unstable();
+        if let Some(w) = spans.windows(2).find(|w| w[0].0 + w[0].1 > w[1].0) {
+            return Err(PyValueError::new_err(format!(
+                "the buffers for tensors {:?} and {:?} overlap: each read needs its own memory",
+                w[0].2, w[1].2
+            )));
+        }
+        let result = py.detach(|| read_targets(reader, &targets));
+        drop(held);
+        result.py()
+    }
+
     /// Reads many tensors, in parallel across tensors (and chunks).
     fn read_many(&self, py: Python<'_>, names: Vec<String>) -> PyResult<Vec<Buffer>> {
         let reader = &self.reader;
@@ -399,4 +462,155 @@ impl Archive {
             self.reader.tensor_count()
         )
     }
+}
+
+// ------------------------------------------------------------ reads into caller's buffers
+
+/// CPython's `Py_buffer` (stable since 3.3; in the limited API from 3.11, which PyO3 follows,
+/// so declared here for this abi3-py310 module).
+#[repr(C)]
+struct RawPyBuffer {
+    buf: *mut c_void,
+    obj: *mut pyo3::ffi::PyObject,
+    len: pyo3::ffi::Py_ssize_t,
+    itemsize: pyo3::ffi::Py_ssize_t,
+    readonly: c_int,
+    ndim: c_int,
+    format: *mut c_char,
+    shape: *mut pyo3::ffi::Py_ssize_t,
+    strides: *mut pyo3::ffi::Py_ssize_t,
+    suboffsets: *mut pyo3::ffi::Py_ssize_t,
+    internal: *mut c_void,
+}
+
+extern "C" {
+    fn PyObject_GetBuffer(
+        obj: *mut pyo3::ffi::PyObject,
+        view: *mut RawPyBuffer,
+        flags: c_int,
+    ) -> c_int;
+    fn PyBuffer_Release(view: *mut RawPyBuffer);
+}
+
+/// `PyBUF_WRITABLE | PyBUF_ND`: writable and C-contiguous, no format string (NumPy has none
+/// for ml_dtypes' types; the item size is checked instead).
+const PYBUF_WRITABLE_ND: c_int = 0x0001 | 0x0008;
+
+/// A writable buffer exported by a Python object, held (so it can be neither freed nor
+/// resized) until dropped, which happens with the GIL held.
+struct WritableView {
+    view: Box<RawPyBuffer>,
+    ptr: *mut u8,
+    len: usize,
+    itemsize: u64,
+}
+
+impl WritableView {
+    fn get(name: &str, obj: &Bound<'_, PyAny>) -> PyResult<Self> {
+        let mut view = Box::new(RawPyBuffer {
+            buf: std::ptr::null_mut(),
+            obj: std::ptr::null_mut(),
+            len: 0,
+            itemsize: 0,
+            readonly: 0,
+            ndim: 0,
+            format: std::ptr::null_mut(),
+            shape: std::ptr::null_mut(),
+            strides: std::ptr::null_mut(),
+            suboffsets: std::ptr::null_mut(),
+            internal: std::ptr::null_mut(),
+        });
+        // SAFETY: `obj` is alive and the GIL is held; a filled view is released in `drop`.
+        if unsafe { PyObject_GetBuffer(obj.as_ptr(), &mut *view, PYBUF_WRITABLE_ND) } != 0 {
+            let cause = PyErr::fetch(obj.py());
+            let msg = format!(
+                "tensor {name:?}: the destination must be a writable, C-contiguous buffer \
+                 (a NumPy array): {cause}"
+            );
+            return Err(if cause.is_instance_of::<PyTypeError>(obj.py()) {
+                PyTypeError::new_err(msg)
+            } else {
+                PyValueError::new_err(msg)
+            });
+        }
+        let (ptr, len, itemsize) = (
+            view.buf as *mut u8,
+            view.len.max(0) as usize,
+            view.itemsize.max(0) as u64,
+        );
+        Ok(WritableView {
+            view,
+            ptr,
+            len,
+            itemsize,
+        })
+    }
+}
+
+impl Drop for WritableView {
+    fn drop(&mut self) {
+        // SAFETY: filled by a successful PyObject_GetBuffer, released once, with the GIL held.
+        unsafe { PyBuffer_Release(&mut *self.view) };
+    }
+}
+
+/// One row read: its destination is memory of a [`WritableView`] that outlives the read.
+struct RowsTarget<'a> {
+    name: &'a str,
+    rows: std::ops::Range<u64>,
+    ptr: *mut u8,
+    len: usize,
+}
+
+// SAFETY: each target's memory is held by its view and, checked, overlaps no other target's;
+// each target is written by one thread only.
+unsafe impl Send for RowsTarget<'_> {}
+unsafe impl Sync for RowsTarget<'_> {}
+
+impl RowsTarget<'_> {
+    fn read(&self, reader: &Reader) -> bpz::Result<()> {
+        let out: &mut [u8] = if self.len == 0 {
+            &mut []
+        } else {
+            // SAFETY: see `Send` above: held, exclusive to this target, written by one thread.
+            unsafe { std::slice::from_raw_parts_mut(self.ptr, self.len) }
+        };
+        reader.read_rows_into(self.name, self.rows.clone(), out)
+    }
+}
+
+/// Runs the reads on a few threads taking the next request in turn (largest first), so small
+/// reads overlap; each read also splits its chunks over the reader's pool.
+fn read_targets(reader: &Reader, targets: &[RowsTarget<'_>]) -> bpz::Result<()> {
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(targets.len());
+    if threads <= 1 || !reader.is_parallel() {
+        return targets.iter().try_for_each(|t| t.read(reader));
+    }
+    let mut order: Vec<&RowsTarget<'_>> = targets.iter().collect();
+    order.sort_by_key(|t| std::cmp::Reverse(t.len));
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let failed = std::sync::atomic::AtomicBool::new(false);
+    let work = || -> bpz::Result<()> {
+        use std::sync::atomic::Ordering::Relaxed;
+        while !failed.load(Relaxed) {
+            let Some(t) = order.get(next.fetch_add(1, Relaxed)) else {
+                break;
+            };
+            if let Err(e) = t.read(reader) {
+                failed.store(true, Relaxed);
+                return Err(e);
+            }
+        }
+        Ok(())
+    };
+    std::thread::scope(|s| {
+        let others: Vec<_> = (1..threads).map(|_| s.spawn(work)).collect();
+        let mine = work();
+        others
+            .into_iter()
+            .map(|h| h.join().expect("a read thread panicked"))
+            .fold(mine, |acc, r| acc.and(r))
+    })
 }

@@ -186,6 +186,27 @@ int bpz_open(const char *path, int backend, bpz_archive **out);
 int bpz_open_version(const char *path, int backend, int64_t version, bpz_archive **out);
 
 /**
+ * Opens the latest version of a remote archive: `url` is http(s)://host/path,
+ * s3://bucket/key, gs://bucket/key or az://container/path. Reads are ranged
+ * requests (opening costs one request in the common case: the archive's tail);
+ * every byte fetched is checksum-verified and every request is pinned to the
+ * object's ETag, so an object replaced meanwhile fails (BPZ_ERR_IO) instead of
+ * mixing two files. There are no zero-copy views (bpz_tensor_data gives
+ * BPZ_ERR_NOT_ZERO_COPY): read tensors with bpz_read(), bpz_read_many() (one
+ * batch of parallel ranged requests) or bpz_read_rows().
+ *
+ * `options_json` is NULL or a JSON object of store options whose values are
+ * strings, numbers or booleans, e.g.
+ *   {"endpoint": "http://127.0.0.1:7070", "region": "us-east-1",
+ *    "access_key_id": "...", "secret_access_key": "...", "anonymous": true}
+ * Options not given come from the standard environment variables (AWS_*,
+ * GOOGLE_*, AZURE_*). Unknown keys give BPZ_ERR_INVALID_ARGUMENT naming the key.
+ * Credentials never appear in error messages. Ownership of `*out` as for
+ * bpz_open(); `*out` is set to NULL on failure.
+ */
+int bpz_open_url(const char *url, const char *options_json, bpz_archive **out);
+
+/**
  * Closes an archive and frees everything it owns: every pointer obtained from
  * it (names, shapes, views, JSON) becomes invalid. NULL is accepted and does
  * nothing. Closing an archive twice is undefined behaviour.

@@ -134,7 +134,11 @@ impl Archive {
         let path = path
             .to_str()
             .map_err(|_| Failure::invalid(format!("{func}: the path is not UTF-8")))?;
-        let reader = Reader::open_version(path, backend, which)?;
+        Archive::from_reader(Reader::open_version(path, backend, which)?)
+    }
+
+    /// Checks everything a C caller can ask for of an opened `reader`.
+    fn from_reader(reader: Reader) -> Result<Archive> {
         reader.tree_json()?;
         reader.metadata_json()?;
         let names = reader
@@ -299,6 +303,62 @@ pub unsafe extern "C" fn bpz_open_version(
         // SAFETY: the caller's contract.
         let path = unsafe { c_str(path, F, "path") }?;
         let archive = Box::new(Archive::open(path, backend, version_selector(version), F)?);
+        // SAFETY: as above.
+        unsafe { out.write(Box::into_raw(archive)) };
+        Ok(())
+    })
+}
+
+/// Store options from a JSON object of strings, numbers and booleans (NULL: none).
+fn url_options(json: *const c_char, func: &str) -> Result<Vec<(String, String)>> {
+    if json.is_null() {
+        return Ok(Vec::new());
+    }
+    // SAFETY: the caller's contract (non-NULL checked above).
+    let text = unsafe { c_str(json, func, "options_json") }?;
+    let invalid = |what: &str| Failure::invalid(format!("{func}: options_json {what}"));
+    let text = text.to_str().map_err(|_| invalid("is not UTF-8"))?;
+    let value: serde_json::Value =
+        serde_json::from_str(text).map_err(|e| invalid(&format!("is not JSON ({e})")))?;
+    let serde_json::Value::Object(map) = value else {
+        return Err(invalid("must be a JSON object"));
+    };
+    map.into_iter()
+        .map(|(key, v)| match v {
+            serde_json::Value::String(s) => Ok((key, s)),
+            serde_json::Value::Bool(b) => Ok((key, b.to_string())),
+            serde_json::Value::Number(n) => Ok((key, n.to_string())),
+            // The value is not echoed: it may be a credential.
+            _ => Err(invalid(&format!(
+                "value of {key:?} must be a string, a number or a boolean"
+            ))),
+        })
+        .collect()
+}
+
+/// `int bpz_open_url(const char *url, const char *options_json, bpz_archive **out)`
+///
+/// # Safety
+/// `url` and `options_json` are NULL or NUL-terminated strings; `out` is NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn bpz_open_url(
+    url: *const c_char,
+    options_json: *const c_char,
+    out: *mut *mut Archive,
+) -> c_int {
+    const F: &str = "bpz_open_url";
+    status(|| {
+        let out = out_ptr(out, F, "out")?;
+        // SAFETY: checked non-NULL and aligned; the caller provides the memory.
+        unsafe { out.write(std::ptr::null_mut()) };
+        // SAFETY: the caller's contract.
+        let url = unsafe { c_str(url, F, "url") }?;
+        let url = url
+            .to_str()
+            .map_err(|_| Failure::invalid(format!("{F}: the URL is not UTF-8")))?;
+        let options = url_options(options_json, F)?;
+        let (reader, _source) = bpz_core::remote::open(url, &options)?;
+        let archive = Box::new(Archive::from_reader(reader)?);
         // SAFETY: as above.
         unsafe { out.write(Box::into_raw(archive)) };
         Ok(())

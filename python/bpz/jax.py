@@ -458,22 +458,27 @@ def _default_sharding(rec: ArrayRecord, where: str) -> Any:
         f"({jax.device_count()} devices); pass shardings= or target= to lay it out on this job's devices")
 
 
-def _place(shape: tuple[int, ...], sharding: Any, read: Callable[[tuple[tuple[int, int], ...]], np.ndarray],
-           needed: list[int]) -> jax.Array:
-    """A global array from the blocks this process's devices hold, each block read once."""
+def _place(shape: tuple[int, ...], sharding: Any,
+           read: Callable[[list[tuple[tuple[int, int], ...]]], list[np.ndarray]], needed: list[int]) -> jax.Array:
+    """A global array from the blocks this process's devices hold, each block read once (all
+    in one call) into one host buffer for all the local devices holding it: on CPU, XLA uses
+    an aligned host buffer in place, so replicas share it (jax arrays are immutable, and a
+    donated one is not written in place), elsewhere each device gets its copy from it."""
     by_region: dict[tuple[tuple[int, int], ...], list[Any]] = {}
     order = []
     for device, index in sharding.addressable_devices_indices_map(shape).items():
         region = _normal_index(index, shape)
         by_region.setdefault(region, []).append(device)
         order.append(device)
+    regions = list(by_region)
+    hosts = read(regions)
     buffers = {}
-    for region, devices in by_region.items():
-        host = read(region)
+    for region, host in zip(regions, hosts):
+        devices = by_region[region]
         needed[0] += host.nbytes
-        for device in devices:
-            buffers[device] = jax.device_put(host, device)
-        del host
+        for device, buffer in zip(devices, jax.device_put([host] * len(devices), devices)):
+            buffers[device] = buffer
+    del hosts
     return jax.make_array_from_single_device_arrays(shape, sharding, [buffers[d] for d in order])
 
 
@@ -495,13 +500,14 @@ def _load_sharded(path: Any, target: Any, shardings: Any, stats: dict[str, Any] 
                 s = sharding if sharding is not None else _default_sharding(value, f"{ckpt.store} {where}")
                 cache: dict[Any, np.ndarray] = {}
 
-                def read(region: Any) -> np.ndarray:
-                    block = ckpt.read_region(value, region, cache)
-                    return block if dtype is None or block.dtype == dtype else block.astype(dtype)
+                def read(regions: list[Any]) -> list[np.ndarray]:
+                    blocks = ckpt.read_regions([(value, r) for r in regions], cache)
+                    return [b if dtype is None or b.dtype == dtype else b.astype(dtype) for b in blocks]
                 return _place(value.shape, s, read, needed)
             if sharding is not None:
                 host = np.asarray(value) if dtype is None else np.asarray(value, dtype=dtype)
-                return _place(host.shape, sharding, lambda r: host[tuple(slice(lo, hi) for lo, hi in r)], needed)
+                return _place(host.shape, sharding,
+                              lambda regions: [host[tuple(slice(lo, hi) for lo, hi in r)] for r in regions], needed)
             if isinstance(value, np.ndarray):
                 return jax.numpy.asarray(value if dtype is None else value.astype(dtype))
             return value

@@ -364,6 +364,18 @@ class Archive:
         info = self.info(name)
         return _as_array(self._native().read(name), info.dtype, info.shape)
 
+    def read_rows_into(self, name: str, start: int, stop: int, out: np.ndarray) -> np.ndarray:
+        """Reads rows ``start:stop`` of a tensor into ``out`` (a writable, C-contiguous NumPy
+        array of the tensor's dtype and exactly those rows' size, any shape), checksummed,
+        without an intermediate copy; returns ``out``."""
+        info = self.info(name)
+        if not isinstance(out, np.ndarray):
+            raise TypeError(f"tensor {name!r}: out must be a NumPy array, not {type(out).__name__}")
+        if out.dtype != info.dtype:
+            raise ValueError(f"tensor {name!r} is {info.dtype}, out is {out.dtype}")
+        self._native().read_rows_into(name, start, stop, out)
+        return out
+
     def get_slice(self, name: str) -> TensorSlice:
         """A lazy handle on one tensor's rows: ``a.get_slice("W")[10:20]`` reads and
         decodes only the chunks holding those rows (unknown names raise

@@ -286,6 +286,18 @@ def _intersect(a: Index, b: Index) -> Index | None:
     return tuple(out)
 
 
+# XLA's CPU client uses a host buffer this aligned in place (device_put without a copy).
+HOST_ALIGNMENT = 64
+
+
+def aligned_empty(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    """An uninitialised C-contiguous array whose data starts at a multiple of HOST_ALIGNMENT."""
+    n = math.prod(shape) * dtype.itemsize
+    raw = np.empty(n + HOST_ALIGNMENT, np.uint8)
+    skip = -raw.ctypes.data % HOST_ALIGNMENT
+    return raw[skip:skip + n].view(dtype).reshape(shape)
+
+
 class ShardedCheckpoint:
     """A committed sharded checkpoint opened for reading: its tree, its manifest, and region reads.
 
@@ -328,7 +340,7 @@ class ShardedCheckpoint:
             a = self._archives[name] = self.store.open(name)
         return a
 
-    def _read_piece_rows(self, piece: Piece, lo: int, hi: int, dtype: np.dtype) -> np.ndarray:
+    def _piece_info(self, piece: Piece, dtype: np.dtype) -> tuple[Archive, Any]:
         a = self.archive(piece.file)
         info = a.info(piece.tensor)
         if info.shape != piece.shape or info.dtype != dtype:
@@ -336,14 +348,24 @@ class ShardedCheckpoint:
                 f"{os.path.join(str(self.store), piece.file)}: tensor {piece.tensor!r} is "
                 f"{info.dtype}{list(info.shape)}, "
                 f"the commit record says {dtype}{list(piece.shape)}")
+        return a, info
+
+    def _count(self, piece: Piece, info: Any, lo: int, hi: int) -> None:
+        """Adds the decoded bytes of the chunks rows ``lo:hi`` of ``piece`` touch to ``bytes_read``."""
         if not piece.shape:
             self.bytes_read += info.nbytes
-            return a.read(piece.tensor)
+            return
         row_elems = math.prod(piece.shape[1:])
         if hi > lo and row_elems and info.chunk_elems:
             first = lo * row_elems // info.chunk_elems
             last = (hi * row_elems - 1) // info.chunk_elems
-            self.bytes_read += min((last - first + 1) * info.chunk_elems, math.prod(piece.shape)) * dtype.itemsize
+            self.bytes_read += min((last - first + 1) * info.chunk_elems, math.prod(piece.shape)) * info.dtype.itemsize
+
+    def _read_piece_rows(self, piece: Piece, lo: int, hi: int, dtype: np.dtype) -> np.ndarray:
+        a, info = self._piece_info(piece, dtype)
+        self._count(piece, info, lo, hi)
+        if not piece.shape:
+            return a.read(piece.tensor)
         if lo == 0 and hi == piece.shape[0]:
             return a.read(piece.tensor)
         return a.get_slice(piece.tensor)[lo:hi]
@@ -352,37 +374,51 @@ class ShardedCheckpoint:
         """The block ``region`` (global [start, stop) per axis) of a sharded array, read from
         the row ranges of the pieces that overlap it. ``cache`` (a dict kept while the regions
         of one array are read) lets regions that need the same rows of a piece share one read."""
-        shape = tuple(hi - lo for lo, hi in region)
-        parts = []
-        for piece in record.pieces:
-            inter = _intersect(piece.index, region) if shape else ()
-            if inter is None:
+        return self.read_regions([(record, region)], cache)[0]
+
+    def read_regions(self, wanted: list[tuple[ArrayRecord, Index]],
+                     cache: dict[Any, np.ndarray] | None = None) -> list[np.ndarray]:
+        """Several blocks (of one array or of several), each in a new buffer aligned for XLA's
+        zero-copy use. Row ranges that fill whole rows of a block are read straight into it, all
+        of a file's in one native call (the GIL released once, the reads spread over threads);
+        a block cutting a later axis of a piece reads that piece's rows and copies the columns."""
+        batch: dict[str, list[tuple[str, int, int, np.ndarray]]] = {}
+        outs = []
+        for record, region in wanted:
+            shape = tuple(hi - lo for lo, hi in region)
+            out = aligned_empty(shape, record.dtype)
+            outs.append(out)
+            if shape and math.prod(shape) == 0:
                 continue
-            parts.append((piece, inter))
-        if not shape:
-            return self._read_piece_rows(parts[0][0], 0, 0, record.dtype)
-        if math.prod(shape) == 0:
-            return np.empty(shape, record.dtype)
-        if len(parts) == 1:
-            piece, inter = parts[0]
-            if inter == region and all(r == p for r, p in zip(region[1:], piece.index[1:])):
-                # One piece covers the region with its whole rows: its row range is the result.
+            for piece in record.pieces:
+                inter = _intersect(piece.index, region) if shape else ()
+                if inter is None:
+                    continue
+                a, info = self._piece_info(piece, record.dtype)
+                if not shape:
+                    self._count(piece, info, 0, 1)
+                    batch.setdefault(piece.file, []).append((piece.tensor, 0, 1, out))
+                    break
                 p0 = piece.index[0][0]
-                return self._read_piece_rows(piece, region[0][0] - p0, region[0][1] - p0, record.dtype)
-        out = np.empty(shape, record.dtype)
-        for piece, inter in parts:
-            p0 = piece.index[0][0]
-            span = (piece, inter[0][0] - p0, inter[0][1] - p0)
-            rows = cache.get(span) if cache is not None else None
-            if rows is None:
-                rows = self._read_piece_rows(*span, record.dtype)
-                if cache is not None and inter[1:] != piece.index[1:]:
-                    cache[span] = rows  # only part of its columns used here: another region may need the rest
-            within = (slice(None),) + tuple(slice(lo - plo, hi - plo) for (lo, hi), (plo, _) in
-                                            zip(inter[1:], piece.index[1:]))
-            dest = tuple(slice(lo - rlo, hi - rlo) for (lo, hi), (rlo, _) in zip(inter, region))
-            out[dest] = rows[within]
-        return out
+                lo, hi = inter[0][0] - p0, inter[0][1] - p0
+                dest = tuple(slice(lo_ - rlo, hi_ - rlo) for (lo_, hi_), (rlo, _) in zip(inter, region))
+                if inter[1:] == piece.index[1:] == region[1:]:
+                    # whole rows on both sides: a contiguous row range of the block
+                    self._count(piece, info, lo, hi)
+                    batch.setdefault(piece.file, []).append((piece.tensor, lo, hi, out[dest[0]]))
+                    continue
+                span = (piece, lo, hi)
+                rows = cache.get(span) if cache is not None else None
+                if rows is None:
+                    rows = self._read_piece_rows(piece, lo, hi, record.dtype)
+                    if cache is not None and inter[1:] != piece.index[1:]:
+                        cache[span] = rows  # only part of its columns used here: another block may need the rest
+                within = (slice(None),) + tuple(slice(lo_ - plo, hi_ - plo) for (lo_, hi_), (plo, _) in
+                                                zip(inter[1:], piece.index[1:]))
+                out[dest] = rows[within]
+        for file, requests in batch.items():
+            self.archive(file)._native().read_rows_many_into(requests)
+        return outs
 
     def read_array(self, record: ArrayRecord) -> np.ndarray:
         return self.read_region(record, tuple((0, n) for n in record.shape))

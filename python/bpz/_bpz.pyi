@@ -204,6 +204,7 @@ class Writer:
         writer_name: str = "bpz-python",
         writer_version: str = ...,
         append: bool = False,
+        storage_options: Mapping[str, str | int | float | bool] | None = None,
     ) -> Self: ...
     def add_tensors(
         self,

@@ -18,6 +18,7 @@ from typing import Any
 from . import _bpz, pytree
 from .errors import InvalidCheckpointPath, LimitExceededError
 from .pytree import Leaf, flatten, no_gc
+from .read import _is_url
 
 __all__ = ["save_pytree", "compact", "AsyncManager", "DEFAULT_CHUNK_SIZE", "DEFAULT_LEVEL"]
 
@@ -311,6 +312,7 @@ def write_archive(
     progress: Callable[[int, int], None] | None = None,
     shown_name: str | None = None,
     append: bool = False,
+    storage_options: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Writes flattened leaves; the destination changes only if everything succeeds.
 
@@ -332,6 +334,7 @@ def write_archive(
         overwrite=overwrite,
         writer_name="bpz-python",
         append=append,
+        storage_options=storage_options,
     )
     try:
         # One native call for all tensors: it holds every array's buffer and
@@ -362,6 +365,7 @@ def save_pytree(
     metadata: Any = None,
     sync: bool = True,
     append: bool = False,
+    storage_options: dict[str, Any] | None = None,
 ) -> str:
     """Saves a pytree of arrays and scalars to ``filename``; returns the filename.
 
@@ -396,6 +400,13 @@ def save_pytree(
     the last complete version, the next append removes the unfinished bytes); appends to
     one file are serialised by a lock. Appending to a format-1.0 archive first rewrites it
     as 1.1 (once, atomically). ``bpz compact`` (or :func:`compact`) drops old versions.
+
+    A URL ``s3://bucket/key`` (or ``gs://``, ``az://``) saves straight to object storage by
+    a multipart upload streamed with bounded memory; the object appears only once complete
+    (a failed or killed save leaves the previous object). Options (endpoint, region,
+    credentials) come from the standard environment variables and ``storage_options``, as
+    for :func:`bpz.open`. ``append=True`` is refused for URLs (objects are immutable), and
+    ``http(s)://`` URLs cannot be written.
     """
     filename = fspath_str(filename)
     if verbose:
@@ -403,7 +414,7 @@ def save_pytree(
     save_tree(
         filename, target, overwrite=overwrite, async_manager=async_manager,
         compression=compression, level=level, chunk_size=chunk_size, metadata=metadata, sync=sync,
-        append=append,
+        append=append, storage_options=storage_options,
     )
     return filename
 
@@ -480,6 +491,7 @@ def save_tree(
     path: str | None = None,
     after_write: Callable[[], Any] | None = None,
     append: bool = False,
+    storage_options: dict[str, Any] | None = None,
 ) -> None:
     """``save_pytree`` without the message: the part ``save_checkpoint`` shares.
 
@@ -494,11 +506,19 @@ def save_tree(
         if isinstance(async_manager, AsyncManager):  # BrainPy's own manager works too, checked by itself
             async_manager._check_open()
         async_manager.wait_previous_save()
+    if not isinstance(append, bool):
+        raise TypeError(f"append must be True or False, not {append!r}")
+    if _is_url(filename):
+        _save_to_url(filename, target, async_manager=async_manager, after_write=after_write, options=dict(
+            metadata_json=metadata_json, compression=compression, level=level, chunk_size=chunk_size,
+            overwrite=overwrite, sync=sync, shown_name=filename, append=append, storage_options=storage_options,
+        ))
+        return
+    if storage_options is not None:
+        raise TypeError("storage_options apply to URLs (s3://..., gs://..., az://...), not to local paths")
     if path is None:
         path = absolute_path(filename)
     _check_file_name(filename, path)
-    if not isinstance(append, bool):
-        raise TypeError(f"append must be True or False, not {append!r}")
     # Appending replaces nothing, so overwrite=False does not forbid it.
     if not overwrite and not append and os.path.lexists(path):
         raise InvalidCheckpointPath(f'Invalid checkpoint at "{filename}".')
@@ -547,6 +567,39 @@ def save_tree(
     except BaseException:
         _remove_created(created)
         raise
+
+
+def _save_to_url(url: str, target: Any, *, async_manager: Any, after_write: Callable[[], Any] | None,
+                 options: dict[str, Any]) -> None:
+    """The remote branch of :func:`save_tree`: no directories, no local checks; the upload
+    itself refuses an existing object when ``overwrite`` is false."""
+    def write(tree: Any, leaves: list[Leaf]) -> None:
+        try:
+            write_archive(url, tree, leaves, **options)
+        except FileExistsError:  # overwrite=False and the object exists (as for a local file)
+            raise InvalidCheckpointPath(f'Invalid checkpoint at "{url}".') from None
+
+    if async_manager is None:
+        with no_gc():
+            tree, leaves = flatten(target)
+            try:
+                write(tree, leaves)
+            finally:
+                del tree, leaves
+        if after_write is not None:
+            after_write()
+        return
+    tree, leaves = flatten(target, copy=True)
+
+    def job() -> None:
+        write(tree, leaves)
+        if after_write is not None:
+            after_write()
+
+    if isinstance(async_manager, AsyncManager):
+        async_manager.save_async(job, url)
+    else:
+        async_manager.save_async(job)
 
 
 def compact(filename: str | os.PathLike[str], keep_last: int, *, sync: bool = True) -> list[int]:

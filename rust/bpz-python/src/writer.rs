@@ -252,7 +252,13 @@ fn tensor_error(err: bpz::Error, name: &str) -> PyErr {
         bpz::Error::InvalidArgument(msg) if !msg.contains(&quoted) => to_py(
             bpz::Error::InvalidArgument(format!("tensor {quoted}: {msg}")),
         ),
-        bpz::Error::Io { path, source } => match source.raw_os_error() {
+        // The OS error may sit under a message (a remote store's error, for one).
+        bpz::Error::Io { path, source } => match std::iter::successors(
+            Some(&source as &dyn std::error::Error),
+            |e| e.source(),
+        )
+        .find_map(|e| e.downcast_ref::<std::io::Error>()?.raw_os_error())
+        {
             // OSError(errno, strerror, filename) keeps FileNotFoundError, ENOSPC, ...
             Some(errno) if errno != 0 => {
                 PyOSError::new_err((errno, format!("{source} (writing tensor {quoted})"), path))
@@ -624,7 +630,7 @@ impl Writer {
     /// `append=True` adds a version to the archive at `path` (created if missing) instead
     /// of replacing it (spec §16.6).
     #[new]
-    #[pyo3(signature = (path, *, alignment = None, chunk_bytes = None, compression = Some(WriterOptions::default().compression.name()), level = None, filter = None, sync = None, overwrite = None, writer_name = "bpz-python", writer_version = env!("CARGO_PKG_VERSION"), append = false))]
+    #[pyo3(signature = (path, *, alignment = None, chunk_bytes = None, compression = Some(WriterOptions::default().compression.name()), level = None, filter = None, sync = None, overwrite = None, writer_name = "bpz-python", writer_version = env!("CARGO_PKG_VERSION"), append = false, storage_options = None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -639,7 +645,16 @@ impl Writer {
         writer_name: &str,
         writer_version: &str,
         append: bool,
+        storage_options: Option<&Bound<'_, PyDict>>,
     ) -> PyResult<Self> {
+        // An object-store URL: a multipart upload (see bpz::remote_write).
+        let url = path.to_str().filter(|p| bpz::remote::is_url(p)).map(str::to_owned);
+        if url.is_none() && storage_options.is_some() {
+            return Err(PyTypeError::new_err(
+                "storage_options apply to URLs (s3://, gs://, az://), not to local paths",
+            ));
+        }
+        let store_options = crate::remote::options(storage_options)?;
         let mut opts = options(
             alignment,
             chunk_bytes,
@@ -655,7 +670,17 @@ impl Writer {
         };
         let inner = py
             .detach(|| {
-                if append {
+                if let Some(url) = &url {
+                    if append {
+                        return Err(bpz::Error::InvalidArgument(format!(
+                            "{}: cannot append a version to a remote archive: objects in a \
+                             store are immutable (a new version would rewrite the whole \
+                             object); save to a new key, or append locally and upload",
+                            bpz::remote::redact_url(url)
+                        )));
+                    }
+                    bpz::Writer::create_remote(url, &store_options, opts)
+                } else if append {
                     bpz::Writer::append(&path, opts)
                 } else {
                     bpz::Writer::create(&path, opts)

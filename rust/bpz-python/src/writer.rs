@@ -253,18 +253,17 @@ fn tensor_error(err: bpz::Error, name: &str) -> PyErr {
             bpz::Error::InvalidArgument(format!("tensor {quoted}: {msg}")),
         ),
         // The OS error may sit under a message (a remote store's error, for one).
-        bpz::Error::Io { path, source } => match std::iter::successors(
-            Some(&source as &dyn std::error::Error),
-            |e| e.source(),
-        )
-        .find_map(|e| e.downcast_ref::<std::io::Error>()?.raw_os_error())
-        {
-            // OSError(errno, strerror, filename) keeps FileNotFoundError, ENOSPC, ...
-            Some(errno) if errno != 0 => {
-                PyOSError::new_err((errno, format!("{source} (writing tensor {quoted})"), path))
+        bpz::Error::Io { path, source } => {
+            match std::iter::successors(Some(&source as &dyn std::error::Error), |e| e.source())
+                .find_map(|e| e.downcast_ref::<std::io::Error>()?.raw_os_error())
+            {
+                // OSError(errno, strerror, filename) keeps FileNotFoundError, ENOSPC, ...
+                Some(errno) if errno != 0 => {
+                    PyOSError::new_err((errno, format!("{source} (writing tensor {quoted})"), path))
+                }
+                _ => PyOSError::new_err(format!("{path}: {source} (writing tensor {quoted})")),
             }
-            _ => PyOSError::new_err(format!("{path}: {source} (writing tensor {quoted})")),
-        },
+        }
         other => to_py(other),
     }
 }
@@ -648,7 +647,10 @@ impl Writer {
         storage_options: Option<&Bound<'_, PyDict>>,
     ) -> PyResult<Self> {
         // An object-store URL: a multipart upload (see bpz::remote_write).
-        let url = path.to_str().filter(|p| bpz::remote::is_url(p)).map(str::to_owned);
+        let url = path
+            .to_str()
+            .filter(|p| bpz::remote::is_url(p))
+            .map(str::to_owned);
         if url.is_none() && storage_options.is_some() {
             return Err(PyTypeError::new_err(
                 "storage_options apply to URLs (s3://, gs://, az://), not to local paths",

@@ -17,7 +17,7 @@ pub const DIR_ENTRY_LEN: usize = 32;
 pub const TENSOR_RECORD_LEN: usize = 64;
 pub const CHUNK_RECORD_LEN: usize = 40;
 pub const VERSION_RECORD_LEN: usize = 48;
-pub const MIN_SECTIONS: usize = 6;
+pub const MIN_SECTIONS: usize = 7;
 pub const MAX_SECTIONS: usize = 64;
 /// The shortest possible index: a head with no directory (trailer step 6 of §16.5).
 pub const MIN_INDEX_LEN: u64 = DIRECTORY_AT as u64;
@@ -484,7 +484,7 @@ mod tests {
         for code in 0..20u32 {
             assert_eq!(SectionKind::from_code(code).code(), code);
         }
-        assert_eq!(SectionKind::REQUIRED.len(), MIN_SECTIONS + 1);
+        assert_eq!(SectionKind::REQUIRED.len(), MIN_SECTIONS);
         assert!(!SectionKind::Writer.is_required());
         assert_eq!(SectionKind::Unknown(99).name(), "of unknown kind 99");
     }

@@ -125,7 +125,7 @@ const (
 	indexFixedSize  = 96
 	indexHeadMin    = indexFixedSize + superblockSize // + 32 × section_count
 	dirEntrySize    = 32
-	minSections     = 6
+	minSections     = 7
 	maxSections     = 64
 	tensorRecSize   = 64
 	chunkRecSize    = 40

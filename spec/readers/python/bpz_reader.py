@@ -1072,8 +1072,8 @@ def _read_head(ar: Archive, index_offset: int, index_length: int, index_crc: int
     unfinished append (at the file's end) or an error."""
     fixed = ar._pread(index_offset, HEAD_FIXED)
     section_count = _HEAD.unpack(fixed)[6]
-    if not 6 <= section_count <= 64:
-        raise _NotCommitted("invalid_index", f"index at {index_offset}: section_count {section_count} outside 6-64")
+    if not 7 <= section_count <= 64:
+        raise _NotCommitted("invalid_index", f"index at {index_offset}: section_count {section_count} outside 7-64")
     head_length = HEAD_FIXED + SUPERBLOCK_SIZE + DIR_ENTRY * section_count
     if head_length > index_length:
         raise _NotCommitted("invalid_index", f"index at {index_offset}: head of {head_length} bytes is longer than "

@@ -361,15 +361,6 @@ class ShardedCheckpoint:
             last = (hi * row_elems - 1) // info.chunk_elems
             self.bytes_read += min((last - first + 1) * info.chunk_elems, math.prod(piece.shape)) * info.dtype.itemsize
 
-    def _read_piece_rows(self, piece: Piece, lo: int, hi: int, dtype: np.dtype) -> np.ndarray:
-        a, info = self._piece_info(piece, dtype)
-        self._count(piece, info, lo, hi)
-        if not piece.shape:
-            return a.read(piece.tensor)
-        if lo == 0 and hi == piece.shape[0]:
-            return a.read(piece.tensor)
-        return a.get_slice(piece.tensor)[lo:hi]
-
     def read_region(self, record: ArrayRecord, region: Index, cache: dict[Any, np.ndarray] | None = None) -> np.ndarray:
         """The block ``region`` (global [start, stop) per axis) of a sharded array, read from
         the row ranges of the pieces that overlap it. ``cache`` (a dict kept while the regions
@@ -383,6 +374,7 @@ class ShardedCheckpoint:
         of a file's in one native call (the GIL released once, the reads spread over threads);
         a block cutting a later axis of a piece reads that piece's rows and copies the columns."""
         batch: dict[str, list[tuple[str, int, int, np.ndarray]]] = {}
+        copies: list[tuple[np.ndarray, Any, np.ndarray, Any]] = []
         outs = []
         for record, region in wanted:
             shape = tuple(hi - lo for lo, hi in region)
@@ -407,17 +399,23 @@ class ShardedCheckpoint:
                     self._count(piece, info, lo, hi)
                     batch.setdefault(piece.file, []).append((piece.tensor, lo, hi, out[dest[0]]))
                     continue
+                # a later axis cut: the piece's rows go to a buffer (read in the same batch),
+                # then their columns to the block
                 span = (piece, lo, hi)
                 rows = cache.get(span) if cache is not None else None
                 if rows is None:
-                    rows = self._read_piece_rows(piece, lo, hi, record.dtype)
+                    rows = aligned_empty((hi - lo, *piece.shape[1:]), record.dtype)
+                    self._count(piece, info, lo, hi)
+                    batch.setdefault(piece.file, []).append((piece.tensor, lo, hi, rows))
                     if cache is not None and inter[1:] != piece.index[1:]:
                         cache[span] = rows  # only part of its columns used here: another block may need the rest
                 within = (slice(None),) + tuple(slice(lo_ - plo, hi_ - plo) for (lo_, hi_), (plo, _) in
                                                 zip(inter[1:], piece.index[1:]))
-                out[dest] = rows[within]
+                copies.append((out, dest, rows, within))
         for file, requests in batch.items():
             self.archive(file)._native().read_rows_many_into(requests)
+        for block, dest, rows, within in copies:
+            block[dest] = rows[within]
         return outs
 
     def read_array(self, record: ArrayRecord) -> np.ndarray:

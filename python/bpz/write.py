@@ -617,7 +617,7 @@ def compact(filename: str | os.PathLike[str], keep_last: int, *, sync: bool = Tr
 def _compact(filename: str, **options: Any) -> dict[str, Any]:
     path = absolute_path(filename)
     try:
-        return _bpz.compact(path, **options)  # type: ignore[no-any-return]
+        return dict(_bpz.compact(path, **options))
     except OSError as e:
         # The core reports a missing file without an errno: make it the FileNotFoundError
         # every other call gives.

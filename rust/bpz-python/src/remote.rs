@@ -49,7 +49,9 @@ impl RemoteStats {
 }
 
 /// Store options as strings: `True` -> "true", numbers as written.
-pub(crate) fn options(storage_options: Option<&Bound<'_, PyDict>>) -> PyResult<Vec<(String, String)>> {
+pub(crate) fn options(
+    storage_options: Option<&Bound<'_, PyDict>>,
+) -> PyResult<Vec<(String, String)>> {
     let Some(dict) = storage_options else {
         return Ok(Vec::new());
     };

@@ -357,13 +357,6 @@ fn run(
     let ps = pieces(ts_data);
     let path =
         std::env::temp_dir().join(format!("bpz-save-speed-{}-{label}.bpz", std::process::id()));
-    let frames = codec_frames(&ps);
-    let mut outs: Vec<Vec<u8>> = ps.iter().map(|p| vec![0u8; p.0.len()]).collect();
-    let mut reads: Vec<Vec<u8>> = ts_data.iter().map(|t| vec![0u8; t.data.len()]).collect();
-    let (mut tc, mut ts, mut tl, mut tli, mut td, mut tsink) =
-        (vec![], vec![], vec![], vec![], vec![], vec![]);
-    let mut stored = 0u64;
-    let mut codec_size = 0;
     // SAVE_SPEED_ONLY=codec|save|sink|load|read_into|decode runs just that step
     // (for a profiler); the file is written once first if the step reads it.
     let only = std::env::var("SAVE_SPEED_ONLY").ok();
@@ -371,6 +364,26 @@ fn run(
         only.as_deref()
             .map_or(true, |o| o.split(',').any(|s| s == step))
     };
+    // Only what the chosen steps use is prepared (a profile then shows those steps alone).
+    let frames = if want("decode") {
+        codec_frames(&ps)
+    } else {
+        Vec::new()
+    };
+    let mut outs: Vec<Vec<u8>> = if want("decode") {
+        ps.iter().map(|p| vec![0u8; p.0.len()]).collect()
+    } else {
+        Vec::new()
+    };
+    let mut reads: Vec<Vec<u8>> = if want("read_into") {
+        ts_data.iter().map(|t| vec![0u8; t.data.len()]).collect()
+    } else {
+        Vec::new()
+    };
+    let (mut tc, mut ts, mut tl, mut tli, mut td, mut tsink) =
+        (vec![], vec![], vec![], vec![], vec![], vec![]);
+    let mut stored = 0u64;
+    let mut codec_size = 0;
     // As bench/worker.py: the old file removed and the page cache synced before the timed
     // save (renaming over a file makes ext4 flush the new one in the rename; freeing the
     // old one's pages is no part of writing the new one).

@@ -191,9 +191,9 @@ def run_job(tool: str, state: str, phase: str, processes: int, devices: int, wor
                PYTHONPATH=os.pathsep.join(filter(None, [os.path.join(REPO, "python"), os.environ.get("PYTHONPATH")])))
     children = []
     for i in range(processes):
-        argv = [sys.executable, os.path.abspath(__file__), "--worker", "--tool", tool, "--state", state, "--phase", phase,
-                "--coordinator", f"127.0.0.1:{port}", "--processes", str(processes), "--process-id", str(i),
-                "--workdir", workdir, "--scale", str(scale)]
+        argv = [sys.executable, os.path.abspath(__file__), "--worker", "--tool", tool, "--state", state,
+                "--phase", phase, "--coordinator", f"127.0.0.1:{port}", "--processes", str(processes),
+                "--process-id", str(i), "--workdir", workdir, "--scale", str(scale)]
         children.append(subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                          start_new_session=True))
     deadline = time.monotonic() + timeout
@@ -291,8 +291,10 @@ def main() -> None:
         rss = (f"{_mib(max(p['save_rss'] for p in last['save']))} / "
                f"{_mib(max(p['restore_rss'] for p in last['save']))}")
         reshard = sorted(last["reshard"], key=lambda p: p["process"])
-        read = " ".join(f"{_mib(p.get('reshard_read', p['reshard_rchar']))}/{_mib(p['reshard_needed'])}" for p in reshard)
-        lines.append(f"| {state} | {tool} | {save_s:.2f} | {restore_s:.2f} | {reshard_s:.2f} | {written} | {rss} | {read} |")
+        read = " ".join(f"{_mib(p.get('reshard_read', p['reshard_rchar']))}/{_mib(p['reshard_needed'])}"
+                        for p in reshard)
+        lines.append(f"| {state} | {tool} | {save_s:.2f} | {restore_s:.2f} | {reshard_s:.2f} | {written} | {rss} "
+                     f"| {read} |")
     table = "\n".join(lines)
     print(table)
     if args.out:

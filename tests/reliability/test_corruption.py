@@ -25,6 +25,7 @@ import os
 import random
 import struct
 import subprocess
+import tempfile
 import sys
 from collections import Counter, OrderedDict, namedtuple
 
@@ -57,38 +58,53 @@ def make_tree(rng: np.random.Generator) -> dict:
     }
 
 
+_SECTIONS = {1: "index: versions", 2: "index: tensor entries", 3: "index: names", 4: "index: shapes",
+             5: "index: chunk records", 6: "index: tree", 7: "index: metadata", 8: "index: writer"}
+
+
 def layout(data: bytes) -> tuple[dict[str, list[tuple[int, int]]], dict]:
-    """Byte ranges of every region of an archive, from its trailer and index."""
+    """Byte ranges of every region of a (format 1.1, one-version) archive: chunks from the API,
+    the index's head and sections from its directory (spec 16.2)."""
     n = len(data)
     off, ln = struct.unpack_from("<QQ", data, n - 32)
-    index_text = data[off:off + ln]
-    index = json.loads(index_text)
     regions: dict[str, list[tuple[int, int]]] = {"superblock": [(0, 64)], "trailer": [(n - 32, n)]}
-    covered = []
-    for t in index["tensors"]:
-        for c in t["chunks"]:
-            kind = "raw chunk" if t["storage"] == "raw" else ("encoded chunk" if c[3] else "plain chunk")
-            regions.setdefault(kind, []).append((c[0], c[0] + c[1]))
-            regions.setdefault(f"tensor {t['name']}", []).append((c[0], c[0] + c[1]))
-            covered.append((c[0], c[0] + c[1]))
-    covered.sort()
+    index: dict = {"tensors": []}
+    with tempfile.NamedTemporaryFile(suffix=".bpz") as f:
+        f.write(data)
+        f.flush()
+        with bpz.open(f.name) as a:
+            for name in a.keys():
+                raw = a.info(name).storage == "raw"
+                chunks = [[c.offset, c.stored_length, c.crc32c, int(c.encoded)] for c in a.chunks(name)]
+                index["tensors"].append({"name": name, "chunks": chunks})
+                for c in chunks:
+                    kind = "raw chunk" if raw else ("encoded chunk" if c[3] else "plain chunk")
+                    regions.setdefault(kind, []).append((c[0], c[0] + c[1]))
+                    regions.setdefault(f"tensor {name}", []).append((c[0], c[0] + c[1]))
+    covered = sorted((c[0], c[0] + c[1]) for t in index["tensors"] for c in t["chunks"])
     pos, pad = 64, []
     for a, b in covered + [(off, off)]:
         if a > pos:
             pad.append((pos, a))
         pos = max(pos, b)
     regions["padding"] = pad
-    # Parts of the compact JSON index: each tensor entry, the tree, the metadata, the writer.
-    text = index_text.decode()
-    starts = [i for i in range(len(text)) if text.startswith('{"name":', i)]
-    tree_at, meta_at, writer_at = text.rindex(',"tree":'), text.rindex(',"metadata":'), text.rindex(',"writer":')
-    for k, s in enumerate(starts):
-        end = starts[k + 1] if k + 1 < len(starts) else tree_at
-        regions.setdefault("index: tensor entries", []).append((off + s, off + end))
-    regions["index: head"] = [(off, off + (starts[0] if starts else tree_at))]
-    regions["index: tree"] = [(off + tree_at, off + meta_at)]
-    regions["index: metadata"] = [(off + meta_at, off + writer_at)]
-    regions["index: writer"] = [(off + writer_at, off + ln)]
+    count = struct.unpack_from("<I", data, off + 48)[0]
+    head_end = 160 + 32 * count
+    regions["index: head"] = [(off, off + head_end)]
+    used = [(0, head_end)]
+    for k in range(count):
+        kind, _, s_off, s_len = struct.unpack_from("<IIQQ", data, off + 160 + 32 * k)
+        if s_len:
+            regions.setdefault(_SECTIONS.get(kind, f"index: section {kind}"), []).append(
+                (off + s_off, off + s_off + s_len))
+            used.append((s_off, s_off + s_len))
+    pos, idx_pad = 0, []
+    for a, b in sorted(used) + [(ln, ln)]:
+        if a > pos:
+            idx_pad.append((off + pos, off + a))
+        pos = max(pos, b)
+    if idx_pad:
+        regions["index: padding"] = idx_pad
     return regions, index
 
 
@@ -189,7 +205,10 @@ def test_single_byte_flips_are_never_returned_silently(tmp_path, label):
                     assert repr(owner).replace("'", '"') in str(e) or owner in str(e), f"{where}: {e}"
                 stats["load refused"] += 1
             else:
-                assert region == "padding", f"{where}: load_pytree returned data from a corrupt file"
+                # Padding (between chunks, or in the index outside its sections) holds no data, and a
+                # load does not read the writer section (read on demand): the data must be exact.
+                assert region in ("padding", "index: padding", "index: writer"), \
+                    f"{where}: load_pytree returned data from a corrupt file"
                 assert same(loaded, original), f"{where}: wrong data"
                 stats["load ok (padding)"] += 1
             # 2. verify always finds it
@@ -200,6 +219,8 @@ def test_single_byte_flips_are_never_returned_silently(tmp_path, label):
                 assert "bad.bpz" in str(e), f"{where}: {e}"
                 if region == "padding":
                     assert e.kind == "corrupt_data" and "padding" in str(e), f"{where}: {e}"
+                if region == "index: padding":
+                    assert e.kind == "corrupt_data" and "must be zero" in str(e), f"{where}: {e}"
                 cause = str(e).removeprefix(f"{bad}: ")
             else:
                 raise AssertionError(f"{where}: verify() missed it")
@@ -239,8 +260,9 @@ def test_bpz_verify_command_exits_1_on_corruption(tmp_path):
     out = subprocess.run([sys.executable, "-m", "bpz", "verify", src], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     causes = {  # what each damage is reported as
-        "superblock": "checksum mismatch in the superblock", "index: tree": "checksum mismatch in the index",
-        "trailer": "checksum mismatch in the trailer", "encoded chunk": "checksum mismatch in tensor",
+        "superblock": "checksum mismatch in the superblock", "index: tree": "checksum mismatch in the tree section of the index",
+        # a one-version 1.1 file whose trailer does not check has no committed version (spec 16.7)
+        "trailer": "truncated file: no committed version", "encoded chunk": "checksum mismatch in tensor",
         "raw chunk": "checksum mismatch in tensor", "padding": "corrupt data in the padding at offset",
     }
     for p, cause in zip(paths, causes.values()):

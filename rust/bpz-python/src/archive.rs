@@ -1,6 +1,5 @@
 //! `Archive`: an open archive (the core `Reader`), shared between threads.
 
-use std::os::raw::{c_char, c_int, c_void};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -466,40 +465,16 @@ impl Archive {
 
 // ------------------------------------------------------------ reads into caller's buffers
 
-/// CPython's `Py_buffer` (stable since 3.3; in the limited API from 3.11, which PyO3 follows,
-/// so declared here for this abi3-py310 module).
-#[repr(C)]
-struct RawPyBuffer {
-    buf: *mut c_void,
-    obj: *mut pyo3::ffi::PyObject,
-    len: pyo3::ffi::Py_ssize_t,
-    itemsize: pyo3::ffi::Py_ssize_t,
-    readonly: c_int,
-    ndim: c_int,
-    format: *mut c_char,
-    shape: *mut pyo3::ffi::Py_ssize_t,
-    strides: *mut pyo3::ffi::Py_ssize_t,
-    suboffsets: *mut pyo3::ffi::Py_ssize_t,
-    internal: *mut c_void,
-}
+use crate::pybuffer::{PyBuffer_Release, PyObject_GetBuffer, RawBuffer, PYBUF_ND, PYBUF_WRITABLE};
 
-extern "C" {
-    fn PyObject_GetBuffer(
-        obj: *mut pyo3::ffi::PyObject,
-        view: *mut RawPyBuffer,
-        flags: c_int,
-    ) -> c_int;
-    fn PyBuffer_Release(view: *mut RawPyBuffer);
-}
-
-/// `PyBUF_WRITABLE | PyBUF_ND`: writable and C-contiguous, no format string (NumPy has none
-/// for ml_dtypes' types; the item size is checked instead).
-const PYBUF_WRITABLE_ND: c_int = 0x0001 | 0x0008;
+/// Writable and C-contiguous, no format string (NumPy has none for ml_dtypes' types; the item
+/// size is checked instead).
+const PYBUF_WRITABLE_ND: std::ffi::c_int = PYBUF_WRITABLE | PYBUF_ND;
 
 /// A writable buffer exported by a Python object, held (so it can be neither freed nor
 /// resized) until dropped, which happens with the GIL held.
 struct WritableView {
-    view: Box<RawPyBuffer>,
+    view: Box<RawBuffer>,
     ptr: *mut u8,
     len: usize,
     itemsize: u64,
@@ -507,19 +482,7 @@ struct WritableView {
 
 impl WritableView {
     fn get(name: &str, obj: &Bound<'_, PyAny>) -> PyResult<Self> {
-        let mut view = Box::new(RawPyBuffer {
-            buf: std::ptr::null_mut(),
-            obj: std::ptr::null_mut(),
-            len: 0,
-            itemsize: 0,
-            readonly: 0,
-            ndim: 0,
-            format: std::ptr::null_mut(),
-            shape: std::ptr::null_mut(),
-            strides: std::ptr::null_mut(),
-            suboffsets: std::ptr::null_mut(),
-            internal: std::ptr::null_mut(),
-        });
+        let mut view = RawBuffer::empty();
         // SAFETY: `obj` is alive and the GIL is held; a filled view is released in `drop`.
         if unsafe { PyObject_GetBuffer(obj.as_ptr(), &mut *view, PYBUF_WRITABLE_ND) } != 0 {
             let cause = PyErr::fetch(obj.py());

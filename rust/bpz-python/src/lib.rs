@@ -8,6 +8,7 @@ mod archive;
 mod buffer;
 mod errors;
 mod persist;
+mod pybuffer;
 mod remote;
 mod writer;
 

@@ -1,14 +1,12 @@
 //! `Writer`: a streaming archive writer. Tensor bytes are read straight from
 //! the caller's (NumPy) memory while the GIL is released.
 
-use std::ffi::{c_char, c_int, c_void};
 use std::ops::Range;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use bpz::{Compression, DType, Filter, TensorOptions, WriterInfo, WriterOptions};
 use pyo3::exceptions::{PyOSError, PyRuntimeError, PyTypeError, PyValueError};
-use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyList, PyString, PyTuple};
 use serde_json::Number;
@@ -54,33 +52,7 @@ fn tensor_options(
 
 // ------------------------------------------------------------ held bytes
 
-/// CPython's `Py_buffer`. PyO3 declares it for the limited API only from
-/// Python 3.11, where it joined the stable ABI unchanged; this module is built
-/// for abi3 from 3.10, whose interpreter has the same struct (stable since
-/// 3.3) and exports the same two functions.
-#[repr(C)]
-struct RawBuffer {
-    buf: *mut c_void,
-    obj: *mut ffi::PyObject,
-    len: ffi::Py_ssize_t,
-    itemsize: ffi::Py_ssize_t,
-    readonly: c_int,
-    ndim: c_int,
-    format: *mut c_char,
-    shape: *mut ffi::Py_ssize_t,
-    strides: *mut ffi::Py_ssize_t,
-    suboffsets: *mut ffi::Py_ssize_t,
-    internal: *mut c_void,
-}
-
-extern "C" {
-    fn PyObject_GetBuffer(obj: *mut ffi::PyObject, view: *mut RawBuffer, flags: c_int) -> c_int;
-    fn PyBuffer_Release(view: *mut RawBuffer);
-}
-
-/// `PyBUF_ND`: a read-only, C-contiguous view with a shape and no format
-/// string (NumPy can't describe ml_dtypes' types in one, but needn't).
-const PYBUF_ND: c_int = 0x0008;
+use crate::pybuffer::{PyBuffer_Release, PyObject_GetBuffer, RawBuffer, PYBUF_ND};
 
 /// A Python object's bytes, held so that they stay alive (and, for the buffer
 /// protocol, can't be resized) until this is dropped. Dropped with the GIL held.
@@ -147,19 +119,7 @@ fn hold_bytes(
     data: &Bound<'_, PyAny>,
     shape: &mut Vec<u64>,
 ) -> PyResult<(Found, Held)> {
-    let mut view = Box::new(RawBuffer {
-        buf: std::ptr::null_mut(),
-        obj: std::ptr::null_mut(),
-        len: 0,
-        itemsize: 0,
-        readonly: 0,
-        ndim: 0,
-        format: std::ptr::null_mut(),
-        shape: std::ptr::null_mut(),
-        strides: std::ptr::null_mut(),
-        suboffsets: std::ptr::null_mut(),
-        internal: std::ptr::null_mut(),
-    });
+    let mut view = RawBuffer::empty();
     // SAFETY: `data` is a live object and the GIL is held; on success the view is
     // released by `Held`'s drop, on failure there is nothing to release.
     if unsafe { PyObject_GetBuffer(data.as_ptr(), &mut *view, PYBUF_ND) } == 0 {

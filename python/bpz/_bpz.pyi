@@ -12,7 +12,7 @@ __all__ = [
     "Archive", "Buffer", "Writer", "TempFile", "__version__", "FORMAT_VERSION", "DTYPES", "BpzError", "FormatError",
     "NotAnArchiveError", "TruncatedError", "ChecksumError", "UnsupportedVersionError", "UnsupportedFeatureError",
     "LimitExceededError", "CorruptDataError", "NotZeroCopyError", "TensorNotFoundError", "InvalidArgumentError",
-    "OutOfMemoryError", "ERROR_KINDS", "ERROR_CLASSES", "RemoteStats", "open_remote",
+    "OutOfMemoryError", "ERROR_KINDS", "ERROR_CLASSES", "RemoteStats", "RemoteDir", "open_remote",
     "compact",
 ]
 
@@ -268,6 +268,33 @@ def open_remote(
 ) -> tuple[Archive, RemoteStats]:
     """Opens the archive at ``url`` (``http(s)://``, ``s3://``, ``gs://``, ``az://``) with one
     request: a range of its end holding the trailer and index."""
+
+@final
+class RemoteDir:
+    """The objects directly under one URL prefix (``s3://bucket/run/``): listing, lookup, a
+    few bytes of an object, deletion. Names are single path segments."""
+
+    def __new__(cls, url: str, storage_options: Mapping[str, str | int | float | bool] | None = None) -> Self: ...
+    @property
+    def label(self) -> str:
+        """The prefix's URL as shown in messages (no credentials)."""
+    @property
+    def requests(self) -> int:
+        """HTTP requests sent by this object's operations (retries included)."""
+    def url(self, name: str) -> str:
+        """The URL of the object ``name`` under the prefix."""
+    def list(self) -> tuple[list[tuple[str, int, str | None, int]], list[str]]:
+        """``(objects, prefixes)``: objects as ``(name, size, etag, last_modified)``."""
+    def head(self, name: str) -> tuple[str, int, str | None, int] | None:
+        """``(name, size, etag, last_modified)`` of the object, or None."""
+    def read_head(self, name: str, n: int) -> bytes:
+        """The first ``n`` bytes of the object (fewer when it is shorter)."""
+    def read_tail(self, name: str, n: int) -> tuple[bytes, int]:
+        """``(last n bytes, size)`` of the object."""
+    def read_all(self, name: str, max_bytes: int) -> bytes:
+        """Every byte of the object; refused when it holds more than ``max_bytes``."""
+    def delete(self, name: str) -> None:
+        """Deletes the object (a missing one is not an error)."""
 
 class _CompactSummary(TypedDict):
     versions_kept: list[int]

@@ -19,6 +19,7 @@ fn _bpz(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<writer::Writer>()?;
     m.add_class::<persist::TempFile>()?;
     m.add_class::<remote::RemoteStats>()?;
+    m.add_class::<remote::RemoteDir>()?;
     m.add_function(wrap_pyfunction!(remote::open_remote, m)?)?;
     m.add_function(wrap_pyfunction!(writer::compact, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;

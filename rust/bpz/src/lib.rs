@@ -38,6 +38,8 @@ pub mod read;
 #[cfg(feature = "remote")]
 pub mod remote;
 #[cfg(feature = "remote")]
+pub mod remote_dir;
+#[cfg(feature = "remote")]
 pub mod remote_write;
 pub mod write;
 

@@ -189,7 +189,7 @@ where
 }
 
 // errno values (Linux numbering; Python picks the OSError subclass from them).
-const ENOENT: i32 = 2;
+pub(crate) const ENOENT: i32 = 2;
 pub(crate) const EIO: i32 = 5;
 const EACCES: i32 = 13;
 const EINVAL: i32 = 22;
@@ -257,10 +257,15 @@ impl RemoteError {
 /// The status of the last response to one request (object_store hands request
 /// extensions to the HTTP client): says 416 from 404 without parsing messages.
 #[derive(Clone, Default)]
-struct StatusSlot(Arc<Mutex<Option<u16>>>);
+pub(crate) struct StatusSlot(Arc<Mutex<Option<u16>>>);
+
+tokio::task_local! {
+    /// The slot of the operation a task runs, for requests sent without extensions.
+    pub(crate) static TASK_STATUS: StatusSlot;
+}
 
 impl StatusSlot {
-    fn get(&self) -> Option<u16> {
+    pub(crate) fn get(&self) -> Option<u16> {
         *self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
@@ -278,8 +283,14 @@ impl HttpService for CountingService {
         self.counters.requests.fetch_add(1, Ordering::Relaxed);
         let slot = request.extensions().get::<StatusSlot>().cloned();
         let response = self.inner.execute(request).await?;
+        let status = Some(response.status().as_u16());
         if let Some(slot) = slot {
-            *slot.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(response.status().as_u16());
+            *slot.0.lock().unwrap_or_else(|e| e.into_inner()) = status;
+        } else {
+            // Requests that take no extensions (listings, deletes) report to their task's slot.
+            let _ = TASK_STATUS.try_with(|slot| {
+                *slot.0.lock().unwrap_or_else(|e| e.into_inner()) = status;
+            });
         }
         Ok(response)
     }
@@ -424,6 +435,17 @@ pub(crate) fn build_store(
     options: &[(String, String)],
     counters: &Arc<Counters>,
 ) -> Result<Built> {
+    build_store_at(url, options, counters, false)
+}
+
+/// [`build_store`], where `prefix` allows a URL naming a bucket or container root (an
+/// empty object path), as a listing of a "directory" of objects may.
+pub(crate) fn build_store_at(
+    url: &str,
+    options: &[(String, String)],
+    counters: &Arc<Counters>,
+    prefix: bool,
+) -> Result<Built> {
     let label = redact_url(url);
     let parsed = Url::parse(url).map_err(|e| invalid(&label, format!("not a valid URL ({e})")))?;
     let mut secrets: Vec<String> = Vec::new();
@@ -458,7 +480,7 @@ pub(crate) fn build_store(
     }
     let path = StorePath::from_url_path(raw_path)
         .map_err(|_| invalid(&label, "the object's path is not valid"))?;
-    if path.as_ref().is_empty() {
+    if path.as_ref().is_empty() && !prefix {
         return Err(invalid(&label, "the URL names no object"));
     }
 

@@ -383,7 +383,17 @@ impl Archive {
                 w[0].2, w[1].2
             )));
         }
-        let result = py.detach(|| read_targets(reader, &targets));
+        let result = py.detach(|| {
+            let reads = targets
+                .iter()
+                .map(|t| bpz::RowsRead {
+                    name: t.name,
+                    rows: t.rows.clone(),
+                    out: t.out(),
+                })
+                .collect();
+            reader.read_rows_many_into(reads)
+        });
         drop(held);
         result.py()
     }
@@ -531,49 +541,14 @@ unsafe impl Send for RowsTarget<'_> {}
 unsafe impl Sync for RowsTarget<'_> {}
 
 impl RowsTarget<'_> {
-    fn read(&self, reader: &Reader) -> bpz::Result<()> {
-        let out: &mut [u8] = if self.len == 0 {
+    #[allow(clippy::mut_from_ref)]
+    fn out(&self) -> &mut [u8] {
+        if self.len == 0 {
             &mut []
         } else {
-            // SAFETY: see `Send` above: held, exclusive to this target, written by one thread.
+            // SAFETY: the view holds the memory, checked to overlap no other target's, and
+            // each target's slice is made once, for one read.
             unsafe { std::slice::from_raw_parts_mut(self.ptr, self.len) }
-        };
-        reader.read_rows_into(self.name, self.rows.clone(), out)
-    }
-}
-
-/// Runs the reads on a few threads taking the next request in turn (largest first), so small
-/// reads overlap; each read also splits its chunks over the reader's pool.
-fn read_targets(reader: &Reader, targets: &[RowsTarget<'_>]) -> bpz::Result<()> {
-    let threads = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .min(targets.len());
-    if threads <= 1 || !reader.is_parallel() {
-        return targets.iter().try_for_each(|t| t.read(reader));
-    }
-    let mut order: Vec<&RowsTarget<'_>> = targets.iter().collect();
-    order.sort_by_key(|t| std::cmp::Reverse(t.len));
-    let next = std::sync::atomic::AtomicUsize::new(0);
-    let failed = std::sync::atomic::AtomicBool::new(false);
-    let work = || -> bpz::Result<()> {
-        use std::sync::atomic::Ordering::Relaxed;
-        while !failed.load(Relaxed) {
-            let Some(t) = order.get(next.fetch_add(1, Relaxed)) else {
-                break;
-            };
-            if let Err(e) = t.read(reader) {
-                failed.store(true, Relaxed);
-                return Err(e);
-            }
         }
-        Ok(())
-    };
-    std::thread::scope(|s| {
-        let others: Vec<_> = (1..threads).map(|_| s.spawn(work)).collect();
-        let mine = work();
-        others
-            .into_iter()
-            .map(|h| h.join().expect("a read thread panicked"))
-            .fold(mine, |acc, r| acc.and(r))
-    })
+    }
 }

@@ -51,7 +51,7 @@ pub use format::{
     ChunkInfo, DType, Filter, Storage, Superblock, TensorInfo, Trailer, WriterInfo, FORMAT_VERSION,
 };
 pub use read::{
-    Backend, FileSource, Reader, Recovery, Source, VerifyOptions, VerifyReport, VersionInfo,
-    VersionSelector, View,
+    Backend, FileSource, Reader, Recovery, RowsRead, Source, VerifyOptions, VerifyReport,
+    VersionInfo, VersionSelector, View,
 };
 pub use write::{Compression, FormatVersion, Summary, TensorOptions, Writer, WriterOptions};

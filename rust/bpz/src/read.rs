@@ -23,6 +23,18 @@ use crate::error::{Error, Result, Version};
 use crate::format::*;
 use crate::index::{parse_index, Index};
 
+/// One read of [`Reader::read_rows_many_into`]: rows `rows` of tensor `name` into `out`
+/// (exactly their byte size).
+#[derive(Debug)]
+pub struct RowsRead<'a> {
+    pub name: &'a str,
+    pub rows: Range<u64>,
+    pub out: &'a mut [u8],
+}
+
+/// Bytes `within` of chunk `i` of a tensor, decoded into a piece of the caller's buffer.
+type ChunkJob<'t, 'o> = (&'t TensorInfo, usize, Range<u64>, &'o mut [u8]);
+
 /// Random-access bytes an archive is read from.
 pub trait Source: Send + Sync {
     fn len(&self) -> u64;
@@ -884,6 +896,21 @@ impl Reader {
         self.read_chunks_into(t, bytes, out)
     }
 
+    /// Many row reads as one job: the chunks of every read are planned first and announced
+    /// together (a remote archive fetches them as merged parallel ranges), then decoded in
+    /// parallel across reads and chunks, so many small reads overlap instead of queueing.
+    /// Every read is checked (name, rows, `out` length) before any byte is read.
+    pub fn read_rows_many_into(&self, reads: Vec<RowsRead<'_>>) -> Result<()> {
+        let mut jobs = Vec::new();
+        for read in reads {
+            let t = self.tensor(read.name)?;
+            let bytes = self.row_bytes(t, &read.rows)?;
+            self.check_out_len(t, read.out.len() as u64, bytes.end - bytes.start)?;
+            Self::plan_chunks(t, bytes, read.out, &mut jobs);
+        }
+        self.run_chunk_jobs(jobs)
+    }
+
     fn row_bytes(&self, t: &TensorInfo, rows: &Range<u64>) -> Result<Range<u64>> {
         if rows.start > rows.end || rows.end > t.rows() {
             return Err(Error::InvalidArgument(format!(
@@ -938,14 +965,24 @@ impl Reader {
 
     /// Decodes the chunks overlapping byte range `want` of tensor `t` into `out`.
     fn read_chunks_into(&self, t: &TensorInfo, want: Range<u64>, out: &mut [u8]) -> Result<()> {
+        let mut jobs = Vec::new();
+        Self::plan_chunks(t, want, out, &mut jobs);
+        self.run_chunk_jobs(jobs)
+    }
+
+    /// Splits `out` (bytes `want` of `t`) into one job per overlapping chunk.
+    fn plan_chunks<'t, 'o>(
+        t: &'t TensorInfo,
+        want: Range<u64>,
+        out: &'o mut [u8],
+        jobs: &mut Vec<ChunkJob<'t, 'o>>,
+    ) {
         if want.is_empty() {
-            return Ok(());
+            return;
         }
         let chunk_bytes = t.chunk_elems * t.dtype.size() as u64;
         let first = (want.start / chunk_bytes) as usize;
         let last = ((want.end - 1) / chunk_bytes) as usize;
-        // Split `out` into one piece per overlapping chunk.
-        let mut jobs: Vec<(usize, Range<u64>, &mut [u8])> = Vec::with_capacity(last - first + 1);
         let mut rest = out;
         for i in first..=last {
             let c_start = i as u64 * chunk_bytes;
@@ -954,17 +991,26 @@ impl Reader {
             let hi = want.end.min(c_end);
             let (piece, tail) = std::mem::take(&mut rest).split_at_mut((hi - lo) as usize);
             rest = tail;
-            jobs.push((i, (lo - c_start)..(hi - c_start), piece));
+            jobs.push((t, i, (lo - c_start)..(hi - c_start), piece));
         }
+    }
+
+    /// Announces the jobs' stored ranges to a source that fetches ahead (one remote
+    /// request each otherwise), then decodes them, in parallel when the reader is.
+    fn run_chunk_jobs(&self, jobs: Vec<ChunkJob<'_, '_>>) -> Result<()> {
         if jobs.len() > 1 && self.source.as_slice().is_none() {
-            let ranges: Vec<Range<u64>> = (first..=last)
-                .map(|i| t.chunks[i].offset..t.chunks[i].offset + t.chunks[i].stored_len)
+            let mut ranges: Vec<Range<u64>> = jobs
+                .iter()
+                .map(|(t, i, _, _)| {
+                    t.chunks[*i].offset..t.chunks[*i].offset + t.chunks[*i].stored_len
+                })
                 .collect();
+            ranges.sort_by_key(|r| (r.start, r.end));
+            ranges.dedup();
             self.source.prefetch(&ranges);
         }
-        let run = |(i, within, piece): (usize, Range<u64>, &mut [u8])| {
-            self.decode_chunk_part(t, i, within, piece)
-        };
+        let run =
+            |(t, i, within, piece): ChunkJob<'_, '_>| self.decode_chunk_part(t, i, within, piece);
         if self.parallel && jobs.len() > 1 {
             jobs.into_par_iter().try_for_each(run)
         } else {

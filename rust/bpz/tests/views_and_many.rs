@@ -2,7 +2,7 @@
 //! reader), positions replace second name lookups, and the many-tensor reads into the
 //! core's buffers give what `read` gives.
 
-use bpz::{Backend, Compression, DType, Reader, TensorOptions, Writer, WriterOptions};
+use bpz::{Backend, Compression, DType, Reader, RowsRead, TensorOptions, Writer, WriterOptions};
 
 fn archive(dir: &std::path::Path) -> (std::path::PathBuf, Vec<Vec<u8>>) {
     let path = dir.join("a.bpz");
@@ -124,6 +124,117 @@ fn many_reads_into_the_cores_buffers_match_read() {
                     .kind(),
                 "invalid_argument"
             );
+        }
+    }
+}
+
+/// Many row reads in one call (raw and compressed tensors, several reads of one tensor,
+/// reads that cut chunks, empty ones), from the map and from a file source, serial and
+/// parallel, give the bytes `read_rows` gives; a bad read fails the call before any byte
+/// is read and names what is wrong.
+#[test]
+fn many_row_reads_give_what_read_rows_gives() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("rows.bpz");
+    let opts = WriterOptions {
+        sync: false,
+        chunk_bytes: 4096,
+        ..WriterOptions::default()
+    };
+    let mut w = Writer::create(&path, opts).unwrap();
+    let raw: Vec<u8> = (0..64 * 100).map(|v| (v % 253) as u8).collect();
+    let packed: Vec<u8> = (0..(64 * 300u32))
+        .flat_map(|v| (v / 7).to_le_bytes())
+        .collect();
+    w.add_tensor_with(
+        "raw",
+        DType::U8,
+        &[100, 64],
+        &raw,
+        &TensorOptions {
+            compression: Some(Compression::None),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    w.add_tensor_with(
+        "packed",
+        DType::U32,
+        &[300, 64],
+        &packed,
+        &TensorOptions {
+            compression: Some(Compression::Zstd),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    w.finish().unwrap();
+    let wanted = [
+        ("raw", 0..100),
+        ("raw", 3..17),
+        ("packed", 0..300),
+        ("packed", 15..16),
+        ("packed", 250..300),
+        ("packed", 7..7),
+    ];
+    for backend in [Backend::Mmap, Backend::Pread] {
+        for parallel in [false, true] {
+            let mut r = Reader::open_with(&path, backend).unwrap();
+            r.set_parallel(parallel);
+            let mut outs: Vec<Vec<u8>> = wanted
+                .iter()
+                .map(|(n, rows)| vec![0xAA; r.read_rows(n, rows.clone()).unwrap().len()])
+                .collect();
+            let reads = wanted
+                .iter()
+                .zip(outs.iter_mut())
+                .map(|((name, rows), out)| RowsRead {
+                    name,
+                    rows: rows.clone(),
+                    out,
+                })
+                .collect();
+            r.read_rows_many_into(reads).unwrap();
+            for ((name, rows), out) in wanted.iter().zip(&outs) {
+                assert_eq!(
+                    *out,
+                    r.read_rows(name, rows.clone()).unwrap(),
+                    "{name} {rows:?}"
+                );
+            }
+
+            let mut good = vec![0u8; 64];
+            let mut short = vec![0u8; 10];
+            let reads = vec![
+                RowsRead {
+                    name: "raw",
+                    rows: 0..1,
+                    out: &mut good,
+                },
+                RowsRead {
+                    name: "raw",
+                    rows: 0..1,
+                    out: &mut short,
+                },
+            ];
+            let e = r.read_rows_many_into(reads).unwrap_err();
+            assert_eq!(e.kind(), "invalid_argument", "{e}");
+            assert!(
+                good.iter().all(|&b| b == 0),
+                "nothing read before every read is checked"
+            );
+            for (name, rows, kind) in [
+                ("nope", 0..1, "tensor_not_found"),
+                ("raw", 99..101, "invalid_argument"),
+            ] {
+                let mut out = vec![0u8; 128];
+                let reads = vec![RowsRead {
+                    name,
+                    rows,
+                    out: &mut out,
+                }];
+                assert_eq!(r.read_rows_many_into(reads).unwrap_err().kind(), kind);
+            }
         }
     }
 }

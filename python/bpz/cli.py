@@ -821,13 +821,14 @@ def cmd_compact(args: argparse.Namespace) -> int:
 
 def _add_sharded_commands(sub: Any) -> None:
     s = sub.add_parser("pack", help="join a sharded checkpoint directory into one archive")
-    s.add_argument("src", help="a directory holding a committed sharded checkpoint (bpz.jax.save)")
-    s.add_argument("dst", help="the archive to write")
+    s.add_argument("src", help="a directory (or s3://, gs://, az:// prefix) holding a committed sharded checkpoint "
+                   "(bpz.jax.save)")
+    s.add_argument("dst", help="the archive to write (a path or URL)")
     s.add_argument("--compression", choices=["auto", "zstd", "none"], default="auto")
     s.add_argument("--force", action="store_true", help="replace an existing DST")
     s = sub.add_parser("unpack", help="split an archive into a sharded checkpoint directory")
     s.add_argument("src", help="a bpz archive")
-    s.add_argument("dst", help="the directory to write (must not hold a checkpoint)")
+    s.add_argument("dst", help="the directory or s3://, gs://, az:// prefix to write (must not hold a checkpoint)")
     s.add_argument("--processes", type=int, default=1, help="data files to split each array's rows over")
     s.add_argument("--compression", choices=["auto", "zstd", "none"], default="auto")
 
@@ -838,12 +839,19 @@ def cmd_pack(args: argparse.Namespace) -> int:
     if not sharded.is_sharded_checkpoint(args.src):
         raise _Failure(args.src, f"not a committed sharded checkpoint (a directory with {sharded.COMMIT_NAME})",
                        EXIT_USAGE)
-    if os.path.lexists(args.dst) and not args.force:
-        raise _Failure(args.dst, "exists; nothing written (pass --force to replace it)", EXIT_USAGE)
+    exists = _Failure(args.dst, "exists; nothing written (pass --force to replace it)", EXIT_USAGE)
+    if not _is_url(args.dst) and os.path.lexists(args.dst) and not args.force:
+        raise exists
     start = time.perf_counter()
-    sharded.pack(args.src, args.dst, overwrite=True,
-                 compression=None if args.compression == "none" else args.compression)
-    print(f"{args.src} -> {args.dst} ({_human(os.path.getsize(args.dst))}) in {time.perf_counter() - start:.2f} s")
+    try:
+        # A URL's options (endpoint, credentials) come from the standard environment variables;
+        # the upload itself refuses an existing object without --force.
+        sharded.pack(args.src, args.dst, overwrite=args.force or not _is_url(args.dst),
+                     compression=None if args.compression == "none" else args.compression)
+    except InvalidCheckpointPath:
+        raise exists from None
+    size = "" if _is_url(args.dst) else f" ({_human(os.path.getsize(args.dst))})"
+    print(f"{args.src} -> {args.dst}{size} in {time.perf_counter() - start:.2f} s")
     return EXIT_OK
 
 

@@ -17,6 +17,11 @@ current; a process whose write fails makes the save raise :class:`ShardedSaveErr
 process. ``bpz.jax.load(path, target=..., shardings=...)`` restores onto any mesh and process
 count, each process reading only the row ranges its devices need.
 
+``path`` may also be a prefix on object storage (``s3://bucket/run/step_10``, ``gs://``,
+``az://``; ``storage_options=`` as for :func:`bpz.open`): each data file is then a multipart
+upload that appears only once complete, the commit record is the object whose presence makes
+the prefix a checkpoint, and the same guarantees hold. ``http(s)://`` prefixes are read only.
+
 This module imports JAX; ``import bpz`` does not.
 """
 
@@ -30,7 +35,7 @@ import re
 import secrets
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from enum import Enum
 from typing import Any
 
@@ -40,7 +45,7 @@ import numpy as np
 from . import sharded
 from .errors import CheckpointNotFoundError, InvalidCheckpointError, InvalidCheckpointPath
 from .pytree import is_quantity
-from .read import Archive
+from .read import Archive, _is_url
 from .read import open as open_archive
 from .sharded import COMMIT_NAME, MANIFEST_KEY, MANIFEST_VERSION, ArrayRecord, ShardedCheckpoint, ShardedSaveError
 from .write import AsyncManager
@@ -71,16 +76,17 @@ def _to_jax(arr: np.ndarray, device: Any) -> jax.Array:
     return jax.device_put(arr, device)
 
 
-def load_tensor(source: str | os.PathLike[str] | Archive, name: str, device: Any = None) -> jax.Array:
+def load_tensor(source: str | os.PathLike[str] | Archive, name: str, device: Any = None, *,
+                storage_options: Mapping[str, Any] | None = None) -> jax.Array:
     """One tensor as a ``jax.Array`` on ``device`` (default: JAX's default device)."""
     if isinstance(source, Archive):
         return _to_jax(source.read(name), device)
-    with open_archive(source) as a:
+    with open_archive(source, storage_options=storage_options) as a:
         return _to_jax(a.read(name), device)
 
 
 def load(filename: str | os.PathLike[str], device: Any = None, *, target: Any = None, shardings: Any = None,
-         stats: dict[str, Any] | None = None) -> Any:
+         stats: dict[str, Any] | None = None, storage_options: Mapping[str, Any] | None = None) -> Any:
     """The saved pytree with ``jax.Array`` leaves (checksums verified).
 
     ``filename`` is a bpz archive, or a directory holding a sharded checkpoint written by
@@ -98,8 +104,15 @@ def load(filename: str | os.PathLike[str], device: Any = None, *, target: Any = 
     out by a sharding given for them. ``stats``, a dict, receives ``bytes_read`` (decoded
     bytes of the chunks read on this process) and ``bytes_needed`` (of the blocks this
     process's devices hold).
+
+    ``filename`` may be a URL (``s3://``, ``gs://``, ``az://``, ``http(s)://``) of an archive or
+    of the prefix of a sharded checkpoint; ``storage_options`` as for :func:`bpz.open`.
     """
     wants_layout = target is not None or shardings is not None
+    if _is_url(os.fspath(filename)):
+        return _load_url(os.fspath(filename), device, target, shardings, stats, storage_options)
+    if storage_options is not None:
+        raise TypeError(f"storage_options apply to URLs (s3://..., gs://..., az://...), not to the path {filename!r}")
     if sharded.is_sharded_checkpoint(filename) or (os.path.isdir(filename) and wants_layout):
         return _load_sharded(filename, target, shardings, stats)
     if os.path.isdir(filename):
@@ -110,10 +123,34 @@ def load(filename: str | os.PathLike[str], device: Any = None, *, target: Any = 
         raise ValueError("target= and shardings= restore sharded checkpoints (directories written by bpz.jax.save); "
                          f"{os.fspath(filename)} is a single archive")
     with open_archive(filename) as a:
-        tree = a.load()
-        if a.structure is None:
-            return {k: _to_jax(v, device) for k, v in tree.items()}
+        return _archive_to_jax(a, device)
+
+
+def _archive_to_jax(a: Archive, device: Any) -> Any:
+    tree = a.load()
+    if a.structure is None:
+        return {k: _to_jax(v, device) for k, v in tree.items()}
     return jax.tree_util.tree_map(lambda x: _to_jax(x, device) if isinstance(x, np.ndarray) else x, tree)
+
+
+def _load_url(url: str, device: Any, target: Any, shardings: Any, stats: dict[str, Any] | None,
+              options: Mapping[str, Any] | None) -> Any:
+    """A URL names an archive or the prefix of a sharded checkpoint. A layout or a final "/"
+    asks for the latter; otherwise the archive is tried first (one request when it is one),
+    then the commit record under the prefix."""
+    if target is not None or shardings is not None or url.endswith("/"):
+        return _load_sharded(url, target, shardings, stats, options)
+    try:
+        a = open_archive(url, storage_options=options)
+    except (FileNotFoundError, PermissionError) as e:  # (an http server's 403 for a directory)
+        if sharded.is_sharded_checkpoint(url, options):
+            return _load_sharded(url, target, shardings, stats, options)
+        if isinstance(e, PermissionError):
+            raise
+        raise CheckpointNotFoundError(f"Checkpoint not found: {url} is neither an archive nor the prefix of a "
+                                      f"committed sharded checkpoint (no {COMMIT_NAME} under it)") from None
+    with a:
+        return _archive_to_jax(a, device)
 
 
 # -- the distributed runtime ----------------------------------------------------------------------
@@ -311,8 +348,8 @@ def _split_tree(tree: Any, plan: _Plan, placeholder: str, snapshot: bool) -> Any
 
 def save(path: str | os.PathLike[str], tree: Any, *, async_manager: AsyncManager | None = None,
          compression: str | None = "auto", chunk_size: int | None = None, sync: bool = True,
-         timeout: float = DEFAULT_TIMEOUT,
-         stats: dict[str, Any] | None = None, _after_commit: Callable[[], Any] | None = None) -> str:
+         timeout: float = DEFAULT_TIMEOUT, stats: dict[str, Any] | None = None,
+         storage_options: Mapping[str, Any] | None = None, _after_commit: Callable[[], Any] | None = None) -> str:
     """Saves ``tree`` as a sharded checkpoint in the directory ``path``; call it on every process.
 
     Arrays sharded over several devices (or over other processes' devices) are written by the
@@ -338,10 +375,14 @@ def save(path: str | os.PathLike[str], tree: Any, *, async_manager: AsyncManager
     floats: its sample probe costs ~20 % of the write of a random float32 shard, but zero or
     constant tensors (fresh optimizer moments, masks) are then stored in a fraction of their size
     and written faster. Pass ``compression=None`` for state known to be incompressible.
+
+    ``path`` may be a prefix on object storage (``s3://bucket/run/step_10``, ``gs://``,
+    ``az://``) with ``storage_options`` as for :func:`bpz.open`; ``http(s)://`` cannot be written.
     """
     began = time.perf_counter()
     _require_sharding_support()
-    store = sharded.store_for(path)
+    store = sharded.store_for(path, storage_options)
+    store.check_writable()  # before the rendezvous: every process raises the same error at once
     barrier = _Barrier(timeout)
     try:
         if async_manager is not None:
@@ -377,7 +418,7 @@ def save(path: str | os.PathLike[str], tree: Any, *, async_manager: AsyncManager
     return os.fspath(path)
 
 
-def _write_and_commit(store: sharded.LocalStore, barrier: _Barrier, token: str, mine: dict[str, np.ndarray],
+def _write_and_commit(store: sharded.Store, barrier: _Barrier, token: str, mine: dict[str, np.ndarray],
                       commit_tree: Any, plan: _Plan, options: dict[str, Any],
                       after_commit: Callable[[], Any] | None, stats: dict[str, Any] | None = None) -> None:
     data_name = sharded.data_file_name(barrier.index, token)
@@ -441,7 +482,7 @@ def _write_and_commit(store: sharded.LocalStore, barrier: _Barrier, token: str, 
         stats["commit_s"] = time.perf_counter() - written  # waiting for the others + the commit record
 
 
-def _commit_is(store: sharded.LocalStore, token: str) -> bool:
+def _commit_is(store: sharded.Store, token: str) -> bool:
     try:
         with store.open(COMMIT_NAME) as a:
             return any(name.endswith(f".{token}.bpz") for name in a.metadata[MANIFEST_KEY]["files"])
@@ -449,7 +490,7 @@ def _commit_is(store: sharded.LocalStore, token: str) -> bool:
         return False
 
 
-def _remove_unreferenced(store: sharded.LocalStore, files: dict[str, Any]) -> None:
+def _remove_unreferenced(store: sharded.Store, files: dict[str, Any]) -> None:
     """Data files of earlier or failed saves, and temporaries of killed writers, once the new commit is in place."""
     for name in store.list():
         if (sharded.is_data_file(name) and name not in files) or sharded.is_temporary(name):
@@ -504,10 +545,11 @@ def _leaves_by_path(tree: Any, is_leaf: Callable[[Any], bool]) -> tuple[dict[str
     return {jax.tree_util.keystr(p): leaf for p, leaf in flat}, (flat, treedef)
 
 
-def _load_sharded(path: Any, target: Any, shardings: Any, stats: dict[str, Any] | None) -> Any:
+def _load_sharded(path: Any, target: Any, shardings: Any, stats: dict[str, Any] | None,
+                  storage_options: Mapping[str, Any] | None = None) -> Any:
     _require_sharding_support()
     needed = [0]
-    with ShardedCheckpoint(path) as ckpt:
+    with ShardedCheckpoint(path, storage_options) as ckpt:
         saved = ckpt.tree(lambda rec: rec)
         is_record = lambda x: isinstance(x, ArrayRecord)  # noqa: E731
         saved_leaves, _ = _leaves_by_path(saved, is_record)
@@ -565,29 +607,42 @@ def _load_sharded(path: Any, target: Any, shardings: Any, stats: dict[str, Any] 
 
 _STEP = re.compile(r"-?\d+")
 
+Options = Mapping[str, Any] | None
 
-def checkpoint_steps(ckpt_dir: str | os.PathLike[str], prefix: str = "checkpoint_") -> list[tuple[int, str]]:
+
+def _step_path(ckpt_dir: str, name: str, options: Options) -> str:
+    if _is_url(ckpt_dir):
+        return str(sharded.store_for(ckpt_dir, options).child(name))
+    return os.path.join(ckpt_dir, name)
+
+
+def checkpoint_steps(ckpt_dir: str | os.PathLike[str], prefix: str = "checkpoint_", *,
+                     storage_options: Options = None) -> list[tuple[int, str]]:
     """``(step, path)`` of every committed sharded checkpoint ``{prefix}{step}`` in ``ckpt_dir``, oldest first.
-    A directory whose save was never committed is not listed."""
+    A directory whose save was never committed is not listed. On object storage that is one
+    listing, then one HEAD of the commit record per step found."""
     ckpt_dir = os.fspath(ckpt_dir)
+    parent = sharded.store_for(ckpt_dir, storage_options)
     found = []
-    for name in sharded.store_for(ckpt_dir).list():
+    for name in parent.list():
         number = name[len(prefix):] if name.startswith(prefix) else ""
-        path = os.path.join(ckpt_dir, name)
-        if _STEP.fullmatch(number) and sharded.is_sharded_checkpoint(path):
-            found.append((int(number), path))
+        if _STEP.fullmatch(number):
+            child = parent.child(name)
+            if child.is_checkpoint():
+                found.append((int(number), child.shown))
     return sorted(found)
 
 
-def latest_checkpoint(ckpt_dir: str | os.PathLike[str], prefix: str = "checkpoint_") -> str | None:
+def latest_checkpoint(ckpt_dir: str | os.PathLike[str], prefix: str = "checkpoint_", *,
+                      storage_options: Options = None) -> str | None:
     """Path of the newest committed sharded checkpoint in ``ckpt_dir``, or None."""
-    steps = checkpoint_steps(ckpt_dir, prefix)
+    steps = checkpoint_steps(ckpt_dir, prefix, storage_options=storage_options)
     return steps[-1][1] if steps else None
 
 
-def _remove_checkpoint(path: str) -> None:
+def _remove_checkpoint(path: str, options: Options) -> None:
     """Uncommits first (the commit record goes before its data), then removes the files bpz wrote."""
-    store = sharded.store_for(path)
+    store = sharded.store_for(path, options)
     store.remove(COMMIT_NAME)
     for name in store.list():
         if sharded.is_data_file(name) or sharded.is_temporary(name):
@@ -597,7 +652,7 @@ def _remove_checkpoint(path: str) -> None:
 
 def save_checkpoint(ckpt_dir: str | os.PathLike[str], tree: Any, step: int, *, prefix: str = "checkpoint_",
                     keep: int = 1, overwrite: bool = False, async_manager: AsyncManager | None = None,
-                    **save_options: Any) -> str:
+                    storage_options: Options = None, **save_options: Any) -> str:
     """Saves ``tree`` as the sharded checkpoint ``{ckpt_dir}/{prefix}{step}`` (on every process) and keeps
     the newest ``keep`` committed ones.
 
@@ -605,46 +660,50 @@ def save_checkpoint(ckpt_dir: str | os.PathLike[str], tree: Any, step: int, *, p
     :class:`InvalidCheckpointError` unless ``overwrite=True`` (which then also removes the later
     steps); nothing is removed before the new checkpoint is committed, and a failed save
     removes nothing. Removal is done by process 0 right after its commit (in the background
-    for an async save). Other options go to :func:`save`.
+    for an async save). ``ckpt_dir`` may be a prefix on object storage (``storage_options``
+    as for :func:`bpz.open`). Other options go to :func:`save`.
     """
     if isinstance(step, bool) or not isinstance(step, (int, np.integer)):
         raise TypeError(f"step must be an int, not {type(step).__name__}")
     if keep < 1:
         raise ValueError(f"keep must be at least 1, not {keep}")
-    if os.sep in prefix or "\0" in prefix:
+    if "/" in prefix or os.sep in prefix or "\0" in prefix:
         raise ValueError(f"prefix must be a plain file-name prefix, without a directory part: {prefix!r}")
     if async_manager is not None:
         async_manager.wait_previous_save()  # the listing below must include its result
     ckpt_dir = os.fspath(ckpt_dir)
-    path = os.path.join(ckpt_dir, f"{prefix}{int(step)}")
-    existing = checkpoint_steps(ckpt_dir, prefix)
+    path = _step_path(ckpt_dir, f"{prefix}{int(step)}", storage_options)
+    existing = checkpoint_steps(ckpt_dir, prefix, storage_options=storage_options)
     if existing and step <= existing[-1][0] and not overwrite:
         raise InvalidCheckpointError(f'Trying to save an outdated checkpoint at step: "{step}" and path: "{path}".')
-    if os.path.lexists(path) and not os.path.isdir(path):
+    # (on a bucket an object named like the step does not stand in the way of its prefix)
+    if not _is_url(path) and os.path.lexists(path) and not os.path.isdir(path):
         raise InvalidCheckpointPath(f'Invalid checkpoint at "{path}": a file that is not a sharded checkpoint '
                                     "is there.")
 
     def retain() -> None:
-        steps = checkpoint_steps(ckpt_dir, prefix)
+        steps = checkpoint_steps(ckpt_dir, prefix, storage_options=storage_options)
         later = [p for s, p in steps if s > step]
         older = [(s, p) for s, p in steps if s < step]
         for p in reversed(later):
-            _remove_checkpoint(p)
+            _remove_checkpoint(p, storage_options)
         for _, p in older[: max(len(older) - (keep - 1), 0)]:
-            _remove_checkpoint(p)
+            _remove_checkpoint(p, storage_options)
 
-    return save(path, tree, async_manager=async_manager, _after_commit=retain, **save_options)
+    return save(path, tree, async_manager=async_manager, storage_options=storage_options, _after_commit=retain,
+                **save_options)
 
 
 def restore_checkpoint(ckpt_dir: str | os.PathLike[str], step: int | None = None, *, prefix: str = "checkpoint_",
-                       target: Any = None, shardings: Any = None, stats: dict[str, Any] | None = None) -> Any:
+                       target: Any = None, shardings: Any = None, stats: dict[str, Any] | None = None,
+                       storage_options: Options = None) -> Any:
     """Restores the committed sharded checkpoint of ``step`` (the newest by default) from ``ckpt_dir``;
-    ``target``/``shardings`` as in :func:`load`. No committed checkpoint raises
+    ``target``/``shardings``/``storage_options`` as in :func:`load`. No committed checkpoint raises
     :class:`~bpz.errors.CheckpointNotFoundError`."""
     if step is None:
-        path = latest_checkpoint(ckpt_dir, prefix)
+        path = latest_checkpoint(ckpt_dir, prefix, storage_options=storage_options)
         if path is None:
             raise CheckpointNotFoundError(f"Checkpoint not found: no committed {prefix}<step> in {os.fspath(ckpt_dir)}")
     else:
-        path = os.path.join(os.fspath(ckpt_dir), f"{prefix}{int(step)}")
-    return _load_sharded(path, target, shardings, stats)
+        path = _step_path(os.fspath(ckpt_dir), f"{prefix}{int(step)}", storage_options)
+    return _load_sharded(path, target, shardings, stats, storage_options)

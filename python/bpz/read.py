@@ -592,9 +592,23 @@ def load_pytree(
         raise ValueError(f"{filename}: a {fmt} checkpoint has one version; version={version} does not exist")
     if fmt == "sharded":
         pass
+    elif fmt == "bpz" and _is_url(filename) and filename.endswith("/"):
+        # A URL prefix names no archive: a sharded checkpoint written by bpz.jax.save.
+        from .sharded import load_numpy
+
+        loaded = load_numpy(filename, storage_options)
     elif fmt == "bpz":
-        with open(filename, parallel=parallel, storage_options=storage_options, version=version) as archive:
-            loaded = archive.load()
+        try:
+            with open(filename, parallel=parallel, storage_options=storage_options, version=version) as archive:
+                loaded = archive.load()
+        except (FileNotFoundError, PermissionError):
+            # No object at the URL (or an http server's 403 for a directory): it may be the
+            # prefix of a sharded checkpoint, whose commit record decides.
+            from .sharded import is_sharded_checkpoint, load_numpy
+
+            if not _is_url(filename) or not is_sharded_checkpoint(filename, storage_options):
+                raise
+            loaded = load_numpy(filename, storage_options)
     elif fmt == "bp":
         from ._legacy import bp_msgpack
 

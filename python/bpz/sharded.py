@@ -17,8 +17,11 @@ holds the CRC of the index, which holds the CRC of every chunk): a file replaced
 after the commit is refused before it is read. Saving again into ``DIR`` writes files with a
 new token; the old ones stay until the new commit record has replaced the old one.
 
-All file access goes through a store (:func:`store_for`): local and shared filesystems now;
-object storage plugs in behind the same methods.
+All file access goes through a store (:func:`store_for`): :class:`LocalStore` for local and
+shared filesystems, :class:`RemoteStore` for a prefix of a bucket (``s3://``, ``gs://``,
+``az://``; ``http(s)://`` read only). On a bucket every data object is a multipart upload that
+appears only once complete, and the commit record is the one object whose presence makes the
+prefix a checkpoint, so the same order of writes gives the same guarantees.
 """
 
 from __future__ import annotations
@@ -30,19 +33,22 @@ import os
 import re
 import secrets
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import numpy as np
 
+from . import _bpz
 from .errors import BpzError, CheckpointNotFoundError, CorruptDataError, FormatError, UnsupportedFeatureError
-from .read import Archive
+from .read import Archive, _is_url
 from .write import save_pytree
 
 __all__ = [
     "COMMIT_NAME",
     "ShardedSaveError",
     "LocalStore",
+    "RemoteStore",
+    "Store",
     "store_for",
     "is_sharded_checkpoint",
     "ShardedCheckpoint",
@@ -89,6 +95,8 @@ def is_temporary(name: str) -> bool:
 class LocalStore:
     """A checkpoint directory on a local or shared filesystem: the one place that touches files."""
 
+    writable = True
+
     def __init__(self, root: str) -> None:
         self.shown = root
         self.root = os.path.abspath(root)
@@ -96,8 +104,14 @@ class LocalStore:
     def path(self, name: str) -> str:
         return os.path.join(self.root, name)
 
+    def shown_path(self, name: str) -> str:
+        return os.path.join(self.shown, name)
+
     def makedirs(self) -> None:
         os.makedirs(self.root, exist_ok=True)
+
+    def check_writable(self) -> None:
+        pass
 
     def exists(self, name: str) -> bool:
         return os.path.isfile(self.path(name))
@@ -155,19 +169,102 @@ class LocalStore:
         return self.shown
 
 
-def store_for(path: str | os.PathLike[str]) -> LocalStore:
+class RemoteStore:
+    """A checkpoint "directory" on object storage: the objects directly under one URL prefix.
+
+    A bucket has no directories, so ``makedirs``, ``sync_dir`` and ``remove_dir`` do nothing:
+    a prefix exists while an object is under it, and an object is durable once its upload
+    completed. ``http(s)://`` prefixes are read only (no listing, no writes).
+    """
+
+    def __init__(self, url: str, storage_options: Mapping[str, Any] | None = None) -> None:
+        self.options = dict(storage_options) if storage_options is not None else None
+        self._dir = _bpz.RemoteDir(url, self.options)
+        self.shown = self._dir.label
+        self.writable = not url.lower().startswith(("http://", "https://"))
+
+    def path(self, name: str) -> str:
+        return self._dir.url(name)
+
+    def shown_path(self, name: str) -> str:
+        return self._dir.url(name)
+
+    def makedirs(self) -> None:
+        pass
+
+    def exists(self, name: str) -> bool:
+        return self._dir.head(name) is not None
+
+    def is_checkpoint(self) -> bool:
+        return self.exists(COMMIT_NAME)
+
+    def list(self) -> list[str]:
+        """Object names and sub-prefixes (the "subdirectories") directly under the prefix."""
+        objects, prefixes = self._dir.list()
+        return sorted({o[0] for o in objects} | set(prefixes))
+
+    def check_writable(self) -> None:
+        if not self.writable:
+            raise UnsupportedFeatureError(f"{self.shown}: http(s) URLs are read only; save sharded checkpoints "
+                                          "to a local or shared directory, or to s3://, gs:// or az://")
+
+    def write(self, name: str, tree: Any, *, metadata: Any = None, compression: str | None = "auto",
+              chunk_size: int | None = None, sync: bool = True) -> dict[str, Any]:
+        """Uploads one archive (multipart: it appears only once complete); returns its stamp."""
+        self.check_writable()
+        save_pytree(self.path(name), tree, verbose=False, overwrite=True, compression=compression,
+                    chunk_size=chunk_size, metadata=metadata, sync=sync, storage_options=self.options)
+        # The writer does not hand back its trailer: one ranged GET reads it (and the size).
+        return self.stamp(name)
+
+    def stamp(self, name: str) -> dict[str, Any]:
+        tail, size = self._dir.read_tail(name, TAIL_BYTES)
+        return {"size": size, "tail_sha256": hashlib.sha256(tail).hexdigest()}
+
+    def open(self, name: str) -> Archive:
+        return Archive(self.path(name), storage_options=self.options)
+
+    def remove(self, name: str) -> None:
+        self.check_writable()
+        self._dir.delete(name)
+
+    def remove_dir(self) -> None:
+        pass
+
+    def sync_dir(self) -> None:
+        pass
+
+    def child(self, name: str) -> RemoteStore:
+        return RemoteStore(self._dir.url(name), self.options)
+
+    def __str__(self) -> str:
+        return self.shown
+
+
+Store = LocalStore | RemoteStore
+
+
+def store_for(path: str | os.PathLike[str], storage_options: Mapping[str, Any] | None = None) -> Store:
+    """The store of a checkpoint directory: a :class:`RemoteStore` for a URL (``s3://``,
+    ``gs://``, ``az://``; ``http(s)://`` read only), a :class:`LocalStore` otherwise.
+    ``storage_options`` (endpoint, region, credentials; see :func:`bpz.open`) apply to URLs."""
     path = os.fspath(path)
     if not isinstance(path, str):
         path = os.fsdecode(path)
-    if re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", path):
-        raise UnsupportedFeatureError(
-            f"{path}: sharded checkpoints are written to local or shared filesystems; "
-            "object storage URLs are not supported yet")
+    if _is_url(path):
+        return RemoteStore(path, storage_options)
+    if storage_options is not None:
+        raise TypeError(f"storage_options apply to URLs (s3://..., gs://..., az://...), not to the path {path!r}")
     return LocalStore(path)
 
 
-def is_sharded_checkpoint(path: str | os.PathLike[str]) -> bool:
-    """Whether ``path`` is a directory holding a committed sharded checkpoint."""
+def is_sharded_checkpoint(path: str | os.PathLike[str], storage_options: Mapping[str, Any] | None = None) -> bool:
+    """Whether ``path`` is a directory (or URL prefix: one HEAD request) holding a committed
+    sharded checkpoint."""
+    if _is_url(os.fspath(path)):
+        return store_for(path, storage_options).is_checkpoint()
+    if storage_options is not None:
+        store_for(path, storage_options)  # raises: options for a local path
     return os.path.isdir(path) and os.path.isfile(os.path.join(path, COMMIT_NAME))
 
 
@@ -305,16 +402,21 @@ class ShardedCheckpoint:
     row-range reads fetch from the files), for measuring how much a restore reads.
     """
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
-        self.store = store_for(path)
-        if not os.path.isdir(self.store.root):
+    def __init__(self, path: str | os.PathLike[str], storage_options: Mapping[str, Any] | None = None) -> None:
+        self.store = store_for(path, storage_options)
+        if isinstance(self.store, LocalStore) and not os.path.isdir(self.store.root):
             raise CheckpointNotFoundError(f"Checkpoint not found: {self.store}")
-        if not self.store.exists(COMMIT_NAME):
-            raise CheckpointNotFoundError(
-                f"Checkpoint not found: {self.store} has no {COMMIT_NAME} (not a sharded checkpoint, "
-                "or its save was never committed)")
-        where = os.path.join(str(self.store), COMMIT_NAME)
-        with self.store.open(COMMIT_NAME) as commit:
+        where = self.store.shown_path(COMMIT_NAME)
+        missing = CheckpointNotFoundError(
+            f"Checkpoint not found: {self.store} has no {COMMIT_NAME} (not a sharded checkpoint, "
+            "or its save was never committed)")
+        if isinstance(self.store, LocalStore) and not self.store.exists(COMMIT_NAME):
+            raise missing
+        try:
+            commit = self.store.open(COMMIT_NAME)  # on a bucket the open is the lookup: no HEAD first
+        except FileNotFoundError:
+            raise missing from None
+        with commit:
             self.arrays, self.files = parse_manifest(commit.metadata, where)
             self._saved_tree = commit.load()
         self._archives: dict[str, Archive] = {}
@@ -328,16 +430,25 @@ class ShardedCheckpoint:
         a = self._archives.get(name)
         if a is None:
             want = self.files[name]
-            shown = os.path.join(str(self.store), name)
+            shown = self.store.shown_path(name)
+            missing = CorruptDataError(f"{shown}: missing, but the commit record of {self.store} lists it")
             try:
                 got = self.store.stamp(name)
             except FileNotFoundError:
-                raise CorruptDataError(f"{shown}: missing, but the commit record of {self.store} lists it") from None
+                raise missing from None
             if got != {"size": want["size"], "tail_sha256": want["tail_sha256"]}:
                 raise CorruptDataError(
                     f"{shown}: not the file the commit record of {self.store} lists (size {got['size']}, "
                     f"expected {want['size']}; or its trailer differs): replaced or damaged after the commit")
-            a = self._archives[name] = self.store.open(name)
+            try:
+                a = self.store.open(name)
+            except FileNotFoundError:
+                raise missing from None
+            if a.file_size != want["size"]:  # replaced between the stamp and the open
+                a.close()
+                raise CorruptDataError(f"{shown}: replaced while being opened (size {a.file_size}, the commit "
+                                       f"record of {self.store} says {want['size']})")
+            self._archives[name] = a
         return a
 
     def _piece_info(self, piece: Piece, dtype: np.dtype) -> tuple[Archive, Any]:
@@ -345,7 +456,7 @@ class ShardedCheckpoint:
         info = a.info(piece.tensor)
         if info.shape != piece.shape or info.dtype != dtype:
             raise CorruptDataError(
-                f"{os.path.join(str(self.store), piece.file)}: tensor {piece.tensor!r} is "
+                f"{self.store.shown_path(piece.file)}: tensor {piece.tensor!r} is "
                 f"{info.dtype}{list(info.shape)}, "
                 f"the commit record says {dtype}{list(piece.shape)}")
         return a, info
@@ -467,9 +578,10 @@ def iter_strings(tree: Any) -> Iterator[str]:
             stack.extend(x)
 
 
-def load_numpy(path: str | os.PathLike[str]) -> Any:
-    """A committed sharded checkpoint as one pytree of NumPy arrays (each array whole)."""
-    with ShardedCheckpoint(path) as ckpt:
+def load_numpy(path: str | os.PathLike[str], storage_options: Mapping[str, Any] | None = None) -> Any:
+    """A committed sharded checkpoint as one pytree of NumPy arrays (each array whole);
+    ``path`` may be a URL prefix (``storage_options`` as for :func:`bpz.open`)."""
+    with ShardedCheckpoint(path, storage_options) as ckpt:
         return ckpt.tree(ckpt.read_array)
 
 
@@ -482,26 +594,35 @@ def placeholder_prefix(tree: Any) -> str:
     return prefix
 
 
+def _options_for(path: str | os.PathLike[str], storage_options: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """``storage_options`` where ``path`` is a URL; None for a local path (which takes none)."""
+    return dict(storage_options) if storage_options is not None and _is_url(os.fspath(path)) else None
+
+
 def pack(src: str | os.PathLike[str], dst: str | os.PathLike[str], *, overwrite: bool = False,
-         compression: str | None = "auto") -> str:
+         compression: str | None = "auto", storage_options: Mapping[str, Any] | None = None) -> str:
     """Joins the committed sharded checkpoint ``src`` into the single archive ``dst`` (each array
-    whole, the tree as saved), for a single-machine user. Needs memory for the whole state."""
-    tree = load_numpy(src)
-    return save_pytree(dst, tree, overwrite=overwrite, verbose=False, compression=compression)
+    whole, the tree as saved), for a single-machine user. Needs memory for the whole state.
+    Either may be a URL; ``storage_options`` apply to whichever is."""
+    tree = load_numpy(src, _options_for(src, storage_options))
+    return save_pytree(dst, tree, overwrite=overwrite, verbose=False, compression=compression,
+                       storage_options=_options_for(dst, storage_options))
 
 
 def unpack(src: str | os.PathLike[str], dst: str | os.PathLike[str], processes: int, *,
-           compression: str | None = "auto") -> str:
+           compression: str | None = "auto", storage_options: Mapping[str, Any] | None = None) -> str:
     """Splits the archive ``src`` into the sharded checkpoint directory ``dst``, as if saved by
     ``processes`` processes: every array of at least one row is cut into ``processes`` row
     blocks, one data file each (restore it with ``bpz.jax.load(dst, shardings=...)``); other
-    leaves go into the commit record. ``dst`` must not hold a checkpoint already."""
+    leaves go into the commit record. ``dst`` must not hold a checkpoint already. Either may be
+    a URL; ``storage_options`` apply to whichever is."""
     if isinstance(processes, bool) or not isinstance(processes, int) or processes < 1:
         raise ValueError(f"processes must be a positive int, not {processes!r}")
-    store = store_for(dst)
+    store = store_for(dst, _options_for(dst, storage_options))
+    store.check_writable()
     if store.is_checkpoint():
         raise FileExistsError(f"{store} already holds a sharded checkpoint; not replacing it")
-    with Archive(os.fspath(src)) as a:
+    with Archive(os.fspath(src), storage_options=_options_for(src, storage_options)) as a:
         tree = a.load()
     prefix = placeholder_prefix(tree)
     parts: list[dict[str, np.ndarray]] = [{} for _ in range(processes)]

@@ -615,6 +615,13 @@ def load_pytree(
         loaded = bp_msgpack.read_bp(filename)
     else:
         _refuse(filename, head)
+    return fill_target(filename, loaded, target, stacklevel=3)
+
+
+def fill_target(filename: str, loaded: Any, target: Any, *, stacklevel: int = 2) -> Any:
+    """``loaded`` (a tree read from ``filename``) given ``target``'s structure, as :func:`load_pytree`
+    returns it: every leaf checked first, then Variables and States filled in place. Also used by
+    callers that read the tree themselves (a BrainPy ``.bp`` object in a bucket)."""
     if target is None:
         return loaded
     assignments: list[tuple[Any, Any]] = []
@@ -627,7 +634,7 @@ def load_pytree(
         warnings.warn(
             f"bpz: {filename} holds {len(ignored)} value(s) the target has no place for, not loaded: {shown}",
             UserWarning,
-            stacklevel=2,
+            stacklevel=stacklevel,
         )
     return result
 

@@ -393,3 +393,26 @@ def test_arguments_are_checked(s3: S3Server, tmp_path: Path) -> None:
         url = checkpoints.save_checkpoint(s3.url("ck/args/"), state(1), 1, prefix="ep ", storage_options=s3.options())
     assert url == s3.url("ck/args/ep%201")
     assert checkpoints.checkpoint_steps(s3.url("ck/args/"), prefix="ep ", storage_options=s3.options()) == [(1.0, url)]
+
+
+def test_objects_are_read_only_when_needed(s3: S3Server) -> None:
+    run = "ck/reads/"
+    opts = s3.options()
+    for step in range(1, 7):
+        checkpoints.save_checkpoint(s3.url(run), state(step), step, keep=10, storage_options=opts)
+
+    def gets_since(mark: int) -> list[str]:
+        return [line.split(" s3_GetObject ")[1].split()[0] for line in s3.log_lines()[mark:] if " s3_GetObject " in line]
+
+    mark = len(s3.log_lines())
+    assert int(checkpoints.restore_checkpoint(s3.url(run), storage_options=opts)["step"]) == 6
+    assert set(gets_since(mark)) == {f"{run}checkpoint_6"}  # the newest is checked, then loaded: no other
+    mark = len(s3.log_lines())
+    assert len(checkpoints.checkpoint_steps(s3.url(run), storage_options=opts)) == 6
+    assert sorted(gets_since(mark)) == sorted(f"{run}checkpoint_{s}" for s in range(1, 7))  # one per candidate
+    # A save with keep=2 reads the newest (outdated check), the ones it keeps and the one it deletes.
+    mark = len(s3.log_lines())
+    checkpoints.save_checkpoint(s3.url(run), state(7), 7, keep=2, storage_options=opts)
+    assert objects_under(s3, run) == ["checkpoint_6", "checkpoint_7"]
+    assert sorted(set(gets_since(mark))) == [f"{run}checkpoint_{s}" for s in range(1, 7)]
+    assert len(gets_since(mark)) == 7  # checkpoint_6 twice: before the upload and for retention

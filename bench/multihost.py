@@ -19,11 +19,17 @@ between save and restore (warm reads for both tools).
 Orbax runs with its default handler (``StandardCheckpointer``, OCDBT + zarr3 through
 TensorStore) and waits until finished; bpz with ``bpz.jax.save`` defaults
 (``compression="auto"``: random data is stored raw) and, as ``bpz-raw``, ``compression=None``.
+
+``--s3`` saves and restores through an S3 server instead (versitygw on 127.0.0.1, started as
+tests/remote starts it, its posix backend under the work directory): bpz only, the server's
+work on the same machine counted in the times; "written" is then what the processes handed
+to write() (``wchar``), sockets included.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -34,6 +40,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 GIB = 1 << 30
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -97,7 +104,9 @@ def worker(args: argparse.Namespace) -> None:
     def barrier(name: str) -> None:
         multihost_utils.sync_global_devices(name)
 
-    path = os.path.join(args.workdir, f"{args.tool}-{args.state}")
+    path = (f"{args.dest}/{args.tool}-{args.state}" if args.dest
+            else os.path.join(args.workdir, f"{args.tool}-{args.state}"))
+    options = json.loads(args.storage_options) if args.storage_options else None
     result: dict[str, object] = {"process": pid}
     if args.phase == "save":
         mesh = Mesh(np.array(jax.devices()).reshape(2, 2), ("x", "y"))
@@ -125,7 +134,8 @@ def worker(args: argparse.Namespace) -> None:
             ckptr.wait_until_finished()
         else:
             save_stats: dict = {}
-            bpz.jax.save(path, state, compression=None if args.tool == "bpz-raw" else "auto", stats=save_stats)
+            bpz.jax.save(path, state, compression=None if args.tool == "bpz-raw" else "auto", stats=save_stats,
+                         storage_options=options)
             phases = ("plan_s", "token_s", "write_s", "commit_s")
             result["save_phases"] = {k: save_stats[k] for k in phases if k in save_stats}
         result["save_s"] = time.perf_counter() - t0
@@ -141,7 +151,7 @@ def worker(args: argparse.Namespace) -> None:
             restored = ckptr.restore(path, targets)
         else:
             stats: dict = {}
-            restored = bpz.jax.load(path, target=targets, stats=stats)
+            restored = bpz.jax.load(path, target=targets, stats=stats, storage_options=options)
         jax.block_until_ready(restored)
         result["restore_s"] = time.perf_counter() - t0
         result["restore_rss"] = _peak_rss()
@@ -165,7 +175,7 @@ def worker(args: argparse.Namespace) -> None:
         if args.tool == "orbax":
             restored = ckptr.restore(path, targets)
         else:
-            restored = bpz.jax.load(path, target=targets, stats=stats)
+            restored = bpz.jax.load(path, target=targets, stats=stats, storage_options=options)
         jax.block_until_ready(restored)
         result["reshard_s"] = time.perf_counter() - t0
         result["reshard_rss"] = _peak_rss()
@@ -188,7 +198,7 @@ def _free_port() -> int:
 
 
 def run_job(tool: str, state: str, phase: str, processes: int, devices: int, workdir: str, scale: float,
-            timeout: float) -> list[dict]:
+            timeout: float, remote: list[str] | None = None) -> list[dict]:
     port = _free_port()
     env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
                PYTHONPATH=os.pathsep.join(filter(None, [os.path.join(REPO, "python"), os.environ.get("PYTHONPATH")])))
@@ -196,7 +206,7 @@ def run_job(tool: str, state: str, phase: str, processes: int, devices: int, wor
     for i in range(processes):
         argv = [sys.executable, os.path.abspath(__file__), "--worker", "--tool", tool, "--state", state,
                 "--phase", phase, "--coordinator", f"127.0.0.1:{port}", "--processes", str(processes),
-                "--process-id", str(i), "--workdir", workdir, "--scale", str(scale)]
+                "--process-id", str(i), "--workdir", workdir, "--scale", str(scale), *(remote or [])]
         children.append(subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                          start_new_session=True))
     deadline = time.monotonic() + timeout
@@ -233,6 +243,7 @@ def main() -> None:
     ap.add_argument("--out", default=None, help="write the Markdown table here too")
     ap.add_argument("--json", default=None, help="write the raw per-process samples here")
     ap.add_argument("--timeout", type=float, default=900)
+    ap.add_argument("--s3", action="store_true", help="through an S3 server on 127.0.0.1 (versitygw; bpz only)")
     # worker arguments
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--tool", help=argparse.SUPPRESS)
@@ -241,6 +252,8 @@ def main() -> None:
     ap.add_argument("--coordinator", help=argparse.SUPPRESS)
     ap.add_argument("--processes", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--process-id", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--dest", help=argparse.SUPPRESS)
+    ap.add_argument("--storage-options", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
         worker(args)
@@ -252,32 +265,57 @@ def main() -> None:
 
     versions = f"bpz {bpz.__version__}, jax {jax.__version__}"
     try:
+        if args.s3:
+            raise ImportError("not measured on S3")
         import orbax.checkpoint as ocp
 
         versions += f", orbax-checkpoint {ocp.__version__}"
-    except ImportError:
+    except ImportError as e:
         args.tools = ",".join(t for t in args.tools.split(",") if t != "orbax")
-        print("orbax-checkpoint is not installed: measuring bpz only", file=sys.stderr)
+        print(f"orbax-checkpoint: {e}: measuring bpz only", file=sys.stderr)
     workdir = args.workdir or tempfile.mkdtemp(prefix="bpz-multihost-")
     os.makedirs(workdir, exist_ok=True)
     samples: dict[tuple[str, str], list[dict]] = {}
     try:
-        for r in range(args.repeat):
-            for state in args.states.split(","):
-                for tool in args.tools.split(","):  # interleaved: drift hits every tool alike
-                    shutil.rmtree(os.path.join(workdir, f"{tool}-{state}"), ignore_errors=True)
-                    save = run_job(tool, state, "save", 2, 2, workdir, args.scale, args.timeout)
-                    reshard = run_job(tool, state, "reshard", 4, 1, workdir, args.scale, args.timeout)
-                    sample = {"save": save, "reshard": reshard}
-                    samples.setdefault((tool, state), []).append(sample)
-                    print(f"round {r + 1} {state:8s} {tool:8s} save {max(p['save_s'] for p in save):6.2f} s  "
-                          f"restore {max(p['restore_s'] for p in save):6.2f} s  "
-                          f"reshard {max(p['reshard_s'] for p in reshard):6.2f} s", file=sys.stderr, flush=True)
-                    shutil.rmtree(os.path.join(workdir, f"{tool}-{state}"), ignore_errors=True)
+        with contextlib.ExitStack() as stack:
+            remote: list[str] | None = None
+            where = workdir
+            if args.s3:
+                sys.path.insert(0, os.path.join(REPO, "tests", "remote"))
+                from remote_servers import running_s3
+
+                server_dir = os.path.join(workdir, "s3")
+                shutil.rmtree(server_dir, ignore_errors=True)
+                os.makedirs(server_dir)
+                server = stack.enter_context(running_s3(Path(server_dir)))
+                remote = ["--dest", server.url("bench"), "--storage-options", json.dumps(server.options())]
+                # a checkpoint's objects are files of the server's posix backend: removed as files
+                where = str(server.root / server.bucket / "bench")
+                versions += ", to versitygw on 127.0.0.1"
+            _run_rounds(args, workdir, where, samples, remote)
     finally:
         if args.workdir is None:
             shutil.rmtree(workdir, ignore_errors=True)
+    _table(args, versions, samples)
 
+
+def _run_rounds(args: argparse.Namespace, workdir: str, where: str, samples: dict[tuple[str, str], list[dict]],
+                remote: list[str] | None) -> None:
+    for r in range(args.repeat):
+        for state in args.states.split(","):
+            for tool in args.tools.split(","):  # interleaved: drift hits every tool alike
+                shutil.rmtree(os.path.join(where, f"{tool}-{state}"), ignore_errors=True)
+                save = run_job(tool, state, "save", 2, 2, workdir, args.scale, args.timeout, remote)
+                reshard = run_job(tool, state, "reshard", 4, 1, workdir, args.scale, args.timeout, remote)
+                sample = {"save": save, "reshard": reshard}
+                samples.setdefault((tool, state), []).append(sample)
+                print(f"round {r + 1} {state:8s} {tool:8s} save {max(p['save_s'] for p in save):6.2f} s  "
+                      f"restore {max(p['restore_s'] for p in save):6.2f} s  "
+                      f"reshard {max(p['reshard_s'] for p in reshard):6.2f} s", file=sys.stderr, flush=True)
+                shutil.rmtree(os.path.join(where, f"{tool}-{state}"), ignore_errors=True)
+
+
+def _table(args: argparse.Namespace, versions: str, samples: dict[tuple[str, str], list[dict]]) -> None:
     med = statistics.median
     lines = [f"Sharded checkpoints, 2 processes x 2 CPU devices (restore onto 4 x 1), {versions}; "
              f"`--scale {args.scale}` ({args.scale:g} GiB a state), median of {args.repeat} round(s), slowest process.",

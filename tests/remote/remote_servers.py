@@ -14,6 +14,8 @@ A missing server fails the tests (never skips them): ``make test`` installs both
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import hashlib
 import os
 import re
@@ -21,6 +23,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -199,8 +202,14 @@ class S3Server:
 
 @pytest.fixture(scope="session")
 def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    with running_s3(tmp_path_factory.mktemp("s3")) as server:
+        yield server
+
+
+@contextlib.contextmanager
+def running_s3(base: Path) -> Iterator[S3Server]:
+    """versitygw serving a bucket kept under ``base`` until the block ends (also for bench/)."""
     binary = _require(str(tools_dir() / "versitygw") if (tools_dir() / "versitygw").exists() else shutil.which("versitygw"), "versitygw (the S3 server of the tests)")
-    base = tmp_path_factory.mktemp("s3")
     root = base / "root"
     (root / S3_BUCKET).mkdir(parents=True)
     port = free_port()
@@ -235,13 +244,44 @@ def _no_ambient_cloud_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
 # -- a delaying proxy ------------------------------------------------------------------------------
 
 
-class DelayProxy:
-    """Forwards 127.0.0.1:port to a target port, delaying the first bytes of every request
-    and of every response by `delay` seconds (one round trip costs 2 x delay)."""
+class _Rate:
+    """A link's bandwidth shared by every connection in one direction: each send waits its
+    turn (`bandwidth` bytes per second; None = unlimited)."""
 
-    def __init__(self, target_port: int, delay: float) -> None:
+    def __init__(self, bandwidth: float | None) -> None:
+        self.bandwidth = bandwidth
+        self.free_at = 0.0
+        self.lock = threading.Lock()
+
+    def reserve(self, n: int, now: float) -> float:
+        """When `n` bytes that are due at `now` have finished crossing the link."""
+        if not self.bandwidth:
+            return now
+        with self.lock:
+            start = max(now, self.free_at)
+            self.free_at = start + n / self.bandwidth
+            return self.free_at
+
+
+class DelayProxy:
+    """Forwards 127.0.0.1:port to a target port as a link with a one-way latency of `delay`
+    seconds would: every byte leaves `delay` after it arrived (a delay line, so a body keeps
+    flowing at full speed; one round trip costs 2 x delay), and a new connection's first
+    request waits one round trip more (the TCP handshake). `bandwidth` (bytes per second,
+    each direction, shared by all connections) caps the rate as a real link does.
+    `connections` counts the connections accepted."""
+
+    # Bytes held in one direction of one connection at most (the delay line's length);
+    # enough for 20 ms at over 1 GB/s.
+    MAX_QUEUED = 32 << 20
+    CHUNK = 256 << 10
+
+    def __init__(self, target_port: int, delay: float, bandwidth: float | None = None) -> None:
         self.target_port = target_port
         self.delay = delay
+        self.rates = {"up": _Rate(bandwidth), "down": _Rate(bandwidth)}
+        self.connections = 0
+        self._ready_at: dict[int, float] = {}
         self.sock = socket.socket()
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind(("127.0.0.1", 0))
@@ -256,51 +296,106 @@ class DelayProxy:
                 client, _ = self.sock.accept()
             except OSError:
                 return
+            self.connections += 1
             try:
                 upstream = socket.create_connection(("127.0.0.1", self.target_port), timeout=10)
             except OSError:
                 client.close()
                 continue
+            for s in (client, upstream):
+                s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            # The handshake: the client's first bytes can reach the server 3 delays after
+            # its connect (SYN, SYN-ACK, then the request), not 1.
+            self._ready_at[id(client)] = time.monotonic() + 2 * self.delay
             for a, b in ((client, upstream), (upstream, client)):
                 threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
 
     def _pump(self, src: socket.socket, dst: socket.socket) -> None:
-        # A pause before each burst that follows a quiet moment: the start of a request or a
-        # response (the data of one response arrives as one burst).
+        """Copies src to dst, each chunk `delay` after it arrived (a writer thread sends)."""
+        upward = id(src) in self._ready_at
+        ready = self._ready_at.pop(id(src), 0.0)
+        rate = self.rates["up" if upward else "down"]
+        queue: collections.deque[tuple[float, bytes]] = collections.deque()
+        cond = threading.Condition()
+        state = {"queued": 0, "eof": False}
+
+        def writer() -> None:
+            try:
+                while True:
+                    with cond:
+                        while not queue and not state["eof"]:
+                            cond.wait()
+                        if not queue:
+                            break
+                        due, data = queue[0]
+                    done = rate.reserve(len(data), due)
+                    pause = done - time.monotonic()
+                    if pause > 0:
+                        time.sleep(pause)
+                    dst.sendall(data)
+                    with cond:
+                        queue.popleft()
+                        state["queued"] -= len(data)
+                        cond.notify_all()
+            except OSError:
+                pass
+            finally:
+                for s in (src, dst):
+                    try:
+                        s.shutdown(socket.SHUT_RDWR)
+                    except OSError:
+                        pass
+
+        thread = threading.Thread(target=writer, daemon=True)
+        thread.start()
         src.settimeout(None)
-        idle = True
         try:
             while True:
-                if idle:
-                    data = src.recv(1 << 20)
-                    if not data:
-                        break
-                    time.sleep(self.delay)
-                    dst.sendall(data)
-                    idle = False
-                    src.settimeout(0.002)
-                else:
-                    try:
-                        data = src.recv(1 << 20)
-                    except socket.timeout:
-                        idle = True
-                        src.settimeout(None)
-                        continue
-                    if not data:
-                        break
-                    dst.sendall(data)
+                data = src.recv(self.CHUNK)
+                if not data:
+                    break
+                due = max(time.monotonic(), ready) + self.delay
+                with cond:
+                    while state["queued"] > self.MAX_QUEUED:
+                        cond.wait()
+                    queue.append((due, data))
+                    state["queued"] += len(data)
+                    cond.notify_all()
         except OSError:
             pass
         finally:
-            for s in (src, dst):
-                try:
-                    s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
+            with cond:
+                state["eof"] = True
+                cond.notify_all()
 
     def close(self) -> None:
         self.closed = True
         self.sock.close()
+
+
+class DelayProxyProcess:
+    """A DelayProxy in a process of its own (what a benchmark wants: its threads then share
+    no interpreter lock with the client measured). Same `port` and `close()`."""
+
+    def __init__(self, target_port: int, delay: float, bandwidth: float | None = None) -> None:
+        args = [sys.executable, str(Path(__file__).resolve()), "delay-proxy", str(target_port), repr(delay)]
+        if bandwidth:
+            args.append(repr(bandwidth))
+        self.proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                                     start_new_session=True)
+        line = self.proc.stdout.readline() if self.proc.stdout else ""
+        if not line.strip().isdigit():
+            stop(self.proc)
+            raise RuntimeError(f"the delaying proxy did not start (it said {line!r})")
+        self.port = int(line)
+
+    def close(self) -> None:
+        if self.proc.stdin:
+            self.proc.stdin.close()  # the proxy exits when its stdin closes
+        try:
+            self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            stop(self.proc)
 
 
 @pytest.fixture
@@ -471,3 +566,15 @@ def fault_server() -> Iterator[FaultServer]:
     yield server
     stopped.set()
     sock.close()
+
+
+if __name__ == "__main__":
+    # `remote_servers.py delay-proxy TARGET_PORT DELAY [BANDWIDTH]`: prints the port, serves
+    # until stdin closes (see DelayProxyProcess).
+    if len(sys.argv) in (4, 5) and sys.argv[1] == "delay-proxy":
+        proxy = DelayProxy(int(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4]) if len(sys.argv) == 5 else None)
+        print(proxy.port, flush=True)
+        sys.stdin.read()
+        proxy.close()
+    else:
+        sys.exit("usage: remote_servers.py delay-proxy TARGET_PORT DELAY_SECONDS [BYTES_PER_SECOND]")

@@ -35,6 +35,11 @@ def test_list_head_read_delete(s3: S3Server) -> None:
         d.read_all("b c", 9)
     with pytest.raises(FileNotFoundError, match="dir-ops/missing"):
         d.read_head("missing", 4)
+    s3.put("dir-ops/empty", b"")
+    assert d.read_head("empty", 8) == b""
+    assert d.read_tail("empty", 8) == (b"", 0)
+    assert d.read_all("empty", 0) == b""
+    d.delete("empty")
     d.delete("a")
     d.delete("a")  # already gone: not an error
     assert [o[0] for o in d.list()[0]] == ["b c"]

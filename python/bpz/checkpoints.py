@@ -11,7 +11,6 @@ archive (each version's metadata holds its step; unchanged chunks are stored onc
 
 from __future__ import annotations
 
-import errno
 import logging
 import math
 import numbers
@@ -180,18 +179,7 @@ class _Prefix:
 
     def first_bytes(self, name: str) -> bytes:
         """One small ranged GET: the name alone does not make an object a checkpoint."""
-        try:
-            head = self.dir.read_head(name, SNIFF_BYTES)
-        except (FileNotFoundError, PermissionError):
-            raise
-        except OSError:
-            # A range of an empty object is refused (HTTP 416): only then is an empty object met.
-            info = self.dir.head(name)
-            if info is None:
-                raise FileNotFoundError(errno.ENOENT, "no such object", self.path(name)) from None
-            if info[1] != 0:
-                raise
-            head = b""
+        head = self.dir.read_head(name, SNIFF_BYTES)  # an empty object gives b""
         self._heads[name] = head
         return head
 

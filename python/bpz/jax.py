@@ -34,6 +34,7 @@ import os
 import re
 import secrets
 import time
+import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from enum import Enum
@@ -441,6 +442,9 @@ def _write_and_commit(store: sharded.Store, barrier: _Barrier, token: str, mine:
     if not barrier.coordinator:
         outcome = json.loads(barrier.get("outcome", deadline, "process 0 (the commit)"))
         if not outcome["ok"]:
+            if outcome.get("keep"):
+                raise ShardedSaveError(f"the save of {store} failed: {outcome['error']} (whether its commit record "
+                                       "is in place could not be checked: its files are kept)")
             store.remove(data_name)
             raise ShardedSaveError(f"the save of {store} was not committed: {outcome['error']}")
         if stats is not None:
@@ -465,29 +469,49 @@ def _write_and_commit(store: sharded.Store, barrier: _Barrier, token: str, mine:
                       for p in a["pieces"]]
             arrays[key] = {**a, "pieces": pieces}
         manifest = {"version": MANIFEST_VERSION, "processes": barrier.count, "files": files, "arrays": arrays}
-        store.write(COMMIT_NAME, commit_tree, metadata={MANIFEST_KEY: manifest}, sync=options["sync"])
-        _remove_unreferenced(store, files)
-        if after_commit is not None:
-            after_commit()
+        try:
+            store.write(COMMIT_NAME, commit_tree, metadata={MANIFEST_KEY: manifest}, sync=options["sync"])
+        except Exception:
+            if _commit_state(store, token) is not True:
+                raise
+            # in place although its write reported an error (say a lost response): committed
     except BaseException as e:
         message = str(e) if isinstance(e, ShardedSaveError) else f"process 0 failed to commit: {type(e).__name__}: {e}"
-        barrier.set("outcome", json.dumps({"ok": False, "error": message}))
-        if not store.exists(COMMIT_NAME) or not _commit_is(store, token):
+        state = _commit_state(store, token)
+        # the others remove their files only if this save's commit record is surely not in place
+        barrier.set("outcome", json.dumps({"ok": False, "keep": state is not False, "error": message}))
+        if state is False:
             for name in store.list():
                 if name.endswith(f".{token}.bpz"):
                     store.remove(name)
         raise
-    barrier.set("outcome", json.dumps({"ok": True}))
+    # Committed. What follows only reclaims space: a failure loses nothing (the next save
+    # retries), so it warns instead of turning a committed save into an error. The outcome is
+    # posted after it, so that when save returns anywhere the old files are gone (the next
+    # save_checkpoint's listing must agree on every process).
+    try:
+        _remove_unreferenced(store, files)
+        if after_commit is not None:
+            after_commit()
+    except Exception as e:
+        warnings.warn(f"{store}: saved and committed, but removing the files of earlier saves failed "
+                      f"({type(e).__name__}: {e}); the next save tries again", RuntimeWarning, stacklevel=1)
+    finally:
+        barrier.set("outcome", json.dumps({"ok": True}))
     if stats is not None:
         stats["commit_s"] = time.perf_counter() - written  # waiting for the others + the commit record
 
 
-def _commit_is(store: sharded.Store, token: str) -> bool:
+def _commit_state(store: sharded.Store, token: str) -> bool | None:
+    """Whether the commit record in place is this save's: True; False when it is absent or
+    another save's; None when it cannot be read now (then nothing may be removed)."""
     try:
         with store.open(COMMIT_NAME) as a:
             return any(name.endswith(f".{token}.bpz") for name in a.metadata[MANIFEST_KEY]["files"])
-    except Exception:
+    except FileNotFoundError:
         return False
+    except Exception:
+        return None
 
 
 def _remove_unreferenced(store: sharded.Store, files: dict[str, Any]) -> None:

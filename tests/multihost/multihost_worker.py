@@ -15,6 +15,7 @@ import json
 import os
 import signal
 import sys
+import warnings
 
 import jax
 
@@ -208,6 +209,22 @@ def scenario_save_2x2() -> None:
     except (OSError, bpz.jax.ShardedSaveError) as e:
         report(**{f"failed_{pid}": f"{type(e).__name__}: {e}"})
     assert [s for s, _ in bpz.jax.checkpoint_steps(steps_dir, storage_options=OPTS)] == [2, 3]
+    # removing old steps fails on process 0 after the commit of step 5 (say no delete permission):
+    # the save is committed and whole on every process, process 0 warns, step 2 stays
+    real_remove = bpz.jax._remove_checkpoint
+
+    def refuse(path, options):
+        raise PermissionError(errno.EACCES, "Permission denied (injected)", path)
+
+    bpz.jax._remove_checkpoint = refuse
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        bpz.jax.save_checkpoint(steps_dir, build_tree(mesh), 5, keep=2, storage_options=OPTS)
+    bpz.jax._remove_checkpoint = real_remove
+    assert (pid == 0) == any("saved and committed" in str(w.message) for w in caught), [str(w.message) for w in caught]
+    assert [s for s, _ in bpz.jax.checkpoint_steps(steps_dir, storage_options=OPTS)] == [2, 3, 5]
+    check_tree(bpz.jax.restore_checkpoint(steps_dir, shardings=nest(saved_shardings(mesh)), storage_options=OPTS),
+               saved_shardings(mesh))
     # and the same failure (before writing) overwriting a committed checkpoint leaves the old one in place
     fail_on(1, "error")
     try:

@@ -73,10 +73,12 @@ def test_save_restore_async_numbered_and_failure_on_a_bucket(s3: S3Server, saved
     assert r["failed_0"].startswith("ShardedSaveError") and "process 1" in r["failed_0"], r["failed_0"]
     # keep=2: step 1's objects are gone (removed after step 3's commit); step 4 failed once
     # process 1's object was uploaded: nothing of it is left
+    # process 1 's object was uploaded: nothing of it is left. Step 5 committed although its
+    # removal of step 2 was refused: step 2 stays
     _, steps = listing(s3, f"{prefix}/steps")
-    assert set(steps) <= {"checkpoint_1", "checkpoint_2", "checkpoint_3", "checkpoint_4"}
+    assert set(steps) <= {"checkpoint_1", "checkpoint_2", "checkpoint_3", "checkpoint_4", "checkpoint_5"}
     assert names(s3, f"{prefix}/steps/checkpoint_1") == [] and names(s3, f"{prefix}/steps/checkpoint_4") == []
-    for step in (2, 3):
+    for step in (2, 3, 5):
         assert names(s3, f"{prefix}/steps/checkpoint_{step}")[0] == "commit.bpz"
     assert len(names(s3, f"{prefix}/ckpt_async")) == 3
 

@@ -227,6 +227,17 @@ def test_jax_save_load_and_numbered_checkpoints_on_a_bucket(s3: S3Server, monkey
     monkeypatch.setattr(sharded.RemoteStore, "write", real)
     assert [s for s, _ in bpz.jax.checkpoint_steps(steps, storage_options=opts)] == [2, 3]
     assert objects(s3, "jx/steps/checkpoint_4") == []
+    # removing old steps fails after the commit: the save stands, a warning says so, nothing is lost
+    real_remove = bpz.jax._remove_checkpoint
+    monkeypatch.setattr(bpz.jax, "_remove_checkpoint", lambda path, options: (_ for _ in ()).throw(
+        PermissionError(13, "Permission denied (injected)", path)))
+    with pytest.warns(RuntimeWarning, match="saved and committed, but removing the files of earlier saves failed"):
+        bpz.jax.save_checkpoint(steps, {**tree, "step": 5}, 5, keep=2, storage_options=opts)
+    monkeypatch.setattr(bpz.jax, "_remove_checkpoint", real_remove)
+    assert [s for s, _ in bpz.jax.checkpoint_steps(steps, storage_options=opts)] == [2, 3, 5]
+    assert bpz.jax.restore_checkpoint(steps, storage_options=opts)["step"] == 5
+    bpz.jax.save_checkpoint(steps, {**tree, "step": 6}, 6, keep=2, storage_options=opts)  # the next save catches up
+    assert [s for s, _ in bpz.jax.checkpoint_steps(steps, storage_options=opts)] == [5, 6]
     # http(s) cannot be written: refused before anything is done
     with pytest.raises(UnsupportedFeatureError, match="read only"):
         bpz.jax.save("https://127.0.0.1:9/ck", tree)

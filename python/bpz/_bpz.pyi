@@ -131,6 +131,9 @@ class Archive:
     @property
     def file_size(self) -> int: ...
     @property
+    def trailer_bytes(self) -> bytes:
+        """The opened version's 32-byte trailer, as read when opening."""
+    @property
     def mapped(self) -> bool: ...
     @property
     def writer(self) -> dict[str, str] | None: ...

@@ -492,13 +492,14 @@ def save_tree(
     after_write: Callable[[], Any] | None = None,
     append: bool = False,
     storage_options: dict[str, Any] | None = None,
-) -> None:
+) -> dict[str, Any] | None:
     """``save_pytree`` without the message: the part ``save_checkpoint`` shares.
 
     Everything that can fail on the arguments fails here, in the caller's thread,
     before anything is created. ``path`` is the absolute form of ``filename`` (resolved
     now if not given). ``after_write()`` runs once the new file is in place (in the
-    background for an async save), never if writing failed.
+    background for an async save), never if writing failed. Returns the writer's summary
+    (``file_bytes``, ``trailer``, ...) of a synchronous save, None for an async one.
     """
     _check_options(compression, level, chunk_size)
     metadata_json = metadata_to_json(metadata, filename)
@@ -509,11 +510,10 @@ def save_tree(
     if not isinstance(append, bool):
         raise TypeError(f"append must be True or False, not {append!r}")
     if _is_url(filename):
-        _save_to_url(filename, target, async_manager=async_manager, after_write=after_write, options=dict(
+        return _save_to_url(filename, target, async_manager=async_manager, after_write=after_write, options=dict(
             metadata_json=metadata_json, compression=compression, level=level, chunk_size=chunk_size,
             overwrite=overwrite, sync=sync, shown_name=filename, append=append, storage_options=storage_options,
         ))
-        return
     if storage_options is not None:
         raise TypeError("storage_options apply to URLs (s3://..., gs://..., az://...), not to local paths")
     if path is None:
@@ -536,7 +536,7 @@ def save_tree(
             try:
                 created = _make_parents(parent, shown_parent)
                 try:
-                    write_archive(path, tree, leaves, **options)  # type: ignore[arg-type]
+                    summary = write_archive(path, tree, leaves, **options)  # type: ignore[arg-type]
                 except BaseException:
                     _remove_created(created)
                     raise
@@ -544,7 +544,7 @@ def save_tree(
                 del tree, leaves
         if after_write is not None:
             after_write()
-        return
+        return summary
 
     # A background save must not see later mutations: snapshot (copy) now.
     tree, leaves = flatten(target, copy=True)
@@ -567,15 +567,16 @@ def save_tree(
     except BaseException:
         _remove_created(created)
         raise
+    return None
 
 
 def _save_to_url(url: str, target: Any, *, async_manager: Any, after_write: Callable[[], Any] | None,
-                 options: dict[str, Any]) -> None:
+                 options: dict[str, Any]) -> dict[str, Any] | None:
     """The remote branch of :func:`save_tree`: no directories, no local checks; the upload
     itself refuses an existing object when ``overwrite`` is false."""
-    def write(tree: Any, leaves: list[Leaf]) -> None:
+    def write(tree: Any, leaves: list[Leaf]) -> dict[str, Any]:
         try:
-            write_archive(url, tree, leaves, **options)
+            return write_archive(url, tree, leaves, **options)
         except FileExistsError:  # overwrite=False and the object exists (as for a local file)
             raise InvalidCheckpointPath(f'Invalid checkpoint at "{url}".') from None
 
@@ -583,12 +584,12 @@ def _save_to_url(url: str, target: Any, *, async_manager: Any, after_write: Call
         with no_gc():
             tree, leaves = flatten(target)
             try:
-                write(tree, leaves)
+                summary = write(tree, leaves)
             finally:
                 del tree, leaves
         if after_write is not None:
             after_write()
-        return
+        return summary
     tree, leaves = flatten(target, copy=True)
 
     def job() -> None:
@@ -600,6 +601,7 @@ def _save_to_url(url: str, target: Any, *, async_manager: Any, after_write: Call
         async_manager.save_async(job, url)
     else:
         async_manager.save_async(job)
+    return None
 
 
 def compact(filename: str | os.PathLike[str], keep_last: int, *, sync: bool = True) -> list[int]:

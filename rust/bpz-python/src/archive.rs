@@ -130,6 +130,13 @@ impl Archive {
             .collect()
     }
 
+    /// The 32-byte trailer of the version this archive reads (for the latest version of a
+    /// file without an unfinished append: the file's last 32 bytes), as read when opening.
+    #[getter]
+    fn trailer_bytes<'py>(&self, py: Python<'py>) -> Bound<'py, pyo3::types::PyBytes> {
+        pyo3::types::PyBytes::new(py, &self.reader.trailer().encode())
+    }
+
     /// The number of the version this archive reads.
     #[getter]
     fn version_number(&self) -> u64 {

@@ -766,6 +766,7 @@ impl Writer {
         d.set_item("bytes_added", summary.bytes_added)?;
         d.set_item("chunks_written", summary.chunks_written)?;
         d.set_item("chunks_shared", summary.chunks_shared)?;
+        d.set_item("trailer", pyo3::types::PyBytes::new(py, &summary.trailer))?;
         Ok(d)
     }
 

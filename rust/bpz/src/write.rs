@@ -145,6 +145,10 @@ pub struct Summary {
     /// Chunks this version references instead of storing them again (they are equal to
     /// chunks of the previous version, spec §16.6).
     pub chunks_shared: u64,
+    /// The file's last 32 bytes (its trailer, which holds the index's CRC, which holds
+    /// every chunk's): what a caller records to recognise this exact file later without
+    /// reading it back (sharded checkpoints stamp their data files with it).
+    pub trailer: [u8; crate::format::TRAILER_LEN],
 }
 
 /// Where the bytes go: a temporary sibling renamed over the destination on
@@ -922,7 +926,8 @@ impl<W: Write> Writer<W> {
             index_len,
             index_crc32c: index_crc,
         };
-        self.write(&trailer.encode())?;
+        let trailer_bytes = trailer.encode();
+        self.write(&trailer_bytes)?;
         let data_start = self.plan.data_start;
         let record = VersionRecord {
             version: self.plan.number,
@@ -942,6 +947,7 @@ impl<W: Write> Writer<W> {
             bytes_added: self.pos - data_start,
             chunks_written: self.chunks_written,
             chunks_shared: self.chunks_shared,
+            trailer: trailer_bytes,
         };
         Ok((summary, record, tensors))
     }

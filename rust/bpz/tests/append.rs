@@ -364,3 +364,27 @@ fn compact_keeps_exactly_the_last_versions() {
     assert_eq!(s.version, 6);
     assert_eq!(s.chunks_written, 0);
 }
+
+/// The summary's trailer is the file's last 32 bytes after a new file, an append and a
+/// compaction: callers stamp files with it instead of reading them back.
+#[test]
+fn the_summary_holds_the_files_trailer() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.bpz");
+    let tail = |p: &Path| {
+        let bytes = std::fs::read(p).unwrap();
+        bytes[bytes.len() - 32..].to_vec()
+    };
+    let mut v: Contents = BTreeMap::new();
+    v.insert("a".into(), (DType::U8, vec![100], noise(100, 1)));
+    let first = append(&path, &v, 1, opts());
+    assert_eq!(first.trailer.to_vec(), tail(&path));
+    v.insert("b".into(), (DType::U8, vec![50], noise(50, 2)));
+    let second = append(&path, &v, 2, opts());
+    assert_eq!(second.trailer.to_vec(), tail(&path));
+    assert_ne!(first.trailer, second.trailer);
+    let compacted = compact(&path, 1, opts()).unwrap();
+    assert_eq!(compacted.trailer.to_vec(), tail(&path));
+    let reader = Reader::open(&path).unwrap();
+    assert_eq!(reader.trailer().encode(), compacted.trailer);
+}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -14,6 +15,20 @@ from dataclasses import dataclass
 HERE = os.path.dirname(os.path.abspath(__file__))
 WORKER = os.path.join(HERE, "multihost_worker.py")
 REPO = os.path.dirname(os.path.dirname(HERE))
+
+
+def jax_too_old_for_sharding(version: str) -> bool:
+    """Whether this jax is too old for sharded checkpoints (they need jax >= 0.4.30)."""
+    return tuple(int(p) for p in re.findall(r"\d+", version)[:3]) < (0, 4, 30)
+
+
+def ok(procs: list[Proc]) -> dict:
+    """Every process's results merged, once each exited 0 (else their outputs, to see why)."""
+    merged: dict = {}
+    for p in procs:
+        assert p.returncode == 0, "\n".join(q.describe() for q in procs)
+        merged.update(p.results)
+    return merged
 
 
 def free_port() -> int:

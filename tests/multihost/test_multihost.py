@@ -7,29 +7,19 @@ things itself, restores of its checkpoint on 1x4 and 4x1, and a 2x2 job with a S
 from __future__ import annotations
 
 import os
-import re
 
 import numpy as np
 import pytest
 
 jax = pytest.importorskip("jax")
 
-from multihost_launch import launch  # noqa: E402
+from multihost_launch import launch, ok, jax_too_old_for_sharding  # noqa: E402
 
 import bpz  # noqa: E402
 from bpz import sharded  # noqa: E402
 
-pytestmark = pytest.mark.skipif(
-    tuple(int(p) for p in re.findall(r"\d+", jax.__version__)[:3]) < (0, 4, 30),
-    reason=f"sharded checkpoints need jax >= 0.4.30, this is {jax.__version__}")
-
-
-def ok(procs) -> dict:
-    merged: dict = {}
-    for p in procs:
-        assert p.returncode == 0, "\n".join(q.describe() for q in procs)
-        merged.update(p.results)
-    return merged
+pytestmark = pytest.mark.skipif(jax_too_old_for_sharding(jax.__version__),
+                                reason=f"sharded checkpoints need jax >= 0.4.30, this is {jax.__version__}")
 
 
 @pytest.fixture(scope="module")

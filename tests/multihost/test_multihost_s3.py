@@ -8,7 +8,6 @@ data object replaced after its commit."""
 from __future__ import annotations
 
 import json
-import re
 import uuid
 
 import numpy as np
@@ -16,23 +15,14 @@ import pytest
 
 jax = pytest.importorskip("jax")
 
-from multihost_launch import launch  # noqa: E402
+from multihost_launch import launch, ok, jax_too_old_for_sharding  # noqa: E402
 from remote_servers import S3_SECRET_KEY, S3Server  # noqa: E402
 
 import bpz  # noqa: E402
 from bpz import _bpz, sharded  # noqa: E402
 
-pytestmark = pytest.mark.skipif(
-    tuple(int(p) for p in re.findall(r"\d+", jax.__version__)[:3]) < (0, 4, 30),
-    reason=f"sharded checkpoints need jax >= 0.4.30, this is {jax.__version__}")
-
-
-def ok(procs) -> dict:
-    merged: dict = {}
-    for p in procs:
-        assert p.returncode == 0, "\n".join(q.describe() for q in procs)
-        merged.update(p.results)
-    return merged
+pytestmark = pytest.mark.skipif(jax_too_old_for_sharding(jax.__version__),
+                                reason=f"sharded checkpoints need jax >= 0.4.30, this is {jax.__version__}")
 
 
 def worker_env(s3: S3Server, prefix: str, **extra: str) -> dict[str, str]:

@@ -15,9 +15,9 @@ import pytest
 import bpz
 from bpz.errors import NotZeroCopyError
 
-from remote_servers import S3_SECRET_KEY, FaultServer, Nginx, S3Server
+from remote_servers import S3_SECRET_KEY, DelayProxy, FaultServer, Nginx, S3Server
 
-OPEN_TAIL_BYTES = 1 << 20
+OPEN_TAIL_BYTES = 256 << 10
 
 
 class Remote:
@@ -392,3 +392,113 @@ def test_one_tensor_costs_two_round_trips_through_a_slow_link(
     assert round_trips == expected_open_requests(len(data), bpz.open(str(tmp_path / "a.bpz")).version) + 1
     # Connection set-up adds one more delay each way on a fresh connection.
     assert elapsed < (round_trips + 1) * rtt + 2 * transfer + 0.1, (elapsed, round_trips, transfer)
+
+
+# -- clients shared between opens; the first read ---------------------------------------------------
+
+
+def many_tensors(n: int) -> dict[str, Any]:
+    """`n` small tensors with long names: an index of about 250 bytes per tensor."""
+    return {f"model.layers.{i:05d}.self_attn.q_proj.weight": np.full((4,), i, dtype=np.int32) for i in range(n)}
+
+
+def test_opens_of_one_server_share_a_client_and_its_connection(nginx: Nginx, tmp_path: Path) -> None:
+    tree = big_tree()
+    (nginx.root / "share1.bpz").write_bytes(save(tmp_path, tree))
+    (nginx.root / "share2.bpz").write_bytes(save(tmp_path, small_tree(), name="b.bpz"))
+    proxy = DelayProxy(nginx.port, 0.0)  # counts the connections the client makes
+    try:
+        base = f"http://127.0.0.1:{proxy.port}"
+        mark = len(nginx.log_lines())
+        with bpz.open(f"{base}/share1.bpz") as a, bpz.open(f"{base}/share2.bpz") as b:
+            # Interleaved reads on one client: each archive counts its own requests.
+            assert a["dense0"].tobytes() == tree["dense0"].tobytes()
+            assert_trees_equal(b.load(), small_tree())
+            assert a["dense1"].tobytes() == tree["dense1"].tobytes()
+            stats_a, stats_b = a._request_stats(), b._request_stats()
+        time.sleep(0.05)  # the client puts its connection back in its pool after the response
+        with bpz.open(f"{base}/share1.bpz") as again:
+            again["dense2"]
+            stats_again = again._request_stats()
+        time.sleep(0.05)  # nginx logs a request once answered
+        assert stats_a["requests"] == len(nginx.requests_since(mark, "share1.bpz")) - stats_again["requests"] == 3
+        assert stats_b["requests"] == len(nginx.requests_since(mark, "share2.bpz")) == 1
+        assert stats_again["requests"] == 2
+        # Sequential requests all went over the connection the first open made.
+        assert proxy.connections == 1, proxy.connections
+    finally:
+        proxy.close()
+
+
+def test_other_options_get_another_client(nginx: Nginx, tmp_path: Path) -> None:
+    (nginx.root / "opts.bpz").write_bytes(save(tmp_path, small_tree()))
+    proxy = DelayProxy(nginx.port, 0.0)
+    try:
+        url = f"http://127.0.0.1:{proxy.port}/opts.bpz"
+        seen = []
+        for options in ({"timeout": "29s"}, {"timeout": "29s"}, {"timeout": "28s"}):
+            with bpz.open(url, storage_options=options) as a:
+                assert_trees_equal(a.load(), small_tree())
+            time.sleep(0.05)  # the client puts its connection back in its pool after the response
+            seen.append(proxy.connections)
+        assert seen == [1, 1, 2], seen
+    finally:
+        proxy.close()
+
+
+def test_credentials_are_never_shared_between_clients(
+    s3: S3Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    s3.put("creds.bpz", save(tmp_path, small_tree()))
+    wrong = s3.options(secret_access_key="another-secret-" + "y" * 20)
+    for _ in range(2):  # right, wrong, right, wrong: each open signs with its own secret
+        with bpz.open(s3.url("creds.bpz"), storage_options=s3.options()) as a:
+            assert_trees_equal(a.load(), small_tree())
+        with pytest.raises(PermissionError):
+            bpz.open(s3.url("creds.bpz"), storage_options=wrong)
+    # Credentials from the environment count as well.
+    no_keys = {k: v for k, v in s3.options().items() if k not in ("access_key_id", "secret_access_key")}
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", s3.options()["access_key_id"])
+    for secret, ok in ((wrong["secret_access_key"], False), (s3.options()["secret_access_key"], True)):
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", secret)
+        if ok:
+            with bpz.open(s3.url("creds.bpz"), storage_options=no_keys) as a:
+                assert_trees_equal(a.load(), small_tree())
+        else:
+            with pytest.raises(PermissionError):
+                bpz.open(s3.url("creds.bpz"), storage_options=no_keys)
+
+
+@pytest.mark.parametrize(("tensors", "first_read", "open_requests"), [
+    (600, None, 1),  # an index of about 150 KiB: within the default first read
+    (3000, None, 2),  # about 750 KiB: the first read, then the rest of the index
+    (3000, 64, 2),
+    (3000, 65536, 2),
+])
+def test_an_index_larger_than_the_first_read_costs_one_more_request(
+    remote: Remote, tmp_path: Path, tensors: int, first_read: int | None, open_requests: int
+) -> None:
+    tree = many_tensors(tensors)
+    data = save(tmp_path, tree)
+    index_len = int.from_bytes(data[-24:-16], "little")
+    first = first_read or OPEN_TAIL_BYTES
+    assert (index_len > max(first, 64 << 10)) == (open_requests == 2), index_len
+    remote.put("idx.bpz", data)
+    options = dict(remote.options() or {})
+    if first_read:
+        options["open_tail_bytes"] = str(first_read)
+    mark = remote.mark()
+    with bpz.open(remote.url("idx.bpz"), storage_options=options) as a:
+        assert a._request_stats()["requests"] == open_requests
+        assert a._request_stats()["bytes"] <= index_len + 32 + max(first, 64 << 10)
+        # Every lookup is then answered from memory (page by page, each would be a request).
+        assert len(a.keys()) == tensors
+        assert a.info(f"model.layers.{tensors - 1:05d}.self_attn.q_proj.weight").shape == (4,)
+        assert a._request_stats()["requests"] == open_requests
+        name = f"model.layers.{tensors // 2:05d}.self_attn.q_proj.weight"
+        assert a[name].tobytes() == tree[name].tobytes()
+        in_first_read = len(data) <= first
+        assert a._request_stats()["requests"] == open_requests + (0 if in_first_read else 1)
+    time.sleep(0.05)  # a server logs a request once it has answered it
+    lines = remote.logged(mark, "idx.bpz")
+    assert len(lines) == a._request_stats()["requests"], lines

@@ -114,6 +114,14 @@ impl VersionSelector {
 /// Bytes read from the end of a file on open (the trailer and, for most archives, the
 /// whole index).
 pub(crate) const TAIL_READ_BYTES: u64 = 64 << 10;
+/// At most this much of what a source holds at the end is read on open (the tail is kept
+/// with the index: a larger index is read where it lies, from the source).
+pub(crate) const TAIL_HELD_MAX: u64 = 4 << 20;
+
+/// Bytes [`Tail::read`] reads from the end of a `len`-byte source holding `held` of them.
+pub(crate) fn tail_read_len(len: u64, held: u64) -> u64 {
+    len.min(TAIL_READ_BYTES.max(held.min(TAIL_HELD_MAX)))
+}
 
 /// The last bytes of the file, read once on open and reused for what they cover.
 pub(crate) struct Tail {
@@ -124,7 +132,7 @@ pub(crate) struct Tail {
 impl Tail {
     pub(crate) fn read(source: &dyn Source, path: &str) -> Result<Tail> {
         let len = source.len();
-        let n = len.min(TAIL_READ_BYTES);
+        let n = tail_read_len(len, source.held_tail());
         let mut bytes = vec![0u8; n as usize];
         source
             .read_exact_at(len - n, &mut bytes)

@@ -60,6 +60,12 @@ pub trait Source: Send + Sync {
     fn is_remote(&self) -> bool {
         false
     }
+    /// Bytes at the end that the source already holds in memory (a remote source's first
+    /// read): opening reads that much of the end, up to a bound, instead of 64 KiB, so that
+    /// a larger index head is found there without another round trip.
+    fn held_tail(&self) -> u64 {
+        0
+    }
     /// Fills `bufs`, one after the other, with the bytes from `offset` on: a scattered read,
     /// in one system call where the source can.
     fn read_exact_vectored_at(&self, mut offset: u64, bufs: &mut [&mut [u8]]) -> io::Result<()> {

@@ -4,8 +4,10 @@
 //! The request budget is what makes remote reading worth it:
 //! - **open = 1 request**: a suffix range GET of the last [`OPEN_TAIL_BYTES`] gives the
 //!   object's length, its ETag, the trailer and (usually) the index; an archive no larger
-//!   than that is then held whole and every later read is served from memory. Where
-//!   suffix ranges are refused, a HEAD and a bounded range replace it.
+//!   than that is then held whole and every later read is served from memory. An index
+//!   larger than that first read costs one more request, for the rest of it: lookups are
+//!   then answered from memory. Where suffix ranges are refused, a HEAD and a bounded
+//!   range replace the first request.
 //! - **one tensor = 1 more request**: the reader announces the byte ranges it is about to
 //!   read ([`Source::prefetch`]); they are fetched together.
 //! - **a full load** is split into parallel ranged GETs of a few MiB (neighbours merged
@@ -19,6 +21,10 @@
 //! bounded number of times with backoff; every request has a timeout. Credentials never
 //! reach an error message, a `Debug` output or the label naming the archive: every
 //! message leaving this module is scrubbed of the secret values it was configured with.
+//!
+//! Clients are kept and shared between opens of one bucket or server with equal options,
+//! credentials included (the connections of one open serve the next); request counts
+//! stay per source.
 
 use std::fmt;
 use std::future::Future;
@@ -30,6 +36,7 @@ use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures::stream::BoxStream;
 use futures::StreamExt;
 use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::azure::{AzureConfigKey, MicrosoftAzureBuilder};
@@ -41,18 +48,28 @@ use object_store::gcp::{GoogleCloudStorageBuilder, GoogleConfigKey};
 use object_store::http::HttpBuilder;
 use object_store::path::Path as StorePath;
 use object_store::{
-    BackoffConfig, ClientConfigKey, ClientOptions, Extensions, GetOptions, GetRange, ObjectMeta,
-    ObjectStore, ObjectStoreScheme, RetryConfig,
+    BackoffConfig, ClientConfigKey, ClientOptions, Extensions, GetOptions, GetRange,
+    GetResultPayload, ListResult, MultipartUpload, ObjectMeta, ObjectStore, ObjectStoreScheme,
+    PutMultipartOptions, PutOptions, PutPayload, PutResult, RetryConfig, UploadPart,
 };
 use url::Url;
 
+use crate::binindex::INDEX_MAGIC;
+use crate::binindex_read::{tail_read_len, TAIL_READ_BYTES};
 use crate::error::{Error, Result};
+use crate::format::{END_MAGIC, SUPERBLOCK_LEN, TRAILER_LEN};
 use crate::read::{Reader, Source};
 
 /// Bytes fetched from the end of the object on open: trailer and index in one request for
-/// any archive whose index is under about this size (and the whole archive when it is
-/// smaller). 1 MiB costs a few milliseconds even on a slow link, a second round trip more.
-pub const OPEN_TAIL_BYTES: u64 = 1 << 20;
+/// any archive whose index is under about this size (~250 bytes a tensor: about a
+/// thousand tensors), and the whole archive when it is smaller. A larger first read costs
+/// its transfer on every open, a smaller one a round trip more for larger indexes; at
+/// 20 ms each way and 100 MB/s (bench/remote.py), open + one tensor took 94 ms with 64 KiB,
+/// 96 with 256 KiB, 104 with 1 MiB, and an index beyond the first read adds a 40 ms round trip.
+pub const OPEN_TAIL_BYTES: u64 = 256 << 10;
+/// Largest index an open fetches whole when its first read did not hold it all (one
+/// request more); a larger one is read in the parts a lookup needs.
+pub const INDEX_FETCH_MAX: u64 = 64 << 20;
 /// A server that ignores `Range` and answers with the whole object: its body is used when
 /// the object is at most this large, else the open fails (never an unbounded download).
 pub const WHOLE_BODY_MAX: u64 = 64 << 20;
@@ -98,6 +115,14 @@ impl Body {
 
     fn len(&self) -> usize {
         self.len
+    }
+
+    /// `front` followed by this body.
+    fn prepend(&mut self, front: Body) {
+        let back = std::mem::replace(self, front);
+        for frame in back.frames {
+            self.push(frame);
+        }
     }
 
     /// Copies bytes `at..at + out.len()` (within the body) into `out`.
@@ -270,17 +295,23 @@ impl StatusSlot {
     }
 }
 
-/// Counts every HTTP request and notes each response's status.
+tokio::task_local! {
+    /// The counters of the source whose operation a task runs: clients are shared between
+    /// sources (see [`CountedStore`]), counts stay per source.
+    static TASK_COUNTERS: Arc<Counters>;
+}
+
+/// Counts every HTTP request (to the counters of the task's source) and notes each
+/// response's status.
 #[derive(Debug)]
 struct CountingService {
     inner: HttpClient,
-    counters: Arc<Counters>,
 }
 
 #[async_trait::async_trait]
 impl HttpService for CountingService {
     async fn call(&self, request: HttpRequest) -> Result<HttpResponse, HttpError> {
-        self.counters.requests.fetch_add(1, Ordering::Relaxed);
+        let _ = TASK_COUNTERS.try_with(|c| c.requests.fetch_add(1, Ordering::Relaxed));
         let slot = request.extensions().get::<StatusSlot>().cloned();
         let response = self.inner.execute(request).await?;
         let status = Some(response.status().as_u16());
@@ -297,18 +328,204 @@ impl HttpService for CountingService {
 }
 
 #[derive(Debug)]
-struct CountingConnector {
-    counters: Arc<Counters>,
-}
+struct CountingConnector;
 
 impl HttpConnector for CountingConnector {
     fn connect(&self, options: &ClientOptions) -> object_store::Result<HttpClient> {
         let inner = ReqwestConnector::default().connect(options)?;
-        Ok(HttpClient::new(CountingService {
+        Ok(HttpClient::new(CountingService { inner }))
+    }
+}
+
+/// A shared store as one source sees it: every operation runs with that source's
+/// counters in [`TASK_COUNTERS`] (multipart parts and listing pages included).
+#[derive(Debug)]
+struct CountedStore {
+    inner: Arc<dyn ObjectStore>,
+    counters: Arc<Counters>,
+}
+
+impl fmt::Display for CountedStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.inner, f)
+    }
+}
+
+impl CountedStore {
+    fn scoped<F: Future>(&self, future: F) -> impl Future<Output = F::Output> {
+        TASK_COUNTERS.scope(self.counters.clone(), future)
+    }
+
+    fn scoped_stream<T: Send + 'static>(
+        &self,
+        inner: BoxStream<'static, T>,
+    ) -> BoxStream<'static, T> {
+        Box::pin(CountedStream {
+            inner,
+            counters: self.counters.clone(),
+        })
+    }
+}
+
+struct CountedStream<T> {
+    inner: BoxStream<'static, T>,
+    counters: Arc<Counters>,
+}
+
+impl<T> futures::Stream for CountedStream<T> {
+    type Item = T;
+
+    fn poll_next(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<T>> {
+        let this = self.get_mut();
+        TASK_COUNTERS.sync_scope(this.counters.clone(), || this.inner.poll_next_unpin(cx))
+    }
+}
+
+#[derive(Debug)]
+struct CountedUpload {
+    inner: Box<dyn MultipartUpload>,
+    counters: Arc<Counters>,
+}
+
+#[async_trait::async_trait]
+impl MultipartUpload for CountedUpload {
+    fn put_part(&mut self, data: PutPayload) -> UploadPart {
+        // The part's future runs later, on whatever task awaits it.
+        Box::pin(TASK_COUNTERS.scope(self.counters.clone(), self.inner.put_part(data)))
+    }
+
+    async fn complete(&mut self) -> object_store::Result<PutResult> {
+        TASK_COUNTERS
+            .scope(self.counters.clone(), self.inner.complete())
+            .await
+    }
+
+    async fn abort(&mut self) -> object_store::Result<()> {
+        TASK_COUNTERS
+            .scope(self.counters.clone(), self.inner.abort())
+            .await
+    }
+}
+
+#[async_trait::async_trait]
+impl ObjectStore for CountedStore {
+    async fn put_opts(
+        &self,
+        location: &StorePath,
+        payload: PutPayload,
+        opts: PutOptions,
+    ) -> object_store::Result<PutResult> {
+        self.scoped(self.inner.put_opts(location, payload, opts))
+            .await
+    }
+
+    async fn put_multipart_opts(
+        &self,
+        location: &StorePath,
+        opts: PutMultipartOptions,
+    ) -> object_store::Result<Box<dyn MultipartUpload>> {
+        let inner = self
+            .scoped(self.inner.put_multipart_opts(location, opts))
+            .await?;
+        Ok(Box::new(CountedUpload {
             inner,
             counters: self.counters.clone(),
         }))
     }
+
+    async fn get_opts(
+        &self,
+        location: &StorePath,
+        options: GetOptions,
+    ) -> object_store::Result<object_store::GetResult> {
+        let mut result = self.scoped(self.inner.get_opts(location, options)).await?;
+        // A body cut short is resumed with a new request while it is read: counted too.
+        // (Irrefutable without object_store's `fs` feature, which adds a file payload.)
+        #[allow(irrefutable_let_patterns)]
+        if let GetResultPayload::Stream(stream) = result.payload {
+            result.payload = GetResultPayload::Stream(self.scoped_stream(stream));
+        }
+        Ok(result)
+    }
+
+    async fn head(&self, location: &StorePath) -> object_store::Result<ObjectMeta> {
+        self.scoped(self.inner.head(location)).await
+    }
+
+    async fn delete(&self, location: &StorePath) -> object_store::Result<()> {
+        self.scoped(self.inner.delete(location)).await
+    }
+
+    fn list(
+        &self,
+        prefix: Option<&StorePath>,
+    ) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
+        self.scoped_stream(self.inner.list(prefix))
+    }
+
+    fn list_with_offset(
+        &self,
+        prefix: Option<&StorePath>,
+        offset: &StorePath,
+    ) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
+        self.scoped_stream(self.inner.list_with_offset(prefix, offset))
+    }
+
+    async fn list_with_delimiter(
+        &self,
+        prefix: Option<&StorePath>,
+    ) -> object_store::Result<ListResult> {
+        self.scoped(self.inner.list_with_delimiter(prefix)).await
+    }
+
+    async fn copy(&self, from: &StorePath, to: &StorePath) -> object_store::Result<()> {
+        self.scoped(self.inner.copy(from, to)).await
+    }
+
+    async fn copy_if_not_exists(
+        &self,
+        from: &StorePath,
+        to: &StorePath,
+    ) -> object_store::Result<()> {
+        self.scoped(self.inner.copy_if_not_exists(from, to)).await
+    }
+}
+
+/// Clients (and so connection pools, TLS set-up, credential caches) kept for reuse: at most
+/// this many, the least recently used dropped first.
+const STORE_CACHE_MAX: usize = 16;
+
+/// What a client was built from: two opens share one only when every input is equal —
+/// the store's address, every option (the environment's included, in the order applied)
+/// and the retry settings. Never shown (it holds credentials).
+#[derive(PartialEq, Eq)]
+struct StoreKey {
+    address: String,
+    pairs: Vec<(String, String)>,
+    max_retries: usize,
+    retry_timeout: Duration,
+}
+
+static STORES: Mutex<Vec<(StoreKey, Arc<dyn ObjectStore>)>> = Mutex::new(Vec::new());
+
+fn cached_store(key: &StoreKey) -> Option<Arc<dyn ObjectStore>> {
+    let mut stores = STORES.lock().unwrap_or_else(|e| e.into_inner());
+    let at = stores.iter().position(|(k, _)| k == key)?;
+    let entry = stores.remove(at);
+    let store = entry.1.clone();
+    stores.push(entry);
+    Some(store)
+}
+
+fn keep_store(key: StoreKey, store: &Arc<dyn ObjectStore>) {
+    let mut stores = STORES.lock().unwrap_or_else(|e| e.into_inner());
+    stores.retain(|(k, _)| *k != key);
+    stores.push((key, store.clone()));
+    let excess = stores.len().saturating_sub(STORE_CACHE_MAX);
+    stores.drain(..excess);
 }
 
 impl fmt::Debug for Counters {
@@ -561,9 +778,38 @@ pub(crate) fn build_store_at(
     if parsed.scheme() == "http" || (endpoint_is_http && !allow_http_given) {
         client = client.with_allow_http(true);
     }
-    let connector = CountingConnector {
-        counters: counters.clone(),
+    // The store's address: a bucket (container) named by the host, or an HTTP server; a
+    // cloud store named by an https:// URL keeps its whole URL (its bucket may be in the
+    // path), so it is shared only between opens of that one object.
+    let address = match (&scheme, parsed.scheme()) {
+        (ObjectStoreScheme::Http, _) => parsed[..url::Position::BeforePath].to_owned(),
+        (_, "http" | "https") => parsed.as_str().to_owned(),
+        _ => parsed[..url::Position::BeforePath].to_owned(),
     };
+    let key = StoreKey {
+        address: format!("{scheme:?} {address}"),
+        pairs: pairs.clone(),
+        max_retries: retry.max_retries,
+        retry_timeout: retry.retry_timeout,
+    };
+    secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+    secrets.dedup();
+    let counted = |inner: Arc<dyn ObjectStore>| -> Arc<dyn ObjectStore> {
+        Arc::new(CountedStore {
+            inner,
+            counters: counters.clone(),
+        })
+    };
+    if let Some(store) = cached_store(&key) {
+        return Ok(Built {
+            store: counted(store),
+            path,
+            label,
+            secrets,
+            tuning,
+        });
+    }
+    let connector = CountingConnector;
     let unknown = |k: &str| {
         invalid(
             &label,
@@ -655,10 +901,9 @@ pub(crate) fn build_store_at(
             ))
         }
     };
-    secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
-    secrets.dedup();
+    keep_store(key, &store);
     Ok(Built {
-        store,
+        store: counted(store),
         path,
         label,
         secrets,
@@ -685,6 +930,8 @@ struct Inner {
     /// Bytes `tail_start..len` from the open request (the whole object when it is small).
     tail_start: u64,
     tail: Body,
+    /// The file's first bytes when the open fetched them (see `after_first_read`).
+    head: Body,
     /// The loads in progress, oldest first.
     plans: Mutex<Vec<Arc<Plan>>>,
 }
@@ -838,6 +1085,54 @@ fn is_suffix_refused(e: &object_store::Error, status: Option<u16>) -> bool {
 }
 
 impl Inner {
+    /// What the reader will read right after the open request when that request did not
+    /// hold it, as (bytes before the tail, the file's first bytes):
+    /// - the rest of an index larger than the first read (the reader then looks tensors
+    ///   up in it: page by page, each a round trip, were it not fetched whole now), and
+    ///   at least the 64 KiB the reader reads from the end;
+    /// - the superblock, when the reader cannot take it from the index head's copy in what
+    ///   it reads from the end (an index larger than `TAIL_HELD_MAX`, or a format 1.0 file).
+    ///
+    /// Nothing when the tail is the whole file, or ends in no committed trailer (an
+    /// unfinished append: the reader looks for the last committed version itself); no
+    /// index larger than [`INDEX_FETCH_MAX`].
+    fn after_first_read(&self) -> (Option<Range<u64>>, Option<Range<u64>>) {
+        let n = self.tail.len();
+        if self.tail_start <= SUPERBLOCK_LEN as u64 || n < TRAILER_LEN {
+            return (None, None);
+        }
+        let mut t = [0u8; TRAILER_LEN];
+        self.tail.copy_to(n - TRAILER_LEN, &mut t);
+        let word = |at: usize| u64::from_le_bytes(t[at..at + 8].try_into().expect("8 bytes"));
+        let crc = u32::from_le_bytes(t[20..24].try_into().expect("4 bytes"));
+        let (offset, len) = (word(0), word(8));
+        let committed = t[24..32] == END_MAGIC
+            && crc32c::crc32c(&t[..20]) == crc
+            && offset
+                .checked_add(len)
+                .and_then(|e| e.checked_add(TRAILER_LEN as u64))
+                == Some(self.len);
+        if !committed || len > INDEX_FETCH_MAX {
+            return (None, None);
+        }
+        let start = offset.min(self.len.saturating_sub(TAIL_READ_BYTES));
+        let index = (start < self.tail_start).then_some(start..self.tail_start);
+        // What the reader's tail will hold (`held_tail`): the index head's copy of the
+        // superblock must lie within it.
+        let held = self.len - start.min(self.tail_start);
+        let reader_tail = self.len - tail_read_len(self.len, held);
+        let not_binary = offset >= self.tail_start && {
+            let mut magic = [0u8; 8];
+            let at = (offset - self.tail_start) as usize;
+            at + 8 <= n && {
+                self.tail.copy_to(at, &mut magic);
+                magic != INDEX_MAGIC
+            }
+        };
+        let head = (offset < reader_tail || not_binary).then_some(0..SUPERBLOCK_LEN as u64);
+        (index, head)
+    }
+
     fn err(&self, e: &object_store::Error, status: Option<u16>) -> RemoteError {
         classify(e, status, &self.label, &self.secrets)
     }
@@ -865,7 +1160,7 @@ impl Inner {
 
     /// One ranged GET pinned to the opened object, its body checked for length; short
     /// bodies are retried.
-    async fn fetch(self: Arc<Self>, range: Range<u64>) -> Result<Body, RemoteError> {
+    async fn fetch(&self, range: Range<u64>) -> Result<Body, RemoteError> {
         let want = range.end - range.start;
         let mut attempt = 0;
         loop {
@@ -915,38 +1210,26 @@ impl RemoteSource {
     /// (see [`RemoteSource::label`] for what names it in messages).
     pub fn open(url: &str, options: &[(String, String)]) -> Result<Arc<RemoteSource>> {
         let counters = Arc::new(Counters::default());
-        let built = build_store(url, options, &counters)?;
         let Built {
             store,
             path,
             label,
             secrets,
             tuning,
-        } = built;
-        let opened = {
-            let (store, path, task_label, secrets, counters) = (
-                store.clone(),
-                path.clone(),
-                label.clone(),
-                secrets.clone(),
-                counters.clone(),
-            );
-            block_on(async move {
-                open_tail(
-                    &*store,
-                    &path,
-                    tuning.open_tail_bytes,
-                    &task_label,
-                    &secrets,
-                    &counters,
-                )
-                .await
-            })
-            .and_then(|r| r)
-            .map_err(|e| e.into_error(&label))?
-        };
-        Ok(Arc::new(RemoteSource {
-            inner: Arc::new(Inner {
+        } = build_store(url, options, &counters)?;
+        let error_label = label.clone();
+        // One hand-off to the runtime for the whole open (the index completion included).
+        let inner = block_on(async move {
+            let opened = open_tail(
+                &*store,
+                &path,
+                tuning.open_tail_bytes,
+                &label,
+                &secrets,
+                &counters,
+            )
+            .await?;
+            let mut inner = Inner {
                 label,
                 store,
                 path,
@@ -957,8 +1240,32 @@ impl RemoteSource {
                 counters,
                 tail_start: opened.tail_start,
                 tail: opened.tail,
+                head: Body::default(),
                 plans: Mutex::new(Vec::new()),
-            }),
+            };
+            // Both in one round trip, in parallel.
+            let (index, head) = inner.after_first_read();
+            let fetch = |r: Option<Range<u64>>| {
+                let inner = &inner;
+                async move {
+                    match r {
+                        Some(r) => inner.fetch(r).await.map(Some),
+                        None => Ok(None),
+                    }
+                }
+            };
+            let (front, head) = futures::future::join(fetch(index.clone()), fetch(head)).await;
+            if let (Some(range), Some(front)) = (index, front?) {
+                inner.tail.prepend(front);
+                inner.tail_start = range.start;
+            }
+            inner.head = head?.unwrap_or_default();
+            Ok::<_, RemoteError>(inner)
+        })
+        .and_then(|r| r)
+        .map_err(|e| e.into_error(&error_label))?;
+        Ok(Arc::new(RemoteSource {
+            inner: Arc::new(inner),
         }))
     }
 
@@ -1032,6 +1339,10 @@ impl RemoteSource {
     }
 
     fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), RemoteError> {
+        if offset + buf.len() as u64 <= self.inner.head.len() as u64 {
+            self.inner.head.copy_to(offset as usize, buf);
+            return Ok(());
+        }
         let before_tail = self.copy_from_tail(offset, buf);
         if before_tail == 0 {
             return Ok(());
@@ -1096,7 +1407,7 @@ impl RemoteSource {
                     plan.buffered.fetch_add(slot.wanted, Ordering::Relaxed);
                     let inner = self.inner.clone();
                     let range = slot.range.clone();
-                    let result = block_on(inner.fetch(range)).and_then(|r| r);
+                    let result = block_on(async move { inner.fetch(range).await }).and_then(|r| r);
                     finish_slot(slot, result);
                     state = slot.state.lock().unwrap_or_else(|e| e.into_inner());
                 }
@@ -1292,7 +1603,7 @@ async fn drive(inner: Arc<Inner>, plan: Arc<Plan>) {
         tokio::spawn(async move {
             // Readers wait on the slot: it is settled even if this task ends early.
             let guard = SettleOnDrop(slot.clone());
-            let result = inner.clone().fetch(slot.range.clone()).await;
+            let result = inner.fetch(slot.range.clone()).await;
             finish_slot(&slot, result);
             drop(guard);
             drop(permit);
@@ -1430,6 +1741,10 @@ impl Source for RemoteSource {
 
     fn is_remote(&self) -> bool {
         true
+    }
+
+    fn held_tail(&self) -> u64 {
+        self.inner.len - self.inner.tail_start
     }
 
     fn read_exact_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {

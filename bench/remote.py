@@ -7,12 +7,17 @@
 nginx (the one of tests/remote, started here on 127.0.0.1 and stopped at the end) serves a
 temporary folder holding one bpz archive and one safetensors file of the same 64 float32
 tensors (``--scale`` x 4 MiB each). For each latency (0 ms: straight to nginx; 20 ms: through
-the delaying proxy of tests/remote, 20 ms before each request and each response) and each
-round, in an order that rotates from round to round:
+the delaying proxy of tests/remote run in a process of its own, a delay line of 20 ms each way
+that also charges a new connection's handshake; ``--bandwidth`` caps its rate) and each round,
+in an order that rotates from round to round:
 
-* bpz-one: ``bpz.open(url)`` + the middle tensor, a fresh open every round (cold);
+* bpz-one: ``bpz.open(url)`` + the middle tensor, a fresh open every round with a new client
+  (options that differ each time), so a new connection (cold, as in a new process);
 * st-one: safetensors as the Hub reads it, on one fresh keep-alive connection: a ranged GET
   of the 8-byte header length, one of the JSON header, one of the tensor's bytes (3 requests);
+* bpz-one-warm: the same open + tensor with the same options every round: bpz reuses its
+  client, so the connection of the previous round (a process opening several archives);
+* st-one-warm: st-one on one connection kept open across rounds (a client with a session);
 * st-one-2req: the same with a speculative first read of 100 KB (header length and header in
   one request when the header fits, as huggingface_hub does), for reference;
 * get-st: one GET of the whole safetensors file into memory (downloading the file);
@@ -24,6 +29,9 @@ Every figure is the median of the rounds (min-max beside it), after one untimed 
 also checks every result against the source arrays. Requests are counted by the client
 (``Archive._request_stats()`` for bpz, the requests sent for the others) and by nginx's
 access log. Targets (issue 15): bpz-one <= 0.5 x st-one at 20 ms; bpz-load >= 0.8 x get-bpz.
+
+    .venv/bin/python bench/remote.py --bandwidth 100 --open-tail-bytes 1048576  # a first read of 1 MiB
+
 """
 
 from __future__ import annotations
@@ -117,9 +125,12 @@ def get_whole(port: int, path: str) -> tuple[bytearray, int]:
         conn.close()
 
 
-def safetensors_one(port: int, path: str, name: str, speculative: bool) -> tuple[np.ndarray, int]:
-    """Reads one tensor of a remote safetensors file with ranged GETs on one connection."""
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+def safetensors_one(port: int, path: str, name: str, speculative: bool,
+                    conn: http.client.HTTPConnection | None = None) -> tuple[np.ndarray, int]:
+    """Reads one tensor of a remote safetensors file with ranged GETs on one connection: a
+    new one, or `conn` (kept open)."""
+    keep = conn is not None
+    conn = conn or http.client.HTTPConnection("127.0.0.1", port, timeout=60)
     requests = 0
     try:
         if speculative:
@@ -143,32 +154,55 @@ def safetensors_one(port: int, path: str, name: str, speculative: bool) -> tuple
             raise ValueError(f"{name}: dtype {info['dtype']}, the bench writes F32")
         return np.frombuffer(data, dtype=np.float32).reshape(info["shape"]), requests
     finally:
-        conn.close()
+        if not keep:
+            conn.close()
 
 
 # -- the cases -------------------------------------------------------------------------------------
 
 
-CASES = ["bpz-one", "st-one", "st-one-2req", "get-st", "bpz-load", "get-bpz"]
+CASES = ["bpz-one", "st-one", "bpz-one-warm", "st-one-warm", "st-one-2req", "get-st", "bpz-load", "get-bpz"]
+
+_fresh = iter(range(1 << 62))
+
+
+def bpz_options(fresh: bool) -> dict[str, str]:
+    """Storage options of the bpz cases: --open-tail-bytes if given and, for a cold open, a
+    connect timeout that differs each time (5 s + n µs): bpz reuses a client only for equal
+    options, so the open builds a new client and connection, as a new process would."""
+    opts = dict(bench_options)
+    if fresh:
+        opts["connect_timeout"] = f"{5 + next(_fresh) * 1e-6:.6f}s"
+    return opts
+
+
+bench_options: dict[str, str] = {}
+# One kept-alive connection per port for st-one-warm (as a client with a session has).
+_warm_conns: dict[int, http.client.HTTPConnection] = {}
 
 
 def run_case(case: str, port: int, tensors: dict[str, np.ndarray], name: str, verify: bool) -> tuple[float, int]:
     """Runs one case once; returns (seconds, requests counted by the client)."""
     base = f"http://127.0.0.1:{port}"
+    if case == "st-one-warm" and port not in _warm_conns:
+        _warm_conns[port] = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
     t0 = time.perf_counter()
-    if case == "bpz-one":
-        with bpz.open(f"{base}/model.bpz") as archive:
+    if case in ("bpz-one", "bpz-one-warm"):
+        with bpz.open(f"{base}/model.bpz", storage_options=bpz_options(case == "bpz-one")) as archive:
             value = archive[name]
             requests = archive._request_stats()["requests"]
     elif case in ("st-one", "st-one-2req"):
         value, requests = safetensors_one(port, "/model.safetensors", name, speculative=case == "st-one-2req")
+    elif case == "st-one-warm":
+        value, requests = safetensors_one(port, "/model.safetensors", name, speculative=False,
+                                          conn=_warm_conns[port])
     elif case == "get-st":
         value, requests = get_whole(port, "/model.safetensors")
     elif case == "get-bpz":
         value, requests = get_whole(port, "/model.bpz")
     elif case == "bpz-load":
         # load_pytree closes its archive; open() gives the same load and keeps the counters.
-        with bpz.open(f"{base}/model.bpz") as archive:
+        with bpz.open(f"{base}/model.bpz", storage_options=bpz_options(False)) as archive:
             value = archive.load()
             requests = archive._request_stats()["requests"]
     else:
@@ -180,7 +214,7 @@ def run_case(case: str, port: int, tensors: dict[str, np.ndarray], name: str, ve
 
 
 def _check(case: str, value, tensors: dict[str, np.ndarray], name: str) -> None:
-    if case in ("bpz-one", "st-one", "st-one-2req"):
+    if case in ("bpz-one", "bpz-one-warm", "st-one", "st-one-warm", "st-one-2req"):
         ok = value.shape == tensors[name].shape and np.array_equal(value, tensors[name])
     elif case == "bpz-load":
         ok = set(value) == set(tensors) and all(np.array_equal(value[k], tensors[k]) for k in tensors)
@@ -215,16 +249,23 @@ def report(args, cmdline, samples, reqs, server_reqs, sizes, meta) -> str:
            f"Data: {N_TENSORS} float32 tensors of {sizes['tensor'] / MIB:.2f} MiB "
            f"({sizes['total'] / MIB:.0f} MiB); bpz file {sizes['bpz'] / MIB:.1f} MiB (format {meta['format']}), "
            f"safetensors file {sizes['st'] / MIB:.1f} MiB; one tensor = `{meta['name']}` (the middle one). "
-           f"20 ms = the delaying proxy of tests/remote (20 ms before each request and each response: "
-           f"one round trip = 40 ms). Median of {args.repeat} rounds (min–max), interleaved, after one "
+           f"{max(args.latencies):g} ms = the delaying proxy of tests/remote in a process of its own (a delay "
+           f"line: every byte leaves {max(args.latencies):g} ms after it arrived, each way, so one round trip = "
+           f"{2 * max(args.latencies):g} ms and a new connection pays one more for its handshake"
+           f"{'; bandwidth ' + format(args.bandwidth, 'g') + ' MB/s each way, shared' if args.bandwidth else ''}). "
+           f"bpz storage options: {bench_options or 'defaults'}. "
+           f"Median of {args.repeat} rounds (min–max), interleaved, after one "
            f"untimed round checking every result against the source.", "",
            "| case | " + " | ".join(f"{lat_names[lat]}: ms | req (client/server) | MB/s"
                                     for lat in args.latencies) + " |",
            "| --- |" + " --- | --- | --- |" * len(args.latencies)]
     nbytes = {"bpz-one": sizes["tensor"], "st-one": sizes["tensor"], "st-one-2req": sizes["tensor"],
+              "bpz-one-warm": sizes["tensor"], "st-one-warm": sizes["tensor"],
               "get-st": sizes["st"], "get-bpz": sizes["bpz"], "bpz-load": sizes["total"]}
-    labels = {"bpz-one": "bpz: open + one tensor (cold)",
-              "st-one": "safetensors: 8-byte length + header + tensor range",
+    labels = {"bpz-one": "bpz: open + one tensor (cold: new client, new connection)",
+              "st-one": "safetensors: 8-byte length + header + tensor range (new connection)",
+              "bpz-one-warm": "bpz: open + one tensor, client reused (warm connection)",
+              "st-one-warm": "safetensors: the 3 ranges on a kept-alive connection",
               "st-one-2req": "safetensors: 100 KB speculative header + tensor range",
               "get-st": "download the whole safetensors file (one GET)",
               "bpz-load": "bpz: full load (open + load)",
@@ -255,7 +296,10 @@ def report(args, cmdline, samples, reqs, server_reqs, sizes, meta) -> str:
         out.append(f"| {label} | " + " | ".join(cells) + f" | {tgt} |")
 
     top = max(args.latencies)
-    ratio_row("bpz one tensor / safetensors one tensor (time)", "bpz-one", "st-one", ONE_TARGET, False, [top])
+    ratio_row("bpz one tensor / safetensors one tensor (time, both cold)", "bpz-one", "st-one", ONE_TARGET, False,
+              [top])
+    ratio_row("bpz one tensor / safetensors one tensor (time, both warm)", "bpz-one-warm", "st-one-warm", ONE_TARGET,
+              False, [top])
     ratio_row("bpz one tensor / safetensors 100 KB-header variant (time)", "bpz-one", "st-one-2req", None, False, [])
     ratio_row("bpz one tensor / downloading the safetensors file (time)", "bpz-one", "get-st", None, False, [])
     ratio_row("bpz full load / one GET of the same bytes (throughput)", "bpz-load", "get-bpz", LOAD_TARGET, True,
@@ -268,10 +312,13 @@ def report(args, cmdline, samples, reqs, server_reqs, sizes, meta) -> str:
         # Throughput of the GET once its one round trip is taken off, against the direct GET.
         body = max(med["get-bpz", lat] - 2 * lat / 1e3, 1e-6)
         share = med["get-bpz", 0] / body
-        if share < PROXY_CAP_WARNING:
+        if args.bandwidth:
+            notes.append(f"- At {lat_names[lat]} the proxy caps the rate at {args.bandwidth:g} MB/s: the GET "
+                         f"moves {sizes['bpz'] / 1e6 / body:.0f} MB/s (its round trip taken off).")
+        elif share < PROXY_CAP_WARNING:
             notes.append(f"- At {lat_names[lat]} the GET through the proxy moves {sizes['bpz'] / MIB / body:.0f} MiB/s "
                          f"(its round trip taken off) against {sizes['bpz'] / MIB / med['get-bpz', 0]:.0f} MiB/s "
-                         f"direct ({share:.0%}): the Python proxy caps throughput (it shares the 2 cores with "
+                         f"direct ({share:.0%}): the proxy caps throughput (it shares the machine's cores with "
                          f"nginx and the client), so throughput figures at {lat_names[lat]} measure the proxy "
                          f"as much as the client.")
         else:
@@ -289,11 +336,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeat", type=int, default=7, help="timed rounds (median reported)")
     ap.add_argument("--latencies", type=lambda s: [float(x) for x in s.split(",")], default=[0.0, 20.0],
                     help="one-way delays in ms, comma-separated (0 = straight to nginx)")
+    ap.add_argument("--bandwidth", type=float, default=None,
+                    help="cap the proxy's rate at this many MB/s each way (shared by all connections; "
+                         "default: no cap)")
+    ap.add_argument("--open-tail-bytes", type=int, default=None,
+                    help="bpz's first read on open (the storage option open_tail_bytes; default: bpz's)")
     ap.add_argument("--out", help="also write the markdown table to this file")
     ap.add_argument("--workdir", default=None, help="where the files and nginx's folder go (a temp dir)")
     args = ap.parse_args(argv)
     if args.scale <= 0 or args.repeat < 1 or any(lat < 0 for lat in args.latencies):
         ap.error("--scale must be > 0, --repeat >= 1, latencies >= 0")
+    if args.bandwidth is not None and args.bandwidth <= 0:
+        ap.error("--bandwidth must be > 0")
+    if args.open_tail_bytes is not None:
+        bench_options["open_tail_bytes"] = str(args.open_tail_bytes)
     cmdline = shlex.join([".venv/bin/python", "bench/remote.py"] + (sys.argv[1:] if argv is None else argv))
     started = _dt.datetime.now().isoformat(timespec="seconds")
     load_before = os.getloadavg()[0]
@@ -312,7 +368,7 @@ def main(argv: list[str] | None = None) -> int:
             if type(e).__name__ == "Failed":
                 raise SystemExit(f"cannot start nginx: {e}") from None
             raise
-        proxies: list[remote_servers.DelayProxy] = []
+        proxies: list[remote_servers.DelayProxyProcess] = []
         try:
             tensors = make_tensors(args.scale)
             names = list(tensors)
@@ -330,7 +386,8 @@ def main(argv: list[str] | None = None) -> int:
                 if lat == 0:
                     ports[lat] = server.port
                 else:
-                    proxies.append(remote_servers.DelayProxy(server.port, lat / 1e3))
+                    bandwidth = args.bandwidth * 1e6 if args.bandwidth else None
+                    proxies.append(remote_servers.DelayProxyProcess(server.port, lat / 1e3, bandwidth))
                     ports[lat] = proxies[-1].port
             _load_via_open_matches_load_pytree(f"http://127.0.0.1:{server.port}/model.bpz", tensors)
 
@@ -355,6 +412,8 @@ def main(argv: list[str] | None = None) -> int:
             with bpz.open(os.path.join(root, "model.bpz")) as a:
                 fmt = "{}.{}".format(*a.version)
         finally:
+            for c in _warm_conns.values():
+                c.close()
             for p in proxies:
                 p.close()
             server_gen.close()  # stops nginx (its process group)

@@ -4,6 +4,7 @@ aborted or killed save, and clear errors (no credentials) for what cannot be wri
 
 from __future__ import annotations
 
+import hashlib
 import os
 import signal
 import subprocess
@@ -48,10 +49,12 @@ def stored(s3: S3Server, key: str) -> Path:
     return s3.root / s3.bucket / key
 
 
-def pending_uploads(s3: S3Server) -> list[Path]:
-    """Parts of multipart uploads not completed nor aborted (versitygw's posix backend keeps
-    them in a hidden folder of the bucket)."""
-    return [p for p in (s3.root / s3.bucket).rglob("*") if p.is_file() and ".sgwtmp" in p.parts]
+def pending_uploads(s3: S3Server, key: str) -> list[Path]:
+    """Parts of multipart uploads to `key` not completed nor aborted (versitygw's posix backend
+    keeps them in a hidden folder of the bucket named by the SHA-256 of the key): other tests'
+    leftovers (a killed upload cannot abort) do not count."""
+    uploads = s3.root / s3.bucket / ".sgwtmp" / "multipart" / hashlib.sha256(key.encode()).hexdigest()
+    return [p for p in uploads.rglob("*") if p.is_file()]
 
 
 def test_small_save_is_one_put_and_loads_back(s3: S3Server, tmp_path: Path) -> None:
@@ -82,13 +85,13 @@ def test_large_save_is_a_multipart_upload_visible_only_when_complete(s3: S3Serve
     w.add_tensors(items)
     # Parts are uploaded while writing, but the store still shows the old object.
     assert stored(s3, key).read_bytes() == old_bytes
-    assert pending_uploads(s3), "parts should be uploaded before finish"
+    assert pending_uploads(s3, key), "parts should be uploaded before finish"
     with bpz.open(s3.url(key), storage_options=s3.options()) as a:
         assert a.keys() == bpz.open(s3.url(key), storage_options=s3.options()).keys()
     w.set_tree(None)
     summary = w.finish()
     assert summary["file_bytes"] > 5 * PART
-    assert not pending_uploads(s3)
+    assert not pending_uploads(s3, key)
     with bpz.open(s3.url(key), storage_options=s3.options()) as a:
         for i, y in enumerate(new["layers"]):
             np.testing.assert_array_equal(a[f"t{i}"], y)
@@ -113,7 +116,7 @@ def test_failure_mid_upload_aborts_and_keeps_the_previous_object(s3: S3Server) -
     with pytest.raises(Stop):
         w.add_tensors([(f"t{i}", "F32", None, a) for i, a in enumerate(new["layers"])], progress=progress)
     w.abort()
-    assert not pending_uploads(s3), "an aborted save must delete its parts"
+    assert not pending_uploads(s3, key), "an aborted save must delete its parts"
     assert stored(s3, key).read_bytes() == old_bytes
     assert_same(bpz.load_pytree(s3.url(key), storage_options=s3.options()), old)
 

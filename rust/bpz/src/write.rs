@@ -317,7 +317,7 @@ impl<W: Write> Writer<W> {
 
     fn write_out(&mut self, bytes: &[u8]) -> Result<()> {
         let r = match self.sink.as_mut().expect("writer used after finish") {
-            Sink::File(file) => file.out.write_all(bytes),
+            Sink::File(file) => file.write_all(bytes),
             Sink::Stream(out) => out.write_all(bytes),
             Sink::Append(file) => file.write_all(bytes),
             #[cfg(feature = "remote")]

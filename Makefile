@@ -72,7 +72,7 @@ CAPI_CXXFLAGS := -std=c++17 -pedantic -O2 -Wall -Wextra -Werror -Iinclude
 CAPI_LINK := -L$(CAPI_LIB) -lbpz -Wl,-rpath,$(abspath $(CAPI_LIB))
 
 .PHONY: test-c
-test-c: ## libbpz from C and C++: the conformance vectors, bpz_dump, the C++ example
+test-c: $(STAMP) remote-servers ## libbpz from C and C++: the conformance vectors, bpz_dump (files, and URLs on nginx and the S3 server), the C++ example
 	cargo build -p bpz-capi --release
 	@mkdir -p $(CAPI_OUT)
 	cargo run -q --release -p bpz-capi --example c_expectations -- spec/vectors $(CAPI_OUT)/expectations.txt
@@ -82,6 +82,7 @@ test-c: ## libbpz from C and C++: the conformance vectors, bpz_dump, the C++ exa
 	$(SUITE) c-conformance check -- $(CAPI_OUT)/conformance $(CAPI_OUT)/expectations.txt spec/vectors
 	$(SUITE) c-dump check -- $(CAPI_OUT)/bpz_dump spec/vectors/nested_tree.bpz
 	$(SUITE) c-dump-versions check -- $(CAPI_OUT)/bpz_dump --versions spec/vectors/v11_versions.bpz
+	$(SUITE) c-dump-remote check -- $(PY) tests/remote/c_dump_remote.py $(CAPI_OUT)/bpz_dump
 	$(SUITE) cpp-example check -- $(CAPI_OUT)/example spec/vectors/nested_tree.bpz 'net/E~1I/V' net/l1/W
 
 vectors: ## regenerate spec/vectors from the reference writer

@@ -112,8 +112,14 @@ class Nginx:
 
 @pytest.fixture(scope="session")
 def nginx(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Nginx]:
+    with running_nginx(tmp_path_factory.mktemp("nginx")) as server:
+        yield server
+
+
+@contextlib.contextmanager
+def running_nginx(base: Path) -> Iterator[Nginx]:
+    """nginx serving `base`/www on a free port of 127.0.0.1 until the block ends."""
     binary = _require(shutil.which("nginx") or ("/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx") else None), "nginx")
-    base = tmp_path_factory.mktemp("nginx")
     root = base / "www"
     root.mkdir()
     port = free_port()

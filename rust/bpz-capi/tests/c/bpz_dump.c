@@ -4,6 +4,11 @@
  *
  *   bpz_dump [--pread] [--version V] ARCHIVE
  *   bpz_dump [--pread] --versions ARCHIVE
+ *   bpz_dump URL
+ *
+ * A URL (http(s)://, s3://, gs://, az://) is opened with bpz_open_url, its
+ * latest version, with the store options of the environment variable
+ * BPZ_STORAGE_OPTIONS (a JSON object) if set.
  *
  *   NAME<TAB>DTYPE<TAB>SHAPE<TAB>SHA256
  *
@@ -149,7 +154,15 @@ int main(int argc, char **argv) {
         fprintf(stderr, "usage: %s [--pread] [--version V | --versions] ARCHIVE\n", argv[0]);
         return 2;
     }
-    rc = bpz_open_version(path, backend, version, &a);
+    if (strstr(path, "://") != NULL) {
+        if (versions || version != 0 || backend != BPZ_BACKEND_MMAP) {
+            fprintf(stderr, "%s: a URL opens its latest version only (no --pread, --version, --versions)\n", argv[0]);
+            return 2;
+        }
+        rc = bpz_open_url(path, getenv("BPZ_STORAGE_OPTIONS"), &a);
+    } else {
+        rc = bpz_open_version(path, backend, version, &a);
+    }
     if (rc != BPZ_OK) return report(rc);
     if (bpz_recovered(a, &ignored) > 0)
         fprintf(stderr, "bpz_dump: %s ends in an unfinished append: %llu bytes after the last committed version ignored\n",

@@ -21,8 +21,9 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import bpz  # noqa: E402
 from remote_servers import S3_SECRET_KEY, running_nginx, running_s3  # noqa: E402
+
+import bpz  # noqa: E402
 
 TIMEOUT = 60
 

@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from remote_servers import S3_SECRET_KEY, Nginx, S3Server, free_port
 
 import bpz
 from bpz import _bpz
 from bpz.errors import InvalidArgumentError, UnsupportedFeatureError
-
-from remote_servers import S3_SECRET_KEY, Nginx, S3Server
 
 
 def test_list_head_read_delete(s3: S3Server) -> None:
@@ -81,3 +80,14 @@ def test_errors_are_typed_and_keep_credentials_out(s3: S3Server, nginx: Nginx) -
         _bpz.RemoteDir("s3://user:pw@bucket/p")
     with pytest.raises(TypeError):
         _bpz.RemoteDir(s3.url("p"), {"endpoint": object()})
+
+
+def test_nothing_listening_and_no_bucket_are_typed(s3: S3Server) -> None:
+    dead = s3.options(endpoint=f"http://127.0.0.1:{free_port()}", max_retries="1")
+    for op in (lambda: _bpz.RemoteDir(s3.url("p"), dead).list(),
+               lambda: bpz.open(s3.url("p/a.bpz"), storage_options=dead),
+               lambda: bpz.save_pytree(s3.url("p/a.bpz"), {"a": np.ones(2)}, verbose=False, storage_options=dead)):
+        with pytest.raises(ConnectionRefusedError, match="cannot connect"):
+            op()
+    with pytest.raises(FileNotFoundError, match="no such bucket"):
+        _bpz.RemoteDir("s3://no-such-bucket-here/p", s3.options()).list()

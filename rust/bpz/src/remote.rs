@@ -1008,16 +1008,34 @@ pub(crate) fn classify(
 ) -> RemoteError {
     use object_store::Error as E;
     let detail = scrub(&e.to_string(), secrets);
+    // The transport's failure, wherever it sits in the chain: object_store's own kind when
+    // an `HttpError` is reachable, else the OS error at the bottom (a request error of the
+    // retry layer hands on its source, skipping the `HttpError` itself), else the text of
+    // a client timeout (reqwest's has no public type).
     let http_kind = {
         let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
-        let mut found = None;
+        let (mut found, mut os) = (None, None);
         while let Some(s) = source {
             if let Some(h) = s.downcast_ref::<HttpError>() {
                 found = Some(h.kind());
             }
+            if let Some(io) = s.downcast_ref::<io::Error>() {
+                os = Some(io.kind());
+            }
             source = s.source();
         }
-        found
+        found.or_else(|| match os {
+            Some(io::ErrorKind::ConnectionRefused) => Some(HttpErrorKind::Connect),
+            Some(io::ErrorKind::TimedOut) => Some(HttpErrorKind::Timeout),
+            Some(
+                io::ErrorKind::ConnectionReset
+                | io::ErrorKind::ConnectionAborted
+                | io::ErrorKind::BrokenPipe
+                | io::ErrorKind::UnexpectedEof,
+            ) => Some(HttpErrorKind::Interrupted),
+            _ if detail.contains("operation timed out") => Some(HttpErrorKind::Timeout),
+            _ => None,
+        })
     };
     let status = status.filter(|s| *s >= 400);
     match (e, status) {

@@ -180,15 +180,6 @@ impl RemoteDir {
         Ok(got.map_err(|e| (e, slot.get())))
     }
 
-    fn run<T: Send + 'static>(
-        &self,
-        name: Option<&str>,
-        future: impl std::future::Future<Output = object_store::Result<T>> + Send + 'static,
-    ) -> Result<T> {
-        self.run_raw(name, future)?
-            .map_err(|(e, status)| self.err(&e, status, name))
-    }
-
     fn info(&self, meta: &ObjectMeta) -> Option<ObjectInfo> {
         let name = meta.location.filename()?.to_owned();
         Some(ObjectInfo {
@@ -213,9 +204,21 @@ impl RemoteDir {
         }
         let (store, base) = (self.store.clone(), self.base.clone());
         let prefix = (!base.as_ref().is_empty()).then_some(base);
-        let found = self.run(None, async move {
+        let found = match self.run_raw(None, async move {
             store.list_with_delimiter(prefix.as_ref()).await
-        })?;
+        })? {
+            Ok(found) => found,
+            // A listing finds no prefix as an empty one: its 404 is the bucket's.
+            Err((object_store::Error::NotFound { .. }, _)) | Err((_, Some(404))) => {
+                return Err(RemoteError::new(
+                    io::ErrorKind::NotFound,
+                    ENOENT,
+                    format!("no such bucket or container (HTTP 404) at {}", self.label),
+                )
+                .into_error(&self.label))
+            }
+            Err((e, status)) => return Err(self.err(&e, status, None)),
+        };
         let mut objects: Vec<ObjectInfo> =
             found.objects.iter().filter_map(|m| self.info(m)).collect();
         objects.sort_by(|a, b| a.name.cmp(&b.name));

@@ -488,6 +488,11 @@ fn write_json_string(out: &mut Vec<u8>, s: &str) {
 const REPORT_INTERVAL: Duration = Duration::from_millis(100);
 /// ... and after at most this many bytes.
 const REPORT_BYTES: usize = 64 << 20;
+/// Tensors (and bytes of them) whose compression is decided together, in parallel, before
+/// they are written: enough to keep the pool busy, little enough that the probes' output
+/// held meanwhile stays small.
+const PREPARE_WINDOW: usize = 256;
+const PREPARE_WINDOW_BYTES: usize = 64 << 20;
 
 /// The core's defaults with the given options over them (unchecked: the core checks).
 fn options(
@@ -701,23 +706,48 @@ impl Writer {
         let result = py.detach(|| -> Result<(), Failure> {
             let (mut done, mut since) = (0usize, 0usize);
             let mut last = Instant::now();
-            for (index, item) in batch.items.iter().enumerate() {
-                // SAFETY: `held` keeps every item's memory alive until after this section.
-                let data = unsafe { item.data.as_slice() };
-                let opts = item
-                    .options
-                    .map_or(&default_options, |i| &batch.options[i as usize]);
-                let shape = &batch.shapes[item.shape.clone()];
-                writer
-                    .add_tensor_with(batch.name(item), item.dtype, shape, data, opts)
-                    .map_err(|e| Failure::Tensor(index, e))?;
-                done += data.len();
-                since += data.len();
-                if since >= REPORT_BYTES || last.elapsed() >= REPORT_INTERVAL {
-                    report(done)?;
-                    since = 0;
-                    last = Instant::now();
+            let mut start = 0;
+            while start < batch.items.len() {
+                // A window of tensors has its compression decided in parallel, then is
+                // written in order (the same bytes as one at a time).
+                let (mut end, mut bytes) = (start, 0usize);
+                while end < batch.items.len()
+                    && (end == start
+                        || (end - start < PREPARE_WINDOW && bytes < PREPARE_WINDOW_BYTES))
+                {
+                    bytes += batch.items[end].data.len;
+                    end += 1;
                 }
+                let window: Vec<(DType, &[u8], &TensorOptions)> = batch.items[start..end]
+                    .iter()
+                    .map(|item| {
+                        // SAFETY: `held` keeps every item's memory alive until after this section.
+                        let data = unsafe { item.data.as_slice() };
+                        let opts = item
+                            .options
+                            .map_or(&default_options, |i| &batch.options[i as usize]);
+                        (item.dtype, data, opts)
+                    })
+                    .collect();
+                let prepared = writer.prepare_many(&window);
+                for (k, ((dtype, data, opts), prepared)) in
+                    window.into_iter().zip(prepared).enumerate()
+                {
+                    let index = start + k;
+                    let item = &batch.items[index];
+                    let shape = &batch.shapes[item.shape.clone()];
+                    writer
+                        .add_tensor_prepared(batch.name(item), dtype, shape, data, opts, prepared)
+                        .map_err(|e| Failure::Tensor(index, e))?;
+                    done += data.len();
+                    since += data.len();
+                    if since >= REPORT_BYTES || last.elapsed() >= REPORT_INTERVAL {
+                        report(done)?;
+                        since = 0;
+                        last = Instant::now();
+                    }
+                }
+                start = end;
             }
             if !batch.items.is_empty() {
                 report(done)?;

@@ -82,8 +82,13 @@ pub(crate) fn choose(dtype: DType, data: &[u8], level: i32, forced: Option<Filte
     }
 }
 
-impl Choice<'_> {
+impl<'a> Choice<'a> {
     /// [`estimate_share`] of the chosen filter, from the probe if there was one.
+    /// The tensor bytes the choice was made for.
+    pub fn data(&self) -> &'a [u8] {
+        self.data
+    }
+
     pub fn share(&mut self) -> f64 {
         let s = sample(self.data, self.dtype.size());
         if s.is_empty() {

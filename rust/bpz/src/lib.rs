@@ -54,4 +54,6 @@ pub use read::{
     Backend, FileSource, Reader, Recovery, RowsRead, Source, VerifyOptions, VerifyReport,
     VersionInfo, VersionSelector, View,
 };
-pub use write::{Compression, FormatVersion, Summary, TensorOptions, Writer, WriterOptions};
+pub use write::{
+    Compression, FormatVersion, Prepared, Summary, TensorOptions, Writer, WriterOptions,
+};

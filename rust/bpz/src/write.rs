@@ -127,6 +127,73 @@ pub struct TensorOptions {
     pub level: Option<i32>,
 }
 
+/// Tensors above this size are not decided ahead by [`Writer::prepare_many`]: their probes
+/// already run in parallel and their chunks are encoded on the pool.
+const PREPARE_MAX_BYTES: usize = 4 << 20;
+
+/// A tensor's compression decided ahead ([`Writer::prepare_many`]); the default decides
+/// nothing (the writer then decides as it adds the tensor).
+#[derive(Default)]
+pub struct Prepared<'a> {
+    choice: Option<Option<filter_choice::Choice<'a>>>,
+}
+
+impl std::fmt::Debug for Prepared<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let state = match &self.choice {
+            None => "undecided".to_owned(),
+            Some(None) => "raw".to_owned(),
+            Some(Some(c)) => format!("{:?}", c.filter),
+        };
+        f.debug_tuple("Prepared").field(&state).finish()
+    }
+}
+
+/// [`Writer::prepare_many`] for one tensor, given the writer's (appending, level,
+/// compression, filter).
+fn prepare<'a>(
+    (appending, level, compression, filter): (bool, i32, Compression, Option<Filter>),
+    dtype: DType,
+    data: &'a [u8],
+    topts: &TensorOptions,
+) -> Prepared<'a> {
+    let level = topts.level.unwrap_or(level);
+    let filter_ok = topts.filter.map_or(true, |f| f.applies_to(dtype));
+    if appending || check_level(level).is_err() || !filter_ok || data.len() > PREPARE_MAX_BYTES {
+        return Prepared::default();
+    }
+    let compression = topts.compression.unwrap_or(compression);
+    let forced_filter = topts.filter.or(filter.filter(|f| f.applies_to(dtype)));
+    Prepared {
+        choice: Some(decide(compression, dtype, data, level, forced_filter)),
+    }
+}
+
+/// Whether (and how) a tensor is compressed: `None` stores it raw.
+fn decide(
+    compression: Compression,
+    dtype: DType,
+    data: &[u8],
+    level: i32,
+    forced_filter: Option<Filter>,
+) -> Option<filter_choice::Choice<'_>> {
+    match compression {
+        Compression::None => None,
+        Compression::Zstd => Some(filter_choice::choose(dtype, data, level, forced_filter)),
+        Compression::Auto {
+            max_share,
+            min_bytes,
+        } => {
+            if data.len() < min_bytes.max(1) {
+                None
+            } else {
+                let mut c = filter_choice::choose(dtype, data, level, forced_filter);
+                (c.share() <= max_share).then_some(c)
+            }
+        }
+    }
+}
+
 /// What [`Writer::finish`] wrote.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Summary {
@@ -428,6 +495,49 @@ impl<W: Write> Writer<W> {
         data: &[u8],
         topts: &TensorOptions,
     ) -> Result<&TensorInfo> {
+        self.add_tensor_prepared(name, dtype, shape, data, topts, Prepared::default())
+    }
+
+    /// Decides, for each `(dtype, data, options)`, the compression
+    /// [`add_tensor_with`](Self::add_tensor_with) would choose, in parallel: the choice
+    /// compresses a sample of each tensor twice (all of a small tensor), which done
+    /// one tensor at a time leaves the other cores idle while many small tensors are
+    /// added. Pass each result to [`add_tensor_prepared`](Self::add_tensor_prepared) in
+    /// the same order: the file is byte for byte what `add_tensor_with` writes.
+    /// Nothing is decided ahead when appending (an unchanged tensor is not compressed
+    /// at all) nor for a tensor large enough to be split across the pool anyway.
+    pub fn prepare_many<'a>(
+        &self,
+        items: &[(DType, &'a [u8], &TensorOptions)],
+    ) -> Vec<Prepared<'a>> {
+        // What the decision depends on, copied out: the writer itself stays on this thread.
+        let defaults = (
+            self.dedup.is_some(),
+            self.opts.level,
+            self.opts.compression,
+            self.opts.filter,
+        );
+        let decide = |&(dtype, data, topts): &(DType, &'a [u8], &TensorOptions)| {
+            prepare(defaults, dtype, data, topts)
+        };
+        if items.len() > 1 && rayon::current_num_threads() > 1 {
+            items.par_iter().map(decide).collect()
+        } else {
+            items.iter().map(decide).collect()
+        }
+    }
+
+    /// [`add_tensor_with`](Self::add_tensor_with) with the compression decided ahead by
+    /// [`prepare_many`](Self::prepare_many) for the same `dtype`, `data` and `topts`.
+    pub fn add_tensor_prepared(
+        &mut self,
+        name: &str,
+        dtype: DType,
+        shape: &[u64],
+        data: &[u8],
+        topts: &TensorOptions,
+        prepared: Prepared<'_>,
+    ) -> Result<&TensorInfo> {
         let vacancy = self.check_new_tensor(name, dtype, shape, data)?;
         let level = topts.level.unwrap_or(self.opts.level);
         check_level(level)?;
@@ -468,20 +578,11 @@ impl<W: Write> Writer<W> {
         };
         // The choice keeps its probe compression: the share estimate reuses it,
         // and so does the only chunk of a tensor no larger than the sample.
-        let choice = match compression {
-            Compression::None => None,
-            Compression::Zstd => Some(filter_choice::choose(dtype, data, level, forced_filter)),
-            Compression::Auto {
-                max_share,
-                min_bytes,
-            } => {
-                if data.len() < min_bytes.max(1) {
-                    None
-                } else {
-                    let mut c = filter_choice::choose(dtype, data, level, forced_filter);
-                    (c.share() <= max_share).then_some(c)
-                }
+        let choice = match prepared.choice {
+            Some(choice) if std::ptr::eq(choice.as_ref().map_or(data, |c| c.data()), data) => {
+                choice
             }
+            _ => decide(compression, dtype, data, level, forced_filter),
         };
         let info = match choice {
             None => self.write_raw(name, dtype, shape, data, chunk_elems, hashes.as_deref())?,

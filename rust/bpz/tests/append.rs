@@ -1,6 +1,9 @@
 //! Appending versions (spec §16.6), deduplication against the previous version, and
 //! compaction (§16.8).
 
+mod common;
+use common::vectors::prng_bytes;
+
 use std::collections::BTreeMap;
 use std::path::Path;
 
@@ -13,18 +16,6 @@ fn opts() -> WriterOptions {
         sync: false,
         ..WriterOptions::default()
     }
-}
-
-/// Deterministic bytes (splitmix64).
-fn noise(n: usize, seed: u64) -> Vec<u8> {
-    let mut s = seed;
-    (0..n)
-        .map(|_| {
-            s = s.wrapping_add(0x9e3779b97f4a7c15);
-            let z = (s ^ (s >> 30)).wrapping_mul(0xbf58476d1ce4e5b9);
-            (z ^ (z >> 27)) as u8
-        })
-        .collect()
 }
 
 /// What a version holds: name → (dtype, shape, bytes).
@@ -80,7 +71,7 @@ fn tensor_strategy() -> impl Strategy<Value = (DType, usize, u64)> {
 }
 
 fn make(dtype: DType, n: usize, seed: u64) -> (DType, Vec<u64>, Vec<u8>) {
-    let mut data = noise(n * dtype.size(), seed);
+    let mut data = prng_bytes(n * dtype.size(), seed);
     if dtype == DType::Bool {
         data.iter_mut().for_each(|b| *b &= 1);
     } else if seed % 2 == 0 {
@@ -182,7 +173,10 @@ fn dedup_stores_only_what_changed() {
         .flat_map(|i| (i / 1000).to_le_bytes())
         .collect();
     v.insert("c".into(), (DType::U32, vec![1 << 20], chunked.clone()));
-    v.insert("r".into(), (DType::U8, vec![1 << 19], noise(1 << 19, 1)));
+    v.insert(
+        "r".into(),
+        (DType::U8, vec![1 << 19], prng_bytes(1 << 19, 1)),
+    );
     let s1 = append(&path, &v, 1, wopts.clone());
     assert_eq!((s1.version, s1.chunks_shared), (1, 0));
     let c_chunks = 64u64;
@@ -225,7 +219,7 @@ fn a_missing_file_is_created_as_version_1_and_a_1_0_file_is_upgraded() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("new.bpz");
     let mut v: Contents = BTreeMap::new();
-    v.insert("x".into(), (DType::F32, vec![3], noise(12, 3)));
+    v.insert("x".into(), (DType::F32, vec![3], prng_bytes(12, 3)));
     let s = append(&path, &v, 1, opts());
     assert_eq!((s.version, s.path.as_deref()), (1, Some(path.as_path())));
 
@@ -245,7 +239,7 @@ fn a_missing_file_is_created_as_version_1_and_a_1_0_file_is_upgraded() {
     w.finish().unwrap();
     assert_eq!(Reader::open(&old).unwrap().version().minor, 0);
     let mut v2 = v.clone();
-    v2.insert("y".into(), (DType::I64, vec![2], noise(16, 4)));
+    v2.insert("y".into(), (DType::I64, vec![2], prng_bytes(16, 4)));
     let s = append(&old, &v2, 2, opts());
     assert_eq!(s.version, 2);
     assert_eq!(
@@ -272,26 +266,26 @@ fn unfinished_appends_are_cut_back() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("u.bpz");
     let mut v: Contents = BTreeMap::new();
-    v.insert("a".into(), (DType::U8, vec![10_000], noise(10_000, 9)));
+    v.insert("a".into(), (DType::U8, vec![10_000], prng_bytes(10_000, 9)));
     append(&path, &v, 1, opts());
     let committed = std::fs::read(&path).unwrap();
 
     let mut w = Writer::append(&path, opts()).unwrap();
-    w.add_tensor("b", DType::U8, &[300_000], &noise(300_000, 5))
+    w.add_tensor("b", DType::U8, &[300_000], &prng_bytes(300_000, 5))
         .unwrap();
     drop(w);
     assert_eq!(std::fs::read(&path).unwrap(), committed);
 
     // A killed append: bytes after the committed end, some of them a stale trailer.
     let mut torn = committed.clone();
-    torn.extend_from_slice(&noise(5000, 1));
+    torn.extend_from_slice(&prng_bytes(5000, 1));
     torn.extend_from_slice(&committed[committed.len() - 32..]);
     std::fs::write(&path, &torn).unwrap();
     let r = Reader::open(&path).unwrap();
     let rec = r.recovered().expect("the torn tail is reported");
     assert_eq!(rec.committed_end, committed.len() as u64);
     drop(r);
-    v.insert("b".into(), (DType::U8, vec![7], noise(7, 2)));
+    v.insert("b".into(), (DType::U8, vec![7], prng_bytes(7, 2)));
     let s = append(&path, &v, 2, opts());
     assert_eq!(s.version, 2);
     let r = Reader::open(&path).unwrap();
@@ -312,12 +306,15 @@ fn compact_keeps_exactly_the_last_versions() {
     let mut v: Contents = BTreeMap::new();
     v.insert(
         "const".into(),
-        (DType::U8, vec![100_000], noise(100_000, 1)),
+        (DType::U8, vec![100_000], prng_bytes(100_000, 1)),
     );
     for k in 1..=5u64 {
-        v.insert("state".into(), (DType::U8, vec![20_000], noise(20_000, k)));
+        v.insert(
+            "state".into(),
+            (DType::U8, vec![20_000], prng_bytes(20_000, k)),
+        );
         if k == 3 {
-            v.insert("extra".into(), (DType::F32, vec![2], noise(8, 8)));
+            v.insert("extra".into(), (DType::F32, vec![2], prng_bytes(8, 8)));
         }
         append(&path, &v, k, opts());
         versions.push(v.clone());
@@ -376,10 +373,10 @@ fn the_summary_holds_the_files_trailer() {
         bytes[bytes.len() - 32..].to_vec()
     };
     let mut v: Contents = BTreeMap::new();
-    v.insert("a".into(), (DType::U8, vec![100], noise(100, 1)));
+    v.insert("a".into(), (DType::U8, vec![100], prng_bytes(100, 1)));
     let first = append(&path, &v, 1, opts());
     assert_eq!(first.trailer.to_vec(), tail(&path));
-    v.insert("b".into(), (DType::U8, vec![50], noise(50, 2)));
+    v.insert("b".into(), (DType::U8, vec![50], prng_bytes(50, 2)));
     let second = append(&path, &v, 2, opts());
     assert_eq!(second.trailer.to_vec(), tail(&path));
     assert_ne!(first.trailer, second.trailer);

@@ -2,19 +2,11 @@
 //! which the process reads: so this binary holds one test) leaves the committed
 //! versions exactly as they were.
 
+mod common;
+use common::vectors::prng_bytes;
+
 use bpz::*;
 use serde_json::json;
-
-fn noise(n: usize, seed: u64) -> Vec<u8> {
-    let mut s = seed;
-    (0..n)
-        .map(|_| {
-            s = s.wrapping_add(0x9e3779b97f4a7c15);
-            let z = (s ^ (s >> 30)).wrapping_mul(0xbf58476d1ce4e5b9);
-            (z ^ (z >> 27)) as u8
-        })
-        .collect()
-}
 
 fn version(path: &std::path::Path, k: u64) -> Result<Summary> {
     let opts = WriterOptions {
@@ -24,12 +16,12 @@ fn version(path: &std::path::Path, k: u64) -> Result<Summary> {
         ..WriterOptions::default()
     };
     let mut w = Writer::append(path, opts)?;
-    w.add_tensor("const", DType::U8, &[200_000], &noise(200_000, 1))?;
+    w.add_tensor("const", DType::U8, &[200_000], &prng_bytes(200_000, 1))?;
     let state: Vec<u8> = (0..50_000u32)
         .flat_map(|i| (i / 50 + k as u32).to_le_bytes())
         .collect();
     w.add_tensor("state", DType::U32, &[50_000], &state)?;
-    w.add_tensor("spikes", DType::U8, &[30_000], &noise(30_000, k))?;
+    w.add_tensor("spikes", DType::U8, &[30_000], &prng_bytes(30_000, k))?;
     w.set_metadata(json!({ "step": k }));
     Ok(w.finish()?.0)
 }

@@ -3,6 +3,9 @@
 //! "auto", shuffle, delta, bit-packing, forced filters, per-tensor options, tensors above
 //! the size decided ahead), and a `Prepared` made for other bytes is not used for these.
 
+mod common;
+use common::vectors::prng_bytes;
+
 use bpz::*;
 
 fn opts() -> WriterOptions {
@@ -13,18 +16,6 @@ fn opts() -> WriterOptions {
     }
 }
 
-/// Deterministic bytes (splitmix64).
-fn noise(n: usize, seed: u64) -> Vec<u8> {
-    let mut s = seed;
-    (0..n)
-        .map(|_| {
-            s = s.wrapping_add(0x9e3779b97f4a7c15);
-            let z = (s ^ (s >> 30)).wrapping_mul(0xbf58476d1ce4e5b9);
-            (z ^ (z >> 27)) as u8
-        })
-        .collect()
-}
-
 type Item = (String, DType, Vec<u64>, Vec<u8>, TensorOptions);
 
 fn items() -> Vec<Item> {
@@ -32,7 +23,7 @@ fn items() -> Vec<Item> {
     for i in 0..40u64 {
         let n = 500 + 997 * i as usize;
         let (dtype, data): (DType, Vec<u8>) = match i % 5 {
-            0 => (DType::F32, noise(n * 4, i)),
+            0 => (DType::F32, prng_bytes(n * 4, i)),
             1 => (
                 DType::F64,
                 (0..n)
@@ -132,7 +123,7 @@ fn a_prepared_choice_for_other_bytes_is_not_used() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("c.bpz");
     let zeros = vec![0u8; 64 << 10];
-    let data = noise(64 << 10, 9);
+    let data = prng_bytes(64 << 10, 9);
     let mut w = Writer::create(&path, opts()).unwrap();
     let topts = TensorOptions::default();
     let wrong = w

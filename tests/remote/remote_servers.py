@@ -354,11 +354,11 @@ class DelayProxy:
 
         thread = threading.Thread(target=writer, daemon=True)
         thread.start()
-        src.settimeout(None)
         try:
+            src.settimeout(None)
             while True:
                 data = src.recv(self.CHUNK)
-                if not data:
+                if not data or not self._arrived(src, dst, upward, len(data)):
                     break
                 due = max(time.monotonic(), ready) + self.delay
                 with cond:
@@ -374,9 +374,49 @@ class DelayProxy:
                 state["eof"] = True
                 cond.notify_all()
 
+    def _arrived(self, src: socket.socket, dst: socket.socket, upward: bool, n: int) -> bool:
+        """Called for every `n` bytes read from `src`; False drops them and ends the pump."""
+        return True
+
     def close(self) -> None:
         self.closed = True
         self.sock.close()
+
+
+class CuttableProxy(DelayProxy):
+    """A proxy (no delay) whose `cut()` drops every open connection and refuses new ones: the
+    server, as the client sees it, is gone. With `cut_after_upload_bytes` it cuts by itself
+    once the clients have sent more than that many bytes (the middle of an upload)."""
+
+    def __init__(self, target_port: int, cut_after_upload_bytes: int | None = None) -> None:
+        self.limit = cut_after_upload_bytes
+        self.uploaded = 0
+        self.cut_done = threading.Event()
+        self._lock = threading.Lock()
+        self._sockets: list[socket.socket] = []
+        super().__init__(target_port, 0.0)
+
+    def _arrived(self, src: socket.socket, dst: socket.socket, upward: bool, n: int) -> bool:
+        with self._lock:
+            self._sockets += [s for s in (src, dst) if s not in self._sockets]
+            if upward:
+                self.uploaded += n
+            over = upward and self.limit is not None and self.uploaded > self.limit
+        if over:
+            self.cut()
+        return not self.cut_done.is_set()
+
+    def cut(self) -> None:
+        self.cut_done.set()
+        self.close()
+        with self._lock:
+            sockets = list(self._sockets)
+        for sock in sockets:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            sock.close()
 
 
 class DelayProxyProcess:

@@ -8,11 +8,9 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
-import threading
 import time
 import warnings
 from pathlib import Path
@@ -20,7 +18,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from remote_servers import S3_SECRET_KEY, Nginx, S3Server
+from remote_servers import S3_SECRET_KEY, CuttableProxy, Nginx, S3Server
 
 import bpz
 import bpz.checkpoints as checkpoints
@@ -171,64 +169,6 @@ def test_outdated_step_refused_and_overwrite_rolls_back_oldest_first(s3: S3Serve
     assert int(checkpoints.restore_checkpoint(s3.url(run), storage_options=opts)["step"]) == 3
 
 
-class UploadCutter:
-    """A TCP forwarder to the S3 server that, once `limit` bytes of requests went through,
-    drops every connection and refuses new ones: the server vanishes in the middle of an
-    upload, after the listing and the small reads before it succeeded."""
-
-    def __init__(self, target_port: int, limit: int) -> None:
-        self.target_port, self.limit = target_port, limit
-        self.sent = 0
-        self.cut = threading.Event()
-        self.lock = threading.Lock()
-        self.sockets: list[socket.socket] = []
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                client, _ = self.listener.accept()
-            except OSError:
-                return
-            upstream = socket.create_connection(("127.0.0.1", self.target_port), timeout=10)
-            with self.lock:
-                self.sockets += [client, upstream]
-            threading.Thread(target=self._pump, args=(client, upstream, True), daemon=True).start()
-            threading.Thread(target=self._pump, args=(upstream, client, False), daemon=True).start()
-
-    def _pump(self, src: socket.socket, dst: socket.socket, request: bool) -> None:
-        try:
-            while data := src.recv(1 << 16):
-                if request:
-                    with self.lock:
-                        self.sent += len(data)
-                        over = self.sent > self.limit
-                    if over:
-                        self.close()
-                        return
-                dst.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for s in (src, dst):
-                try:
-                    s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-
-    def close(self) -> None:
-        self.cut.set()
-        self.listener.close()
-        with self.lock:
-            for s in self.sockets:
-                try:
-                    s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-
-
 @pytest.mark.parametrize("use_async", [False, True])
 def test_a_save_cut_mid_upload_deletes_nothing(s3: S3Server, use_async: bool) -> None:
     run = f"ck/cut-{use_async}/"
@@ -236,7 +176,7 @@ def test_a_save_cut_mid_upload_deletes_nothing(s3: S3Server, use_async: bool) ->
     for step in (1, 2):
         checkpoints.save_checkpoint(s3.url(run), state(step), step, keep=2, storage_options=opts)
     before = {name: stored(s3, run + name).read_bytes() for name in objects_under(s3, run)}
-    cutter = UploadCutter(s3.port, limit=12 << 20)
+    cutter = CuttableProxy(s3.port, cut_after_upload_bytes=12 << 20)
     cut_opts = s3.options(endpoint=f"http://127.0.0.1:{cutter.port}", max_retries="1", retry_timeout="2s")
     mark = len(s3.log_lines())
     start = time.monotonic()
@@ -250,8 +190,8 @@ def test_a_save_cut_mid_upload_deletes_nothing(s3: S3Server, use_async: bool) ->
                 checkpoints.save_checkpoint(s3.url(run), state(3, mib=24), 3, keep=1, compression=None,
                                             storage_options=cut_opts)
     finally:
-        cutter.close()
-    assert cutter.cut.is_set(), "the upload was never cut"
+        cutter.cut()
+    assert cutter.cut_done.is_set(), "the upload was never cut"
     assert time.monotonic() - start < 60
     assert deletes_since(s3, mark) == []
     assert {name: stored(s3, run + name).read_bytes() for name in objects_under(s3, run)} == before

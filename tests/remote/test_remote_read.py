@@ -6,16 +6,16 @@ from __future__ import annotations
 import os
 import re
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pytest
+from remote_servers import S3_SECRET_KEY, DelayProxy, FaultServer, Nginx, S3Server
 
 import bpz
 from bpz.errors import NotZeroCopyError
-
-from remote_servers import S3_SECRET_KEY, DelayProxy, FaultServer, Nginx, S3Server
 
 OPEN_TAIL_BYTES = 256 << 10
 

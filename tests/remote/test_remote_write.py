@@ -5,7 +5,6 @@ aborted or killed save, and clear errors (no credentials) for what cannot be wri
 from __future__ import annotations
 
 import hashlib
-import os
 import signal
 import subprocess
 import sys
@@ -17,12 +16,11 @@ from typing import Any
 
 import numpy as np
 import pytest
+from remote_servers import S3_SECRET_KEY, CuttableProxy, Nginx, S3Server
 
 import bpz
 from bpz import _bpz
 from bpz.errors import InvalidArgumentError, InvalidCheckpointPath
-
-from remote_servers import S3_SECRET_KEY, DelayProxy, Nginx, S3Server
 
 PART = 8 << 20  # bpz::remote_write::PART_SIZE
 
@@ -119,27 +117,6 @@ def test_failure_mid_upload_aborts_and_keeps_the_previous_object(s3: S3Server) -
     assert not pending_uploads(s3, key), "an aborted save must delete its parts"
     assert stored(s3, key).read_bytes() == old_bytes
     assert_same(bpz.load_pytree(s3.url(key), storage_options=s3.options()), old)
-
-
-class CuttableProxy(DelayProxy):
-    """A proxy whose `cut()` drops every open connection and refuses new ones: the
-    server as seen by the client is gone."""
-
-    def __init__(self, target_port: int) -> None:
-        self.open_sockets: list[Any] = []
-        super().__init__(target_port, 0.0)
-
-    def _pump(self, src: Any, dst: Any) -> None:
-        self.open_sockets += [src, dst]
-        super()._pump(src, dst)
-
-    def cut(self) -> None:
-        self.close()
-        for sock in self.open_sockets:
-            try:
-                sock.shutdown(2)
-            except OSError:
-                pass
 
 
 def test_server_gone_mid_upload_is_a_clear_error_and_the_old_object_stays(s3: S3Server) -> None:

@@ -10,13 +10,12 @@ import shutil
 
 import numpy as np
 import pytest
+from remote_servers import S3_SECRET_KEY, Nginx, S3Server
 
 import bpz
 from bpz import sharded
 from bpz.cli import main
 from bpz.errors import CheckpointNotFoundError, CorruptDataError, UnsupportedFeatureError
-
-from remote_servers import S3_SECRET_KEY, Nginx, S3Server
 
 
 def make_tree() -> dict:

@@ -23,10 +23,9 @@ from typing import Any
 from urllib.parse import unquote
 
 from . import _bpz
-from ._legacy._common import MAX_FILE_BYTES, fsync_path, source_name
+from ._legacy._common import fsync_path
 from .errors import (
     CheckpointNotFoundError,
-    FormatError,
     InvalidArgumentError,
     InvalidCheckpointError,
     InvalidCheckpointPath,
@@ -34,7 +33,7 @@ from .errors import (
     UnsupportedFeatureError,
 )
 from .formats import SNIFF_BYTES, sniff
-from .read import _is_url, fill_target, load_pytree
+from .read import _is_url, fill_target, load_pytree, read_remote_bp
 from .read import open as open_archive
 from .write import AsyncManager, absolute_path, compact_versions, fspath_str, save_pytree, save_tree
 
@@ -210,19 +209,9 @@ class _Prefix:
         if fmt == "bpz":
             return load_pytree(url, target=target, parallel=parallel, storage_options=self.storage_options)
         if fmt == "bp":
-            return fill_target(url, self._read_bp(name, url), target, stacklevel=4)
+            return fill_target(url, read_remote_bp(self.dir, name, url), target, stacklevel=4)
         raise NotAnArchiveError(
             f"{url}: neither a bpz archive nor a BrainPy .bp checkpoint (first bytes {head[:8].hex(' ')})")
-
-    def _read_bp(self, name: str, url: str) -> Any:
-        # The URL reader reads bpz only; a .bp file is one msgpack document, read whole as on disk.
-        from ._legacy import bp_msgpack
-
-        data = self.dir.read_all(name, MAX_FILE_BYTES)
-        try:
-            return bp_msgpack.read_bp(data)
-        except FormatError as e:
-            raise type(e)(str(e).replace(source_name(data), url)) from None
 
 
 _Location = _LocalDir | _Prefix

@@ -8,6 +8,7 @@ import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
+from urllib.parse import unquote
 
 import numpy as np
 
@@ -568,7 +569,8 @@ def load_pytree(
     Plain arrays in the target are **not** written: the result holds the loaded arrays in
     their place, so use the return value (``params = bpz.load_pytree(f, target=params)``).
     ``parallel`` decodes chunks and tensors on all cores. ``filename`` may be a URL of a bpz
-    archive (see :func:`open`, which also says what ``storage_options`` holds).
+    archive or of a BrainPy ``.bp`` file (read whole, with the limits of one on disk); see
+    :func:`open`, which also says what ``storage_options`` holds.
     """
     filename = os.fspath(filename)
     _check_version_argument(version)
@@ -601,6 +603,17 @@ def load_pytree(
         try:
             with open(filename, parallel=parallel, storage_options=storage_options, version=version) as archive:
                 loaded = archive.load()
+        except NotAnArchiveError:
+            # An object that is not a bpz archive may be a BrainPy .bp checkpoint, read as on disk.
+            if not _is_url(filename):
+                raise
+            directory, name = remote_object(filename, storage_options)
+            if sniff(directory.read_head(name, SNIFF_BYTES)) != "bp":
+                raise
+            if version not in (None, 1, -1):
+                raise ValueError(
+                    f"{filename}: a bp checkpoint has one version; version={version} does not exist") from None
+            loaded = read_remote_bp(directory, name, filename)
         except (FileNotFoundError, PermissionError):
             # No object at the URL (or an http server's 403 for a directory): it may be the
             # prefix of a sharded checkpoint, whose commit record decides.
@@ -616,6 +629,25 @@ def load_pytree(
     else:
         _refuse(filename, head)
     return fill_target(filename, loaded, target, stacklevel=3)
+
+
+def remote_object(url: str, storage_options: Mapping[str, Any] | None) -> tuple[Any, str]:
+    """The prefix holding the object at ``url`` (a ``_bpz.RemoteDir``) and the object's name in it."""
+    parent, _, name = url.rpartition("/")
+    return _bpz.RemoteDir(parent, storage_options), unquote(name)
+
+
+def read_remote_bp(directory: Any, name: str, url: str) -> Any:
+    """A BrainPy ``.bp`` object (one msgpack document) read whole, with the limits of a ``.bp``
+    file on disk; errors name ``url``."""
+    from ._legacy import bp_msgpack
+    from ._legacy._common import MAX_FILE_BYTES, source_name
+
+    data = directory.read_all(name, MAX_FILE_BYTES)
+    try:
+        return bp_msgpack.read_bp(data)
+    except FormatError as e:
+        raise type(e)(str(e).replace(source_name(data), url)) from None
 
 
 def fill_target(filename: str, loaded: Any, target: Any, *, stacklevel: int = 2) -> Any:

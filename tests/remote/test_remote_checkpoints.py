@@ -356,3 +356,23 @@ def test_objects_are_read_only_when_needed(s3: S3Server) -> None:
     assert objects_under(s3, run) == ["checkpoint_6", "checkpoint_7"]
     assert sorted(set(gets_since(mark))) == [f"{run}checkpoint_{s}" for s in range(1, 7)]
     assert len(gets_since(mark)) == 7  # checkpoint_6 twice: before the upload and for retention
+
+
+def test_load_pytree_reads_bp_objects_by_url(s3: S3Server, nginx: Nginx, tmp_path: Path) -> None:
+    """BrainPy .bp files uploaded as they are load by URL, as they load from disk."""
+    bp_msgpack.write_bp(str(tmp_path / "m.bp"), {"w": np.arange(6.0).reshape(2, 3), "step": 3})
+    data = (tmp_path / "m.bp").read_bytes()
+    s3.put("bp-load/model 1.bp", data)
+    (nginx.root / "bp-load.bp").write_bytes(data)
+    for url, opts in ((s3.url("bp-load/model%201.bp"), s3.options()), (nginx.url("bp-load.bp"), None)):
+        got = bpz.load_pytree(url, storage_options=opts)
+        np.testing.assert_array_equal(got["w"], np.arange(6.0).reshape(2, 3))
+        assert got["step"] == 3
+        with pytest.raises(ValueError, match="one version"):
+            bpz.load_pytree(url, storage_options=opts, version=2)
+    s3.put("bp-load/cut.bp", data[:-3])
+    with pytest.raises(bpz.errors.TruncatedError, match=r"s3://bpz-bucket/bp-load/cut.bp: file ends"):
+        bpz.load_pytree(s3.url("bp-load/cut.bp"), storage_options=s3.options())
+    s3.put("bp-load/text", b"just some text, not a checkpoint")
+    with pytest.raises(bpz.errors.NotAnArchiveError):
+        bpz.load_pytree(s3.url("bp-load/text"), storage_options=s3.options())

@@ -76,23 +76,6 @@ fn writer_output_has_not_drifted_from_the_committed_vectors() {
     );
 }
 
-/// A tensor as the expected-results files describe it, computed here from a reader.
-fn described(r: &Reader, t: &bpz::TensorInfo) -> serde_json::Value {
-    use sha2::{Digest, Sha256};
-    let data = r.read(&t.name).unwrap();
-    serde_json::json!({
-        "name": t.name,
-        "dtype": t.dtype.name(),
-        "shape": t.shape,
-        "storage": t.storage.name(),
-        "filter": t.filter.name(),
-        "chunks": t.chunks.len(),
-        "encoded_chunks": t.chunks.iter().filter(|c| c.encoded).count(),
-        "nbytes": t.nbytes(),
-        "sha256": vectors::hex(&Sha256::digest(&data)),
-    })
-}
-
 #[test]
 fn golden_vectors_read_back_as_expected() {
     let dir = vectors_dir();
@@ -121,7 +104,7 @@ fn golden_vectors_read_back_as_expected() {
                 .tensors()
                 .unwrap()
                 .iter()
-                .map(|t| described(&r, t))
+                .map(|t| vectors::describe(&r, t))
                 .collect();
             assert_eq!(tensors, expected["tensors"].as_array().unwrap()[..]);
             let Some(versions) = expected.get("versions") else {
@@ -147,7 +130,7 @@ fn golden_vectors_read_back_as_expected() {
                     .tensors()
                     .unwrap()
                     .iter()
-                    .map(|t| described(&at, t))
+                    .map(|t| vectors::describe(&at, t))
                     .collect();
                 assert_eq!(tensors, want["tensors"].as_array().unwrap()[..]);
                 // The same version through the reader of the latest.

@@ -456,25 +456,7 @@ fn golden_v11(out: &mut Vec<Golden>) {
 /// Expected contents of a golden archive, as written to `<name>.json`.
 pub fn expected(bytes: &[u8]) -> Value {
     let r = Reader::from_bytes(bytes.to_vec()).unwrap();
-    let tensors: Vec<Value> = r
-        .tensors()
-        .unwrap()
-        .iter()
-        .map(|t| {
-            let data = r.read(&t.name).unwrap();
-            json!({
-                "name": t.name,
-                "dtype": t.dtype.name(),
-                "shape": t.shape,
-                "storage": t.storage.name(),
-                "filter": t.filter.name(),
-                "chunks": t.chunks.len(),
-                "encoded_chunks": t.chunks.iter().filter(|c| c.encoded).count(),
-                "nbytes": t.nbytes(),
-                "sha256": hex(&Sha256::digest(&data)),
-            })
-        })
-        .collect();
+    let tensors = describe_all(&r);
     let mut e = json!({
         "version": [r.version().major, r.version().minor],
         "alignment": r.superblock().alignment,
@@ -510,21 +492,24 @@ fn describe_all(r: &Reader) -> Vec<Value> {
     r.tensors()
         .unwrap()
         .iter()
-        .map(|t| {
-            let data = r.read(&t.name).unwrap();
-            json!({
-                "name": t.name,
-                "dtype": t.dtype.name(),
-                "shape": t.shape,
-                "storage": t.storage.name(),
-                "filter": t.filter.name(),
-                "chunks": t.chunks.len(),
-                "encoded_chunks": t.chunks.iter().filter(|c| c.encoded).count(),
-                "nbytes": t.nbytes(),
-                "sha256": hex(&Sha256::digest(&data)),
-            })
-        })
+        .map(|t| describe(r, t))
         .collect()
+}
+
+/// A tensor as the expected-results files describe it, its bytes read through `r`.
+pub fn describe(r: &Reader, t: &bpz::TensorInfo) -> Value {
+    let data = r.read(&t.name).unwrap();
+    json!({
+        "name": t.name,
+        "dtype": t.dtype.name(),
+        "shape": t.shape,
+        "storage": t.storage.name(),
+        "filter": t.filter.name(),
+        "chunks": t.chunks.len(),
+        "encoded_chunks": t.chunks.iter().filter(|c| c.encoded).count(),
+        "nbytes": t.nbytes(),
+        "sha256": hex(&Sha256::digest(&data)),
+    })
 }
 
 pub fn hex(b: &[u8]) -> String {

@@ -956,44 +956,27 @@ impl<W: Write> Writer<W> {
     /// renames the temporary file over the destination.
     pub fn finish(mut self) -> Result<(Summary, Option<W>)> {
         let (summary, ..) = self.seal()?;
-        match self.sink.take().unwrap() {
+        let path = match self.sink.take().unwrap() {
             Sink::Stream(mut out) => {
                 out.flush().map_err(|e| Error::io(&self.label, e))?;
-                Ok((summary, Some(out)))
+                return Ok((summary, Some(out)));
             }
-            Sink::File(file) => {
-                let path = file.commit()?;
-                Ok((
-                    Summary {
-                        path: Some(path),
-                        ..summary
-                    },
-                    None,
-                ))
-            }
-            Sink::Append(file) => {
-                let path = file.commit()?;
-                Ok((
-                    Summary {
-                        path: Some(path),
-                        ..summary
-                    },
-                    None,
-                ))
-            }
+            Sink::File(file) => file.commit()?,
+            Sink::Append(file) => file.commit()?,
             #[cfg(feature = "remote")]
             Sink::Upload(upload) => {
                 let label = upload.label().to_owned();
                 upload.complete()?;
-                Ok((
-                    Summary {
-                        path: Some(PathBuf::from(label)),
-                        ..summary
-                    },
-                    None,
-                ))
+                PathBuf::from(label)
             }
-        }
+        };
+        Ok((
+            Summary {
+                path: Some(path),
+                ..summary
+            },
+            None,
+        ))
     }
 
     /// Ends the version: writes its index and trailer (the sink is not committed). The
